@@ -64,7 +64,8 @@ class Finding(BaseModel):
     description: str = ""
     remediation: str = ""
     metrics: dict[str, Any] = Field(default_factory=dict)
-    location: str | None = Field(default=None, description="File (and offset) the finding is about, if any.")
+    location: str | None = Field(default=None, description="File the finding is about, if any.")
+    offset: int | None = Field(default=None, description="Byte offset inside ``location``, if any.")
 
 
 class CheckResult(BaseModel):
