@@ -1,0 +1,87 @@
+"""The ``bastion`` command line: typer app, error handling and exit codes.
+
+Exit codes: 0 all gates pass / clean, 1 a gate failed / findings at or above the threshold,
+2 usage or policy error, 3 runtime error.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from bastion import __version__
+from bastion.errors import BastionError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_RUNTIME = 0, 1, 2, 3
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 all gates pass (or nothing found), 1 a gate failed (or findings at/above the threshold), "
+    "2 usage or policy error, 3 runtime error."
+)
+
+app = typer.Typer(
+    name="bastion",
+    help=f"Stress-test machine-learning models against credible attacks.\n\n{EXIT_CODES_HELP}",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+err_console = Console(stderr=True)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"bastion {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                 help="Show the version and exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details to stderr."),
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def _register_commands() -> None:
+    from bastion.cli import inspect_cmd, signing_cmds
+
+    inspect_cmd.register(app)
+    signing_cmds.register(app)
+
+
+_register_commands()
+
+
+def main() -> None:
+    """Console-script entry: run the app, turning bastion errors into one line and an exit code."""
+    try:
+        app(standalone_mode=False)
+    except BastionError as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click usage errors and real crashes
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(EXIT_USAGE)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}")
+        sys.exit(EXIT_RUNTIME)
+
+
