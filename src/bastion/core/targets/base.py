@@ -1,0 +1,136 @@
+"""The Target contract: the model under test, whatever framework or transport it lives behind.
+
+Every target answers ``predict_proba(x)`` on numpy arrays, declares its ``classes`` and
+``input_spec``, and counts queries. White-box targets also give ``logits(x)`` on torch tensors so
+gradient attacks stay in torch for every step.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from bastion.core.spec import InputSpec
+from bastion.errors import QueryBudgetExceeded, TargetError
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+OutputKind = Literal["logits", "probabilities", "auto"]
+PROB_ATOL = 1e-3
+
+
+class Target(ABC):
+    """A classifier under test.
+
+    Parameters
+    ----------
+    classes: class labels, index ``i`` of a probability row is ``classes[i]``.
+    input_spec: shape, bounds and feature constraints of one input.
+    name: a human-readable description for reports.
+    query_budget: hard limit on the number of inputs sent; exceeding it raises QueryBudgetExceeded.
+    """
+
+    white_box: bool = False
+    kind: str = "target"
+
+    def __init__(self, classes: list[Any], input_spec: InputSpec, *, name: str = "",
+                 query_budget: int | None = None) -> None:
+        if len(classes) < 2:
+            raise TargetError(f"a classifier needs at least two classes, got {list(classes)}")
+        self.classes = list(classes)
+        self.input_spec = input_spec
+        self.name = name or type(self).__name__
+        self.query_budget = query_budget
+        self.queries = 0
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    # --- queries -------------------------------------------------------------------------------
+    def count_queries(self, n: int) -> None:
+        """Add ``n`` inputs to the query counter, refusing to go past the budget."""
+        if self.query_budget is not None and self.queries + n > self.query_budget:
+            raise QueryBudgetExceeded(
+                f"query budget of {self.query_budget} exhausted ({self.queries} spent, {n} more asked)")
+        self.queries += n
+
+    def reset_queries(self) -> None:
+        self.queries = 0
+
+    # --- predictions ---------------------------------------------------------------------------
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities for a batch of inputs, shape (n, n_classes)."""
+        x = self.input_spec.validate(x)
+        self.count_queries(len(x))
+        p = np.asarray(self._predict_proba(x), dtype=np.float64)
+        return check_probabilities(p, len(x), self.n_classes, source=self.name)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Predicted class indices (into ``classes``)."""
+        return self.predict_proba(x).argmax(axis=1)
+
+    @abstractmethod
+    def _predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities for validated float32 inputs; subclasses implement this."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "white_box": self.white_box,
+                "classes": [str(c) for c in self.classes], "input": self.input_spec.to_dict()}
+
+
+class DifferentiableTarget(Target):
+    """A white-box target: ``logits`` on torch tensors, differentiable with respect to the input."""
+
+    white_box = True
+    device: str = "cpu"
+
+    @abstractmethod
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (or log-probabilities) for a batch on ``self.device``; counts queries."""
+
+    def _predict_proba(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(x), 512):
+                xb = torch.from_numpy(x[start:start + 512]).to(self.device)
+                out.append(torch.softmax(self._raw_logits(xb), dim=1).double().cpu().numpy())
+        return np.concatenate(out)
+
+    def _raw_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits without counting a query (predict_proba has counted already)."""
+        saved, self.query_budget = self.query_budget, None
+        before = self.queries
+        try:
+            return self.logits(x)
+        finally:
+            self.queries, self.query_budget = before, saved
+
+
+def check_probabilities(p: np.ndarray, n: int, n_classes: int, *, source: str) -> np.ndarray:
+    """Refuse outputs that are not probability rows, with a message that says what to change."""
+    if p.ndim != 2 or p.shape != (n, n_classes):
+        raise TargetError(f"{source} returned an array of shape {p.shape}; expected ({n}, {n_classes}) probabilities")
+    if not np.all(np.isfinite(p)):
+        raise TargetError(f"{source} returned NaN or infinite outputs")
+    sums = p.sum(axis=1)
+    if p.min() < -PROB_ATOL or p.max() > 1 + PROB_ATOL or np.abs(sums - 1).max() > PROB_ATOL:
+        raise TargetError(
+            f"{source} returned values that are not probabilities (row sums between {sums.min():.3g} and "
+            f"{sums.max():.3g}, values in [{p.min():.3g}, {p.max():.3g}])",
+            hint="if the model returns logits, declare output='logits' so bastion applies softmax")
+    return np.clip(p, 0.0, 1.0)
+
+
+def looks_like_probabilities(p: np.ndarray) -> bool:
+    p = np.asarray(p, np.float64)
+    return bool(p.ndim == 2 and p.min() >= -PROB_ATOL and p.max() <= 1 + PROB_ATOL
+                and np.abs(p.sum(axis=1) - 1).max() <= PROB_ATOL)
