@@ -153,8 +153,199 @@ def _render_verify(report: Any) -> None:
                   f"changed {len(report.changed)}, unreadable {len(report.unreadable)}")
 
 
+# --------------------------------------------------------------------------- registry
+
+registry_app = typer.Typer(
+    name="registry",
+    help="Versions of models with provenance, checks, a deployment pointer and rollback.\n\n"
+         "The database is SQLite under the user data dir unless --db or $BASTION_REGISTRY_URL "
+         "gives another SQLAlchemy URL.",
+    no_args_is_help=True,
+)
+
+_DB = typer.Option(None, "--db", help="SQLAlchemy database URL (default: $BASTION_REGISTRY_URL or "
+                                      "SQLite in the user data dir).", show_default=False)
+_JSON = typer.Option(False, "--json", help="Print JSON instead of tables.")
+
+
+def _registry(db: str | None) -> Any:
+    from bastion.supply.registry import Registry
+
+    return Registry(db)
+
+
+def _status_style(value: str | None) -> str:
+    colors = {"valid": "green", "pass": "green", "invalid": "red", "tampered": "red", "fail": "red",
+              "error": "red", "missing": "red", "unsigned": "yellow", "unverified": "yellow",
+              "not-scanned": "yellow"}
+    v = value or "-"
+    return f"[{colors.get(v, 'white')}]{escape(v)}[/]"
+
+
+def _versions_table(title: str, versions: list[Any]) -> Table:
+    table = Table(title=title)
+    for col in ("", "version", "digest", "signature", "scan", "source", "code rev", "dataset", "added"):
+        table.add_column(col, overflow="fold")
+    for v in versions:
+        table.add_row("[bold green]*[/]" if v.deployed else "", escape(v.version), v.content_digest[:19] + "...",
+                      _status_style(v.signature_status),
+                      _status_style(v.scan_verdict) + (f" ({v.scan_worst})" if v.scan_worst else ""),
+                      escape(v.source or "-"), escape(v.code_revision or "-"),
+                      escape((v.dataset_hash or "-")[:19]), v.created_at[:19])
+    return table
+
+
+def _version_detail(v: Any) -> None:
+    console.print(f"[bold]{escape(v.model)} {escape(v.version)}[/]" + (" [green](deployed)[/]" if v.deployed else ""))
+    rows = [("path", v.path), ("content digest", v.content_digest),
+            ("signature", f"{v.signature_status} {v.signature_detail}".strip()), ("key id", v.key_id or "-"),
+            ("scan", f"{v.scan_verdict} ({v.scan_findings} finding(s), worst {v.scan_worst or '-'}): {v.scan_detail}"),
+            ("last checked", v.checked_at), ("source", v.source or "-"), ("dataset hash", v.dataset_hash or "-"),
+            ("code revision", v.code_revision or "-"), ("notes", v.notes or "-"), ("added", v.created_at)]
+    table = Table(show_header=False, box=None)
+    table.add_column(style="dim")
+    table.add_column(overflow="fold")
+    for k, val in rows:
+        table.add_row(k, escape(str(val)))
+    console.print(table)
+
+
+@registry_app.command("add")
+def registry_add(
+    name: str = typer.Argument(..., help="Model name (created on first use)."),
+    model_dir: Path = typer.Argument(..., help="Directory holding this version's files."),
+    version: str | None = typer.Option(None, "--version", help="Version label (default: v<N>)."),
+    key: Path | None = typer.Option(None, "--key", "-k", help="Public key to verify the signature with; "
+                                                              "stored and used again at promote time."),
+    source: str | None = typer.Option(None, "--source", help="Where the files came from (URL, hub id, path)."),
+    dataset_hash: str | None = typer.Option(None, "--dataset-hash", help="Hash of the training data manifest."),
+    code_revision: str | None = typer.Option(None, "--code-revision", help="Training code revision (git sha)."),
+    notes: str | None = typer.Option(None, "--notes", help="Free-form notes."),
+    db: str | None = _DB,
+    as_json: bool = _JSON,
+) -> None:
+    """Register a new version of a model: hash it, verify its signature, scan it, record provenance."""
+    info = _registry(db).add(name, model_dir, version=version, key=key, source=source, dataset_hash=dataset_hash,
+                             code_revision=code_revision, notes=notes)
+    if as_json:
+        _print_json(info.to_dict())
+        return
+    console.print(f"[green]registered[/] {escape(info.model)} {escape(info.version)}")
+    _version_detail(info)
+
+
+@registry_app.command("list")
+def registry_list(db: str | None = _DB, as_json: bool = _JSON) -> None:
+    """List the models in the registry with their deployed and latest versions."""
+    models = _registry(db).list_models()
+    if as_json:
+        _print_json([m.to_dict() for m in models])
+        return
+    if not models:
+        console.print("the registry is empty; add a version with 'bastion registry add NAME DIR'")
+        return
+    table = Table(title="models")
+    for col in ("name", "versions", "deployed", "latest", "created"):
+        table.add_column(col)
+    for m in models:
+        table.add_row(escape(m.name), str(m.versions), escape(m.deployed or "-"), escape(m.latest or "-"),
+                      m.created_at[:19])
+    console.print(table)
+
+
+@registry_app.command("show")
+def registry_show(
+    name: str = typer.Argument(..., help="Model name."),
+    version: str | None = typer.Argument(None, help="One version to show in full."),
+    db: str | None = _DB,
+    as_json: bool = _JSON,
+) -> None:
+    """Show a model's versions, deployment and history, or one version in full."""
+    reg = _registry(db)
+    if version is not None:
+        info = reg.get(name, version)
+        if as_json:
+            _print_json(info.to_dict())
+        else:
+            _version_detail(info)
+        return
+    versions, history = reg.versions(name), reg.history(name)
+    if as_json:
+        deployed = next((v.version for v in versions if v.deployed), None)
+        _print_json({"model": name, "deployed": deployed, "versions": [v.to_dict() for v in versions],
+                     "history": [e.to_dict() for e in history]})
+        return
+    console.print(_versions_table(f"{name}: versions (* deployed)", versions))
+    table = Table(title="history")
+    for col in ("at", "action", "version", "detail"):
+        table.add_column(col, overflow="fold")
+    for e in history[-20:]:
+        table.add_row(e.at[:19], escape(e.action), escape(e.version or "-"), escape(e.detail))
+    console.print(table)
+
+
+def _refusal(exc: Exception, as_json: bool) -> None:
+    if as_json:
+        _print_json({"ok": False, "error": str(exc)})
+        raise SystemExit(1)
+    raise exc
+
+
+@registry_app.command("promote")
+def registry_promote(
+    name: str = typer.Argument(..., help="Model name."),
+    version: str = typer.Argument(..., help="Version to deploy."),
+    key: Path | None = typer.Option(None, "--key", "-k", help="Public key (default: the one stored at add)."),
+    db: str | None = _DB,
+    as_json: bool = _JSON,
+) -> None:
+    """Deploy VERSION after re-verifying its signature and re-scanning it; exit 1 if refused."""
+    from bastion.supply.registry import PromotionRefused
+
+    try:
+        result = _registry(db).promote(name, version, key=key)
+    except PromotionRefused as exc:
+        _refusal(exc, as_json)
+        return
+    if as_json:
+        _print_json({"ok": True, **result.to_dict()})
+        return
+    if not result.changed:
+        console.print(f"{escape(name)} {escape(version)} is already deployed (checks pass)")
+    else:
+        console.print(f"[green]promoted[/] {escape(name)} {escape(version)} "
+                      f"(previously deployed: {escape(result.previous or 'none')})")
+
+
+@registry_app.command("rollback")
+def registry_rollback(
+    name: str = typer.Argument(..., help="Model name."),
+    key: Path | None = typer.Option(None, "--key", "-k", help="Public key (default: the one stored at add)."),
+    no_recheck: bool = typer.Option(False, "--no-recheck",
+                                    help="Trust the recorded checks instead of re-verifying and re-scanning."),
+    db: str | None = _DB,
+    as_json: bool = _JSON,
+) -> None:
+    """Move the deployment pointer back to the previous good version; exit 1 if there is none."""
+    from bastion.supply.registry import PromotionRefused
+
+    try:
+        result = _registry(db).rollback(name, key=key, recheck=not no_recheck)
+    except PromotionRefused as exc:
+        _refusal(exc, as_json)
+        return
+    if as_json:
+        _print_json({"ok": True, **result.to_dict()})
+        return
+    for label, reason in result.skipped:
+        console.print(f"[yellow]skipped[/] {escape(label)}: {escape(reason)}")
+    console.print(f"[green]rolled back[/] {escape(name)}: {escape(result.from_version)} -> "
+                  f"{escape(result.to_version.version)}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the bastion app."""
     app.command("keygen")(keygen)
     app.command("sign")(sign)
     app.command("verify")(verify)
+    app.add_typer(registry_app, name="registry")

@@ -85,6 +85,15 @@ class InputSpec:
         lo, hi = self.bounds_arrays()
         return np.clip(x, lo, hi)
 
+    def enforce(self, x: np.ndarray, x_adv: np.ndarray) -> np.ndarray:
+        """Make adversarial inputs respect every constraint: bounds, and immutable features keep
+        their original values. Every attack result passes through here."""
+        x_adv = self.clip(x_adv)
+        if self.features is not None:
+            mask = self.mutable_mask().astype(bool)
+            x_adv = np.where(mask, x_adv, x)
+        return x_adv.astype(np.float32, copy=False)
+
     # --- validation ---------------------------------------------------------------------------
     def validate(self, x: np.ndarray, *, what: str = "inputs", atol: float = 1e-5) -> np.ndarray:
         """Check shape, finiteness and bounds; return ``x`` as a contiguous float32 array."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -64,6 +66,17 @@ class Target(ABC):
     def reset_queries(self) -> None:
         self.queries = 0
 
+    @contextmanager
+    def uncounted(self) -> Iterator[None]:
+        """Queries made inside this block are bastion's own measurements, not the attacker's:
+        they are neither counted nor limited by the budget."""
+        saved = (self.queries, self.query_budget)
+        self.query_budget = None
+        try:
+            yield
+        finally:
+            self.queries, self.query_budget = saved
+
     # --- predictions ---------------------------------------------------------------------------
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities for a batch of inputs, shape (n, n_classes)."""
@@ -107,12 +120,8 @@ class DifferentiableTarget(Target):
 
     def _raw_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits without counting a query (predict_proba has counted already)."""
-        saved, self.query_budget = self.query_budget, None
-        before = self.queries
-        try:
+        with self.uncounted():
             return self.logits(x)
-        finally:
-            self.queries, self.query_budget = before, saved
 
 
 def check_probabilities(p: np.ndarray, n: int, n_classes: int, *, source: str) -> np.ndarray:

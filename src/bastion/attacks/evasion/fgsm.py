@@ -1,0 +1,32 @@
+"""Fast Gradient Sign Method (Goodfellow et al., 2015, "Explaining and Harnessing Adversarial
+Examples", arXiv:1412.6572); the L2 variant steps along the normalised gradient (fast gradient method)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bastion.attacks.base import Attack, register_attack
+from bastion.attacks.evasion._torch import Geometry, ascent_direction, attack_loss, to_tensor
+from bastion.core.targets.base import DifferentiableTarget
+
+
+@register_attack
+class FGSM(Attack):
+    """One step of size ε along the sign of the loss gradient (L∞) or its unit direction (L2)."""
+
+    name = "fgsm"
+
+    def __init__(self, *, eps: float = 0.1, norm: str = "linf", targeted: bool = False, batch_size: int = 256,
+                 seed: int = 0) -> None:
+        super().__init__(eps=eps, norm=norm, targeted=targeted, batch_size=batch_size, seed=seed)
+
+    def _attack_batch(self, target: DifferentiableTarget, x: np.ndarray, goal: np.ndarray,
+                      rows: np.ndarray) -> np.ndarray:
+        geo = Geometry.of(target)
+        xs = to_tensor(x, target.device).requires_grad_(True)
+        ys = to_tensor(goal, target.device, torch.long)
+        loss = attack_loss(target.logits(xs), ys, "ce", self.targeted).sum()
+        (grad,) = torch.autograd.grad(loss, xs)
+        step = self.eps * ascent_direction(grad * geo.scale * geo.mask, self.norm)
+        return geo.apply(xs.detach(), step).cpu().numpy()
