@@ -184,14 +184,20 @@ def _status_style(value: str | None) -> str:
 
 def _versions_table(title: str, versions: list[Any]) -> Table:
     table = Table(title=title)
-    for col in ("", "version", "digest", "signature", "scan", "source", "code rev", "dataset", "added"):
-        table.add_column(col, overflow="fold")
+    table.add_column("", no_wrap=True)
+    table.add_column("version", no_wrap=True)
+    table.add_column("digest", no_wrap=True)
+    table.add_column("signature", no_wrap=True)
+    table.add_column("scan", no_wrap=True)
+    table.add_column("source", overflow="fold")
+    table.add_column("code rev", overflow="fold")
+    table.add_column("added", no_wrap=True)
     for v in versions:
-        table.add_row("[bold green]*[/]" if v.deployed else "", escape(v.version), v.content_digest[:19] + "...",
+        table.add_row("[bold green]*[/]" if v.deployed else "", escape(v.version),
+                      v.content_digest.split(":")[-1][:12],
                       _status_style(v.signature_status),
                       _status_style(v.scan_verdict) + (f" ({v.scan_worst})" if v.scan_worst else ""),
-                      escape(v.source or "-"), escape(v.code_revision or "-"),
-                      escape((v.dataset_hash or "-")[:19]), v.created_at[:19])
+                      escape(v.source or "-"), escape((v.code_revision or "-")[:12]), v.created_at[:10])
     return table
 
 
