@@ -1,0 +1,469 @@
+"""Tests of the report writers: report.json, report.html, junit.xml (and SARIF wiring)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bastion.core.results import CheckResult, Finding, GateResult, ScanResult, Severity
+from bastion.errors import DataError, UsageError
+from bastion.outputs.report import plain_verdict, read_report, report_json_schema, write_reports
+from bastion.outputs.report.html import metric_blocks, render_html
+from bastion.outputs.report.json_report import SCHEMA_PATH
+from bastion.outputs.report.junit import render_junit
+from bastion.outputs.report.summary import generate_verdict
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+def _digit_examples(eps: float, n: int = 8) -> dict:
+    """Real 8x8 digits (scikit-learn), perturbed by a sign pattern inside the eps-ball."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(0)
+    idx = rng.choice(len(digits.images), n, replace=False)
+    x = digits.images[idx] / 16.0
+    adv = np.clip(x + eps * rng.choice([-1.0, 1.0], size=x.shape), 0, 1)
+    labels = [str(int(t)) for t in digits.target[idx]]
+    adv_labels = [str((int(t) + 3) % 10) if i % 3 else str(int(t)) for i, t in enumerate(digits.target[idx])]
+    return {
+        "attack": "pgd", "eps": eps, "shape": [8, 8],
+        "original": x.round(4).tolist(), "adversarial": adv.round(4).tolist(),
+        "labels": labels, "adv_labels": adv_labels,
+        "confidence": rng.uniform(0.5, 1.0, n).round(3).tolist(),
+    }
+
+
+def _finding(sev: Severity, i: int, check: str = "evasion-pgd") -> Finding:
+    return Finding(
+        rule_id=f"BASTION-EVASION-{i:03d}", title=f"{sev.value.title()} finding number {i}", severity=sev,
+        check=check, atlas=["AML.T0015", "AML.T0043.000"], owasp=["ML01"],
+        description="Small changes to the input flip the model's answer.",
+        remediation=f"Remedy {i}: train with PGD adversarial training and re-run the scan.",
+        metrics={"robust_accuracy": 0.125 + 0.1 * i, "eps": 0.1, "per_attack": {"pgd": 0.1}},
+    )
+
+
+def make_result(*, verdict: str = "fail", status: str = "incomplete") -> ScanResult:
+    """A realistic scan: image evasion with curves/examples/histograms/stages, a tabular
+    check, a black-box check with query curves and log, an errored and a skipped check."""
+    rng = np.random.default_rng(1)
+    eps = [0.0, 0.05, 0.1, 0.2, 0.3]
+    evasion = CheckResult(
+        name="evasion-pgd", kind="evasion", seconds=12.34,
+        metrics={
+            "clean_accuracy": 0.975, "n": 360,
+            "robust_accuracy": {"fgsm": {"0.05": 0.71, "0.1": 0.42}, "pgd": {"0.05": 0.55, "0.1": 0.125}},
+            "attack_success_rate": {"pgd": 0.87}, "mean_linf": 0.1, "queries": 7200,
+        },
+        findings=[_finding(Severity.critical, 1), _finding(Severity.medium, 3), _finding(Severity.info, 5)],
+        artifacts={
+            "curves": [
+                {"attack": "fgsm", "norm": "linf", "eps": eps, "robust_accuracy": [0.975, 0.71, 0.42, 0.2, 0.1],
+                 "clean_accuracy": 0.975},
+                {"attack": "pgd", "norm": "linf", "eps": eps, "robust_accuracy": [0.975, 0.55, 0.125, 0.01, 0.0],
+                 "clean_accuracy": 0.975},
+                {"attack": "pgd-l2", "norm": "l2", "eps": [0.0, 0.5, 1.0], "robust_accuracy": [0.975, 0.6, 0.2],
+                 "clean_accuracy": 0.975},
+            ],
+            "examples": _digit_examples(0.1),
+            "histograms": [{"title": "Minimal L∞ perturbation that fools the model",
+                            "values": rng.gamma(2.0, 0.03, 200).tolist(), "xlabel": "ε"}],
+            "stages": [{"stage": "clean", "robust_accuracy": 0.975}, {"stage": "apgd-ce", "robust_accuracy": 0.2},
+                       {"stage": "apgd-t", "robust_accuracy": 0.15}, {"stage": "square", "robust_accuracy": 0.14}],
+            "unknown_future_artifact": {"anything": 1},
+        },
+    )
+    tabular = CheckResult(
+        name="evasion-tabular", kind="evasion", seconds=1.5,
+        metrics={"clean_accuracy": 0.96, "robust_accuracy": 0.4},
+        findings=[_finding(Severity.high, 2, "evasion-tabular")],
+        artifacts={"tabular_examples": {
+            "attack": "pgd", "feature_names": ["mean radius", "mean texture", "worst area"],
+            "rows": [{"label": "malignant", "adv_label": "benign",
+                      "changes": {"mean radius": [14.1, 13.2], "mean texture": [20.0, 20.1], "worst area": [880.0, 701.5]}},
+                     {"label": "benign", "adv_label": "benign", "changes": {"mean radius": [11.0, 11.4]}}]}},
+    )
+    blackbox = CheckResult(
+        name="evasion-square", kind="evasion-blackbox", status="incomplete", reason="query budget of 5000 spent",
+        seconds=30.0, metrics={"success_rate": 0.6},
+        findings=[_finding(Severity.low, 4, "evasion-square")],
+        artifacts={"query_curves": [{"attack": "square", "queries": [1, 10, 100, 1000, 5000],
+                                     "success_rate": [0.0, 0.1, 0.3, 0.55, 0.6]}],
+                   "query_log": {"count": 5000, "seconds": 28.7, "bytes_sent": 2_400_000}},
+    )
+    broken = CheckResult(name="membership", kind="privacy", status="error", reason="model has no training data")
+    skipped = CheckResult(name="backdoor", kind="poisoning", status="skipped", reason="not applicable to tables")
+    gates = [
+        GateResult(expression="robust_accuracy[pgd, eps=0.1] >= 0.6", metric="robust_accuracy[pgd, eps=0.1]",
+                   value=0.125, threshold=0.6, op=">=", passed=False),
+        GateResult(expression="clean_accuracy >= 0.9", metric="clean_accuracy", value=0.975, threshold=0.9,
+                   op=">=", passed=True),
+        GateResult(expression="mia_auc <= 0.6", metric="mia_auc", value=None, threshold=0.6, op="<=", passed=False,
+                   reason="check 'membership' did not run"),
+    ]
+    if verdict == "pass":
+        gates = [g for g in gates if g.passed]
+    return ScanResult(
+        tool={"name": "bastion", "version": "0.1.0"}, started_at="2025-01-02T10:00:00+00:00",
+        finished_at="2025-01-02T10:01:15+00:00", verdict=verdict, status=status,
+        status_reason="interrupted by user (Ctrl-C)" if status == "incomplete" else None,
+        target={"spec": "demo:digits-cnn", "kind": "torch", "classes": [str(i) for i in range(10)],
+                "input_shape": [1, 8, 8], "bounds": [0.0, 1.0]},
+        data={"spec": "demo:digits", "n": 360, "seed": 0},
+        checks=[evasion, tabular, blackbox, broken, skipped], gates=gates,
+    )
+
+
+@pytest.fixture(scope="module")
+def result() -> ScanResult:
+    return make_result()
+
+
+@pytest.fixture(scope="module")
+def html(result: ScanResult) -> str:
+    return render_html(result)
+
+
+# ----------------------------------------------------------------------------- report.json
+
+
+def test_json_round_trip(tmp_path: Path, result: ScanResult) -> None:
+    paths = write_reports(result, tmp_path, formats=("json",))
+    assert paths == {"json": tmp_path / "report.json"}
+    doc = json.loads(paths["json"].read_text())
+    assert doc["schema_version"] == result.schema_version
+    assert [f["severity"] for f in doc["findings"]] == ["critical", "high", "medium", "low", "info"]
+    back = read_report(paths["json"])
+    assert back == result
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp file
+
+
+def test_json_matches_schema(tmp_path: Path, result: ScanResult) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    doc = result.to_json_dict()
+    jsonschema.Draft202012Validator(report_json_schema()).validate(doc)
+    doc["verdict"] = "maybe"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft202012Validator(report_json_schema()).validate(doc)
+
+
+def test_committed_schema_is_current() -> None:
+    committed = json.loads(SCHEMA_PATH.read_text())
+    assert committed == report_json_schema(), (
+        "report.schema.json is stale: run python -m bastion.outputs.report.json_report")
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [("{not json", "not a JSON document"), ("[1, 2]", "must be a JSON object"),
+     ('{"schema_version": "9.0"}', "schema_version '9.0' is not supported"),
+     ('{"schema_version": "1.0", "verdict": "maybe"}', "field 'verdict'")],
+)
+def test_read_report_errors(tmp_path: Path, content: str, match: str) -> None:
+    path = tmp_path / "report.json"
+    path.write_text(content)
+    with pytest.raises(DataError, match=match):
+        read_report(path)
+
+
+def test_read_missing_report(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no such report file"):
+        read_report(tmp_path / "nope.json")
+
+
+# ----------------------------------------------------------------------------- verdict text
+
+
+def test_plain_verdict_fail_incomplete(result: ScanResult) -> None:
+    text = plain_verdict(result)
+    assert "FAILED" in text
+    assert "2 of 3 gates failed" in text
+    assert "robust_accuracy[pgd, eps=0.1] >= 0.6" in text and "0.125" in text
+    assert "could not be measured" in text  # the gate without a value
+    assert "Critical finding number 1" in text and "Remedy 1" in text  # worst finding and what to fix first
+    assert "INCOMPLETE" in text and "Ctrl-C" in text
+
+
+def test_plain_verdict_pass_and_summary_override() -> None:
+    res = make_result(verdict="pass", status="complete")
+    text = generate_verdict(res)
+    assert "PASSED" in text and "all 1 gate were met" in text and "INCOMPLETE" not in text
+    res.checks = []
+    assert "No check reported a finding" in generate_verdict(res)
+    assert "does not prove" in generate_verdict(res)
+    res.summary = "  Written by the campaign.  "
+    assert plain_verdict(res) == "Written by the campaign."
+
+
+# ----------------------------------------------------------------------------- report.html
+
+
+class _Collector(HTMLParser):
+    """Checks tags balance and collects resource references and text."""
+
+    VOID = {"meta", "img", "br", "hr", "link", "input", "source", "col", "area", "base", "wbr"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.resources: list[tuple[str, str, str]] = []
+        self.links: list[str] = []
+        self.imgs: list[str] = []
+        self.text: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        if tag not in self.VOID:
+            self.stack.append(tag)
+        for name, value in attrs:
+            if name in ("src", "srcset", "poster", "data") or (name == "href" and tag != "a"):
+                self.resources.append((tag, name, value or ""))
+            if tag == "a" and name == "href":
+                self.links.append(value or "")
+            if tag == "img" and name == "src":
+                self.imgs.append(value or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        assert self.stack and self.stack[-1] == tag, f"unbalanced </{tag}>, open: {self.stack[-3:]}"
+        self.stack.pop()
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def _parse(doc: str) -> _Collector:
+    p = _Collector()
+    p.feed(doc)
+    p.close()
+    assert p.stack == [], f"unclosed tags: {p.stack}"
+    return p
+
+
+def test_html_structure(html: str, result: ScanResult) -> None:
+    p = _parse(html)
+    text = re.sub(r"\s+", " ", " ".join(p.text))
+    assert "FAIL" in text and "Scan INCOMPLETE: interrupted by user (Ctrl-C)" in text
+    assert re.sub(r"\s+", " ", plain_verdict(result)) in text
+    for f in result.findings:
+        assert f.title in text and f.remediation in text
+    for g in result.gates:
+        assert g.expression in text
+    for c in result.checks:
+        assert c.name in text
+    assert "demo:digits-cnn" in text and "demo:digits" in text
+    assert "query budget of 5000 spent" in text and "model has no training data" in text
+    # findings appear worst first
+    positions = [text.index(f.title) for f in result.findings]
+    assert positions == sorted(positions)
+    # ATLAS ids link to the ATLAS site
+    assert "https://atlas.mitre.org/techniques/AML.T0043.000" in p.links
+    assert "OWASP ML01 · Input Manipulation Attack" in text
+    # tabular example: the largest change comes first
+    table = text[text.index("Largest feature changes"):]
+    assert table.index("worst area") < table.index("mean radius") < table.index("mean texture")
+    assert "2.3 MiB" in text  # query log bytes, human-readable
+
+
+def test_html_is_self_contained(html: str) -> None:
+    p = _parse(html)
+    assert p.imgs, "expected inline figures"
+    for tag, attr, value in p.resources:
+        assert value.startswith("data:image/"), f"<{tag} {attr}> references {value[:60]}"
+    assert "<script" not in html.lower() and "<link" not in html.lower()
+    assert not re.search(r"url\(\s*['\"]?(https?:)?//", html), "CSS loads an external resource"
+    assert "@import" not in html and "@font-face" not in html
+    for anchor in p.links:  # links are fine (not loaded), but only to https or in-page
+        assert anchor.startswith(("#", "https://atlas.mitre.org/"))
+
+
+def test_html_figures_decode(html: str) -> None:
+    p = _parse(html)
+    kinds = []
+    for uri in p.imgs:
+        mime, b64 = re.match(r"data:(image/[a-z+]+);base64,(.*)", uri).groups()
+        raw = base64.b64decode(b64, validate=True)
+        kinds.append(mime)
+        if mime == "image/png":
+            assert raw.startswith(b"\x89PNG\r\n\x1a\n")
+        else:
+            root = ET.fromstring(raw)
+            assert root.tag.endswith("svg")
+            assert b"<script" not in raw
+            assert not re.search(rb'href="(?!data:|#)', raw), "SVG references an external resource"
+    # curves, examples, stages, query curves, one histogram
+    assert len(p.imgs) == 5
+    assert kinds.count("image/png") == 1
+
+
+def test_html_escapes_untrusted_strings() -> None:
+    evil = '<script>alert(1)</script><img src="http://evil.example/x.png">'
+    res = make_result()
+    res.target["spec"] = evil
+    res.checks[0].findings[0].title = evil
+    res.checks[0].findings[0].atlas = ['javascript:alert(1)"', "AML.T0015"]
+    res.checks[0].metrics[evil] = evil
+    res.checks[0].artifacts["curves"][0]["attack"] = "$\\frac{a}{$ " + evil  # would break mathtext
+    res.checks[0].artifacts["examples"]["labels"][0] = evil
+    doc = render_html(res)
+    assert "<script>" not in doc and 'src="http://evil' not in doc
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in doc
+    p = _parse(doc)
+    assert all(link.startswith(("#", "https://atlas.mitre.org/techniques/AML.T")) for link in p.links)
+    assert "javascript:alert(1)&#34;" in doc  # shown as text, not linked
+
+
+def test_html_survives_malformed_artifacts() -> None:
+    res = make_result()
+    art = res.checks[0].artifacts
+    art["curves"] = [{"attack": "pgd", "eps": [0.1, 0.2], "robust_accuracy": [0.5]}]
+    art["examples"] = {"shape": [8, 8], "original": [[1, 2, 3]], "adversarial": [[1, 2, 3]]}
+    art["histograms"] = [{"title": "empty", "values": []}, "not a dict"]
+    art["stages"] = [{"stage": "a", "robust_accuracy": "high"}]
+    doc = render_html(res)
+    _parse(doc)
+    assert "Robustness curve: could not be drawn (curve &#39;pgd&#39;: eps and robust_accuracy differ" in doc
+    assert doc.count("could not be drawn") == 4
+    assert "Critical finding number 1" in doc  # the rest of the report is intact
+
+
+def test_html_rgb_and_single_channel_examples() -> None:
+    from bastion.outputs.report import plots
+
+    rng = np.random.default_rng(0)
+    for shape in ([3, 6, 5], [1, 6, 5]):
+        x = rng.uniform(0, 1, (4, *shape))
+        ex = {"shape": shape, "original": x.tolist(), "adversarial": np.clip(x + 0.05, 0, 1).tolist(),
+              "labels": ["cat"] * 4, "adv_labels": ["dog"] * 4}
+        assert plots.example_grid(ex).startswith("data:image/png;base64,")
+    with pytest.raises(ValueError, match="1 or 3 channels"):
+        plots.example_grid({"shape": [2, 4, 4], "original": np.zeros((1, 2, 4, 4)).tolist(),
+                            "adversarial": np.zeros((1, 2, 4, 4)).tolist()})
+
+
+def test_html_minimal_result() -> None:
+    doc = render_html(ScanResult())
+    p = _parse(doc)
+    text = " ".join(p.text)
+    assert "PASS" in text and "The policy sets no gates." in text and "No check ran." in text
+    assert not p.imgs
+
+
+def test_metric_blocks_matrix_and_rates() -> None:
+    blocks = metric_blocks({"clean_accuracy": 0.5, "robust_accuracy": {"pgd": {0.1: 0.25, 0.2: 0.125}},
+                            "eps": [0.1, 0.2], "queries": 1200, "nested": {"a": {"b": [1, 2]}}})
+    rows = dict(blocks[0]["rows"])
+    assert rows["clean_accuracy"] == "50.0%" and rows["queries"] == "1,200" and rows["eps"] == "[0.1, 0.2]"
+    matrix = blocks[1]
+    assert matrix["title"] == "robust_accuracy" and matrix["columns"] == ["0.1", "0.2"]
+    assert matrix["rows"] == [("pgd", ["25.0%", "12.5%"])]
+    assert rows["nested › a › b"] == "[1, 2]"
+
+
+def test_html_deterministic(result: ScanResult, html: str) -> None:
+    assert render_html(result) == html
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="chromium not installed")
+def test_html_renders_in_chromium(tmp_path: Path, result: ScanResult) -> None:
+    path = write_reports(result, tmp_path, formats=("html",))["html"]
+    shot = tmp_path / "shot.png"
+    cmd = ["/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run",
+           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,2000",
+           path.as_uri()]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=90)
+    data = shot.read_bytes()
+    assert data.startswith(b"\x89PNG")
+    from matplotlib.image import imread
+
+    img = imread(str(shot))
+    assert img.shape[:2] == (2000, 1280)
+    assert img[..., :3].std() > 0.05  # not a blank page
+
+
+# ----------------------------------------------------------------------------- junit.xml
+
+
+def test_junit_structure(tmp_path: Path, result: ScanResult) -> None:
+    path = write_reports(result, tmp_path, formats=["junit"])["junit"]
+    root = ET.parse(path).getroot()
+    assert root.tag == "testsuites"
+    suite = root.find("testsuite")
+    cases = suite.findall("testcase")
+    assert len(cases) == len(result.gates) + len(result.checks)
+    assert int(suite.get("tests")) == len(cases) == int(root.get("tests"))
+    n_fail = sum(c.find("failure") is not None for c in cases)
+    n_err = sum(c.find("error") is not None for c in cases)
+    n_skip = sum(c.find("skipped") is not None for c in cases)
+    assert (n_fail, n_err, n_skip) == (2, 2, 1)
+    assert (int(suite.get("failures")), int(suite.get("errors")), int(suite.get("skipped"))) == (n_fail, n_err, n_skip)
+    gate_cases = [c for c in cases if c.get("classname") == "bastion.gates"]
+    assert [c.get("name") for c in gate_cases] == [g.expression for g in result.gates]
+    assert "measured 0.125, required >= 0.6" in gate_cases[0].find("failure").get("message")
+    by_name = {c.get("name"): c for c in cases if c.get("classname") != "bastion.gates"}
+    assert by_name["evasion-pgd"].get("classname") == "bastion.checks.evasion"
+    assert by_name["evasion-square"].get("classname") == "bastion.checks.evasion-blackbox"
+    assert by_name["evasion-square"].find("error").get("message") == "query budget of 5000 spent"
+    assert by_name["backdoor"].find("skipped") is not None
+    out = by_name["evasion-pgd"].find("system-out").text
+    assert "[CRITICAL] BASTION-EVASION-001" in out and "Medium finding" not in out  # only >= high
+    assert "[HIGH]" in by_name["evasion-tabular"].find("system-out").text
+    assert by_name["evasion-square"].find("system-out") is None  # low finding only
+    props = {p.get("name"): p.get("value") for p in suite.find("properties")}
+    assert props["verdict"] == "fail" and props["status"] == "incomplete"
+    assert float(suite.get("time")) == pytest.approx(sum(c.seconds for c in result.checks), abs=1e-3)
+
+
+def test_junit_survives_control_characters() -> None:
+    res = make_result(verdict="pass", status="complete")
+    res.checks[3].reason = "bad byte \x00\x07 here & <there>"
+    root = ET.fromstring(render_junit(res))
+    err = root.find(".//testcase[@name='membership']/error")
+    assert err.get("message") == "bad byte \ufffd\ufffd here & <there>"
+    assert int(root.get("failures")) == 0
+
+
+# ----------------------------------------------------------------------------- writer
+
+
+def test_write_reports_rejects_unknown_format(tmp_path: Path, result: ScanResult) -> None:
+    with pytest.raises(UsageError, match="unknown report format.*pdf.*allowed: json, html, junit, sarif"):
+        write_reports(result, tmp_path, formats=("json", "pdf"))
+    assert not (tmp_path / "report.json").exists()  # nothing half-written
+
+
+def test_write_reports_all_formats(tmp_path: Path, result: ScanResult) -> None:
+    pytest.importorskip("bastion.outputs.report.sarif", reason="SARIF writer not merged yet")
+    out = tmp_path / "nested" / "out"
+    paths = write_reports(result, out)
+    assert set(paths) == {"json", "html", "junit", "sarif"}
+    assert {p.name for p in out.iterdir()} == {"report.json", "report.html", "junit.xml", "report.sarif"}
+    sarif = json.loads(paths["sarif"].read_text())
+    assert sarif["version"] == "2.1.0"
+    assert read_report(paths["json"]) == result
+
+
+def test_write_reports_overwrites_atomically(tmp_path: Path, result: ScanResult) -> None:
+    write_reports(result, tmp_path, formats=("json", "junit"))
+    res2 = make_result(verdict="pass", status="complete")
+    write_reports(res2, tmp_path, formats=("junit", "json"))
+    assert read_report(tmp_path / "report.json").verdict == "pass"
+    assert ET.parse(tmp_path / "junit.xml").getroot().get("failures") == "0"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junit.xml", "report.json"]
+
+
+def test_chromium_available_note() -> None:
+    """Documented: the chromium screenshot test runs only where Debian's chromium is installed."""
+    assert shutil.which("python3") is not None
