@@ -1,0 +1,91 @@
+"""The Check contract: a named, parameterised unit of a scan that returns a CheckResult.
+
+A check kind is registered by name (``@register_check``); its parameters are a pydantic model, so
+a policy file is validated field by field before anything runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from bastion.core.data import Dataset
+from bastion.core.results import CheckResult
+from bastion.core.targets.base import Target
+
+log = logging.getLogger(__name__)
+
+# progress(description, total) -> context manager yielding an advance(n) callable
+ProgressFactory = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
+
+
+class CheckParams(BaseModel):
+    """Base of every check's parameters: unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class CheckContext:
+    """What a check may use: the target, the data (with labels as class indices), the seed, a
+    progress factory and a scratch directory."""
+
+    target: Target | None
+    data: Dataset | None
+    y: np.ndarray | None
+    seed: int = 0
+    out_dir: Path | None = None
+    progress: ProgressFactory | None = None
+    policy_dir: Path = field(default_factory=Path.cwd)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def require_model(self, check: str) -> tuple[Target, Dataset, np.ndarray]:
+        from bastion.errors import UsageError
+
+        if self.target is None or self.data is None or self.y is None:
+            raise UsageError(f"check '{check}' needs a target and data in the policy")
+        return self.target, self.data, self.y
+
+    def bar(self, description: str, total: int) -> AbstractContextManager[Callable[[int], None]]:
+        if self.progress is None:
+            from contextlib import nullcontext
+
+            return nullcontext(lambda n: None)
+        return self.progress(description, total)
+
+
+class Check(ABC):
+    """A check kind. Subclasses set ``kind``, ``Params`` and implement ``run``."""
+
+    kind: ClassVar[str] = ""
+    Params: ClassVar[type[CheckParams]] = CheckParams
+    needs_model: ClassVar[bool] = True
+
+    def __init__(self, name: str, params: CheckParams) -> None:
+        self.name, self.params = name, params
+
+    @abstractmethod
+    def run(self, ctx: CheckContext) -> CheckResult:
+        """Run the check; raise BastionError subclasses for user mistakes."""
+
+
+_CHECKS: dict[str, type[Check]] = {}
+
+
+def register_check(cls: type[Check]) -> type[Check]:
+    _CHECKS[cls.kind] = cls
+    return cls
+
+
+def check_kinds() -> dict[str, type[Check]]:
+    import bastion.campaign.checks  # noqa: F401  (registers the built-in checks)
+
+    return dict(sorted(_CHECKS.items()))
