@@ -125,6 +125,12 @@ def is_ignored(rel_path: str, name: str, rules: Sequence[str]) -> bool:
     return False
 
 
+def path_ignored(rel_path: str, rules: Sequence[str]) -> bool:
+    """Whether ``rel_path`` or one of its parent directories matches an ignore rule."""
+    parts = rel_path.split("/")
+    return any(is_ignored("/".join(parts[: i + 1]), parts[i], rules) for i in range(len(parts)))
+
+
 def link_escapes(rel_path: str, target: str) -> bool:
     """Whether a symlink at ``rel_path`` with ``target`` points outside the directory."""
     if posixpath.isabs(target) or os.path.isabs(target):

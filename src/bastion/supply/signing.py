@@ -48,6 +48,7 @@ from bastion.supply.manifest import (
     effective_rules,
     hash_files,
     link_escapes,
+    path_ignored,
     walk_directory,
 )
 
@@ -429,6 +430,9 @@ def verify_directory(
         if extra and extra not in rules:
             rules.append(extra)
     report.ignore_rules = rules
+    if len(rules) > len(doc.get("ignore", [])):  # rules added at verify time also hide manifest entries
+        for hidden in [p for p in expected if path_ignored(p, rules)]:
+            del expected[hidden]
     walk = walk_directory(root, rules)
     report.ignored = walk.ignored
     report.unreadable += [Change(p, why) for p, why in walk.unreadable]
