@@ -1,0 +1,204 @@
+"""``bastion inspect``: decide, without executing anything, whether loading a model file can run code.
+
+Entry point: :func:`scan_paths`. Files are recognised by content (see :mod:`bastion.supply.formats`);
+pickles are analysed by a symbolic walk of their opcodes (:mod:`bastion.supply.pickle_scan`) against an
+allow-list (:mod:`bastion.supply.allowlist`). Each file is scanned under time and memory bounds
+(:class:`InspectConfig`): a file that breaks a bound gets a finding, an unreadable file an error, and
+the scan of the other files goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from bastion import __version__
+from bastion.core.results import CheckResult, Finding, ScanResult, Severity
+from bastion.supply.config import InspectConfig
+from bastion.supply.context import LimitExceeded, Malformed, ScanContext
+from bastion.supply.rules import CHECK_NAME, make_finding
+
+log = logging.getLogger(__name__)
+
+__all__ = ["InspectConfig", "InspectResult", "ScanError", "scan_paths", "scan_file", "inspect_check"]
+
+
+@dataclass(frozen=True)
+class ScanError:
+    """A file that could not be scanned at all (unreadable, vanished, internal failure)."""
+
+    path: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "message": self.message}
+
+
+@dataclass
+class InspectResult:
+    """Outcome of :func:`scan_paths`: findings, per-file errors, and what was scanned."""
+
+    findings: list[Finding] = field(default_factory=list)
+    errors: list[ScanError] = field(default_factory=list)
+    files_scanned: int = 0
+    formats: dict[str, list[str]] = field(default_factory=dict)   # file -> formats detected (nested too)
+    seconds: float = 0.0
+
+    def worst(self) -> Severity | None:
+        """The highest severity among the findings, or None when there is none."""
+        return max((f.severity for f in self.findings), key=lambda s: s.rank, default=None)
+
+    def failed(self, fail_on: Severity = Severity.high) -> bool:
+        """True when a finding is at or above ``fail_on``."""
+        worst = self.worst()
+        return worst is not None and worst.rank >= fail_on.rank
+
+    def exit_code(self, fail_on: Severity = Severity.high) -> int:
+        """CLI convention: 1 finding at/above ``fail_on``, else 2 if a file errored, else 0."""
+        if self.failed(fail_on):
+            return 1
+        return 2 if self.errors else 0
+
+    def to_check_result(self, fail_on: Severity = Severity.high) -> CheckResult:
+        return CheckResult(
+            name=CHECK_NAME, kind="supply-chain",
+            status="incomplete" if self.errors else "complete",
+            reason="; ".join(f"{e.path}: {e.message}" for e in self.errors[:5]) or None,
+            seconds=round(self.seconds, 4),
+            metrics={"files_scanned": self.files_scanned, "errors": len(self.errors),
+                     "findings": len(self.findings),
+                     "worst": self.worst().value if self.worst() else None,
+                     "failed": self.failed(fail_on)},
+            findings=sorted(self.findings, key=lambda f: (-f.severity.rank, f.location or "", f.offset or 0)),
+            artifacts={"formats": self.formats, "errors": [e.to_dict() for e in self.errors]},
+        )
+
+    def to_scan_result(self, paths: Sequence[str | os.PathLike[str]] = (),
+                       fail_on: Severity = Severity.high) -> ScanResult:
+        import datetime as dt
+
+        check = self.to_check_result(fail_on)
+        return ScanResult(tool={"name": "bastion", "version": __version__, "command": "inspect"},
+                          finished_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+                          verdict="fail" if self.failed(fail_on) else "pass",
+                          status="incomplete" if self.errors else "complete",
+                          status_reason=check.reason, target={"paths": [str(p) for p in paths]},
+                          checks=[check], summary=_summary(self, fail_on))
+
+
+def _summary(res: InspectResult, fail_on: Severity) -> str:
+    worst = res.worst()
+    return (f"{res.files_scanned} file(s) scanned, {len(res.findings)} finding(s)"
+            f"{f' (worst: {worst.value})' if worst else ''}, {len(res.errors)} error(s); "
+            f"{'FAIL' if res.failed(fail_on) else 'pass'} at --fail-on {fail_on.value}")
+
+
+def _walk(root: Path, cfg: InspectConfig, res: InspectResult) -> Iterator[tuple[Path, Path]]:
+    """Yield (file, scan root) pairs; links are reported, then their targets scanned."""
+    if not root.is_dir():
+        yield root, root.parent
+        return
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=cfg.follow_symlinks,
+                                                onerror=lambda e: res.errors.append(
+                                                    ScanError(str(e.filename), f"cannot list: {e.strerror}"))):
+        dirnames.sort()
+        for d in dirnames:
+            p = Path(dirpath) / d
+            if p.is_symlink() and not cfg.follow_symlinks:
+                res.findings.append(make_finding(
+                    "BASTION-SC-060", Severity.medium, f"Symbolic link to a directory: {d} -> {os.readlink(p)}",
+                    location=str(p), description="Not followed (set limits.follow_symlinks to follow it)."))
+        for name in sorted(filenames):
+            yield Path(dirpath) / name, root
+
+
+def _link_findings(path: Path, root: Path) -> list[Finding]:
+    out: list[Finding] = []
+    try:
+        lst = os.lstat(path)
+    except OSError:
+        return out
+    if stat.S_ISLNK(lst.st_mode):
+        real = os.path.realpath(path)
+        real_root = os.path.realpath(root)
+        outside = os.path.commonpath([real, real_root]) != real_root
+        out.append(make_finding(
+            "BASTION-SC-060", Severity.medium if outside else Severity.info,
+            f"Symbolic link {'leaving the scanned directory' if outside else 'inside the directory'}: "
+            f"{path.name} -> {os.readlink(path)}", location=str(path),
+            description="Loaders follow links: the file actually read is the link's target, which was scanned.",
+            target=real))
+    elif stat.S_ISREG(lst.st_mode) and lst.st_nlink > 1:
+        out.append(make_finding(
+            "BASTION-SC-060", Severity.low, f"Hard link: {path.name} has {lst.st_nlink} names",
+            location=str(path), description="Another name of this file may live outside the model directory."))
+    return out
+
+
+def scan_file(path: str | os.PathLike[str], config: InspectConfig | None = None) -> tuple[list[Finding], list[str]]:
+    """Scan one file; returns (findings, formats). Raises OSError when the file cannot be read."""
+    cfg = config or InspectConfig()
+    p = Path(path)
+    ctx = ScanContext(cfg, p)
+    from bastion.supply.formats import scan_stream
+
+    with open(p, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        try:
+            scan_stream(ctx, fh, size)
+        except LimitExceeded as exc:
+            ctx.add("BASTION-SC-008", Severity.high, f"Not fully analysed: {exc}", offset=exc.offset,
+                    description="The file exceeds a configured scan limit (memo or opcode bombs, zip bombs, "
+                    "deep nesting, very slow parses); what loading it would do is unknown.", limit=exc.limit)
+        except Malformed as exc:
+            ctx.add("BASTION-SC-007", Severity.medium, f"Malformed {ctx.formats[-1] if ctx.formats else 'file'}: "
+                    f"{exc}", offset=exc.offset)
+        except RecursionError:
+            ctx.add("BASTION-SC-008", Severity.high, "Not fully analysed: nesting too deep for the parser",
+                    limit="recursion")
+    return ctx.findings, ctx.formats
+
+
+def scan_paths(paths: Sequence[str | os.PathLike[str]], *, config: InspectConfig | None = None) -> InspectResult:
+    """Scan files and directories (walked recursively) and return every finding and error.
+
+    Never imports, unpickles or executes the content it scans.
+    """
+    cfg = config or InspectConfig()
+    res = InspectResult()
+    t0 = time.perf_counter()
+    for raw in paths:
+        root = Path(raw)
+        if not root.exists() and not root.is_symlink():
+            res.errors.append(ScanError(str(root), "no such file or directory"))
+            continue
+        for path, scan_root in _walk(root, cfg, res):
+            res.findings.extend(_link_findings(path, scan_root) if path != root else [])
+            if path.is_symlink() and path != root and not path.exists():
+                continue   # dangling link: reported above
+            res.files_scanned += 1
+            try:
+                findings, formats = scan_file(path, cfg)
+            except OSError as exc:
+                res.errors.append(ScanError(str(path), f"cannot read: {exc.strerror or exc}"))
+                continue
+            except Exception as exc:  # a bug must not stop the scan of the other files
+                log.exception("internal error while scanning %s", path)
+                res.errors.append(ScanError(str(path), f"internal error: {type(exc).__name__}: {exc}"))
+                continue
+            res.findings.extend(findings)
+            res.formats[str(path)] = formats
+            log.info("%s: %s, %d finding(s)", path, "/".join(formats) or "?", len(findings))
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def inspect_check(paths: Sequence[str | os.PathLike[str]], *, config: InspectConfig | None = None,
+                  fail_on: Severity = Severity.high) -> CheckResult:
+    """Run inspect as a check of ``bastion scan``: the same findings as a :class:`CheckResult`."""
+    return scan_paths(paths, config=config).to_check_result(fail_on)
