@@ -86,13 +86,60 @@ class InputSpec:
         return np.clip(x, lo, hi)
 
     def enforce(self, x: np.ndarray, x_adv: np.ndarray) -> np.ndarray:
-        """Make adversarial inputs respect every constraint: bounds, and immutable features keep
-        their original values. Every attack result passes through here."""
+        """Make adversarial inputs respect every constraint: bounds, immutable features keep their
+        original values, integer features hold integers and one-hot groups stay one-hot (argmax
+        projection). Every attack result passes through here.
+
+        Rounding never enlarges the perturbation: per sample, neither its L∞ nor its L2 norm (in ε
+        units) may grow, so a point inside the attack's ε-ball stays inside it. Where rounding to the
+        nearest integer (or switching category) would grow it, the value is rounded toward the
+        original instead (or the original category kept).
+        """
         x_adv = self.clip(x_adv)
-        if self.features is not None:
-            mask = self.mutable_mask().astype(bool)
-            x_adv = np.where(mask, x_adv, x)
-        return x_adv.astype(np.float32, copy=False)
+        if self.features is None:
+            return x_adv.astype(np.float32, copy=False)
+        mask = self.mutable_mask().astype(bool)
+        x_adv = np.where(mask, x_adv, x)
+        if not any(f.kind != "continuous" for f in self.features):
+            return x_adv.astype(np.float32, copy=False)
+        n = len(x_adv)
+        x2 = np.asarray(x, np.float64).reshape(n, -1)
+        a2 = np.asarray(x_adv, np.float64).reshape(n, -1)
+        scale = np.array([f.scale for f in self.features], np.float64)
+        d0 = (a2 - x2) / scale
+        linf0 = np.abs(d0).max(axis=1, initial=0.0)[:, None] + 1e-6
+        l2_0 = np.linalg.norm(d0, axis=1) + 1e-6
+        bold = self._discretise(x2, a2, scale, linf0)
+        grew = np.linalg.norm((bold - x2) / scale, axis=1) > l2_0
+        if grew.any():  # fall back to rounding toward the original: no |delta_i| can grow
+            bold[grew] = self._discretise(x2[grew], a2[grew], scale, np.zeros((int(grew.sum()), 1)))
+        return bold.reshape(np.shape(x_adv)).astype(np.float32, copy=False)
+
+    def _discretise(self, x: np.ndarray, a: np.ndarray, scale: np.ndarray, allow: np.ndarray) -> np.ndarray:
+        """Round integer features and project one-hot groups. ``allow`` (n, 1): largest |delta_i| (ε
+        units) a rounding may reach; beyond it, round toward ``x`` / keep the original category."""
+        assert self.features is not None
+        out = a.copy()
+        lo, hi = (np.asarray(b, np.float64).reshape(-1) for b in self.bounds_arrays())
+        moved = a != x
+        groups: dict[str, list[int]] = {}
+        for j, f in enumerate(self.features):
+            if f.kind == "categorical" and f.group:
+                groups.setdefault(f.group, []).append(j)
+            elif f.kind != "continuous":  # integer, or a categorical column holding integer codes
+                lo_j = np.ceil(lo[j]) if np.isfinite(lo[j]) else -np.inf
+                hi_j = np.floor(hi[j]) if np.isfinite(hi[j]) else np.inf
+                near = np.clip(np.round(a[:, j]), lo_j, hi_j)
+                toward = np.clip(np.where(a[:, j] >= x[:, j], np.floor(a[:, j]), np.ceil(a[:, j])), lo_j, hi_j)
+                ok = np.abs(near - x[:, j]) / scale[j] <= allow[:, 0]
+                out[:, j] = np.where(moved[:, j], np.where(ok, near, toward), x[:, j])
+        for cols in groups.values():
+            block = a[:, cols]
+            proj = np.zeros_like(block)
+            proj[np.arange(len(block)), block.argmax(axis=1)] = 1.0
+            ok = (np.abs(proj - x[:, cols]) / scale[cols] <= allow).all(axis=1)
+            out[:, cols] = np.where(ok[:, None], proj, x[:, cols])
+        return out
 
     # --- validation ---------------------------------------------------------------------------
     def validate(self, x: np.ndarray, *, what: str = "inputs", atol: float = 1e-5) -> np.ndarray:
@@ -156,4 +203,117 @@ def tabular_spec(x: np.ndarray, feature_names: list[str] | None = None, *,
     return InputSpec(shape=(n_features,), features=features, kind="tabular")
 
 
-__all__ = ["FeatureSpec", "InputSpec", "tabular_spec"]
+FEATURE_KEYS = ("name", "kind", "lower", "upper", "mutable", "scale", "group")
+
+
+def constraints_from_config(features: list[dict[str, Any]], feature_names: list[str], *,
+                            base: list[FeatureSpec] | None = None,
+                            x: np.ndarray | None = None) -> list[FeatureSpec]:
+    """Feature constraints from a policy / API list of dicts, one per constrained column::
+
+        [{"name": "age", "kind": "integer", "lower": 18, "upper": 99},
+         {"name": "sex", "mutable": false},
+         {"name": "color_red", "kind": "categorical", "group": "color"}, ...]
+
+    Keys: ``name`` (required), ``kind`` (continuous | integer | categorical), ``lower``, ``upper``,
+    ``mutable``, ``scale`` (> 0, ε units), ``group`` (columns of one one-hot variable). Columns not
+    listed keep their ``base`` spec (default: unconstrained, scale 1). With ``x`` given, integer
+    columns and one-hot groups are checked against the data. Contradictions raise DataError naming
+    the column.
+    """
+    names = [str(n) for n in feature_names]
+    if base is not None and len(base) != len(names):
+        raise DataError(f"{len(base)} base feature specs for {len(names)} columns")
+    out = {n: (base[i] if base is not None else FeatureSpec(name=n)) for i, n in enumerate(names)}
+    out = {n: FeatureSpec(**{**f.__dict__, "name": n}) for n, f in out.items()}
+    if not isinstance(features, list):
+        raise DataError(f"feature constraints must be a list of mappings, got {type(features).__name__}")
+    seen: set[str] = set()
+    for i, item in enumerate(features):
+        if not isinstance(item, dict) or "name" not in item:
+            raise DataError(f"feature constraint #{i + 1} must be a mapping with a 'name'")
+        name = str(item["name"])
+        if name not in out:
+            raise DataError(f"feature constraint #{i + 1} names an unknown column '{name}'",
+                            hint=f"columns are: {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}")
+        if name in seen:
+            raise DataError(f"column '{name}' is constrained twice")
+        seen.add(name)
+        unknown = set(item) - set(FEATURE_KEYS)
+        if unknown:
+            raise DataError(f"column '{name}': unknown constraint key(s) {', '.join(sorted(map(str, unknown)))}; "
+                            f"allowed: {', '.join(FEATURE_KEYS)}")
+        f = out[name]
+        kind = item.get("kind", f.kind)
+        if kind not in ("continuous", "integer", "categorical"):
+            raise DataError(f"column '{name}': kind must be continuous, integer or categorical, got {kind!r}")
+        try:
+            lower = float(item["lower"]) if item.get("lower") is not None else f.lower
+            upper = float(item["upper"]) if item.get("upper") is not None else f.upper
+            scale = float(item["scale"]) if item.get("scale") is not None else f.scale
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"column '{name}': lower, upper and scale must be numbers ({exc})") from exc
+        mutable = item.get("mutable", f.mutable)
+        if not isinstance(mutable, bool):
+            raise DataError(f"column '{name}': mutable must be true or false, got {mutable!r}")
+        group = item.get("group", f.group)
+        group = None if group is None else str(group)
+        if np.isnan(lower) or np.isnan(upper) or lower > upper:
+            raise DataError(f"column '{name}': bounds are inverted or invalid (lower {lower} > upper {upper})")
+        if not (scale > 0 and np.isfinite(scale)):
+            raise DataError(f"column '{name}': scale must be a finite number > 0, got {scale}")
+        if group is not None and kind != "categorical":
+            if "kind" in item:
+                raise DataError(f"column '{name}': a one-hot group member must have kind 'categorical', not {kind!r}")
+            kind = "categorical"
+        if kind == "categorical" and group is not None:
+            lower, upper = max(lower, 0.0), min(upper, 1.0)
+            if lower > 0 or upper < 1:
+                raise DataError(f"column '{name}': a one-hot column needs bounds that include 0 and 1")
+        out[name] = FeatureSpec(name=name, kind=kind, lower=lower, upper=upper, mutable=mutable, scale=scale,
+                                group=group)
+    specs = [out[n] for n in names]
+    _check_groups(specs)
+    if x is not None:
+        _check_against_data(specs, np.asarray(x, np.float64))
+    return specs
+
+
+def _check_groups(specs: list[FeatureSpec]) -> None:
+    groups: dict[str, list[FeatureSpec]] = {}
+    for f in specs:
+        if f.group is not None:
+            groups.setdefault(f.group, []).append(f)
+    for g, members in groups.items():
+        if len(members) < 2:
+            raise DataError(f"one-hot group '{g}' has a single column ('{members[0].name}'); a group needs two or more")
+        if len({f.mutable for f in members}) > 1:
+            raise DataError(f"one-hot group '{g}' mixes mutable and immutable columns "
+                            f"({', '.join(f.name for f in members)}); make the whole group one or the other")
+
+
+def _check_against_data(specs: list[FeatureSpec], x: np.ndarray) -> None:
+    if x.ndim != 2 or x.shape[1] != len(specs):
+        raise DataError(f"data of shape {x.shape} does not match {len(specs)} feature constraints")
+    index = {f.name: j for j, f in enumerate(specs)}
+    for j, f in enumerate(specs):
+        col = x[:, j]
+        if f.group is not None:
+            bad = ~np.isin(col, (0.0, 1.0))
+            if bad.any():
+                raise DataError(f"column '{f.name}' of one-hot group '{f.group}' holds values other than 0/1 "
+                                f"(e.g. {col[bad][0]:.4g} in row {int(np.flatnonzero(bad)[0])})")
+        elif f.kind != "continuous" and np.any(col != np.round(col)):
+            raise DataError(f"column '{f.name}' is declared {f.kind} but holds non-integer values")
+    groups: dict[str, list[int]] = {}
+    for f in specs:
+        if f.group is not None:
+            groups.setdefault(f.group, []).append(index[f.name])
+    for g, cols in groups.items():
+        sums = x[:, cols].sum(axis=1)
+        if np.any(sums != 1):
+            row = int(np.flatnonzero(sums != 1)[0])
+            raise DataError(f"one-hot group '{g}' does not have exactly one 1 per row (row {row} sums to {sums[row]:g})")
+
+
+__all__ = ["FeatureSpec", "InputSpec", "constraints_from_config", "tabular_spec"]
