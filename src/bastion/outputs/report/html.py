@@ -244,15 +244,34 @@ def _duration(start: str, end: str | None) -> str | None:
     return f"{secs:.0f} s" if secs < 120 else f"{secs / 60:.1f} min"
 
 
+def _when(stamp: str | None) -> str:
+    """ISO timestamp -> 'YYYY-MM-DD HH:MM:SS UTC' (unparsable values shown as they are)."""
+    if not stamp:
+        return "—"
+    try:
+        ts = _dt.datetime.fromisoformat(stamp)
+    except ValueError:
+        return stamp
+    if ts.tzinfo is None:
+        return ts.strftime("%Y-%m-%d %H:%M:%S")
+    return ts.astimezone(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def build_context(result: ScanResult) -> dict[str, Any]:
     """Everything the template shows, already formatted (strings are escaped by jinja)."""
     findings = result.findings
     counts = Counter(f.severity.value for f in findings)
+    anchors: dict[str, str] = {}
+    for i, c in enumerate(result.checks):
+        anchors.setdefault(c.name, f"check-{i}")
     return {
+        "check_anchors": anchors,
         "r": result,
         "verdict_text": plain_verdict(result),
         "tool": " ".join(v for v in (result.tool.get("name", "bastion"), result.tool.get("version", "")) if v),
         "duration": _duration(result.started_at, result.finished_at),
+        "started": _when(result.started_at),
+        "finished": _when(result.finished_at),
         "target_rows": _spec_rows(result.target),
         "data_rows": _spec_rows(result.data),
         "gates": [

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -54,9 +55,35 @@ def report_json_schema() -> dict[str, Any]:
     }
 
 
+def _strict(doc: Any) -> Any:
+    """Replace NaN and ±inf by ``null``: RFC 8259 JSON has no such numbers and strict parsers
+    (JavaScript, Go, jq --strict) reject them. pydantic already does this for ``Any`` fields."""
+    if isinstance(doc, float) and not math.isfinite(doc):
+        return None
+    if isinstance(doc, dict):
+        return {k: _strict(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_strict(v) for v in doc]
+    return doc
+
+
+def json_document(result: ScanResult) -> dict[str, Any]:
+    """The ``report.json`` document, with NaN/±inf as ``null`` wherever the schema allows null
+    (gate values, metrics, artifacts, target and data descriptions)."""
+    doc = result.to_json_dict()
+    doc["target"], doc["data"] = _strict(doc["target"]), _strict(doc["data"])
+    for gate in doc["gates"]:
+        gate["value"] = _strict(gate["value"])
+    for check in doc["checks"]:
+        check["metrics"], check["artifacts"] = _strict(check["metrics"]), _strict(check["artifacts"])
+    for finding in [f for c in doc["checks"] for f in c["findings"]] + doc["findings"]:
+        finding["metrics"] = _strict(finding["metrics"])
+    return doc
+
+
 def write_json_report(result: ScanResult, path: str | os.PathLike[str]) -> Path:
     """Write ``result`` to ``path`` atomically (temp file + rename)."""
-    return atomic_write_json(path, result.to_json_dict())
+    return atomic_write_json(path, json_document(result))
 
 
 def read_report(path: str | os.PathLike[str]) -> ScanResult:

@@ -184,7 +184,6 @@ def histogram(spec: Mapping[str, Any]) -> str:
         ax.hist(values, bins=bins, color=_COLORS[0], alpha=0.85, edgecolor="white")
         ax.axvline(float(np.median(values)), color=_COLORS[1], ls="--", lw=1.2,
                    label=f"median {np.median(values):.4g}")
-        ax.set_title(str(spec.get("title", "")), fontsize=9)
         ax.set_xlabel(str(spec.get("xlabel", "")))
         ax.set_ylabel("count")
         ax.legend(frameon=False, fontsize=8)
@@ -204,7 +203,6 @@ def stages_chart(stages: Sequence[Mapping[str, Any]]) -> str:
         ax = fig.subplots()
         xs = np.arange(len(names))
         ax.bar(xs, acc, color=_COLORS[0], width=0.6)
-        ax.step(xs, acc, where="mid", color=_COLORS[1], lw=1)
         for x, a in zip(xs, acc, strict=True):
             ax.annotate(f"{a:.1%}", (x, a), ha="center", va="bottom", fontsize=8, xytext=(0, 2),
                         textcoords="offset points")
@@ -238,6 +236,9 @@ def query_curves(curves: Sequence[Mapping[str, Any]]) -> str:
                 low = min(low, float(q[q > 0].min()))
         if np.isfinite(low) and top / low >= 100:
             ax.set_xscale("log")
+            # plain labels (1, 10, 100): the default log labels are mathtext, which is off here
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _pos: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_ylim(-0.02, 1.05)
         ax.set_xlabel("queries to the model")
         ax.set_ylabel("attack success rate")
