@@ -273,12 +273,18 @@ def _scan(path: Path) -> tuple[str, str | None, int, str]:
     worst = result.worst()
     findings = list(result.findings)
     failed = result.failed(fail_on=Severity.high)
+    errors = list(getattr(result, "errors", []))
     if failed:
         top = sorted(findings, key=lambda f: -f.severity.rank)[:3]
         detail = "; ".join(f"{f.severity.value}: {f.title} ({f.location})" for f in top)
+        verdict = "fail"
+    elif errors:  # a file that could not be scanned is not a clean file
+        detail = "; ".join(f"{e.path}: {e.message}" for e in errors[:3])
+        verdict = "error"
     else:
         detail = f"{len(findings)} finding(s) below high" if findings else "clean"
-    return ("fail" if failed else "pass"), (worst.value if worst else None), len(findings), detail
+        verdict = "pass"
+    return verdict, (worst.value if worst else None), len(findings), detail
 
 
 def check_version(path: str | os.PathLike[str], public_key_pem: bytes | None, *, scan: bool = True) -> CheckOutcome:
@@ -568,7 +574,7 @@ class Registry:
         def read(session: Session) -> list[EventInfo]:
             model = self._model(session, name)
             labels = dict(session.execute(select(VersionRow.id, VersionRow.version)
-                                          .where(VersionRow.model_id == model.id)).tuples().all())
+                                          .where(VersionRow.model_id == model.id)).all())
             rows = session.scalars(select(EventRow).where(EventRow.model_id == model.id).order_by(EventRow.id))
             return [EventInfo(e.at, e.action, labels.get(e.version_id) if e.version_id else None, e.detail)
                     for e in rows]
