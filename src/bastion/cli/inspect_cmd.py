@@ -1,9 +1,95 @@
-"""CLI commands (placeholder until implemented)."""
+"""``bastion inspect PATH...``: scan model files without executing them."""
 
 from __future__ import annotations
 
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
 import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+
+class OutputFormat(str, Enum):
+    text = "text"
+    json = "json"
+    sarif = "sarif"
+
+
+_STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan", "info": "dim"}
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the bastion app."""
+    """Add ``inspect`` to the bastion app."""
+
+    @app.command("inspect")
+    def inspect_command(
+        paths: list[Path] = typer.Argument(..., help="Model files or directories (walked recursively)."),
+        fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", "-f", help="text, json or sarif."),
+        fail_on: str = typer.Option("high", "--fail-on",
+                                    help="Exit 1 when a finding is at or above: critical, high, medium, low, info."),
+        config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                              help="YAML/TOML file: extra allow-list entries and limits."),
+        output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report to this file."),
+    ) -> None:
+        """Scan model files for code that loading them would run (pickle, PyTorch, joblib, NumPy,
+        Keras, ONNX, safetensors, zip/tar/7z). Never loads or executes the files.
+
+        Exit codes: 0 clean, 1 a finding at or above --fail-on, 2 a file could not be scanned (or a
+        usage error).
+        """
+        from bastion.core.io import atomic_write_json, atomic_write_text
+        from bastion.core.results import Severity
+        from bastion.supply.config import InspectConfig
+        from bastion.supply.inspect import scan_paths
+
+        threshold = Severity.parse(fail_on)
+        cfg = InspectConfig.from_file(config) if config else InspectConfig()
+        res = scan_paths(paths, config=cfg)
+        code = res.exit_code(threshold)
+        if fmt is OutputFormat.text:
+            console = Console(record=output is not None, width=120 if output else None)
+            _print_text(console, res, threshold)
+            if output:
+                atomic_write_text(output, console.export_text())
+        else:
+            scan = res.to_scan_result(paths, threshold)
+            if fmt is OutputFormat.json:
+                doc = scan.to_json_dict()
+                doc["errors"] = [e.to_dict() for e in res.errors]
+            else:
+                from bastion.outputs.report.sarif import render_sarif
+
+                doc = render_sarif(scan)
+            if output:
+                atomic_write_json(output, doc)
+            else:
+                typer.echo(json.dumps(doc, indent=2))
+        # sys.exit, not typer.Exit: main() runs click with standalone_mode=False, which swallows Exit codes
+        sys.exit(code)
+
+
+def _print_text(console: Console, res, threshold) -> None:  # noqa: ANN001 - InspectResult, Severity
+    findings = sorted(res.findings, key=lambda f: (-f.severity.rank, f.location or "", f.offset or 0))
+    if findings:
+        table = Table(title="bastion inspect", show_lines=False, expand=False)
+        for col in ("severity", "rule", "file", "offset", "finding"):
+            table.add_column(col, overflow="fold")
+        for f in findings:
+            where = escape(f.location or "-") + (f" [dim]\\[{escape(str(f.metrics['member']))}][/]"
+                                                 if f.metrics.get("member") else "")
+            table.add_row(f"[{_STYLE[f.severity.value]}]{f.severity.value}[/]", f.rule_id, where,
+                          "" if f.offset is None else str(f.offset), escape(f.title))
+        console.print(table)
+    for e in res.errors:
+        console.print(f"[bold red]error:[/] {escape(e.path)}: {escape(e.message)}")
+    worst = res.worst()
+    verdict = ("[bold red]FAIL[/]" if res.failed(threshold) else
+               "[bold yellow]INCOMPLETE[/]" if res.errors else "[bold green]PASS[/]")
+    console.print(f"{verdict} {res.files_scanned} file(s) scanned, {len(res.findings)} finding(s)"
+                  f"{f', worst {worst.value}' if worst else ''}, {len(res.errors)} error(s) "
+                  f"(--fail-on {threshold.value}, {res.seconds:.2f} s)")
