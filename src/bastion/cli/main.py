@@ -52,8 +52,9 @@ def _root(
 
 
 def _register_commands() -> None:
-    from bastion.cli import inspect_cmd, signing_cmds
+    from bastion.cli import inspect_cmd, scan_cmds, signing_cmds
 
+    scan_cmds.register(app)
     inspect_cmd.register(app)
     signing_cmds.register(app)
 

@@ -1,0 +1,236 @@
+"""The ``evasion`` check: one attack (any registered one) at one or more ε, turned into metrics,
+pictures and a finding a non-specialist can act on."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from bastion.attacks.base import Attack, AttackResult, available_attacks, get_attack
+from bastion.attacks.curve import robustness_curve
+from bastion.campaign.checks.base import Check, CheckContext, CheckParams, register_check
+from bastion.core.results import CheckResult, Finding, Severity
+from bastion.core.threatmap import THREATS
+from bastion.errors import UsageError
+
+RULES = {"evasion-whitebox": "BASTION-EV-001", "evasion-blackbox": "BASTION-EV-002",
+         "evasion-transfer": "BASTION-EV-003"}
+MINIMAL_RULE = "BASTION-EV-010"
+NORM_SYMBOL = {"linf": "L∞", "l2": "L2"}
+
+REMEDIATION = {
+    "evasion-whitebox": (
+        "Train the model adversarially (PGD adversarial training or TRADES) at the ε you need to withstand, then "
+        "re-run this scan; input filters (JPEG, smoothing, squeezing) alone do not stop an adaptive attacker. "
+        "Keep the model's weights and gradients private, and gate deployment on robust accuracy."),
+    "evasion-blackbox": (
+        "An attacker with only API access can fool the model. Train it adversarially, limit and monitor query rates "
+        "per client, and return labels or rounded scores instead of full probabilities."),
+    "evasion-transfer": (
+        "Adversarial inputs crafted on another model fool this one. Adversarial training and ensembles of "
+        "diverse models reduce transferability; do not rely on keeping the model secret."),
+}
+
+
+class EvasionParams(CheckParams):
+    attack: str = Field(default="pgd", description="Name of a registered attack.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Parameters of the attack.")
+    norm: Literal["linf", "l2"] = "linf"
+    eps: list[float] = Field(default_factory=lambda: [0.1])
+    targeted: bool = False
+    query_budget: int | None = Field(default=None, gt=0)
+    examples: int = Field(default=8, ge=0, le=64)
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return [v] if isinstance(v, (int, float)) else v
+
+    @field_validator("eps")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if not v or any(not (e >= 0) or e == float("inf") for e in v):
+            raise ValueError("eps must be one or more finite numbers >= 0")
+        return sorted(v)
+
+    @field_validator("attack")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        attacks = available_attacks()
+        if v not in attacks:
+            raise ValueError(f"unknown attack '{v}'; available: {', '.join(attacks)}")
+        return v
+
+
+@register_check
+class EvasionCheck(Check):
+    kind = "evasion"
+    Params = EvasionParams
+
+    def __init__(self, name: str, params: EvasionParams) -> None:
+        super().__init__(name, params)
+        self.params: EvasionParams = params
+        extra = dict(params.params)
+        for key in ("eps", "norm", "targeted"):
+            if key in extra:
+                raise UsageError(f"set '{key}' on the check itself, not inside 'params'")
+        self.attack: Attack = get_attack(params.attack, eps=params.eps[0], norm=params.norm,
+                                         targeted=params.targeted, **extra)
+
+    def run(self, ctx: CheckContext) -> CheckResult:
+        target, data, y = ctx.require_model(self.name)
+        p, attack = self.params, self.attack
+        if hasattr(attack, "seed"):
+            attack = attack.clone(seed=ctx.seed)
+        t0 = time.perf_counter()
+        budget = p.query_budget
+        saved_budget = target.query_budget
+        if budget is not None:
+            target.query_budget = target.queries + budget
+        try:
+            if attack.minimal:
+                with ctx.bar(f"{self.name}: {attack.name}", len(y)) as advance:
+                    results = [attack.run(target, data.x, y, progress=advance)]
+            else:
+                with ctx.bar(f"{self.name}: {attack.name} × {len(p.eps)} ε", len(y) * len(p.eps)) as advance:
+                    results = robustness_curve(attack, target, data.x, y, p.eps, progress=advance)
+        finally:
+            target.query_budget = saved_budget
+        return self._result(ctx, attack, results, time.perf_counter() - t0)
+
+    # --- turning results into a CheckResult -------------------------------------------------------
+    def _result(self, ctx: CheckContext, attack: Attack, results: list[AttackResult], seconds: float) -> CheckResult:
+        p = self.params
+        last = results[-1]
+        complete = all(r.complete for r in results)
+        entries = [_entry(r, p.norm) for r in results]
+        metrics: dict[str, Any] = {
+            "attack": attack.name, "norm": p.norm, "clean_accuracy": last.clean_accuracy,
+            "robust_accuracy": last.robust_accuracy, "queries": int(sum(r.queries for r in results)),
+            "results": entries,
+        }
+        artifacts: dict[str, Any] = {}
+        if attack.minimal:
+            metrics.update(_minimal_stats(last, p.norm, p.eps))
+            fooled = last.success & (last.clean_pred == last.y)
+            artifacts["histograms"] = [{"title": f"Smallest adversarial perturbation ({NORM_SYMBOL[p.norm]}, "
+                                                 f"{attack.name})",
+                                        "values": [float(v) for v in last.norms[p.norm][fooled]],
+                                        "xlabel": f"{NORM_SYMBOL[p.norm]} norm (ε units)"}]
+        else:
+            artifacts["curves"] = [{"attack": attack.name, "norm": p.norm, "eps": [r.eps for r in results],
+                                    "robust_accuracy": [r.robust_accuracy for r in results],
+                                    "clean_accuracy": last.clean_accuracy}]
+        for key, art in (("stages", "stages"), ("query_curve", "query_curves"), ("query_log", "query_log")):
+            if key in last.extra:
+                val = last.extra[key]
+                if art == "query_curves":
+                    artifacts.setdefault(art, []).append({"attack": attack.name, **val})
+                else:
+                    artifacts[art] = val
+        if "notes" in last.extra:
+            metrics["notes"] = list(last.extra["notes"])
+        if p.examples and ctx.target is not None:
+            artifacts.update(_examples(ctx, last, p.examples))
+        findings = [self._finding(attack, results, metrics)]
+        reason = next((r.reason for r in results if r.reason), None)
+        return CheckResult(name=self.name, kind=self.kind, status="complete" if complete else "incomplete",
+                           reason=reason, seconds=seconds, metrics=metrics, findings=findings, artifacts=artifacts)
+
+    def _finding(self, attack: Attack, results: list[AttackResult], metrics: dict[str, Any]) -> Finding:
+        family = attack.family
+        threat = THREATS.get(family, THREATS["evasion"])
+        last = results[-1]
+        clean, robust = last.clean_accuracy, last.robust_accuracy
+        norm = NORM_SYMBOL[self.params.norm]
+        if attack.minimal:
+            med = metrics.get("min_perturbation_median")
+            title = (f"{attack.name}: half of the inputs are fooled by a {norm} perturbation of "
+                     f"{med:.3g} or less" if med is not None else f"{attack.name}: no adversarial example found")
+            severity = Severity.info
+            rule = MINIMAL_RULE
+        else:
+            severity = robustness_severity(clean, robust)
+            title = (f"{attack.name} ({norm}, ε={last.eps:g}) lowers accuracy from {clean:.0%} to {robust:.0%}")
+            rule = RULES.get(family, RULES["evasion-whitebox"])
+        return Finding(
+            rule_id=rule, title=title, severity=severity, check=self.name,
+            atlas=list(threat.atlas), owasp=list(threat.owasp),
+            description=f"{threat.description} Measured on {len(last.y)} inputs with {attack!r}.",
+            remediation=REMEDIATION.get(family, REMEDIATION["evasion-whitebox"]),
+            metrics={k: v for k, v in metrics.items() if k not in ("results",)})
+
+
+def robustness_severity(clean: float, robust: float) -> Severity:
+    """How bad an accuracy drop is: the share of the clean accuracy that survives the attack."""
+    if clean <= 0:
+        return Severity.high
+    kept = robust / clean
+    if kept < 0.25:
+        return Severity.critical
+    if kept < 0.5:
+        return Severity.high
+    if kept < 0.8:
+        return Severity.medium
+    if kept < 0.95:
+        return Severity.low
+    return Severity.info
+
+
+def _entry(r: AttackResult, norm: str) -> dict[str, Any]:
+    m = r.metrics()
+    flat = {k: v for k, v in m.items() if k != "norms"}
+    for name, stats in m["norms"].items():
+        for stat, value in stats.items():
+            flat[f"{name}_{stat}"] = value
+    flat["norm"] = norm
+    return flat
+
+
+def _minimal_stats(r: AttackResult, norm: str, eps: list[float]) -> dict[str, Any]:
+    fooled = r.success & (r.clean_pred == r.y)
+    correct = r.clean_pred == r.y
+    v = r.norms[norm][fooled]
+    out: dict[str, Any] = {"n_fooled": int(fooled.sum()), "n_attacked": int(correct.sum())}
+    if len(v):
+        q = np.quantile(v, [0.1, 0.25, 0.5, 0.75, 0.9])
+        out.update({f"min_perturbation_q{int(k * 100)}": float(x) for k, x in zip([0.1, 0.25, 0.5, 0.75, 0.9], q)})
+        out["min_perturbation_median"] = float(q[2])
+    # robust accuracy at each policy ε, read off the distribution of minimal perturbations
+    norms_all = np.where(fooled, r.norms[norm], np.inf)
+    out["results_at_eps"] = [{"eps": e, "robust_accuracy": float(np.mean(correct & (norms_all > e)))} for e in eps]
+    return out
+
+
+def _examples(ctx: CheckContext, r: AttackResult, n: int) -> dict[str, Any]:
+    target = ctx.target
+    assert target is not None
+    idx = np.flatnonzero(r.success & (r.clean_pred == r.y))[:n]
+    if len(idx) == 0:
+        return {}
+    names = [str(c) for c in target.classes]
+    spec = target.input_spec
+    if spec.kind == "image":
+        x0 = ctx.data.x[idx] if ctx.data is not None else r.x_adv[idx]
+        shape = list(spec.shape if spec.shape[0] not in (1,) else spec.shape[1:])
+        return {"examples": {
+            "attack": r.attack, "eps": r.eps, "shape": shape,
+            "original": x0.reshape(len(idx), *shape).tolist(),
+            "adversarial": r.x_adv[idx].reshape(len(idx), *shape).tolist(),
+            "labels": [names[int(i)] for i in r.y[idx]],
+            "adv_labels": [names[int(i)] for i in r.adv_pred[idx]],
+            "confidence": [float(c) for c in r.adv_confidence[idx]]}}
+    if spec.features is not None and ctx.data is not None:
+        fnames = [f.name for f in spec.features]
+        rows = []
+        for i in idx:
+            delta = np.abs(r.x_adv[i] - ctx.data.x[i]) / spec.scale_array()
+            top = np.argsort(-delta)[:5]
+            rows.append({"label": names[int(r.y[i])], "adv_label": names[int(r.adv_pred[i])],
+                         "changes": {fnames[j]: [float(ctx.data.x[i][j]), float(r.x_adv[i][j])]
+                                     for j in top if delta[j] > 1e-6}})
+        return {"tabular_examples": {"attack": r.attack, "feature_names": fnames, "rows": rows}}
+    return {}

@@ -1,0 +1,233 @@
+"""``bastion scan``, ``bastion attack`` and ``bastion demo``."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bastion.core.results import CheckResult, ScanResult
+
+console = Console(stderr=True)
+out_console = Console()
+
+EXIT_OK, EXIT_FAIL = 0, 1
+SEVERITY_STYLE = {"critical": "bold white on red", "high": "bold red", "medium": "yellow", "low": "cyan",
+                  "info": "dim"}
+
+
+class ProgressUI:
+    """A rich progress display that checks can open bars on; silent when ``quiet``."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console, transient=True, disable=quiet)
+
+    def __enter__(self) -> ProgressUI:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    @contextmanager
+    def bar(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        task = self.progress.add_task(escape(description), total=total)
+        try:
+            yield lambda n: self.progress.advance(task, n)
+        finally:
+            self.progress.remove_task(task)
+
+
+def _print_check(res: CheckResult, quiet: bool) -> None:
+    if quiet:
+        return
+    mark = {"complete": "[green]✓[/]", "incomplete": "[yellow]![/]", "error": "[red]✗[/]", "skipped": "[dim]-[/]"}
+    extra = f" — {escape(res.reason)}" if res.reason else ""
+    console.print(f"{mark.get(res.status, '?')} {escape(res.name)} ({res.kind}) {res.seconds:.1f}s{extra}")
+
+
+def print_summary(result: ScanResult, out_dir: Path | None) -> None:
+    """Human summary on stdout: gates, findings, verdict, where the report is."""
+    if result.gates:
+        table = Table(title=f"Gates — {escape(str(result.target.get('policy', '')))}", title_justify="left")
+        for col in ("gate", "measured", "result"):
+            table.add_column(col)
+        for g in result.gates:
+            value = "—" if g.value is None else f"{g.value:.4g}"
+            table.add_row(escape(g.expression), value, "[green]pass[/]" if g.passed else f"[red]FAIL[/] "
+                          f"{escape(g.reason or '')}")
+        out_console.print(table)
+    if result.findings:
+        table = Table(title="Findings (worst first)", title_justify="left")
+        for col in ("severity", "finding", "ATLAS", "OWASP"):
+            table.add_column(col)
+        for f in result.findings[:15]:
+            table.add_row(f"[{SEVERITY_STYLE[f.severity.value]}]{f.severity.value}[/]", escape(f.title),
+                          ", ".join(f.atlas), ", ".join(f.owasp))
+        out_console.print(table)
+    verdict = "[bold green]PASS[/]" if result.verdict == "pass" else "[bold red]FAIL[/]"
+    status = "" if result.status == "complete" else f" [yellow](incomplete: {escape(result.status_reason or '')})[/]"
+    out_console.print(f"Verdict: {verdict}{status}")
+    if out_dir is not None:
+        out_console.print(f"Report: {out_dir / 'report.html'}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add scan, attack and demo to the bastion app."""
+
+    @app.command(epilog="Example: bastion scan bastion.yaml --out reports/  (exit 1 when a gate fails)")
+    def scan(
+        policy: Path = typer.Argument(..., help="Policy file (YAML).", show_default=False),
+        out: Path | None = typer.Option(None, "--out", "-o", help="Report directory (default: the policy's output.dir)."),
+        limit: int | None = typer.Option(None, "--limit", help="Use at most N samples of the data (seeded)."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary; exit code only."),
+        as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout."),
+    ) -> None:
+        """Run the campaign a policy file describes and write the reports.
+
+        Exit codes: 0 all gates pass, 1 a gate failed, 2 usage or policy error, 3 runtime error.
+        """
+        from bastion.campaign.policy import load_policy
+        from bastion.campaign.runner import scan as run_scan
+
+        loaded = load_policy(policy)
+        out_dir = out if out is not None else Path(loaded.policy.output.dir)
+        result = _run_scan(run_scan, loaded, out_dir, limit, quiet or as_json)
+        _emit(result, out_dir, quiet, as_json)
+        raise typer.Exit(EXIT_OK if result.verdict == "pass" else EXIT_FAIL)
+
+    @app.command(epilog="Examples:\n\n  bastion attack --target demo:digits-cnn --data demo:digits --attack pgd "
+                        "--eps 0.05 --eps 0.1\n\n  bastion attack --target onnx:model.onnx --data npz:test.npz "
+                        "--attack fgsm --eps 0.03 --json")
+    def attack(
+        target: str = typer.Option(..., "--target", "-t", help="Model spec, e.g. demo:digits-cnn, onnx:m.onnx."),
+        data: str = typer.Option(..., "--data", "-d", help="Data spec, e.g. demo:digits, npz:test.npz."),
+        attack_name: str = typer.Option("pgd", "--attack", "-a", help="Attack name (see `bastion attacks`)."),
+        eps: list[float] = typer.Option([0.1], "--eps", "-e", help="ε (repeat for a robustness curve)."),
+        norm: str = typer.Option("linf", "--norm", help="linf or l2."),
+        param: list[str] = typer.Option([], "--param", "-p", help="Attack parameter KEY=VALUE (repeatable)."),
+        limit: int | None = typer.Option(None, "--limit", help="Use at most N samples (seeded)."),
+        seed: int = typer.Option(0, "--seed", help="Random seed."),
+        label: str | None = typer.Option(None, "--label", help="Label column of a CSV dataset."),
+        as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    ) -> None:
+        """Run one attack against one model, ad hoc, and print the metrics."""
+        from bastion.attacks import get_attack, robustness_curve
+        from bastion.core.data import align_labels
+        from bastion.core.loader import load_data, load_target
+
+        params = _parse_params(param)
+        ds = load_data(data, limit=limit, seed=seed, label=label)
+        tgt = load_target(target, data=ds)
+        y = align_labels(ds, tgt)
+        atk = get_attack(attack_name, eps=eps[0], norm=norm, seed=seed, **params)
+        with ProgressUI(quiet or as_json) as ui, ui.bar(f"{atk.name}", len(y) * len(eps)) as advance:
+            results = ([atk.run(tgt, ds.x, y, progress=advance)] if atk.minimal
+                       else robustness_curve(atk, tgt, ds.x, y, eps, progress=advance))
+        rows = [{k: v for k, v in r.metrics().items()} for r in results]
+        if as_json:
+            out_console.print_json(json.dumps({"target": tgt.describe(), "data": ds.describe(), "results": rows},
+                                              default=str))
+            return
+        table = Table(title=f"{atk!r} on {escape(tgt.name)} ({len(y)} inputs)", title_justify="left")
+        for col in ("ε", "clean acc", "robust acc", "success rate", f"median {norm}", "queries", "seconds"):
+            table.add_column(col, justify="right")
+        for m in rows:
+            med = m["norms"][norm]["median"]
+            table.add_row("min" if m["eps"] is None else f"{m['eps']:g}", f"{m['clean_accuracy']:.3f}",
+                          f"{m['robust_accuracy']:.3f}",
+                          "—" if m["success_rate"] is None else f"{m['success_rate']:.3f}",
+                          "—" if med is None else f"{med:.4g}", str(m["queries"]), f"{m['seconds']:.2f}")
+        out_console.print(table)
+
+    @app.command("attacks")
+    def list_attacks() -> None:
+        """List the registered attacks."""
+        from bastion.attacks import available_attacks
+
+        table = Table(title="Attacks", title_justify="left")
+        for col in ("name", "family", "gradients", "description"):
+            table.add_column(col)
+        for name, cls in available_attacks().items():
+            doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+            table.add_row(name, cls.family, "yes" if cls.needs_gradients else "no", escape(doc))
+        out_console.print(table)
+
+    @app.command(epilog="Example: bastion demo --out demo-report/")
+    def demo(
+        out: Path = typer.Option(Path("bastion-demo"), "--out", "-o", help="Directory for the demo reports."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    ) -> None:
+        """Train (first run only, then cached) the demo models, scan them with the default policies,
+        and write the reports: a first look at what bastion finds.
+
+        Exit code 0 whatever the verdicts (the demo models are meant to fail some gates).
+        """
+        from bastion.campaign import DEMO_POLICIES, packaged_policy
+        from bastion.campaign.policy import load_policy
+        from bastion.campaign.runner import scan as run_scan
+
+        t0 = time.perf_counter()
+        summary = Table(title="bastion demo", title_justify="left")
+        for col in ("model", "clean acc", "worst robust acc", "gates", "verdict", "report"):
+            summary.add_column(col)
+        for name in DEMO_POLICIES:
+            loaded = load_policy(packaged_policy(name))
+            model = loaded.policy.target.model if loaded.policy.target else name
+            if not quiet:
+                console.print(f"[bold]{escape(model)}[/] — {escape(loaded.policy.description)}")
+            out_dir = out / name.removeprefix("demo-")
+            result = _run_scan(run_scan, loaded, out_dir, None, quiet)
+            accs = [c.metrics.get("robust_accuracy") for c in result.checks
+                    if c.metrics.get("robust_accuracy") is not None]
+            clean = next((c.metrics["clean_accuracy"] for c in result.checks if "clean_accuracy" in c.metrics), None)
+            passed = sum(g.passed for g in result.gates)
+            summary.add_row(model, "—" if clean is None else f"{clean:.1%}",
+                            "—" if not accs else f"{min(accs):.1%}", f"{passed}/{len(result.gates)}",
+                            "[green]pass[/]" if result.verdict == "pass" else "[red]fail[/]",
+                            str(out_dir / "report.html"))
+        out_console.print(summary)
+        out_console.print(f"Done in {time.perf_counter() - t0:.1f}s. Open the reports in a browser.")
+
+
+def _run_scan(run_scan: Any, loaded: Any, out_dir: Path, limit: int | None, quiet: bool) -> ScanResult:
+    with ProgressUI(quiet) as ui:
+        try:
+            return run_scan(loaded, out_dir=out_dir, progress=ui.bar, limit=limit,
+                            on_check=lambda r: _print_check(r, quiet))
+        except KeyboardInterrupt:
+            console.print(f"[yellow]interrupted[/]: partial report (status: incomplete) in {out_dir}")
+            raise typer.Exit(130) from None
+
+
+def _emit(result: ScanResult, out_dir: Path, quiet: bool, as_json: bool) -> None:
+    if as_json:
+        out_console.print_json(json.dumps(result.to_json_dict(), default=str))
+    elif not quiet:
+        print_summary(result, out_dir)
+
+
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    from bastion.errors import UsageError
+
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--param expects KEY=VALUE, got '{item}'")
+        params[key.strip()] = yaml.safe_load(value)
+    return params
