@@ -2,5 +2,11 @@
 
 from bastion.attacks.evasion.fgsm import FGSM
 from bastion.attacks.evasion.pgd import PGD
+from bastion.attacks.evasion.apgd import APGD, APGDCE, APGDDLR, APGDT
+from bastion.attacks.evasion.auto import AutoAttack
+from bastion.attacks.evasion.cw import CarliniWagnerL2
+from bastion.attacks.evasion.deepfool import DeepFool
+from bastion.attacks.evasion.min_eps import MinimalEps
 
 __all__ = ["FGSM", "PGD"]
+__all__ += ["APGD", "APGDCE", "APGDDLR", "APGDT", "AutoAttack", "CarliniWagnerL2", "DeepFool", "MinimalEps"]

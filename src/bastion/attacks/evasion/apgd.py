@@ -1,0 +1,287 @@
+"""Auto-PGD (Croce & Hein, 2020, "Reliable evaluation of adversarial robustness with an ensemble of
+diverse parameter-free attacks", arXiv:2003.01690), L∞ and L2, with the cross-entropy or the
+Difference-of-Logits-Ratio (DLR) loss, untargeted, targeted, or targeted at the top-k classes (APGD-T).
+
+The algorithm (Sec. 3 of the paper): a first step of size η = 2ε, then steps with momentum
+α = 0.75 (``z = P(x + η·s(∇))``, ``x' = P(x + α(z - x) + (1 - α)(x - x_prev))``); at checkpoints
+``w_j`` (first after 22% of the iterations, then shorter by 3% each time, never below 6%) the step
+size of a sample is halved and it restarts from its best point when (1) its loss went up in at most
+ρ = 75% of the steps since the last checkpoint, or (2) its step size was not reduced at the last
+checkpoint and its best loss did not improve since. Samples stop as soon as they are fooled
+(which does not change the robust accuracy and saves time); restarts run on the samples still robust.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bastion.attacks.base import Attack, register_attack
+from bastion.attacks.evasion._torch import Geometry, ascent_direction, project_ball, random_start, to_tensor
+from bastion.core.targets.base import DifferentiableTarget
+from bastion.errors import UsageError
+
+LOSSES = ("ce", "dlr")
+
+
+def dlr_loss(logits: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor | None) -> torch.Tensor:
+    """Per-sample DLR loss to *maximise* (Croce & Hein 2020, Eq. 6 and the targeted variant).
+
+    Untargeted (``t`` None): ``-(z_y - max_{i≠y} z_i) / (z_π1 - z_π3)``.
+    Targeted: ``-(z_y - z_t) / (z_π1 - (z_π3 + z_π4) / 2)``; with ``y`` None, ``z_y`` is the
+    largest logit other than the target's. With fewer classes than the denominator needs, the
+    denominator falls back to the spread of the logits.
+    """
+    srt = logits.sort(dim=1, descending=True).values
+    n = logits.shape[1]
+    if t is None:
+        assert y is not None
+        z_y = logits.gather(1, y[:, None]).squeeze(1)
+        other = logits.scatter(1, y[:, None], -torch.inf).amax(dim=1)
+        den = srt[:, 0] - (srt[:, 2] if n >= 3 else srt[:, -1])
+        return -(z_y - other) / (den + 1e-12)
+    z_t = logits.gather(1, t[:, None]).squeeze(1)
+    if y is None:
+        z_y = logits.scatter(1, t[:, None], -torch.inf).amax(dim=1)
+    else:
+        z_y = logits.gather(1, y[:, None]).squeeze(1)
+    den = srt[:, 0] - ((srt[:, 2] + srt[:, 3]) / 2 if n >= 4 else srt[:, -1])
+    return -(z_y - z_t) / (den + 1e-12)
+
+
+def apgd_loss(logits: torch.Tensor, loss: str, y: torch.Tensor | None, t: torch.Tensor | None) -> torch.Tensor:
+    """Per-sample loss to maximise: move away from ``y`` and, if given, towards ``t``."""
+    if loss == "dlr":
+        return dlr_loss(logits, y, t)
+    if t is not None:
+        return -F.cross_entropy(logits, t, reduction="none")
+    assert y is not None
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+@dataclass
+class APGDRun:
+    """One APGD optimisation over a batch: the inputs, what to move away from / towards, the success test."""
+
+    x: torch.Tensor
+    y: torch.Tensor | None  # class to move away from (untargeted success: argmax != y)
+    t: torch.Tensor | None  # class to move towards
+    success_is_target: bool  # True: success means argmax == t
+
+
+def apgd_optimise(target: DifferentiableTarget, geo: Geometry, run: APGDRun, *, eps: float, norm: str, steps: int,
+                  loss: str, rho: float = 0.75, momentum: float = 0.75, eot_iter: int = 1,
+                  gen: torch.Generator | None = None, random_init: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """One APGD run (no restarts) on a batch. Returns the best adversarial inputs found and the
+    per-sample success mask; unsuccessful samples come back unchanged."""
+    x0 = run.x
+    n = len(x0)
+    dev = x0.device
+    out = x0.clone()
+    fooled = torch.zeros(n, dtype=torch.bool, device=dev)
+    if n == 0 or eps == 0:
+        return out, fooled
+
+    def fooled_by(logits: torch.Tensor, yy: torch.Tensor | None, tt: torch.Tensor | None) -> torch.Tensor:
+        pred = logits.argmax(dim=1)
+        return pred == tt if run.success_is_target else pred != yy
+
+    def evaluate(xs: torch.Tensor, delta: torch.Tensor, yy: torch.Tensor | None, tt: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Loss, gradient in ε units, success mask and the adversarial input at ``delta``."""
+        x_adv = geo.apply(xs, delta)
+        total_loss, total_grad, done = None, None, None
+        for _ in range(eot_iter):  # Expectation over Transformation for randomised models
+            xr = x_adv.detach().requires_grad_(True)
+            logits = target.logits(xr)
+            lv = apgd_loss(logits, loss, yy, tt)
+            (g,) = torch.autograd.grad(lv.sum(), xr)
+            d = fooled_by(logits.detach(), yy, tt)
+            total_loss = lv.detach() if total_loss is None else total_loss + lv.detach()
+            total_grad = g if total_grad is None else total_grad + g
+            done = d if done is None else done | d
+        assert total_loss is not None and total_grad is not None and done is not None
+        grad = torch.nan_to_num(total_grad / eot_iter) * geo.scale * geo.mask
+        return total_loss / eot_iter, grad, done, x_adv.detach()
+
+    def proj(xs: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        return geo.delta_of(xs, geo.apply(xs, project_ball(d, eps, norm)))
+
+    idx = torch.arange(n, device=dev)
+    xs, yy, tt = x0, run.y, run.t
+    if random_init:
+        delta = random_start(tuple(xs.shape), eps, norm, gen or torch.Generator(device=dev), str(dev)) * geo.mask
+    else:
+        delta = torch.zeros_like(xs)
+    delta = proj(xs, delta)
+    loss_v, grad, done, x_adv = evaluate(xs, delta, yy, tt)
+
+    step = torch.full((n,), 2.0 * eps, device=dev)
+    loss_best, delta_best, grad_best = loss_v.clone(), delta.clone(), grad.clone()
+    loss_prev = loss_v.clone()
+    loss_best_last = loss_best.clone()
+    reduced_last = torch.zeros(n, dtype=torch.bool, device=dev)
+    n_incr = torch.zeros(n, device=dev)
+    delta_prev = delta.clone()
+    k = max(int(0.22 * steps), 1)
+    size_decr, k_min = max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+    counter = 0
+
+    def view(v: torch.Tensor) -> torch.Tensor:
+        return v.view(-1, *([1] * (xs.dim() - 1)))
+
+    for i in range(steps):
+        if done.any():  # keep the successes and drop them from the active set
+            out[idx[done]], fooled[idx[done]] = x_adv[done], True
+            keep = ~done
+            idx, xs, delta, delta_prev, grad = idx[keep], xs[keep], delta[keep], delta_prev[keep], grad[keep]
+            yy = yy[keep] if yy is not None else None
+            tt = tt[keep] if tt is not None else None
+            step, loss_v, loss_prev, loss_best = step[keep], loss_v[keep], loss_prev[keep], loss_best[keep]
+            delta_best, grad_best, loss_best_last = delta_best[keep], grad_best[keep], loss_best_last[keep]
+            reduced_last, n_incr, x_adv, done = reduced_last[keep], n_incr[keep], x_adv[keep], done[keep]
+        if len(idx) == 0:
+            break
+        a = momentum if i > 0 else 1.0
+        mom = delta - delta_prev
+        delta_prev = delta
+        z = proj(xs, delta + view(step) * ascent_direction(grad, norm))
+        delta = proj(xs, delta + a * (z - delta) + (1 - a) * mom)
+
+        loss_v, grad, done, x_adv = evaluate(xs, delta, yy, tt)
+        n_incr += (loss_v > loss_prev).float()
+        loss_prev = loss_v
+        better = loss_v > loss_best
+        loss_best = torch.where(better, loss_v, loss_best)
+        delta_best[better], grad_best[better] = delta[better], grad[better]
+
+        counter += 1
+        if counter == k:
+            oscillating = n_incr <= rho * k
+            no_improvement = (~reduced_last) & (loss_best_last >= loss_best)
+            flag = oscillating | no_improvement
+            reduced_last, loss_best_last = flag, loss_best.clone()
+            if flag.any():
+                step = torch.where(flag, step / 2, step)
+                delta = torch.where(view(flag), delta_best, delta)
+                grad = torch.where(view(flag), grad_best, grad)
+            counter, n_incr = 0, torch.zeros_like(n_incr)
+            k = max(k - size_decr, k_min)
+    if done.any():
+        out[idx[done]], fooled[idx[done]] = x_adv[done], True
+    return out, fooled
+
+
+@register_attack
+class APGD(Attack):
+    """Auto-PGD: parameter-free PGD with momentum and an adaptive step size.
+
+    ``loss``: ``"ce"`` or ``"dlr"``. ``n_target_classes`` > 0 runs APGD-T: for each of the top-k
+    classes other than the true one (by the clean logits), a targeted run towards it, on the points
+    still robust; success is still any misclassification. ``restarts`` random restarts run only on
+    points still robust. ``eot_iter`` > 1 averages gradients over repeated calls (EOT, for
+    randomised models).
+
+    >>> import bastion
+    >>> attack = bastion.attacks.APGD(eps=0.1, norm="linf", loss="dlr", steps=100)
+    """
+
+    name = "apgd"
+
+    def __init__(self, *, eps: float = 0.1, norm: str = "linf", loss: str = "ce", steps: int = 100,
+                 restarts: int = 1, n_target_classes: int = 0, rho: float = 0.75, momentum: float = 0.75,
+                 eot_iter: int = 1, random_init: bool = True, targeted: bool = False, batch_size: int = 256,
+                 seed: int = 0) -> None:
+        super().__init__(eps=eps, norm=norm, targeted=targeted, batch_size=batch_size, seed=seed)
+        if loss not in LOSSES:
+            raise UsageError(f"loss must be one of {', '.join(LOSSES)}, got '{loss}'")
+        if steps < 1 or restarts < 1 or eot_iter < 1:
+            raise UsageError(f"steps, restarts and eot_iter must be >= 1, got {steps}, {restarts}, {eot_iter}")
+        if n_target_classes < 0:
+            raise UsageError(f"n_target_classes must be >= 0, got {n_target_classes}")
+        if not 0 < rho <= 1 or not 0 < momentum <= 1:
+            raise UsageError(f"rho and momentum must be in (0, 1], got rho={rho}, momentum={momentum}")
+        self.loss, self.steps, self.restarts = loss, int(steps), int(restarts)
+        self.n_target_classes, self.rho, self.momentum = int(n_target_classes), float(rho), float(momentum)
+        self.eot_iter, self.random_init = int(eot_iter), bool(random_init)
+
+    def _attack_batch(self, target: DifferentiableTarget, x: np.ndarray, goal: np.ndarray,
+                      rows: np.ndarray) -> np.ndarray:
+        dev = target.device
+        geo = Geometry.of(target)
+        x0, g0 = to_tensor(x, dev), to_tensor(goal, dev, torch.long)
+        gen = torch.Generator(device=dev).manual_seed(self.seed + int(rows[0]))
+        best = x0.clone()
+        fooled = torch.zeros(len(x0), dtype=torch.bool, device=dev)
+        if self.targeted:
+            plans: list[torch.Tensor | None] = [None]
+        elif self.n_target_classes > 0:
+            with torch.no_grad():
+                clean = target.logits(x0).scatter(1, g0[:, None], -torch.inf)
+            order = clean.argsort(dim=1, descending=True)
+            k = min(self.n_target_classes, target.n_classes - 1)
+            plans = [order[:, j] for j in range(k)]
+        else:
+            plans = [None]
+        for plan in plans:
+            for _ in range(self.restarts):
+                idx = torch.nonzero(~fooled).squeeze(1)
+                if len(idx) == 0:
+                    return best.cpu().numpy()
+                if self.targeted:
+                    run = APGDRun(x0[idx], None, g0[idx], True)
+                else:
+                    run = APGDRun(x0[idx], g0[idx], None if plan is None else plan[idx], False)
+                adv, ok = apgd_optimise(target, geo, run, eps=self.eps, norm=self.norm, steps=self.steps,
+                                        loss=self.loss, rho=self.rho, momentum=self.momentum,
+                                        eot_iter=self.eot_iter, gen=gen, random_init=self.random_init)
+                best[idx[ok]], fooled[idx[ok]] = adv[ok], True
+        return best.cpu().numpy()
+
+
+@register_attack
+class APGDCE(APGD):
+    """APGD with the cross-entropy loss (AutoAttack's first stage)."""
+
+    name = "apgd-ce"
+
+    def __init__(self, *, eps: float = 0.1, norm: str = "linf", loss: str = "ce", steps: int = 100,
+                 restarts: int = 1, n_target_classes: int = 0, rho: float = 0.75, momentum: float = 0.75,
+                 eot_iter: int = 1, random_init: bool = True, targeted: bool = False, batch_size: int = 256,
+                 seed: int = 0) -> None:
+        super().__init__(eps=eps, norm=norm, loss=loss, steps=steps, restarts=restarts,
+                         n_target_classes=n_target_classes, rho=rho, momentum=momentum, eot_iter=eot_iter,
+                         random_init=random_init, targeted=targeted, batch_size=batch_size, seed=seed)
+
+
+@register_attack
+class APGDDLR(APGD):
+    """APGD with the DLR loss, untargeted (robust to the scale of the logits)."""
+
+    name = "apgd-dlr"
+
+    def __init__(self, *, eps: float = 0.1, norm: str = "linf", loss: str = "dlr", steps: int = 100,
+                 restarts: int = 1, n_target_classes: int = 0, rho: float = 0.75, momentum: float = 0.75,
+                 eot_iter: int = 1, random_init: bool = True, targeted: bool = False, batch_size: int = 256,
+                 seed: int = 0) -> None:
+        super().__init__(eps=eps, norm=norm, loss=loss, steps=steps, restarts=restarts,
+                         n_target_classes=n_target_classes, rho=rho, momentum=momentum, eot_iter=eot_iter,
+                         random_init=random_init, targeted=targeted, batch_size=batch_size, seed=seed)
+
+
+@register_attack
+class APGDT(APGD):
+    """APGD-T: targeted DLR towards each of the top-9 other classes in turn (AutoAttack's second stage)."""
+
+    name = "apgd-t"
+
+    def __init__(self, *, eps: float = 0.1, norm: str = "linf", loss: str = "dlr", steps: int = 100,
+                 restarts: int = 1, n_target_classes: int = 9, rho: float = 0.75, momentum: float = 0.75,
+                 eot_iter: int = 1, random_init: bool = True, targeted: bool = False, batch_size: int = 256,
+                 seed: int = 0) -> None:
+        super().__init__(eps=eps, norm=norm, loss=loss, steps=steps, restarts=restarts,
+                         n_target_classes=n_target_classes, rho=rho, momentum=momentum, eot_iter=eot_iter,
+                         random_init=random_init, targeted=targeted, batch_size=batch_size, seed=seed)
