@@ -119,8 +119,9 @@ class Attack(ABC):
         goal = y_target if self.targeted else y
         start_q, t0 = target.queries, time.perf_counter()
         saved_budget = target.query_budget
-        if query_budget is not None:
-            target.query_budget = start_q + query_budget
+        if query_budget is not None:  # the threat's budget never lifts the target's own hard limit
+            limit = start_q + query_budget
+            target.query_budget = limit if saved_budget is None else min(limit, saved_budget)
         x_adv, complete, reason = x.copy(), True, None
         clean_pred: np.ndarray | None = None
         try:
