@@ -76,7 +76,7 @@ def render_junit(result: ScanResult) -> bytes:
     """The JUnit XML document (UTF-8 bytes, with XML declaration)."""
     root = ET.Element("testsuites", {"name": "bastion scan"})
     suite = _sub(root, "testsuite", name=_clean(f"bastion scan: {result.target.get('spec', 'model')}"),
-                 timestamp=_timestamp(result.started_at), hostname="bastion")
+                 timestamp=_timestamp(result.started_at))
     props = _sub(suite, "properties")
     for key, value in (("verdict", result.verdict), ("status", result.status),
                        ("status_reason", result.status_reason), ("schema_version", result.schema_version),
