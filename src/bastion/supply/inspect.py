@@ -183,6 +183,9 @@ def scan_paths(paths: Sequence[str | os.PathLike[str]], *, config: InspectConfig
                 continue   # dangling link: reported above
             res.files_scanned += 1
             try:
+                if not stat.S_ISREG(os.stat(path).st_mode):
+                    res.errors.append(ScanError(str(path), "not a regular file (device, FIFO or socket)"))
+                    continue
                 findings, formats = scan_file(path, cfg)
             except OSError as exc:
                 res.errors.append(ScanError(str(path), f"cannot read: {exc.strerror or exc}"))

@@ -154,7 +154,7 @@ class PickleWalker:
                     break
             try:
                 self.walk_one(reader, trailing=not first)
-            except Malformed:
+            except (Malformed, LimitExceeded):
                 if first:
                     raise
                 break      # data after the last pickle (tensor storage, padding): not pickle
@@ -185,6 +185,7 @@ class PickleWalker:
         marks: list[list[Any]] = []
         memo: dict[int, Any] = {}
         pending: list[tuple[Any, ...]] = []   # findings deferred until a trailing pickle parses fully
+        local_globals: list[Global] = []
         cfg = self.cfg
 
         def emit(*args: Any, **kw: Any) -> None:
@@ -220,8 +221,8 @@ class PickleWalker:
                 emit("BASTION-SC-001", Severity.critical, f"Imports {g.full}: code-execution primitive",
                      offset=self.base + pos, description=f"{g.full} {reason}. Loading this file imports it"
                      + (" via STACK_GLOBAL" if dynamic else "") + ".", global_name=g.full)
-            elif not trailing:
-                self.globals.append(g)
+            else:
+                (local_globals if trailing else self.globals).append(g)
             return g
 
         def invoke(func: Any, args: Any, op_name: str) -> Call:
@@ -388,6 +389,7 @@ class PickleWalker:
 
         for args, kw in pending:
             self.ctx.add(*args, **kw)
+        self.globals.extend(local_globals)
 
     # -- helpers -----------------------------------------------------------------------------
     def _nested(self, args: Any, pos: int) -> None:
