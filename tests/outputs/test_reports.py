@@ -287,9 +287,9 @@ def test_html_structure(html: str, result: ScanResult) -> None:
     # ATLAS ids link to the ATLAS site
     assert "https://atlas.mitre.org/techniques/AML.T0043.000" in p.links
     assert "OWASP ML01 · Input Manipulation Attack" in text
-    # tabular example: the largest change comes first
+    # tabular example: changes in the order the check gives them (largest first)
     table = text[text.index("Largest feature changes"):]
-    assert table.index("worst area") < table.index("mean radius") < table.index("mean texture")
+    assert table.index("mean radius") < table.index("mean texture") < table.index("worst area")
     assert "2.3 MiB" in text  # query log bytes, human-readable
 
 
@@ -386,6 +386,18 @@ def test_metric_blocks_matrix_and_rates() -> None:
     assert matrix["title"] == "robust_accuracy" and matrix["columns"] == ["0.1", "0.2"]
     assert matrix["rows"] == [("pgd", ["25.0%", "12.5%"])]
     assert rows["nested › a › b"] == "[1, 2]"
+
+
+def test_metric_blocks_records() -> None:
+    per_eps = [{"eps": 0.05, "robust_accuracy": 0.86, "n": 200}, {"eps": 0.1, "robust_accuracy": 0.535, "n": 200}]
+    (block,) = metric_blocks({"results": per_eps})
+    assert block["columns"] == ["ε = 0.05", "ε = 0.1"]
+    assert block["rows"] == [("robust_accuracy", ["86.0%", "53.5%"]), ("n", ["200", "200"])]
+    many = [{"x": i} for i in range(60)]
+    (block,) = metric_blocks({"trace": many})
+    assert block["columns"] == ["x"] and len(block["rows"]) == 50 and "first 50 of 60" in block["title"]
+    rows = dict(metric_blocks({"notes": ["one", "two"]})[0]["rows"])
+    assert rows["notes"] == "one; two"
 
 
 def test_html_deterministic(result: ScanResult, html: str) -> None:

@@ -43,6 +43,9 @@ OWASP_ML = {
 _RATE = re.compile(r"(accuracy|success_rate|rate$|fraction|_acc$|^acc$)")
 _MAX_LIST = 12
 _MAX_TEXT = 300
+_MAX_RECORD_COLUMNS = 8
+_MAX_RECORD_ROWS = 50
+_MAX_FINDING_METRICS = 8
 
 
 # ----------------------------------------------------------------------------- values
@@ -56,6 +59,9 @@ def fmt_value(value: Any, path: str = "") -> str:
     """Format one metric value for a table; rates in [0, 1] as percentages."""
     if isinstance(value, float) and not isinstance(value, bool) and _is_rate(path) and 0.0 <= value <= 1.0:
         return f"{value:.1%}"
+    if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
+        text = "; ".join(value)
+        return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 1] + "…"
     if isinstance(value, list | tuple):
         shown = ", ".join(fmt_value(v, path) for v in value[:_MAX_LIST])
         return f"[{shown}{', …' if len(value) > _MAX_LIST else ''}]"
@@ -77,6 +83,9 @@ def metric_blocks(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
 
     def flatten(prefix: str, value: Any) -> None:
+        if _records(value):
+            blocks.append(_records_block(prefix, value))
+            return
         if isinstance(value, dict) and value:
             inner = list(value.values())
             if all(isinstance(v, dict) and v and all(_scalar(x) for x in v.values()) for v in inner):
@@ -98,6 +107,35 @@ def metric_blocks(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
     for key, value in metrics.items():
         flatten(str(key), value)
     return ([{"type": "rows", "rows": rows}] if rows else []) + blocks
+
+
+def _records(value: Any) -> bool:
+    """A list of flat records, e.g. one dict of measurements per ε."""
+    return (isinstance(value, list) and bool(value) and all(isinstance(v, dict) and v for v in value)
+            and all(_scalar(x) or (isinstance(x, list) and all(_scalar(y) for y in x))
+                    for v in value for x in v.values()))
+
+
+def _records_block(title: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Records as a table: one column per record when there are few (labelled by ε when every
+    record has one), else one row per record."""
+    keys: list[str] = []
+    for rec in records:
+        keys += [str(k) for k in rec if str(k) not in keys]
+    by_name = [{str(k): v for k, v in rec.items()} for rec in records]
+    if len(records) <= _MAX_RECORD_COLUMNS:
+        label_key = next((k for k in ("eps", "epsilon", "stage", "attack", "name") if all(k in r for r in by_name)),
+                         None)
+        columns = ([f"ε = {format_number(r[label_key])}" if label_key in ("eps", "epsilon") else str(r[label_key])
+                    for r in by_name] if label_key else [f"#{i + 1}" for i in range(len(records))])
+        rows = [(k, [fmt_value(r[k], f"{title} › {k}") if k in r else "—" for r in by_name])
+                for k in keys if k != label_key]
+        return {"type": "matrix", "title": title, "columns": columns, "rows": rows}
+    shown = by_name[:_MAX_RECORD_ROWS]
+    rows = [(f"#{i + 1}", [fmt_value(r[k], f"{title} › {k}") if k in r else "—" for k in keys])
+            for i, r in enumerate(shown)]
+    more = f" (first {len(shown)} of {len(records)})" if len(records) > len(shown) else ""
+    return {"type": "matrix", "title": title + more, "columns": keys, "rows": rows}
 
 
 # ----------------------------------------------------------------------------- sections
@@ -127,7 +165,9 @@ def _finding_view(f: Finding) -> dict[str, Any]:
         "location": f.location + (f" (offset {f.offset})" if f.offset is not None else "") if f.location else None,
         "atlas": [(a, ATLAS_URL.format(a) if _ATLAS_ID.match(a) else None) for a in f.atlas],
         "owasp": [(o, OWASP_ML.get(o.upper()[:4], "")) for o in f.owasp],
-        "metrics": [(str(k), fmt_value(v, str(k))) for k, v in f.metrics.items()],
+        "metrics": [(str(k), fmt_value(v, str(k))) for k, v in f.metrics.items()
+                    if _scalar(v) or (isinstance(v, list) and len(v) <= _MAX_LIST and all(_scalar(x) for x in v))
+                    ][:_MAX_FINDING_METRICS],
     }
 
 
@@ -180,7 +220,7 @@ def _tabular(art: Mapping[str, Any]) -> dict[str, Any] | None:
         for feat, pair in (row.get("changes") or {}).items():
             if isinstance(pair, list | tuple) and len(pair) == 2 and all(isinstance(p, int | float) for p in pair):
                 changes.append((str(feat), float(pair[0]), float(pair[1])))
-        changes.sort(key=lambda c: -abs(c[2] - c[1]))
+        # keep the check's order: it knows the feature scales and lists the largest change first
         rows.append({
             "label": str(row.get("label", "")),
             "adv_label": str(row.get("adv_label", "")),
