@@ -2,7 +2,7 @@
 
 Model specs: ``demo:digits-cnn``, ``demo:breast-cancer``, ``python:pkg.module:factory`` (or
 ``python:path/file.py:factory``), ``torchscript:model.pt``, ``onnx:model.onnx``,
-``sklearn:model.skops``; a bare path is recognised by its suffix. Pickles are refused.
+``sklearn:model.skops``, ``http:https://host/predict`` (a JSON prediction API); a bare path is recognised by its suffix. Pickles are refused.
 
 Data specs: ``demo:digits``, ``demo:breast-cancer``, ``npz:data.npz`` (arrays x, y),
 ``npy:x.npy,y.npy``, ``csv:data.csv?label=COLUMN``, ``images:DIR`` (one folder per class),
@@ -26,7 +26,7 @@ from bastion.core.spec import InputSpec, tabular_spec
 from bastion.core.targets.base import Target
 from bastion.errors import DataError, TargetError, UsageError
 
-MODEL_SCHEMES = ("demo", "python", "torchscript", "onnx", "sklearn")
+MODEL_SCHEMES = ("demo", "python", "torchscript", "onnx", "sklearn", "http")
 DATA_SCHEMES = ("demo", "npz", "npy", "csv", "images", "python")
 
 
@@ -88,6 +88,13 @@ def load_target(spec: Any, *, input_shape: tuple[int, ...] | None = None,
                              hint=f"prefix it with a scheme: {', '.join(s + ':' for s in MODEL_SCHEMES)}")
     if scheme == "demo":
         return demo.demo_target(rest, **_target_kwargs(kwargs))
+    if scheme == "http":  # http:https://host/predict — options (request_template, ...) as keyword arguments
+        from bastion.core.targets.http_target import http_target
+
+        if classes is None and data is not None:
+            classes = sorted(np.unique(data.y).tolist())
+        ispec = _spec(input_shape, bounds, data, tabular=True) if (input_shape or data is not None) else None
+        return http_target(rest, classes=classes, input_spec=ispec, **kwargs)
     if scheme == "python":
         return wrap_model(import_object(rest)(), input_shape=input_shape, bounds=bounds, classes=classes,
                           output=output, data=data, name=spec, **kwargs)
