@@ -226,14 +226,17 @@ WORKER = textwrap.dedent("""
     while time.time() < float(start):
         time.sleep(0.005)
     reg = Registry(url)
-    done = {"adds": 0, "auto": [], "promotes": 0, "rollbacks": 0, "refused": 0}
+    done = {"adds": 0, "auto": [], "promotes": 0, "promote_refused": 0, "rollbacks": 0, "refused": 0}
     for i in range(iters):
         reg.add("m", model_dir, version=f"w{wid}-{i}", key=pub)
         done["adds"] += 1
         done["auto"].append(reg.add("m", model_dir, key=pub).version)
         done["adds"] += 1
-        if reg.promote("m", f"w{wid}-{i}").changed:
-            done["promotes"] += 1
+        try:  # a refusal is a legitimate outcome (e.g. a scan time limit hit on a loaded machine)
+            if reg.promote("m", f"w{wid}-{i}").changed:
+                done["promotes"] += 1
+        except PromotionRefused:
+            done["promote_refused"] += 1
         if i % 3 == 2:
             try:
                 reg.rollback("m", recheck=False)
@@ -273,7 +276,8 @@ def test_parallel_processes_never_corrupt_the_registry(tmp_path: Path, keys) -> 
     n_deploy = con.execute("SELECT COUNT(*) FROM deployments").fetchone()[0]
     events = dict(con.execute("SELECT action, COUNT(*) FROM events GROUP BY action").fetchall())
     assert events["add"] == len(labels)
-    assert events["promote"] == n_deploy == sum(r["promotes"] for r in results)
+    assert events["promote"] == n_deploy == sum(r["promotes"] for r in results) > 0
+    assert events.get("promote-refused", 0) == sum(r["promote_refused"] for r in results)
     assert events.get("rollback", 0) == sum(r["rollbacks"] for r in results)
     retired = con.execute("SELECT COUNT(*) FROM deployments WHERE retired_at IS NOT NULL").fetchone()[0]
     assert retired >= events.get("rollback", 0)  # each rollback retires at least the version it left

@@ -636,13 +636,35 @@ class Registry:
         return result
 
     def rollback(self, name: str, *, key: str | os.PathLike[str] | None = None, recheck: bool = True,
-                 attempts: int = 5) -> RollbackResult:
+                 attempts: int = 20) -> RollbackResult:
         """Move the deployment pointer of ``name`` back to the previous version that is still good.
 
-        Versions below the top of the stack are re-checked (``recheck``) or judged by their recorded
-        status; those that fail are retired from the stack and reported in ``skipped``. If no good
-        version is left, nothing changes and :class:`PromotionRefused` is raised.
+        Versions below the top of the stack are re-checked now (``recheck``, outside any transaction;
+        the stack is then compared with a fresh read and the plan redone if another writer moved it)
+        or judged by their recorded status (``recheck=False``: one transaction). Versions that fail are
+        retired from the stack and reported in ``skipped``. If no good version is left, nothing changes
+        and :class:`PromotionRefused` is raised.
         """
+        if not recheck:
+            def recorded(session: Session) -> RollbackResult | None:
+                model = self._model(session, name, lock=True)
+                live = self._stack(session, model)
+                labels = {d.id: session.get(VersionRow, d.version_id) for d in live}
+
+                def judge(label: str, entry_id: int) -> list[str]:
+                    row = labels[entry_id]
+                    ok = row is not None and row.signature_status == "valid" and row.scan_verdict == "pass"
+                    return [] if ok else [f"recorded signature {row.signature_status if row else '?'}, "
+                                          f"scan {row.scan_verdict if row else '?'}"]
+
+                stack = [(d.id, d.version_id, labels[d.id].version) for d in live]  # type: ignore[union-attr]
+                target, skipped = self._plan(name, stack, judge)
+                return self._apply(session, model, live, stack, target, skipped, {})
+
+            result = self._run(recorded, write=True)
+            assert result is not None
+            return result
+
         for _ in range(attempts):
             def snapshot(session: Session) -> list[tuple[int, int, str]]:
                 model = self._model(session, name)
@@ -650,64 +672,66 @@ class Registry:
                         for d in self._stack(session, model)]
 
             stack = self._run(snapshot, write=False)
-            if not stack:
-                raise PromotionRefused(f"{name} has no deployed version to roll back from")
-            top_label = stack[-1][2]
-            skipped: list[tuple[str, str]] = []
-            target: tuple[int, int, str] | None = None
             outcomes: dict[str, CheckOutcome] = {}
-            for entry in reversed(stack[:-1]):
-                label = entry[2]
-                if label == top_label:
-                    skipped.append((label, "same version as the one rolled back"))
-                    continue
-                if recheck:
-                    outcome, digest = self._fresh_check(name, label, key)
-                    problems = outcome.problems(expected_digest=digest)
-                    outcomes[label] = outcome
-                else:
-                    info = self.get(name, label)
-                    problems = [] if info.good else [f"recorded signature {info.signature_status}, "
-                                                     f"scan {info.scan_verdict}"]
-                if problems:
-                    skipped.append((label, "; ".join(problems)))
-                    continue
-                target = entry
-                break
-            if target is None:
-                raise PromotionRefused(
-                    f"no previous good version of {name} to roll back to (deployed: {top_label})"
-                    + ("; " + "; ".join(f"{v}: {r}" for v, r in skipped) if skipped else ""),
-                    hint="promote a good version explicitly")
+
+            def judge_now(label: str, _entry_id: int) -> list[str]:
+                outcome, digest = self._fresh_check(name, label, key)
+                outcomes[label] = outcome
+                return outcome.problems(expected_digest=digest)
+
+            target, skipped = self._plan(name, stack, judge_now)
 
             def write(session: Session) -> RollbackResult | None:
                 model = self._model(session, name, lock=True)
                 live = self._stack(session, model)
                 if [d.id for d in live] != [e[0] for e in stack]:
-                    return None  # someone promoted or rolled back meanwhile: start again
-                now = _now()
-                for d in live:
-                    if d.id == target[0]:
-                        continue
-                    if d.id > target[0]:
-                        v = session.get(VersionRow, d.version_id)
-                        d.retired_at = now
-                        d.retired_reason = ("rolled back" if d.id == live[-1].id
-                                            else dict(skipped).get(v.version, "skipped") if v else "skipped")
-                row = session.get(VersionRow, target[1])
-                assert row is not None
-                if target[2] in outcomes:
-                    self._record(row, outcomes[target[2]])
-                session.add(EventRow(model_id=model.id, version_id=row.id, action="rollback", at=now,
-                                     detail=f"from {top_label}" + (f"; skipped {', '.join(v for v, _ in skipped)}"
-                                                                   if skipped else "")))
-                return RollbackResult(name, top_label, self._info(model, row, row.id), skipped)
+                    return None  # someone promoted or rolled back meanwhile: plan again
+                return self._apply(session, model, live, stack, target, skipped, outcomes)
 
             result = self._run(write, write=True)
             if result is not None:
-                logger.info("rolled back %s from %s to %s", name, top_label, result.to_version.version)
                 return result
         raise BastionRuntimeError(f"rollback of {name} kept racing with other registry writers; try again")
+
+    @staticmethod
+    def _plan(name: str, stack: list[tuple[int, int, str]], judge: Callable[[str, int], list[str]]
+              ) -> tuple[tuple[int, int, str], list[tuple[str, str]]]:
+        """Pick the rollback target below the top of ``stack``: the first entry ``judge`` finds no problem with."""
+        if not stack:
+            raise PromotionRefused(f"{name} has no deployed version to roll back from")
+        top_label = stack[-1][2]
+        skipped: list[tuple[str, str]] = []
+        for entry in reversed(stack[:-1]):
+            if entry[2] == top_label:
+                skipped.append((entry[2], "same version as the one rolled back"))
+                continue
+            problems = judge(entry[2], entry[0])
+            if not problems:
+                return entry, skipped
+            skipped.append((entry[2], "; ".join(problems)))
+        raise PromotionRefused(
+            f"no previous good version of {name} to roll back to (deployed: {top_label})"
+            + ("; " + "; ".join(f"{v}: {r}" for v, r in skipped) if skipped else ""),
+            hint="promote a good version explicitly")
+
+    def _apply(self, session: Session, model: ModelRow, live: list[DeploymentRow],
+               stack: list[tuple[int, int, str]], target: tuple[int, int, str],
+               skipped: list[tuple[str, str]], outcomes: dict[str, CheckOutcome]) -> RollbackResult:
+        """Retire every stack entry above ``target`` and log the rollback (inside a write transaction)."""
+        now, top_label, reasons = _now(), stack[-1][2], dict(skipped)
+        for d in live:
+            if d.id > target[0]:
+                d.retired_at = now
+                label = next(e[2] for e in stack if e[0] == d.id)
+                d.retired_reason = "rolled back" if d.id == live[-1].id else reasons.get(label, "skipped")
+        row = session.get(VersionRow, target[1])
+        assert row is not None
+        if target[2] in outcomes:
+            self._record(row, outcomes[target[2]])
+        detail = f"from {top_label}" + (f"; skipped {', '.join(v for v, _ in skipped)}" if skipped else "")
+        session.add(EventRow(model_id=model.id, version_id=row.id, action="rollback", at=now, detail=detail))
+        logger.info("rolled back %s from %s to %s", model.name, top_label, row.version)
+        return RollbackResult(model.name, top_label, self._info(model, row, row.id), skipped)
 
 
 def _configure_sqlite(engine: Engine, busy_timeout_s: float) -> None:
