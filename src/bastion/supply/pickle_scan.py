@@ -19,6 +19,7 @@ from bastion.supply.allowlist import normalise
 from bastion.supply.context import LimitExceeded, Malformed, ScanContext
 
 _CODE2OP = {op.code.encode("latin-1"): op for op in pickletools.opcodes}
+_IN_MEMORY = 64 * 1024**2  # streams up to this size are read into memory once
 _KEEP = 64  # items kept per symbolic container (enough for argument analysis, bounded memory)
 
 # Callables whose bytes argument is itself deserialised: analysed recursively.
@@ -459,6 +460,16 @@ def scan_pickle_stream(ctx: ScanContext, fh: BinaryIO, *, base_offset: int = 0, 
     is a finding), and :class:`LimitExceeded` when a configured bound is hit.
     """
     walker = PickleWalker(ctx, base_offset=base_offset, torchscript=torchscript)
+    if not isinstance(fh, io.BytesIO):
+        # small files are walked from memory (much faster tell/read); large ones stream from disk
+        start = fh.tell()
+        head = fh.read(_IN_MEMORY + 1)
+        if len(head) <= _IN_MEMORY:
+            fh = io.BytesIO(head)
+            base_offset += start
+            walker.base = base_offset
+        else:
+            fh.seek(start)
     reader = BoundedReader(fh, ctx.config.max_pickle_bytes)
     try:
         walker.walk_stream(reader, multi=multi)
