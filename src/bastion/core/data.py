@@ -64,7 +64,7 @@ def align_labels(data: Dataset, target: Target) -> np.ndarray:
     if np.issubdtype(raw.dtype, np.floating) and np.all(raw == np.round(raw)):
         raw = raw.astype(np.int64)
     keys = raw.astype(str)
-    unknown = sorted(set(keys) - set(lookup))
+    unknown = sorted(set(keys.tolist()) - set(lookup))  # plain str, not np.str_, in messages
     if unknown:
         raise DataError(f"labels {unknown[:10]} of dataset '{data.name}' are not classes of the target {names[:20]}",
                         hint="check that the data and the model use the same label encoding")
