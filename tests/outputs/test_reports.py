@@ -9,6 +9,7 @@ import subprocess
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -229,7 +230,7 @@ def test_plain_verdict_pass_and_summary_override() -> None:
 class _Collector(HTMLParser):
     """Checks tags balance and collects resource references and text."""
 
-    VOID = {"meta", "img", "br", "hr", "link", "input", "source", "col", "area", "base", "wbr"}
+    VOID: ClassVar[set[str]] = {"meta", "img", "br", "hr", "link", "input", "source", "col", "area", "base", "wbr"}
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -398,6 +399,14 @@ def test_metric_blocks_records() -> None:
     assert block["columns"] == ["x"] and len(block["rows"]) == 50 and "first 50 of 60" in block["title"]
     rows = dict(metric_blocks({"notes": ["one", "two"]})[0]["rows"])
     assert rows["notes"] == "one; two"
+
+
+def test_target_facts_are_summarised() -> None:
+    res = ScanResult(target={"spec": "demo:breast-cancer", "input": {
+        "shape": [30], "lower": [0.0] * 30, "upper": [float(i) for i in range(30)],
+        "features": [{"name": f"f{i}", "scale": 1.0} for i in range(30)]}})
+    text = " ".join(_parse(render_html(res)).text)
+    assert "shape: 30; lower: 30 values, 0 to 0; upper: 30 values, 0 to 29; features: 30 entries" in text
 
 
 def test_html_deterministic(result: ScanResult, html: str) -> None:

@@ -141,16 +141,28 @@ def _records_block(title: str, records: list[dict[str, Any]]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- sections
 
 
+def _brief(value: Any, depth: int = 0) -> str:
+    """A short description of a target/data field: long lists are summarised, not dumped."""
+    if isinstance(value, list | tuple):
+        if all(_scalar(v) for v in value):
+            if len(value) <= _MAX_LIST:
+                return ", ".join(format_number(v) for v in value)
+            nums = [v for v in value if isinstance(v, int | float) and not isinstance(v, bool)]
+            span = f", {format_number(min(nums))} to {format_number(max(nums))}" if len(nums) == len(value) else ""
+            return f"{len(value)} values{span}"
+        return f"{len(value)} entries"
+    if isinstance(value, dict):
+        if depth > 0:
+            return f"{len(value)} fields"
+        return "; ".join(f"{k}: {_brief(v, depth + 1)}" for k, v in value.items())
+    return format_number(value)
+
+
 def _spec_rows(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
     out = []
     for key, value in spec.items():
-        if isinstance(value, list | tuple) and len(value) > _MAX_LIST and all(_scalar(v) for v in value):
-            text = ", ".join(str(v) for v in value[:_MAX_LIST]) + f", … ({len(value)} in all)"
-        elif isinstance(value, list | tuple) and all(_scalar(v) for v in value):
-            text = ", ".join(str(v) for v in value)
-        else:
-            text = fmt_value(value, str(key))
-        out.append((str(key).replace("_", " "), text))
+        text = _brief(value)
+        out.append((str(key).replace("_", " "), text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 1] + "…"))
     return out
 
 
@@ -294,7 +306,7 @@ def _when(stamp: str | None) -> str:
         return stamp
     if ts.tzinfo is None:
         return ts.strftime("%Y-%m-%d %H:%M:%S")
-    return ts.astimezone(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return ts.astimezone(_dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def build_context(result: ScanResult) -> dict[str, Any]:
@@ -326,7 +338,7 @@ def build_context(result: ScanResult) -> dict[str, Any]:
     }
 
 
-def _environment():  # noqa: ANN202 - jinja2.Environment
+def _environment():
     import jinja2
 
     return jinja2.Environment(

@@ -103,9 +103,9 @@ def _timestamp(started_at: str) -> str:
     try:
         ts = _dt.datetime.fromisoformat(started_at)
     except (TypeError, ValueError):
-        return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
     if ts.tzinfo is not None:
-        ts = ts.astimezone(_dt.timezone.utc)
+        ts = ts.astimezone(_dt.UTC)
     return ts.strftime("%Y-%m-%dT%H:%M:%S")
 
 

@@ -40,7 +40,7 @@ def _rc() -> dict[str, Any]:
     return {**_RC, "axes.prop_cycle": cycler(color=_COLORS)}
 
 
-def _figure(width: float, height: float):  # noqa: ANN202 - matplotlib Figure
+def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -127,7 +127,7 @@ def example_grid(examples: Mapping[str, Any]) -> str:
 
     shape = examples.get("shape")
     if not isinstance(shape, list | tuple):
-        raise ValueError("examples need a 'shape'")
+        raise ValueError("examples need a 'shape'")  # noqa: TRY004 - bad data, reported as a drawing error
     orig = _images(examples.get("original"), shape, "original")
     adv = _images(examples.get("adversarial"), shape, "adversarial")
     if orig.shape != adv.shape:
