@@ -9,7 +9,9 @@ from bastion.attacks.evasion.deepfool import DeepFool
 from bastion.attacks.evasion.min_eps import MinimalEps
 from bastion.attacks.evasion.square import Square
 from bastion.attacks.evasion.hopskipjump import HopSkipJump
+from bastion.attacks.evasion.transfer import Transfer
 
 __all__ = ["FGSM", "PGD"]
 __all__ += ["APGD", "APGDCE", "APGDDLR", "APGDT", "AutoAttack", "CarliniWagnerL2", "DeepFool", "MinimalEps"]
 __all__ += ["HopSkipJump", "Square"]
+__all__ += ["Transfer"]

@@ -1,0 +1,121 @@
+"""Train a surrogate of a target from its answers to queries (Papernot et al. 2017, "Practical
+Black-Box Attacks against Machine Learning", arXiv:1602.02697): label the attack inputs with the
+target, then grow the set by Jacobian-based augmentation, ``x + λ·sign(∂F_label/∂x)``, querying the
+target for each new point, all within a query budget. Small torch models: a CNN for images, an MLP
+otherwise. Soft labels (the target's probabilities) are used unless the target returns labels only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from bastion.core.targets.base import Target
+
+log = logging.getLogger(__name__)
+
+
+def surrogate_module(shape: tuple[int, ...], n_classes: int, mean: np.ndarray, std: np.ndarray) -> Any:
+    """A small CNN (inputs c×h×w with h, w >= 4) or MLP, standardising its inputs itself."""
+    import torch
+    import torch.nn as nn
+
+    class Standardise(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+            self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+
+        def forward(self, z: Any) -> Any:
+            return (z - self.mean) / self.std
+
+    if len(shape) == 3 and min(shape[1:]) >= 4:
+        c, h, w = shape
+        body = nn.Sequential(nn.Conv2d(c, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                             nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * (h // 2) * (w // 2), 64), nn.ReLU(),
+                             nn.Linear(64, n_classes))
+        return nn.Sequential(Standardise(), body)
+    d = int(np.prod(shape))
+    return nn.Sequential(Standardise(), nn.Flatten(), nn.Linear(d, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
+                         nn.Linear(128, n_classes))
+
+
+def _fit(module: Any, x: np.ndarray, soft: np.ndarray, epochs: int, seed: int) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(seed)
+    module.train()
+    for p in module.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(module.parameters(), lr=2e-3)
+    xt, st = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(soft.astype(np.float32))
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.randperm(len(xt), generator=gen)
+        for i in range(0, len(xt), 128):
+            idx = perm[i:i + 128]
+            opt.zero_grad()
+            loss = -(st[idx] * F.log_softmax(module(xt[idx]), dim=1)).sum(1).mean()
+            loss.backward()
+            opt.step()
+    module.eval()
+
+
+def train_surrogate(target: Target, pool: np.ndarray, *, train_queries: int, augment_rounds: int,
+                    augment_step: float, epochs: int, seed: int) -> tuple[Any, dict[str, Any]]:
+    """A white-box TorchTarget imitating ``target``, and what its training cost and achieved."""
+    import torch
+
+    from bastion.core.targets.torch_target import TorchTarget
+
+    t0 = time.perf_counter()
+    spec = target.input_spec
+    rng = np.random.default_rng(seed)
+    shape = tuple(spec.shape)
+    label_only = bool(getattr(target, "label_only", False))
+    x = pool if len(pool) <= train_queries else pool[rng.choice(len(pool), train_queries, replace=False)]
+    x = np.asarray(x, np.float32)
+    spent = 0
+
+    def ask(z: np.ndarray) -> np.ndarray:
+        nonlocal spent
+        p = np.concatenate([target.predict_proba(z[s:s + 256]) for s in range(0, len(z), 256)])
+        spent += len(z)
+        return np.eye(target.n_classes)[p.argmax(1)] if label_only else p
+
+    soft = ask(x)
+    lo, hi = spec.bounds_arrays()
+    scale, mask = spec.scale_array(), spec.mutable_mask()
+    mean = x.mean(axis=0)
+    std = np.where(x.std(axis=0) > 1e-6, x.std(axis=0), 1.0)
+    if spec.kind == "image" or len(shape) == 3:  # images: one scalar statistic, not per pixel
+        mean, std = np.full(shape, x.mean(), np.float32), np.full(shape, max(float(x.std()), 1e-6), np.float32)
+    module = surrogate_module(shape, target.n_classes, mean, std)
+    for r in range(augment_rounds):
+        _fit(module, x, soft, max(epochs // 2, 1), seed + r)
+        room = train_queries - spent
+        if room <= 0:
+            break
+        base = x[rng.choice(len(x), min(room, len(x)), replace=False)]
+        labels = soft[: len(x)].argmax(1)
+        xb = torch.from_numpy(base).requires_grad_(True)
+        lab = torch.as_tensor(labels[: len(base)])
+        out = module(xb)
+        lab = out.argmax(1)
+        (grad,) = torch.autograd.grad(out.gather(1, lab[:, None]).sum(), xb)
+        sign = (-1.0) ** (r + 1)  # Papernot's periodic step size: alternate the direction
+        new = np.clip(base + sign * augment_step * scale * mask * np.sign(grad.numpy()), lo, hi).astype(np.float32)
+        soft = np.concatenate([soft, ask(new)])
+        x = np.concatenate([x, new])
+    _fit(module, x, soft, epochs, seed + augment_rounds)
+    surrogate = TorchTarget(module, spec, classes=target.classes, name="surrogate (trained on target queries)")
+    with surrogate.uncounted():
+        agree = float((surrogate.predict_proba(x).argmax(1) == soft.argmax(1)).mean())
+    info = {"source": "trained", "train_queries": int(spent), "train_size": int(len(x)), "label_only": label_only,
+            "train_agreement": agree, "seconds": round(time.perf_counter() - t0, 3)}
+    log.info("surrogate trained on %d target queries (agreement %.3f on its training set)", spent, agree)
+    return surrogate, info
