@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import fnmatch
+import functools
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -77,9 +78,8 @@ class Policy:
 
     @classmethod
     def default(cls) -> Policy:
-        text = resources.files("bastion.supply").joinpath("default_allowlist.yaml").read_text("utf-8")
         policy = cls()
-        policy.extend(yaml.safe_load(text), source="default_allowlist.yaml")
+        policy.extend(_default_doc(), source="default_allowlist.yaml")
         return policy
 
     def extend(self, doc: dict[str, Any] | None, *, source: str = "<config>") -> None:
@@ -129,6 +129,21 @@ class Policy:
                 if fnmatch.fnmatchcase(module, mod_glob) and fnmatch.fnmatchcase(name, name_glob):
                     return "allow", f"matches allow pattern {mod_glob}:{name_glob}"
         return "unknown", "is not on the allow-list of constructors used by model files"
+
+
+@functools.lru_cache(maxsize=1)
+def _default_doc_cached() -> str:
+    return resources.files("bastion.supply").joinpath("default_allowlist.yaml").read_text("utf-8")
+
+
+@functools.lru_cache(maxsize=1)
+def _default_parsed() -> dict[str, Any]:
+    return yaml.safe_load(_default_doc_cached())
+
+
+def _default_doc() -> dict[str, Any]:
+    """The parsed default allow-list (parsed once per process; a fresh copy each call)."""
+    return {k: list(v) for k, v in _default_parsed().items()}
 
 
 def normalise(module: str, name: str) -> tuple[str, str]:
