@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -203,9 +202,9 @@ def test_cli_registry_end_to_end(tmp_path: Path, keys) -> None:
 def test_cli_registry_exit_codes(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'x.db'}"
     model = make_model(tmp_path, "a", 1)
-    run = lambda *a: subprocess.run(  # noqa: E731
+    run = lambda *a: subprocess.run(
         [sys.executable, "-c", "from bastion.cli.main import main; main()", *a],
-        capture_output=True, text=True, timeout=120)
+        check=False, capture_output=True, text=True, timeout=120)
     assert run("registry", "add", "m", str(model), "--db", db).returncode == 0
     refused = run("registry", "promote", "m", "v1", "--db", db)
     assert refused.returncode == 1 and "refusing to promote" in refused.stderr

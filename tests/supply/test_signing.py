@@ -17,7 +17,11 @@ from typer.testing import CliRunner
 
 from bastion.cli.main import app
 from bastion.errors import UsageError
-from bastion.supply.manifest import MANIFEST_NAME, SIGNATURE_NAME, hash_files, walk_directory
+from bastion.supply.manifest import (
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    hash_files,
+)
 from bastion.supply.signing import (
     KeyFileError,
     generate_keypair,
@@ -315,7 +319,8 @@ def test_cli_passphrase_comes_from_env_and_is_never_printed(tmp_path: Path, mode
 
 def _bastion(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-c", "from bastion.cli.main import main; main()", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=60)
+    return subprocess.run(cmd, check=False, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=60)
 
 
 def test_cli_exit_codes_through_the_console_entry(tmp_path: Path, model: Path, keys) -> None:

@@ -48,7 +48,12 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from bastion.errors import BastionError, BastionRuntimeError, UsageError
@@ -77,7 +82,7 @@ class PromotionRefused(BastionError):
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
 
 
 # --------------------------------------------------------------------------- schema
@@ -291,13 +296,20 @@ def check_version(path: str | os.PathLike[str], public_key_pem: bytes | None, *,
     """Verify the signature (if a key is known), compute the content digest and scan ``path``."""
     from cryptography.hazmat.primitives import serialization
 
-    from bastion.supply.manifest import DEFAULT_CHUNK_SIZE, MANIFEST_NAME, build_manifest, effective_rules
+    from bastion.supply.manifest import (
+        DEFAULT_CHUNK_SIZE,
+        MANIFEST_NAME,
+        build_manifest,
+        effective_rules,
+    )
     from bastion.supply.signing import key_id, verify_directory
 
     root = Path(path)
     if not root.is_dir():
-        raise RegistryError(f"model directory not found: {root}",
-                            hint="the registry records where a version's files are; they must still be there")
+        what = "is not a directory" if root.exists() else "not found"
+        raise RegistryError(f"model directory {what}: {root}",
+                            hint="a version is a directory of files; the registry records where it is, "
+                                 "and the files must still be there at promote time")
     digest: str | None = None
     kid: str | None = None
     has_manifest = (root / MANIFEST_NAME).exists()
@@ -745,7 +757,7 @@ def _configure_sqlite(engine: Engine, busy_timeout_s: float) -> None:
         cur.execute("PRAGMA foreign_keys = ON")
         try:
             cur.execute("PRAGMA journal_mode = WAL")
-        except Exception as exc:  # noqa: BLE001 - e.g. a read-only directory: keep the default journal
+        except Exception as exc:
             logger.warning("could not switch the registry to WAL mode: %s", exc)
         cur.close()
 
