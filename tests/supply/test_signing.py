@@ -138,6 +138,24 @@ def test_chunked_digest_matches_the_documented_scheme_for_any_worker_count(tmp_p
         assert entry.digest == "sha256-chunked:" + hashlib.sha256(b"".join(chunks)).hexdigest()
 
 
+def test_progress_counts_every_byte_and_an_interrupt_stops_hashing(tmp_path: Path) -> None:
+    size = 40 * CHUNK + 7
+    (tmp_path / "f").write_bytes(os.urandom(size))
+    calls: list[tuple[int, int]] = []
+    hash_files(tmp_path, [("f", size)], chunk_size=CHUNK, workers=2, progress=lambda a, t: calls.append((a, t)))
+    assert sum(a for a, _ in calls) == size and {t for _, t in calls} == {size} and len(calls) == 41
+
+    seen: list[int] = []
+
+    def interrupt(advance: int, total: int) -> None:
+        seen.append(advance)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        hash_files(tmp_path, [("f", size)], chunk_size=CHUNK, workers=2, progress=interrupt)
+    assert len(seen) == 1
+
+
 def test_sign_is_deterministic_apart_from_timestamp(model: Path, keys) -> None:
     a = sign_directory(model, keys.private_path, chunk_size=CHUNK, workers=1)
     b = sign_directory(model, keys.private_path, chunk_size=CHUNK, workers=4)

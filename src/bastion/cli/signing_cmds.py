@@ -47,6 +47,28 @@ def _show_ignores(rules: list[str], ignored: list[str], *, no_defaults: bool = F
         console.print(f"[dim]ignored paths:[/] {escape(shown)}")
 
 
+class _HashProgress:
+    """A rich progress bar on stderr (only on a terminal) fed by ``progress(advance, total)``."""
+
+    def __init__(self, label: str) -> None:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+        self._progress = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                                  TransferSpeedColumn(), console=err_console, transient=True,
+                                  disable=not err_console.is_terminal)
+        self._task = self._progress.add_task(label, total=None)
+
+    def __enter__(self) -> _HashProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def __call__(self, advance: int, total: int) -> None:
+        self._progress.update(self._task, advance=advance, total=total)
+
+
 # --------------------------------------------------------------------------- keygen / sign / verify
 
 
@@ -92,9 +114,10 @@ def sign(
 
     if workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {workers}")
-    result = sign_directory(model_dir, key, passphrase=_passphrase(passphrase_env, required=False),
-                            ignore=ignore, use_default_ignores=not no_default_ignores,
-                            chunk_size=chunk_size, workers=workers or None)
+    with _HashProgress("hashing") as progress:
+        result = sign_directory(model_dir, key, passphrase=_passphrase(passphrase_env, required=False),
+                                ignore=ignore, use_default_ignores=not no_default_ignores,
+                                chunk_size=chunk_size, workers=workers or None, progress=progress)
     if as_json:
         _print_json(result.to_dict())
         return
@@ -119,7 +142,8 @@ def verify(
 
     if workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {workers}")
-    report = verify_directory(model_dir, key, ignore=ignore, workers=workers or None)
+    with _HashProgress("verifying") as progress:
+        report = verify_directory(model_dir, key, ignore=ignore, workers=workers or None, progress=progress)
     if as_json:
         _print_json(report.to_dict())
     else:

@@ -31,7 +31,7 @@ import logging
 import os
 import posixpath
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,12 +219,14 @@ def hash_files(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> HashOutcome:
     """Hash ``files`` (relative path, expected size) under ``root`` with the manifest scheme.
 
     Whole small files and chunks of large files are spread over a thread pool; the result does not
     depend on the number of workers. A file that cannot be read (or whose size changes while it is
-    read) lands in ``errors`` instead of aborting the others.
+    read) lands in ``errors`` instead of aborting the others. ``progress(advance_bytes, total_bytes)``
+    is called from the calling thread as pieces complete.
     """
     if chunk_size < MIN_CHUNK_SIZE:
         raise ValueError(f"chunk_size must be at least {MIN_CHUNK_SIZE} bytes, got {chunk_size}")
@@ -259,14 +261,27 @@ def hash_files(
     parts: dict[str, list[bytes | None]] = {rel: [None] * nchunks[rel] for rel, _ in files}
     errors: dict[str, str] = {}
     total = 0
+    grand_total = sum(size for _, size in files)
+
+    def collect(res: tuple[str, int, bytes | None, str | None, int]) -> None:
+        nonlocal total
+        n = _collect(res, parts, errors)
+        total += n
+        if progress is not None:
+            progress(n, grand_total)
+
     if n_workers == 1 or len(tasks) <= 1:
-        results = map(run, tasks)
-        for res in results:
-            total += _collect(res, parts, errors)
+        for task in tasks:
+            collect(run(task))
     else:
-        with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="bastion-hash") as pool:
-            for res in pool.map(run, tasks):
-                total += _collect(res, parts, errors)
+        pool = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="bastion-hash")
+        try:
+            for future in [pool.submit(run, task) for task in tasks]:
+                collect(future.result())
+        except BaseException:  # Ctrl-C: drop the queued chunks instead of hashing them all first
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
     entries: dict[str, Entry] = {}
     for rel, size in files:
         if rel in errors:
@@ -327,12 +342,13 @@ def build_manifest(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> BuiltManifest:
     """Walk ``root`` and hash everything: the manifest document (without a timestamp)."""
     from bastion import __version__
 
     walk = walk_directory(root, rules)
-    outcome = hash_files(root, walk.files, chunk_size=chunk_size, workers=workers)
+    outcome = hash_files(root, walk.files, chunk_size=chunk_size, workers=workers, progress=progress)
     entries = [outcome.entries[rel] for rel, _ in walk.files if rel in outcome.entries]
     entries += [Entry(rel, "symlink", target=target) for rel, target in walk.symlinks]
     files = sorted((e.to_dict() for e in entries), key=lambda d: d["path"])

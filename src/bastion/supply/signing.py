@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -230,6 +230,7 @@ def sign_directory(
     use_default_ignores: bool = True,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> SignResult:
     """Hash ``root``, write its manifest and an Ed25519 signature of it; refuse what cannot be covered.
 
@@ -242,7 +243,7 @@ def sign_directory(
         raise UsageError(f"--chunk-size must be at least {MIN_CHUNK_SIZE} bytes, got {chunk_size}")
     private = key if isinstance(key, Ed25519PrivateKey) else load_private_key(key, passphrase)
     rules = effective_rules(ignore, use_default_ignores)
-    built = build_manifest(root, rules, chunk_size=chunk_size, workers=workers)
+    built = build_manifest(root, rules, chunk_size=chunk_size, workers=workers, progress=progress)
     walk = built.walk
     problems: list[str] = []
     problems += [f"{p}: special file (FIFO, socket or device)" for p in walk.special]
@@ -412,6 +413,7 @@ def verify_directory(
     *,
     ignore: Sequence[str] | None = None,
     workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
     """Verify ``root`` against its signed manifest; never raises for a tampered directory.
 
@@ -460,7 +462,8 @@ def verify_directory(
             report.changed.append(Change(path, f"size {want.size} -> {found_files[path]} bytes"))
         else:
             to_hash.append((path, found_files[path]))
-    outcome = hash_files(root, to_hash, chunk_size=int(doc["hashing"]["chunk_size"]), workers=workers)
+    outcome = hash_files(root, to_hash, chunk_size=int(doc["hashing"]["chunk_size"]), workers=workers,
+                         progress=progress)
     report.bytes_hashed = outcome.bytes_hashed
     report.unreadable += [Change(p, why) for p, why in sorted(outcome.errors.items())]
     for path, got in outcome.entries.items():
