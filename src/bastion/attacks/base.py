@@ -45,6 +45,7 @@ class AttackResult:
     targeted: bool = False
     complete: bool = True
     reason: str | None = None
+    interrupted: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -122,7 +123,7 @@ class Attack(ABC):
         if query_budget is not None:  # the threat's budget never lifts the target's own hard limit
             limit = start_q + query_budget
             target.query_budget = limit if saved_budget is None else min(limit, saved_budget)
-        x_adv, complete, reason = x.copy(), True, None
+        x_adv, complete, reason, interrupted = x.copy(), True, None, False
         clean_pred: np.ndarray | None = None
         try:
             clean_pred = _predict(target, x, self.batch_size)
@@ -139,7 +140,7 @@ class Attack(ABC):
             complete, reason = False, f"query budget exhausted: {exc}"
             log.warning("%s: %s", self.name, reason)
         except KeyboardInterrupt:
-            complete, reason = False, "interrupted"
+            complete, reason, interrupted = False, "interrupted", True
             log.warning("%s interrupted; keeping the batches finished so far", self.name)
         finally:
             target.query_budget = saved_budget
@@ -155,7 +156,8 @@ class Attack(ABC):
         return AttackResult(attack=self.name, x_adv=x_adv, success=success, norms=norms, queries=queries,
                             seconds=seconds, y=y, clean_pred=clean_pred, adv_pred=adv_pred,
                             adv_confidence=probs.max(axis=1), eps=None if self.minimal else self.eps,
-                            norm=self.norm, targeted=self.targeted, complete=complete, reason=reason)
+                            norm=self.norm, targeted=self.targeted, complete=complete, reason=reason,
+                            interrupted=interrupted)
 
     @abstractmethod
     def _attack_batch(self, target: Target, x: np.ndarray, goal: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion import __version__
-from bastion.campaign.checks.base import CheckContext, ProgressFactory
+from bastion.campaign.checks.base import CheckContext, Interrupted, ProgressFactory
 from bastion.campaign.policy import LoadedPolicy, load_policy
 from bastion.core.data import Dataset, align_labels
 from bastion.core.loader import load_data, load_target
@@ -62,6 +62,11 @@ def scan(policy: str | Path | dict[str, Any] | LoadedPolicy, *, out_dir: str | P
                 res = check.run(ctx)
             except UsageError:
                 raise
+            except Interrupted as stop:
+                result.checks.append(stop.partial)
+                if on_check:
+                    on_check(stop.partial)
+                raise KeyboardInterrupt from None
             except BastionError as exc:
                 res = CheckResult(name=check.name, kind=check.kind, status="error", reason=str(exc))
                 log.error("check %s failed: %s", check.name, exc)

@@ -65,7 +65,7 @@ _register_commands()
 def main() -> None:
     """Console-script entry: run the app, turning bastion errors into one line and an exit code."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns the exit code in this mode
     except BastionError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
         sys.exit(exc.exit_code)
@@ -84,5 +84,6 @@ def main() -> None:
             sys.exit(130)
         err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}")
         sys.exit(EXIT_RUNTIME)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 

@@ -66,7 +66,7 @@ class HopSkipJump(QueryAttack):
 
     def _attack_batch(self, target: Target, x: np.ndarray, goal: np.ndarray, rows: np.ndarray) -> np.ndarray:
         rng = np.random.default_rng(self.seed + int(rows[0]))
-        box = Box.of(target)
+        box, spec = Box.of(target), target.input_spec
         sc, mask = box.scale, box.mask
         zlo, zhi = box.lo / sc, box.hi / sc
         z0 = x.astype(np.float64) / sc
@@ -85,7 +85,8 @@ class HopSkipJump(QueryAttack):
             """Labels of ``z`` (owned by samples ``owner``): True where adversarial."""
             if len(z) == 0:
                 return np.zeros(0, bool)
-            pred = self._query(target, np.clip(z, zlo, zhi) * sc).argmax(axis=1)
+            xq = spec.enforce(x[owner], np.clip(z, zlo, zhi) * sc)  # decide on the point actually sent
+            pred = self._query(target, xq).argmax(axis=1)
             np.add.at(spent, owner, 1)
             return (pred == goal[owner]) if self.targeted else (pred != goal[owner])
 
@@ -133,7 +134,7 @@ class HopSkipJump(QueryAttack):
         except QueryBudgetExceeded as exc:
             self._budget_hit(exc)
         self._record(fooled_at, spent)
-        return (np.clip(best, zlo, zhi) * sc).astype(np.float32)
+        return spec.enforce(x, np.clip(best, zlo, zhi) * sc)
 
     def _initialise(self, z0, zlo, zhi, mask, rng, is_adv, left, spent):  # noqa: ANN001, ANN202
         """A first adversarial point per sample: uniform noise in the bounds, or another input of

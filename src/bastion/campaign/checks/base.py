@@ -27,6 +27,14 @@ log = logging.getLogger(__name__)
 ProgressFactory = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C inside a check that kept a partial result: the scan records it, then stops."""
+
+    def __init__(self, partial: CheckResult) -> None:
+        super().__init__("interrupted")
+        self.partial = partial
+
+
 class CheckParams(BaseModel):
     """Base of every check's parameters: unknown fields are errors."""
 

@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 
 from bastion.attacks.base import Attack, AttackResult, available_attacks, get_attack
 from bastion.attacks.curve import robustness_curve
-from bastion.campaign.checks.base import Check, CheckContext, CheckParams, register_check
+from bastion.campaign.checks.base import Check, CheckContext, CheckParams, Interrupted, register_check
 from bastion.core.results import CheckResult, Finding, Severity
 from bastion.core.threatmap import THREATS
 from bastion.errors import UsageError
@@ -20,6 +20,7 @@ RULES = {"evasion-whitebox": "BASTION-EV-001", "evasion-blackbox": "BASTION-EV-0
          "evasion-transfer": "BASTION-EV-003"}
 MINIMAL_RULE = "BASTION-EV-010"
 NORM_SYMBOL = {"linf": "L∞", "l2": "L2"}
+_NOISE = {"eps", "batch_size", "seed", "targeted"}
 
 REMEDIATION = {
     "evasion-whitebox": (
@@ -99,7 +100,10 @@ class EvasionCheck(Check):
                     results = robustness_curve(attack, target, data.x, y, p.eps, progress=advance)
         finally:
             target.query_budget = saved_budget
-        return self._result(ctx, attack, results, time.perf_counter() - t0)
+        result = self._result(ctx, attack, results, time.perf_counter() - t0)
+        if any(r.interrupted for r in results):
+            raise Interrupted(result)
+        return result
 
     # --- turning results into a CheckResult -------------------------------------------------------
     def _result(self, ctx: CheckContext, attack: Attack, results: list[AttackResult], seconds: float) -> CheckResult:
@@ -159,7 +163,8 @@ class EvasionCheck(Check):
         return Finding(
             rule_id=rule, title=title, severity=severity, check=self.name,
             atlas=list(threat.atlas), owasp=list(threat.owasp),
-            description=f"{threat.description} Measured on {len(last.y)} inputs with {attack!r}.",
+            description=f"{threat.description} Measured on {len(last.y)} inputs with {attack.name} "
+                        f"({', '.join(f'{k}={v}' for k, v in attack.get_params().items() if k not in _NOISE)}).",
             remediation=REMEDIATION.get(family, REMEDIATION["evasion-whitebox"]),
             metrics={k: v for k, v in metrics.items() if k not in ("results",)})
 

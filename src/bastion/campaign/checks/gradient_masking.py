@@ -1,0 +1,118 @@
+"""The ``gradient-masking`` check: sanity checks that must pass before a white-box robustness number
+is trusted (Athalye et al. 2018, arXiv:1802.00420; Croce & Hein 2020, arXiv:2003.01690).
+
+Runs :mod:`bastion.attacks.evasion.sanity` on a sample of the data and turns every sign it sees
+into a finding that says what it means and what to do instead.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from bastion.attacks.base import available_attacks, get_attack
+from bastion.attacks.evasion.sanity import (
+    SanityResult, check_blackbox_vs_whitebox, check_gradients, check_output_kind, check_randomized)
+from bastion.campaign.checks.base import Check, CheckContext, CheckParams, register_check
+from bastion.core.results import CheckResult, Finding, Severity
+from bastion.core.targets.base import DifferentiableTarget
+from bastion.core.threatmap import THREATS
+
+ADAPTIVE = ("Do not trust white-box robustness numbers for this model until an adaptive attack confirms them: "
+            "evaluate with the 'auto' ensemble (it includes a black-box stage), ")
+RULES: dict[str, tuple[str, str, Severity, str]] = {
+    "randomized-outputs": (
+        "BASTION-EV-101", "Randomised model outputs: a sign of gradient masking", Severity.medium,
+        ADAPTIVE + "and average gradients over the randomness with Expectation over Transformation "
+        "(APGD/auto parameter eot_iter, e.g. 20). Report robustness on the expected prediction."),
+    "output-kind": (
+        "BASTION-EV-102", "Model outputs are not logits (probabilities or saturated): a sign of gradient masking",
+        Severity.medium,
+        ADAPTIVE + "expose the logits (remove the final softmax, declare output='probabilities' only when the "
+        "model truly returns them), and prefer margin/DLR losses (apgd-dlr, apgd-t), which are scale invariant."),
+    "zero-gradients": (
+        "BASTION-EV-103", "Zero or non-finite input gradients: a sign of gradient masking", Severity.high,
+        ADAPTIVE + "and replace non-differentiable steps (rounding, quantisation, JPEG, thresholding) by a "
+        "differentiable approximation on the backward pass (BPDA), or rely on black-box attacks (square)."),
+    "blackbox-beats-whitebox": (
+        "BASTION-EV-104", "A black-box attack succeeds where the white-box attack failed: gradient masking",
+        Severity.high,
+        ADAPTIVE + "treat the black-box robust accuracy as the upper bound, and look for the masking cause "
+        "(non-differentiable or randomised components) to attack it with BPDA or EOT."),
+}
+
+
+class GradientMaskingParams(CheckParams):
+    n_samples: int = Field(default=100, gt=0, description="Inputs used for the checks (a seeded sample).")
+    eps: float = Field(default=0.1, ge=0, description="ε of the white-box vs black-box comparison.")
+    norm: Literal["linf", "l2"] = "linf"
+    repeats: int = Field(default=3, ge=2, description="Identical calls compared by the randomisation check.")
+    whitebox: str = Field(default="apgd-ce", description="White-box attack of the comparison.")
+    blackbox: str = Field(default="square", description="Black-box attack of the comparison.")
+    blackbox_queries: int = Field(default=1000, gt=0, description="Per-sample query budget of the black-box attack.")
+
+
+@register_check
+class GradientMaskingCheck(Check):
+    """Signs of gradient masking: randomised outputs, non-logit outputs, zero/non-finite gradients,
+    black-box beating white-box."""
+
+    kind = "gradient-masking"
+    Params = GradientMaskingParams
+
+    def __init__(self, name: str, params: GradientMaskingParams) -> None:
+        super().__init__(name, params)
+        self.params: GradientMaskingParams = params
+
+    def run(self, ctx: CheckContext) -> CheckResult:
+        target, data, y = ctx.require_model(self.name)
+        p = self.params
+        t0 = time.perf_counter()
+        n = min(p.n_samples, len(y))
+        idx = np.sort(np.random.default_rng(ctx.seed).choice(len(y), size=n, replace=False))
+        x, yy = target.input_spec.validate(data.x[idx]), np.asarray(y)[idx]
+        results: list[SanityResult] = [check_randomized(target, x, repeats=p.repeats)]
+        notes: list[str] = []
+        if isinstance(target, DifferentiableTarget):
+            results.append(check_output_kind(target, x))
+            results.append(check_gradients(target, x, yy))
+            attacks = available_attacks()
+            if p.blackbox in attacks and p.whitebox in attacks and p.eps > 0:
+                white = get_attack(p.whitebox, eps=p.eps, norm=p.norm, seed=ctx.seed).run(target, x, yy)
+                bb_params: dict[str, Any] = {"max_queries": p.blackbox_queries} if "max_queries" in _params(
+                    attacks[p.blackbox]) else {}
+                black = get_attack(p.blackbox, eps=p.eps, norm=p.norm, seed=ctx.seed, **bb_params).run(target, x, yy)
+                results.append(check_blackbox_vs_whitebox(white, black))
+            else:
+                notes.append(f"black-box vs white-box comparison skipped: needs registered attacks "
+                             f"'{p.whitebox}' and '{p.blackbox}' and eps > 0")
+        else:
+            notes.append("gradient checks skipped: the target is a black box (no gradients to mask)")
+        threat = THREATS["evasion-whitebox"]
+        findings = []
+        for r in results:
+            if not r.flagged:
+                continue
+            rule, title, severity, remediation = RULES[r.check]
+            findings.append(Finding(
+                rule_id=rule, title=title, severity=severity, check=self.name, atlas=list(threat.atlas),
+                owasp=list(threat.owasp),
+                description=f"{r.message}. This is a sign of gradient masking: white-box attacks may report "
+                            f"robustness the model does not have (Athalye et al. 2018).",
+                remediation=remediation, metrics={**r.metrics, "samples": r.samples[:20]}))
+        metrics: dict[str, Any] = {"n_samples": n, "flagged": [r.check for r in results if r.flagged],
+                                   "checks": {r.check: {"flagged": r.flagged, "message": r.message, **r.metrics}
+                                              for r in results}}
+        if notes:
+            metrics["notes"] = notes
+        return CheckResult(name=self.name, kind=self.kind, seconds=time.perf_counter() - t0, metrics=metrics,
+                           findings=findings)
+
+
+def _params(cls: type) -> set[str]:
+    import inspect
+
+    return {p for c in cls.__mro__ if c is not object for p in inspect.signature(c.__init__).parameters}

@@ -1,0 +1,63 @@
+"""Policy validation: every error names the file, line and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bastion.campaign import DEMO_POLICIES, packaged_policy
+from bastion.campaign.policy import load_policy
+from bastion.errors import PolicyError
+
+HEAD = "version: 1\ntarget:\n  model: demo:digits-cnn\ndata:\n  source: demo:digits\n"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "policy.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("body, line, field, words", [
+    ("checks:\n  - name: a\n    kind: evasion\n    epz: 0.1\n", 9, "checks[0].epz", "unknown field"),
+    ("checks:\n  - name: a\n    kind: evasion\n    norm: l3\n", 9, "checks[0].norm", "'linf' or 'l2'"),
+    ("checks:\n  - name: a\n    kind: evade\n", 8, "checks[0].kind", "unknown check kind"),
+    ("checks:\n  - name: a\n    kind: evasion\n    attack: nope\n", 9, "checks[0].attack", "unknown attack"),
+    ("checks:\n  - name: a\n    kind: evasion\n    eps: [-1]\n", 9, "checks[0].eps", "eps"),
+    ("checks:\n  - {name: a, kind: evasion}\ngates:\n  - 'robust_accuracy >> 3'\n", 9, "gates[0]", "cannot parse"),
+    ("checks: []\n", 6, "checks", "at least 1"),
+    ("checks:\n  - {name: a, kind: evasion}\n  - {name: a, kind: evasion}\n", None, None, "unique"),
+    ("checks:\n  - {name: a, kind: evasion, params: {stepz: 3}}\n", 7, "checks[0]", "stepz"),
+])
+def test_invalid_policies(tmp_path: Path, body: str, line: int | None, field: str | None, words: str) -> None:
+    path = _write(tmp_path, HEAD + body)
+    with pytest.raises(PolicyError) as err:
+        load_policy(path)
+    e = err.value
+    assert e.file == str(path)
+    if line is not None:
+        assert e.line == line, str(e)
+    if field is not None:
+        assert e.field == field
+    assert words in str(e)
+    assert e.exit_code == 2
+
+
+def test_yaml_syntax_error_has_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, "version: 1\nchecks:\n  - name: a\n    eps: [0.1\n")
+    with pytest.raises(PolicyError) as err:
+        load_policy(path)
+    assert "not valid YAML" in str(err.value) and err.value.line is not None
+
+
+def test_missing_target_for_model_check(tmp_path: Path) -> None:
+    path = _write(tmp_path, "version: 1\nchecks:\n  - {name: a, kind: evasion}\n")
+    with pytest.raises(PolicyError, match="needs 'target' and 'data'"):
+        load_policy(path)
+
+
+@pytest.mark.parametrize("name", DEMO_POLICIES)
+def test_packaged_policies_are_valid(name: str) -> None:
+    loaded = load_policy(packaged_policy(name))
+    assert loaded.checks and loaded.gates
