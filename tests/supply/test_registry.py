@@ -238,7 +238,7 @@ WORKER = textwrap.dedent("""
             done["promote_refused"] += 1
         if i % 3 == 2:
             try:
-                reg.rollback("m", recheck=False)
+                reg.rollback("m", recheck=wid % 2 == 0)  # re-checking (optimistic) and recorded paths
                 done["rollbacks"] += 1
             except PromotionRefused:
                 done["refused"] += 1
