@@ -77,6 +77,7 @@ def scan(policy: str | Path | dict[str, Any] | LoadedPolicy, *, out_dir: str | P
                                   reason=f"{type(exc).__name__}: {exc}")
                 log.exception("check %s crashed", check.name)
             res.seconds = res.seconds or time.perf_counter() - t0
+            _count_findings(res)
             result.checks.append(res)
             if on_check:
                 on_check(res)
@@ -90,6 +91,14 @@ def scan(policy: str | Path | dict[str, Any] | LoadedPolicy, *, out_dir: str | P
     if interrupted:
         raise KeyboardInterrupt
     return result
+
+
+def _count_findings(res: CheckResult) -> None:
+    """Add ``findings_<severity>`` counts (at that severity or worse) so gates can use them."""
+    from bastion.core.results import Severity
+
+    for sev in Severity:
+        res.metrics.setdefault(f"findings_{sev.value}", sum(f.severity.rank >= sev.rank for f in res.findings))
 
 
 def _load(loaded: LoadedPolicy, limit: int | None) -> tuple[Target | None, Dataset | None, Any]:

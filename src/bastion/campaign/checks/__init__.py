@@ -1,3 +1,3 @@
 """Built-in checks; importing this package registers them."""
 
-from bastion.campaign.checks import evasion  # noqa: F401
+from bastion.campaign.checks import evasion, gradient_masking, model_file  # noqa: F401
