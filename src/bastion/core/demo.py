@@ -59,7 +59,7 @@ def _cancer_split() -> tuple[Any, ...]:
     d = load_breast_cancer()
     parts = train_test_split(d.data.astype(np.float32), d.target, test_size=CANCER_RECIPE["test_size"],
                              random_state=CANCER_RECIPE["split_seed"], stratify=d.target)
-    return (*parts, list(d.feature_names))
+    return (*parts, [str(n) for n in d.feature_names])
 
 
 def demo_data(name: str) -> Dataset:

@@ -22,7 +22,7 @@ import numpy as np
 from bastion.core import demo
 from bastion.core.data import Dataset, load_csv, load_image_folder, load_npy_pair, load_npz
 from bastion.core.safe_load import load_skops, refuse_pickle
-from bastion.core.spec import InputSpec, tabular_spec
+from bastion.core.spec import FeatureSpec, InputSpec, constraints_from_config, tabular_spec
 from bastion.core.targets.base import Target
 from bastion.errors import DataError, TargetError, UsageError
 
@@ -68,11 +68,40 @@ def import_object(ref: str) -> Any:
         raise UsageError(f"'{mod_name}' has no attribute '{attr}'") from exc
 
 
-def load_target(spec: Any, *, input_shape: tuple[int, ...] | None = None,
-                bounds: tuple[float, float] | None = None, classes: list[Any] | None = None,
-                output: str | None = None, data: Dataset | None = None, **kwargs: Any) -> Target:
+def load_target(spec: Any, *, features: list[dict[str, Any]] | None = None, **kwargs: Any) -> Target:
     """Load the model a spec names (see module docstring). ``spec`` may also be a Target, an
-    ``nn.Module`` or a fitted scikit-learn estimator. Shape and bounds default to those of ``data``."""
+    ``nn.Module`` or a fitted scikit-learn estimator. Shape and bounds default to those of ``data``
+    (keyword arguments: input_shape, bounds, classes, output, data, query_budget, and the HTTP
+    options for ``http:`` specs). ``features`` adds tabular constraints (see
+    :func:`bastion.core.spec.constraints_from_config`)."""
+    target = _load_target(spec, **kwargs)
+    if features:
+        apply_features(target, features, kwargs.get("data"))
+    return target
+
+
+def apply_features(target: Target, features: list[dict[str, Any]], data: Dataset | None = None) -> None:
+    """Replace a tabular target's feature specs with the constraints of a policy or API call."""
+    spec = target.input_spec
+    if len(spec.shape) != 1:
+        raise UsageError(f"feature constraints apply to tabular models; this one takes inputs of shape {spec.shape}")
+    if spec.features is not None:
+        names = [f.name for f in spec.features]
+    elif data is not None and data.feature_names:
+        names = list(data.feature_names)
+    else:
+        names = [f"x{i}" for i in range(spec.shape[0])]
+    base = spec.features
+    if base is None:
+        lo, hi = spec.bounds_arrays()
+        base = [FeatureSpec(name=n, lower=float(lo[i]), upper=float(hi[i])) for i, n in enumerate(names)]
+    specs = constraints_from_config(features, names, base=base, x=data.x if data is not None else None)
+    target.input_spec = InputSpec(shape=spec.shape, features=specs, kind="tabular")
+
+
+def _load_target(spec: Any, *, input_shape: tuple[int, ...] | None = None,
+                 bounds: tuple[float, float] | None = None, classes: list[Any] | None = None,
+                 output: str | None = None, data: Dataset | None = None, **kwargs: Any) -> Target:
     if isinstance(spec, Target):
         return spec
     if not isinstance(spec, str):
