@@ -1,0 +1,274 @@
+"""HttpTarget against a real HTTP server on 127.0.0.1 (standard library, in a thread) serving a
+scikit-learn model: predictions, auth, retries, timeouts, malformed answers, budgets, secrecy."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bastion.core.spec import InputSpec
+from bastion.core.targets.http_target import EndpointError, EndpointUnreachable, HttpTarget, MalformedResponse
+from bastion.errors import BastionRuntimeError, QueryBudgetExceeded, TargetError, UsageError
+
+SECRET = "s3cr3t-Token-9f8e7d"
+ENV = "BASTION_TEST_API_KEY"
+
+
+class Model:
+    """Logistic regression on the 8×8 digits, flattened to 64 features in [0, 1]."""
+
+    def __init__(self) -> None:
+        from sklearn.datasets import load_digits
+        from sklearn.linear_model import LogisticRegression
+
+        d = load_digits()
+        self.x = (d.data / 16.0).astype(np.float32)
+        self.y = d.target
+        self.est = LogisticRegression(max_iter=300).fit(self.x[:1200], self.y[:1200])
+
+
+class Server:
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.calls: dict[str, int] = {}
+        self.seen_auth: list[str | None] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # keep the test output quiet
+                pass
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:  # noqa: N802
+                path = self.path
+                n_calls = server.calls[path] = server.calls.get(path, 0) + 1
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                key = self.headers.get("X-Api-Key")
+                server.seen_auth.append(key)
+                if path.startswith("/secure") and key != SECRET:
+                    return self._send(401, b'{"error": "unauthorized"}')
+                if path == "/echo":  # a hostile server echoing the credential back in an error
+                    return self._send(400, json.dumps({"error": f"bad key {key}"}).encode())
+                if path == "/flaky429" and n_calls <= 2:
+                    return self._send(429, b"slow down", {"Retry-After": "0"})
+                if path == "/retry-after" and n_calls == 1:
+                    return self._send(429, b"slow down", {"Retry-After": "1"})
+                if path in ("/flaky500", "/down") and (n_calls <= 1 or path == "/down"):
+                    return self._send(503, b"unavailable")
+                if path == "/slow":
+                    time.sleep(1.5)
+                if path == "/malformed":
+                    return self._send(200, b"<html>not json</html>")
+                body = json.loads(raw)
+                x = np.asarray(body["data"]["rows"], np.float32)
+                p = server.model.est.predict_proba(x)
+                if path == "/labels":
+                    out = {"predictions": [{"label": int(k)} for k in p.argmax(1)]}
+                elif path == "/wrongshape":
+                    out = {"result": {"probs": p[:, :3].tolist()}}
+                else:
+                    out = {"result": {"probs": p.tolist()}}
+                self._send(200, json.dumps(out).encode(), {"Content-Type": "application/json"})
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+@pytest.fixture(scope="module")
+def model() -> Model:
+    return Model()
+
+
+@pytest.fixture()
+def server(model: Model) -> Iterator[Server]:
+    s = Server(model)
+    yield s
+    s.httpd.shutdown()
+    s.httpd.server_close()
+
+
+@pytest.fixture()
+def secret_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV, SECRET)
+
+
+SPEC = InputSpec(shape=(64,), lower=0.0, upper=1.0)
+TEMPLATE = {"data": {"rows": "$inputs"}, "model": "v1"}
+
+
+def make(server: Server, path: str = "/secure/predict", **kw: Any) -> HttpTarget:
+    opts: dict[str, Any] = {"request_template": TEMPLATE, "probabilities_path": "result.probs",
+                            "auth_header": "X-Api-Key", "auth_env": ENV, "batch_size": 16, "timeout": 5.0,
+                            "retries": 2, "backoff": 0.01}
+    opts.update(kw)
+    return HttpTarget(server.url(path), classes=list(range(10)), input_spec=SPEC, **opts)
+
+
+def _no_secret(*texts: str) -> None:
+    for t in texts:
+        assert SECRET not in t
+
+
+def test_predictions_match_the_served_model(server: Server, model: Model, secret_env: None) -> None:
+    t = make(server)
+    x = model.x[1200:1250]
+    p = t.predict_proba(x)
+    np.testing.assert_allclose(p, model.est.predict_proba(x), atol=1e-6)
+    log = t.query_log
+    assert log["requests"] == 4 and log["inputs"] == 50  # 16 + 16 + 16 + 2
+    assert log["bytes_sent"] > 0 and log["bytes_received"] > 0 and log["status"] == {"200": 4}
+    assert len(t.request_log) == 4 and t.queries == 50
+    assert set(server.seen_auth) == {SECRET}
+
+
+def test_secret_never_leaks(server: Server, model: Model, secret_env: None,
+                            caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    t = make(server)
+    t.predict_proba(model.x[:5])
+    texts = [repr(t), str(t.describe()), json.dumps(t.describe(), default=str), str(t.query_log), caplog.text]
+    hostile = make(server, path="/echo")
+    with pytest.raises(EndpointError) as err:
+        hostile.predict_proba(model.x[:2])
+    texts += [str(err.value), repr(err.value)]
+    bad = make(server, path="/secure/predict")
+    bad._secret = "wrong"  # the server refuses: the message names the variable, never a value
+    with pytest.raises(EndpointError, match=ENV) as err401:
+        bad.predict_proba(model.x[:2])
+    texts += [str(err401.value), caplog.text]
+    _no_secret(*texts)
+    assert "***" in str(err.value)  # the echoed credential was redacted, not dropped silently
+
+
+def test_auth_env_missing_is_a_usage_error(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV, raising=False)
+    with pytest.raises(UsageError, match=ENV):
+        make(server)
+
+
+def test_retries_on_429_and_5xx(server: Server, model: Model, secret_env: None) -> None:
+    t = make(server, path="/flaky429")
+    np.testing.assert_allclose(t.predict_proba(model.x[:3]), model.est.predict_proba(model.x[:3]), atol=1e-6)
+    assert t.query_log["retries"] == 2 and t.query_log["status"] == {"429": 2, "200": 1}
+    t5 = make(server, path="/flaky500")
+    t5.predict_proba(model.x[:3])
+    assert t5.query_log["retries"] == 1 and t5.query_log["errors"] == 1
+
+
+def test_retry_after_is_respected(server: Server, model: Model, secret_env: None) -> None:
+    t = make(server, path="/retry-after", backoff=0.01)
+    t0 = time.perf_counter()
+    t.predict_proba(model.x[:2])
+    assert time.perf_counter() - t0 >= 0.9
+
+
+def test_persistent_5xx_gives_up(server: Server, model: Model, secret_env: None) -> None:
+    t = make(server, path="/down", retries=2)
+    with pytest.raises(EndpointError, match="503 after 3 attempts"):
+        t.predict_proba(model.x[:2])
+    assert server.calls["/down"] == 3
+
+
+def test_timeout_and_unreachable(server: Server, model: Model, secret_env: None) -> None:
+    t = make(server, path="/slow", timeout=0.3, retries=1)
+    with pytest.raises(EndpointUnreachable, match="timed out"):
+        t.predict_proba(model.x[:2])
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dead = HttpTarget(f"http://127.0.0.1:{port}/predict", classes=list(range(10)), input_spec=SPEC,
+                      probabilities_path="p", retries=1, backoff=0.01, timeout=1.0)
+    with pytest.raises(EndpointUnreachable) as err:
+        dead.predict_proba(model.x[:2])
+    assert isinstance(err.value, BastionRuntimeError) and "127.0.0.1" in str(err.value)
+
+
+def test_malformed_responses(server: Server, model: Model, secret_env: None) -> None:
+    with pytest.raises(MalformedResponse, match="JSON"):
+        make(server, path="/malformed").predict_proba(model.x[:2])
+    with pytest.raises(MalformedResponse, match="shape"):
+        make(server, path="/wrongshape").predict_proba(model.x[:2])
+    with pytest.raises(MalformedResponse, match="result.nope"):
+        make(server, path="/ok", probabilities_path="result.nope").predict_proba(model.x[:2])
+
+
+def test_rate_limit(server: Server, model: Model, secret_env: None) -> None:
+    t = make(server, path="/ok", rate_limit=20.0, batch_size=1)
+    t0 = time.perf_counter()
+    t.predict_proba(model.x[:6])
+    assert time.perf_counter() - t0 >= 5 / 20.0 - 0.01
+
+
+def test_bad_configuration_is_refused(server: Server) -> None:
+    with pytest.raises(UsageError, match="exactly one"):
+        HttpTarget(server.url("/ok"), classes=[0, 1], input_spec=SPEC)
+    with pytest.raises(UsageError, match="placeholder"):
+        HttpTarget(server.url("/ok"), classes=[0, 1], input_spec=SPEC, probabilities_path="p",
+                   request_template={"rows": "inputs"})
+    with pytest.raises(UsageError, match="not an http"):
+        HttpTarget("ftp://host/x", classes=[0, 1], input_spec=SPEC, probabilities_path="p")
+
+
+def test_label_only_endpoint(server: Server, model: Model, secret_env: None) -> None:
+    from bastion.attacks import HopSkipJump, Square
+
+    t = make(server, path="/labels", probabilities_path=None, label_path="predictions.*.label", batch_size=64)
+    assert t.label_only
+    x, y = model.x[1200:1210], model.y[1200:1210]
+    p = t.predict_proba(x)
+    assert set(np.unique(p)) <= {0.0, 1.0} and np.all(p.sum(1) == 1)
+    np.testing.assert_array_equal(p.argmax(1), model.est.predict(x))
+    with pytest.raises(TargetError, match="labels only"):
+        Square(eps=0.1, max_queries=10).run(t, x, y)
+    res = HopSkipJump(max_queries=150).run(t, x, y)
+    assert res.complete and res.success[res.clean_pred == y].all()
+    assert res.extra["query_log"]["requests"] > 0
+
+
+def test_budget_exhaustion_mid_attack_gives_a_partial_result(server: Server, model: Model, secret_env: None) -> None:
+    from bastion.attacks import Square
+
+    t = make(server, path="/ok", query_budget=400, batch_size=64)
+    x, y = model.x[1200:1240], model.y[1200:1240]
+    res = Square(eps=0.05, max_queries=200, batch_size=20).run(t, x, y)
+    assert not res.complete and "budget" in (res.reason or "")
+    assert t.queries <= 400 and res.queries <= 400
+    assert np.abs(res.x_adv - x).max() <= 0.05 + 1e-6  # what was done is kept, and valid
+    # the log holds every input sent: the attacker's (budgeted) plus bastion's final measurement
+    assert res.extra["query_log"]["inputs"] == t.queries + len(x)
+    with pytest.raises(QueryBudgetExceeded):
+        t.predict_proba(x)
+
+
+def test_load_target_http_scheme(server: Server, model: Model, secret_env: None) -> None:
+    from bastion.core.loader import load_target
+
+    t = load_target(f"http:{server.url('/secure/predict')}", classes=list(range(10)), input_shape=(64,),
+                    bounds=(0.0, 1.0), request_template=json.dumps(TEMPLATE), probabilities_path="result.probs",
+                    auth_header="X-Api-Key", auth_env=ENV, timeout=5.0, query_budget=100)
+    assert isinstance(t, HttpTarget) and t.query_budget == 100
+    np.testing.assert_array_equal(t.predict(model.x[:4]), model.est.predict(model.x[:4]))
+    with pytest.raises(UsageError, match="unknown HTTP target option"):
+        load_target(f"http:{server.url('/ok')}", classes=[0, 1], input_shape=(64,), wat=1)
