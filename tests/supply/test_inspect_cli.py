@@ -85,15 +85,6 @@ def test_sarif_for_findings_without_location() -> None:
     assert res["level"] == "warning" and "logicalLocations" in res["locations"][0]
 
 
-def test_sarif_validates_against_schema_if_available(files) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
-    schema_path = Path(__file__).with_name("sarif-schema-2.1.0.json")
-    if not schema_path.exists():
-        pytest.skip("SARIF schema file not available offline")
-    doc = render_sarif(scan_paths([files["evil"]]).to_scan_result())
-    jsonschema.validate(doc, json.loads(schema_path.read_text()))
-
-
 def test_inspect_check(files) -> None:
     check = inspect_check([files["evil"], files["clean"]])
     assert check.metrics["files_scanned"] == 2 and check.metrics["failed"]
