@@ -1,0 +1,68 @@
+"""The ``auto`` ensemble: stage bookkeeping, strength, bounds, and a budget that runs out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bastion.attacks import APGD, PGD, AutoAttack, available_attacks, get_attack
+from bastion.core.spec import InputSpec
+from bastion.core.targets.torch_target import TorchTarget
+from bastion.core.threat import ThreatModel
+from bastion.errors import UsageError
+
+from ._whitebox_models import digits_mlp_target
+
+torch.set_num_threads(1)
+FAST = {"steps": 15, "n_target_classes": 3, "blackbox_queries": 100}
+
+
+def test_auto_stages_are_cumulative_and_end_at_the_final_accuracy() -> None:
+    target, x, y = digits_mlp_target()
+    x, y = x[:80], y[:80]
+    res = AutoAttack(eps=0.05, **FAST).run(target, x, y)
+    stages = res.extra["stages"]
+    names = [s["stage"] for s in stages]
+    assert names[:3] == ["apgd-ce", "apgd-t", "deepfool"]
+    if "square" in available_attacks():
+        assert names[-1] == "square"
+    else:
+        assert any("square stage skipped" in n for n in res.extra["notes"])
+    accs = [s["robust_accuracy"] for s in stages]
+    assert all(a >= b for a, b in zip(accs, accs[1:]))
+    assert all(a >= res.robust_accuracy - 1e-12 for a in accs)
+    assert accs[-1] == pytest.approx(res.robust_accuracy)
+    assert accs[0] <= res.clean_accuracy
+    assert all(s["seconds"] >= 0 and s["queries"] >= 0 for s in stages)
+    assert res.norms["linf"].max() <= 0.05 + 1e-6 and res.complete
+    for alone in (APGD(eps=0.05, steps=15), PGD(eps=0.05, steps=20)):
+        assert res.robust_accuracy <= alone.run(target, x, y).robust_accuracy
+
+
+def test_auto_stage_selection_errors_and_budget() -> None:
+    target, x, y = digits_mlp_target()
+    res = get_attack("auto", eps=0.05, stages=["apgd-ce"], steps=5).run(target, x[:20], y[:20])
+    assert [s["stage"] for s in res.extra["stages"]] == ["apgd-ce"]
+    with pytest.raises(UsageError):
+        AutoAttack(stages=["fab"])
+    # a query budget too small for the ensemble: partial result, marked incomplete, no exception
+    res = AutoAttack(eps=0.05, **FAST, batch_size=10).run(
+        target, x[:40], y[:40], ThreatModel(eps=0.05, query_budget=300))
+    assert not res.complete and "budget" in (res.reason or "")
+    assert res.queries <= 300
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(norm=st.sampled_from(["linf", "l2"]), eps=st.floats(0.05, 1.5), seed=st.integers(0, 100))
+def test_auto_stays_in_the_ball_and_bounds(norm: str, eps: float, seed: int) -> None:
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 10), torch.nn.ReLU(), torch.nn.Linear(10, 3))
+    target = TorchTarget(model, InputSpec(shape=(6,), lower=0.0, upper=1.0))
+    x = np.random.default_rng(seed).uniform(0, 1, size=(12, 6)).astype(np.float32)
+    y = target.predict(x)
+    res = AutoAttack(eps=eps, norm=norm, steps=5, n_target_classes=2, blackbox_queries=20).run(target, x, y)
+    assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
+    assert res.norms[norm].max() <= eps * (1 + 1e-4) + 1e-6
