@@ -1,0 +1,176 @@
+"""Strength and speed of bastion's white-box evasion attacks against ART, side by side in one run.
+
+- bastion ``auto`` vs ART ``AutoAttack`` (defaults: APGD-CE and APGD-DLR with 5 restarts each,
+  DeepFool, Square 5000 queries with 5 restarts) at the same L∞ ε, on the demo digits CNN and on a
+  PGD-adversarially-trained copy of it (trained here with bastion's PGD, cached in /tmp);
+- bastion ``cw`` (defaults) vs ART ``CarliniL2Method``: success rate and median L2.
+
+Run from the repository root with the benchmark venv (ART installed there only):
+
+    benchmarks/.env/bin/python benchmarks/evasion_strength.py --n 360 --cw-n 60
+
+The tools run alternately (bastion, ART, ART, bastion, ...) on the same inputs; with ``--reps`` > 1
+the medians of the wall times are reported. Writes benchmarks/results/evasion-strength.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import bastion
+from bastion.attacks import PGD, AutoAttack, CarliniWagnerL2
+from bastion.core.demo import demo_data, digits_cnn, digits_cnn_module
+from bastion.core.spec import InputSpec
+from bastion.core.targets.torch_target import TorchTarget
+
+ADV_PATH = Path("/tmp/bastion-bench/digits-cnn-pgd-at.pt")
+SPEC = InputSpec(shape=(1, 8, 8), lower=0.0, upper=1.0, kind="image")
+
+
+def adversarially_trained(eps: float = 0.15, epochs: int = 12, steps: int = 10) -> torch.nn.Module:
+    """Madry PGD adversarial training (arXiv:1706.06083) of the demo CNN, fine-tuned from the clean weights."""
+    model = digits_cnn_module()
+    if ADV_PATH.exists():
+        model.load_state_dict(torch.load(ADV_PATH, map_location="cpu", weights_only=True))
+        return model.eval()
+    model.load_state_dict(digits_cnn().module.state_dict())
+    for p in model.parameters():
+        p.requires_grad_(True)
+    train = demo_data("digits-train")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = train.x, train.y.astype(np.int64)
+    rng = np.random.default_rng(0)
+    for epoch in range(epochs):
+        perm = rng.permutation(len(x))
+        for i in range(0, len(x), 64):
+            idx = perm[i:i + 64]
+            frozen = TorchTarget(copy.deepcopy(model), SPEC)  # bastion's PGD on a frozen copy
+            x_adv = PGD(eps=eps, steps=steps, seed=epoch * 1000 + i).run(frozen, x[idx], y[idx]).x_adv
+            model.train()
+            opt.zero_grad()
+            F.cross_entropy(model(torch.from_numpy(x_adv)), torch.from_numpy(y[idx])).backward()
+            opt.step()
+    model.eval()
+    ADV_PATH.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    ADV_PATH.write_bytes(buf.getvalue())
+    return model
+
+
+def art_classifier(model: torch.nn.Module):  # noqa: ANN201
+    from art.estimators.classification import PyTorchClassifier
+
+    return PyTorchClassifier(model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=(1, 8, 8), nb_classes=10,
+                             clip_values=(0.0, 1.0), device_type="cpu")
+
+
+def run_bastion_auto(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, eps: float) -> tuple[float, float, list]:
+    target = TorchTarget(model, SPEC)
+    t0 = time.perf_counter()
+    res = AutoAttack(eps=eps, norm="linf", seed=0).run(target, x, y)
+    return res.robust_accuracy, time.perf_counter() - t0, res.extra["stages"]
+
+
+def run_art_auto(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, eps: float) -> tuple[float, float]:
+    from art.attacks.evasion import AutoAttack as ArtAutoAttack
+
+    clf = art_classifier(model)
+    t0 = time.perf_counter()
+    # eps_step = 2·eps: ART's APGD starts with η = eps_step, the paper (and bastion) with η = 2ε
+    x_adv = ArtAutoAttack(estimator=clf, norm=np.inf, eps=eps, eps_step=2 * eps, batch_size=256).generate(x, y=y)
+    secs = time.perf_counter() - t0
+    assert np.abs(x_adv - x).max() <= eps + 1e-5
+    return float(np.mean(clf.predict(x_adv).argmax(1) == y)), secs
+
+
+def cw_compare(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, art_iter: int) -> dict:
+    from art.attacks.evasion import CarliniL2Method
+
+    target = TorchTarget(model, SPEC)
+    correct = target.predict(x) == y
+    x, y = x[correct], y[correct]
+    t0 = time.perf_counter()
+    res = CarliniWagnerL2().run(target, x, y)
+    b_secs = time.perf_counter() - t0
+    b_ok, b_l2 = res.success, res.norms["l2"]
+    clf = art_classifier(model)
+    t0 = time.perf_counter()
+    x_art = CarliniL2Method(clf, confidence=0.0, targeted=False, learning_rate=0.01, binary_search_steps=9,
+                            max_iter=art_iter, initial_const=0.01, batch_size=256, verbose=False).generate(x)
+    a_secs = time.perf_counter() - t0
+    a_ok = clf.predict(x_art).argmax(1) != y
+    a_l2 = np.linalg.norm((x_art - x).reshape(len(x), -1), axis=1)
+    both = a_ok & b_ok
+    return {"n": int(len(x)), "art_max_iter": art_iter,
+            "bastion_success": float(b_ok.mean()), "art_success": float(a_ok.mean()),
+            "bastion_median_l2_all": float(np.median(b_l2[b_ok])) if b_ok.any() else None,
+            "art_median_l2_all": float(np.median(a_l2[a_ok])) if a_ok.any() else None,
+            "n_both": int(both.sum()),
+            "bastion_median_l2_both": float(np.median(b_l2[both])) if both.any() else None,
+            "art_median_l2_both": float(np.median(a_l2[both])) if both.any() else None,
+            "bastion_seconds": b_secs, "art_seconds": a_secs}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--n", type=int, default=360, help="test images for the AutoAttack comparison")
+    ap.add_argument("--cw-n", type=int, default=60, help="test images for the C&W comparison")
+    ap.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.2])
+    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--art-cw-iter", type=int, nargs="+", default=[10, 100])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="benchmarks/results/evasion-strength.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    import art
+
+    data = demo_data("digits")
+    x, y = data.x[:args.n], data.y[:args.n].astype(np.int64)
+    t0 = time.perf_counter()
+    models = {"digits-cnn": digits_cnn().module, "digits-cnn PGD-AT": adversarially_trained()}
+    train_secs = time.perf_counter() - t0
+    rows = []
+    for mname, model in models.items():
+        clean = float(np.mean(TorchTarget(model, SPEC).predict(x) == y))
+        for eps in args.eps:
+            b_times, a_times, b_acc, a_acc, stages = [], [], None, None, None
+            for rep in range(args.reps):
+                order = ("bastion", "art") if rep % 2 == 0 else ("art", "bastion")
+                for tool in order:
+                    if tool == "bastion":
+                        b_acc, secs, stages = run_bastion_auto(model, x, y, eps)
+                        b_times.append(secs)
+                    else:
+                        a_acc, secs = run_art_auto(model, x, y, eps)
+                        a_times.append(secs)
+                    print(f"{mname} eps={eps} {tool}: {secs:.1f}s", flush=True)
+            rows.append({"model": mname, "eps": eps, "clean": clean, "bastion_robust": b_acc, "art_robust": a_acc,
+                         "bastion_seconds": statistics.median(b_times), "art_seconds": statistics.median(a_times),
+                         "stages": stages})
+            print(json.dumps(rows[-1]), flush=True)
+    cw_x, cw_y = data.x[:args.cw_n], data.y[:args.cw_n].astype(np.int64)
+    cw = [cw_compare(models["digits-cnn"], cw_x, cw_y, it) for it in args.art_cw_iter]
+    for c in cw:
+        print(json.dumps(c), flush=True)
+    meta = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+                       "2-core CPU shared with other jobs",
+            "python": platform.python_version(), "torch": torch.__version__, "bastion": bastion.__version__,
+            "art": art.__version__, "n": len(x), "reps": args.reps, "adv_training_seconds": train_secs}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"meta": meta, "auto": rows, "cw": cw}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
