@@ -147,7 +147,7 @@ def test_threat_query_budget_stops_the_attack_and_keeps_finished_batches(small) 
     target, x, y = small
     # FGSM costs exactly one query per attacked input: 40 for the clean predictions, then 10 per batch
     res = FGSM(eps=0.5, batch_size=10).run(target, x, y, ThreatModel(eps=0.5, query_budget=65))
-    assert not res.complete and "budget" in res.reason
+    assert not res.complete and "budget of 65 queries" in res.reason
     assert res.queries == 60
     moved = np.abs(res.x_adv - x).reshape(len(x), -1).max(axis=1) > 0
     assert moved[:20].all() and not moved[20:].any()

@@ -137,6 +137,8 @@ class Attack(ABC):
                 if progress:
                     progress(min(self.batch_size, len(x) - s))
         except QueryBudgetExceeded as exc:
+            if query_budget is not None and target.query_budget == start_q + query_budget:
+                exc = f"the threat model's budget of {query_budget} queries is spent"  # not the target's total
             complete, reason = False, f"query budget exhausted: {exc}"
             log.warning("%s: %s", self.name, reason)
         except KeyboardInterrupt:
