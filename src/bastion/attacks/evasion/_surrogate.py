@@ -94,6 +94,7 @@ def train_surrogate(target: Target, pool: np.ndarray, *, train_queries: int, aug
     std = np.where(x.std(axis=0) > 1e-6, x.std(axis=0), 1.0)
     if spec.kind == "image" or len(shape) == 3:  # images: one scalar statistic, not per pixel
         mean, std = np.full(shape, x.mean(), np.float32), np.full(shape, max(float(x.std()), 1e-6), np.float32)
+    torch.manual_seed(seed)  # reproducible initial weights, whatever ran before
     module = surrogate_module(shape, target.n_classes, mean, std)
     for r in range(augment_rounds):
         _fit(module, x, soft, max(epochs // 2, 1), seed + r)
