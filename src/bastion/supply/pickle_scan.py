@@ -2,24 +2,32 @@
 
 The opcode semantics are those of CPython's ``pickle`` module (``Lib/pickle.py``,
 ``_Unpickler.dispatch``) and of PEP 307 (protocol 2), PEP 3154 (protocol 4: STACK_GLOBAL,
-MEMOIZE, FRAME) and PEP 574 (protocol 5). Opcodes are tokenised with ``pickletools``' argument
-readers; values are simulated on a symbolic stack and memo, so names that reach STACK_GLOBAL
-through the memo or through computed strings are resolved (or flagged as dynamic).
+MEMOIZE, FRAME) and PEP 574 (protocol 5). Values are simulated on a symbolic stack and memo, so
+names that reach STACK_GLOBAL through the memo or through computed strings are resolved (or
+flagged as dynamic).
+
+The walk runs over the raw bytes in memory (a memory map for streams over 64 MiB) with one
+dispatch on the opcode byte; binary arguments are decoded in place. Text arguments (protocol 0)
+and any argument that is truncated, invalid or crosses ``max_pickle_bytes`` are read with
+``pickletools``' own argument readers, so errors and values are exactly those of the reference
+tokenizer (the test suite checks the opcode sequence against ``pickletools.genops``).
 """
 
 from __future__ import annotations
 
 import io
+import mmap
 import pickletools
-from dataclasses import dataclass, field
+import struct
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from bastion.core.results import Severity
 from bastion.supply.allowlist import normalise
 from bastion.supply.context import LimitExceeded, Malformed, ScanContext
 
-_CODE2OP = {op.code.encode("latin-1"): op for op in pickletools.opcodes}
-_IN_MEMORY = 64 * 1024**2  # streams up to this size are read into memory once
+_OPS: dict[int, pickletools.OpcodeInfo] = {ord(op.code): op for op in pickletools.opcodes}
+_IN_MEMORY = 64 * 1024**2  # streams up to this size are read into memory once; larger ones are mapped
 _KEEP = 64  # items kept per symbolic container (enough for argument analysis, bounded memory)
 
 # Callables whose bytes argument is itself deserialised: analysed recursively.
@@ -32,51 +40,82 @@ _FORWARDERS = {"copyreg._reconstructor": 1, "torch._tensor._rebuild_from_type_v2
 _JOBLIB_WRAPPER = "joblib.numpy_pickle.NumpyArrayWrapper"
 
 
-class Mark:
-    __slots__ = ()
+def _utf8(b: bytes) -> str:
+    return b.decode("utf-8", "surrogatepass")
 
 
-MARK = Mark()
+def _latin1(b: bytes) -> str:
+    return b.decode("latin-1")
 
 
-@dataclass(eq=False)
+def _same(b: bytes) -> bytes:
+    return b
+
+
+# Binary arguments decoded in place: opcode byte -> (size, unpack) for fixed-size arguments, or
+# (length size, length unpack, convert) for length-prefixed data (pickletools' arg descriptors).
+_U1, _U2, _I4, _U4, _U8, _F8 = (struct.Struct(f).unpack_from for f in ("<B", "<H", "<i", "<I", "<Q", ">d"))
+_FIXED: dict[int, tuple[int, Callable[..., tuple[Any, ...]]]] = {
+    ord("J"): (4, _I4), ord("M"): (2, _U2), ord("j"): (4, _U4), ord("r"): (4, _U4), ord("G"): (8, _F8),
+    0x82: (1, _U1), 0x83: (2, _U2), 0x84: (4, _I4), 0x95: (8, _U8), 0x80: (1, _U1), ord("K"): (1, _U1),
+    ord("h"): (1, _U1), ord("q"): (1, _U1)}
+_COUNTED: dict[int, tuple[int, Callable[..., tuple[Any, ...]], Callable[[bytes], Any]]] = {
+    ord("T"): (4, _I4, _latin1), ord("U"): (1, _U1, _latin1), ord("B"): (4, _U4, _same),
+    ord("C"): (1, _U1, _same), 0x8E: (8, _U8, _same), 0x96: (8, _U8, bytearray),
+    0x8C: (1, _U1, _utf8), ord("X"): (4, _U4, _utf8), 0x8D: (8, _U8, _utf8),
+    0x8A: (1, _U1, pickletools.decode_long), 0x8B: (4, _I4, pickletools.decode_long)}
+_CONST_OPS = frozenset(ord(c) for c in "IJKMLSTUBCVXFG") | {0x8A, 0x8B, 0x8E, 0x96, 0x8C, 0x8D}
+
+
 class Const:
-    value: Any
+    """A constant pushed by the pickle (number, string, bytes, None, bool)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
 
 
-@dataclass(eq=False)
 class Global:
-    module: str
-    name: str
-    offset: int
-    verdict: str
-    reason: str
-    invoked: bool = False
+    """A name the pickle imports, with the policy's verdict."""
 
-    @property
-    def full(self) -> str:
-        return f"{self.module}.{self.name}"
+    __slots__ = ("full", "invoked", "module", "name", "offset", "reason", "verdict")
+
+    def __init__(self, module: str, name: str, offset: int, verdict: str, reason: str) -> None:
+        self.module, self.name, self.offset, self.verdict, self.reason = module, name, offset, verdict, reason
+        self.invoked = False
+        self.full = f"{module}.{name}"
 
 
-@dataclass(eq=False)
 class Call:
-    func: Any
-    args: Any
-    offset: int
-    state: Any = None
+    """The result of calling ``func`` with ``args`` (REDUCE, NEWOBJ, OBJ, INST)."""
+
+    __slots__ = ("args", "func", "offset", "state")
+
+    def __init__(self, func: Any, args: Any, offset: int) -> None:
+        self.func, self.args, self.offset, self.state = func, args, offset, None
 
 
-@dataclass(eq=False)
 class Seq:
-    kind: str                                   # list, tuple, dict, set, frozenset
-    items: list[Any] = field(default_factory=list)
-    count: int = 0
+    """A list, tuple, dict, set or frozenset; keeps its first ``_KEEP`` items (bounded memory)."""
+
+    __slots__ = ("count", "items", "kind")
+
+    def __init__(self, kind: str, items: list[Any] | None = None, count: int = 0) -> None:
+        self.kind, self.items, self.count = kind, items if items is not None else [], count
 
     def add(self, *vals: Any) -> None:
-        for v in vals:
-            self.count += 1
-            if len(self.items) < _KEEP:
-                self.items.append(v)
+        self.extend(vals)
+
+    def extend(self, vals: Any) -> None:
+        self.count += len(vals)
+        room = _KEEP - len(self.items)
+        if room > 0:
+            self.items.extend(vals[:room])
+
+
+def _seq(kind: str, items: list[Any]) -> Seq:
+    return Seq(kind, items if len(items) <= _KEEP else items[:_KEEP], len(items))
 
 
 class Unknown:
@@ -84,6 +123,7 @@ class Unknown:
 
 
 UNKNOWN = Unknown()
+_NONE, _TRUE, _FALSE = Const(None), Const(True), Const(False)
 
 
 class BoundedReader:
@@ -125,6 +165,32 @@ class BoundedReader:
         return b
 
 
+
+class _MapFile:
+    """Minimal binary file over a memory map (``mmap.readline`` takes no size limit)."""
+
+    def __init__(self, buf: mmap.mmap) -> None:
+        self.buf, self.i = buf, 0
+
+    def seek(self, i: int, whence: int = 0) -> int:
+        self.i = i + (self.i if whence == io.SEEK_CUR else 0)
+        return self.i
+
+    def tell(self) -> int:
+        return self.i
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self.buf) if n < 0 else self.i + n
+        data = self.buf[self.i:end]
+        self.i += len(data)
+        return data
+
+    def readline(self, limit: int = -1) -> bytes:
+        end = len(self.buf) if limit < 0 else min(len(self.buf), self.i + limit)
+        nl = self.buf.find(b"\n", self.i, end)
+        return self.read((nl + 1 if nl >= 0 else end) - self.i)
+
+
 def _strip_bytes(v: Any) -> bytes | None:
     if isinstance(v, Const) and isinstance(v.value, (bytes, bytearray)):
         return bytes(v.value)
@@ -132,36 +198,47 @@ def _strip_bytes(v: Any) -> bytes | None:
 
 
 class PickleWalker:
-    """Walk one or more pickles from a stream, recording findings in ``ctx``."""
+    """Walk one or more pickles from a buffer, recording findings in ``ctx``.
 
-    def __init__(self, ctx: ScanContext, *, base_offset: int = 0, torchscript: bool = False) -> None:
+    ``trace``, when a list, receives ``(offset, opcode name)`` for every opcode walked (tests
+    compare it with ``pickletools.genops``).
+    """
+
+    def __init__(self, ctx: ScanContext, *, base_offset: int = 0, torchscript: bool = False,
+                 trace: list[tuple[int, str]] | None = None) -> None:
         self.ctx = ctx
         self.cfg = ctx.config
         self.base = base_offset       # offset of the stream inside the reported file/member
         self.torchscript = torchscript
+        self.trace = trace
         self.globals: list[Global] = []
         self.opcodes = 0
         self.pickles = 0
+        self.buf: bytes | mmap.mmap = b""
+        self.origin = 0               # index in buf where the stream starts (offsets are relative to it)
+        self.pos = 0                  # index in buf of the next opcode
+        self.skipped = 0              # raw array bytes jumped over (not counted in max_pickle_bytes)
+        self._fh: BinaryIO | _MapFile | None = None
 
     # -- public entry points ---------------------------------------------------------------
-    def walk_stream(self, reader: BoundedReader, *, multi: bool = True) -> None:
-        """Walk pickles back to back (torch legacy files and joblib hold several)."""
+    def walk_stream(self, buf: bytes | mmap.mmap, origin: int = 0, *, multi: bool = True) -> None:
+        """Walk pickles back to back from ``buf[origin:]`` (torch legacy files and joblib hold several)."""
+        self.buf, self.origin, self.pos, self.skipped = buf, origin, origin, 0
+        self._fh = _MapFile(buf) if isinstance(buf, mmap.mmap) else None
         first = True
         while True:
-            start = reader.tell()
-            if not first:
-                nxt = reader.peek1()
-                if not nxt or nxt not in _CODE2OP:
-                    break
+            start = self.pos
+            if not first and (start >= len(buf) or buf[start] not in _OPS):
+                break
             try:
-                self.walk_one(reader, trailing=not first)
+                self.walk_one(trailing=not first)
             except (Malformed, LimitExceeded):
                 if first:
                     raise
                 break      # data after the last pickle (tensor storage, padding): not pickle
             self.pickles += 1
             first = False
-            if not multi or reader.tell() == start:
+            if not multi or self.pos == start:
                 break
         self.report_globals()
 
@@ -180,217 +257,355 @@ class PickleWalker:
                              offset=self.base + g.offset, description=f"{g.full} {g.reason}.", global_name=g.full)
         self.globals.clear()
 
+    # -- argument reading ----------------------------------------------------------------------
+    def _limit(self) -> tuple[int, int]:
+        """(stop, lim): the max_pickle_bytes bound as an index, and min(stop, end of data)."""
+        stop = self.origin + self.cfg.max_pickle_bytes + self.skipped
+        return stop, min(stop, len(self.buf))
+
+    def _slow_arg(self, c: int, i: int, pos: int) -> tuple[Any, int]:
+        """Read the argument of opcode ``c`` at ``buf[i]`` with pickletools' reader (text arguments,
+        and every truncated or invalid one: same values and errors as ``pickletools.genops``)."""
+        op = _OPS[c]
+        if self._fh is None:
+            self._fh = io.BytesIO(self.buf)
+        fh = self._fh
+        fh.seek(i)
+        r = BoundedReader(fh, self.cfg.max_pickle_bytes)
+        r.start, r.used = self.origin, i - self.origin - self.skipped
+        try:
+            arg = op.arg.reader(r)
+        except ValueError as exc:
+            raise Malformed(f"truncated or invalid argument of {op.name}: {exc}", pos) from exc
+        return arg, fh.tell()
+
+    def _arg(self, c: int, i: int, pos: int, lim: int) -> tuple[Any, int]:
+        """Decode the binary argument at ``buf[i]`` in place; anything unusual goes to :meth:`_slow_arg`."""
+        buf = self.buf
+        fixed = _FIXED.get(c)
+        if fixed is not None:
+            size, unpack = fixed
+            if i + size <= lim:
+                return unpack(buf, i)[0], i + size
+        else:
+            counted = _COUNTED.get(c)
+            if counted is not None:
+                size, unpack, convert = counted
+                if i + size <= lim:
+                    n = unpack(buf, i)[0]
+                    j = i + size + n
+                    if n >= 0 and j <= lim:
+                        try:
+                            return convert(buf[i + size:j]), j
+                        except ValueError:
+                            pass
+        return self._slow_arg(c, i, pos)
+
+    # -- semantic helpers ------------------------------------------------------------------------
+    def _emit(self, pending: list[Any] | None, *args: Any, **kw: Any) -> None:
+        if pending is not None:
+            pending.append((args, kw))
+        else:
+            self.ctx.add(*args, **kw)
+
+    def _resolve(self, module: Any, name: Any, dynamic: bool, pos: int, pending: list[Any] | None,
+                 sink: list[Global]) -> Any:
+        if not (isinstance(module, str) and isinstance(name, str)):
+            self._emit(pending, "BASTION-SC-004", Severity.critical, "STACK_GLOBAL imports a name computed while "
+                       "loading", offset=self.base + pos, description="The module or attribute name is not a "
+                       "constant: it is produced by a call at load time, a classic way to hide the real import "
+                       "from scanners.")
+            return UNKNOWN
+        mod, nm = normalise(module, name)
+        verdict, reason = self.cfg.policy.classify(mod, nm, torchscript=self.torchscript)
+        g = Global(mod, nm, pos, verdict, reason)
+        if verdict == "deny":
+            self._emit(pending, "BASTION-SC-001", Severity.critical, f"Imports {g.full}: code-execution primitive",
+                       offset=self.base + pos, description=f"{g.full} {reason}. Loading this file imports it"
+                       + (" via STACK_GLOBAL" if dynamic else "") + ".", global_name=g.full)
+        else:
+            sink.append(g)
+        return g
+
+    def _invoke(self, func: Any, args: Any, op_name: str, pos: int, pending: list[Any] | None) -> Call:
+        if isinstance(func, Global):
+            func.invoked = True
+            full = func.full
+            if full in _NESTED_LOADERS:
+                self._nested(args, pos)
+            n = _FORWARDERS.get(full)
+            if n and isinstance(args, Seq):
+                for a in args.items[:n]:
+                    if isinstance(a, Global):
+                        a.invoked = True
+        elif isinstance(func, (Call, Unknown)):
+            self._emit(pending, "BASTION-SC-004", Severity.high, f"{op_name} calls an object produced while loading",
+                       offset=self.base + pos, description="The callable is the result of an earlier call or a "
+                       "persistent/extension lookup, not a plain import: an indirect call that hides its target.")
+        else:
+            self._emit(pending, "BASTION-SC-007", Severity.medium, f"{op_name} calls a non-callable value",
+                       offset=self.base + pos)
+        return Call(func, args, pos)
+
     # -- the walk ----------------------------------------------------------------------------
-    def walk_one(self, r: BoundedReader, *, trailing: bool = False) -> None:
+    def walk_one(self, *, trailing: bool = False) -> None:
+        """Walk one pickle from ``self.pos`` to its STOP opcode (``self.pos`` is left after it)."""
         stack: list[Any] = []
         marks: list[list[Any]] = []
         memo: dict[int, Any] = {}
-        pending: list[tuple[Any, ...]] = []   # findings deferred until a trailing pickle parses fully
-        local_globals: list[Global] = []
+        pending: list[Any] | None = [] if trailing else None   # findings deferred until a trailing pickle parses
+        sink: list[Global] = [] if trailing else self.globals
         cfg = self.cfg
-
-        def emit(*args: Any, **kw: Any) -> None:
-            if trailing:
-                pending.append((args, kw))
-            else:
-                self.ctx.add(*args, **kw)
-
-        def pop() -> Any:
-            if not stack:
-                raise Malformed("stack underflow", pos)
-            return stack.pop()
-
-        def pop_mark() -> list[Any]:
-            nonlocal stack
-            if not marks:
-                raise Malformed("MARK missing", pos)
-            items = stack
-            stack = marks.pop()
-            return items
-
-        def resolve(module: Any, name: Any, dynamic: bool) -> Any:
-            if not (isinstance(module, Const) and isinstance(module.value, str)
-                    and isinstance(name, Const) and isinstance(name.value, str)):
-                emit("BASTION-SC-004", Severity.critical, "STACK_GLOBAL imports a name computed while loading",
-                     offset=self.base + pos, description="The module or attribute name is not a constant: it is "
-                     "produced by a call at load time, a classic way to hide the real import from scanners.")
-                return UNKNOWN
-            mod, nm = normalise(module.value, name.value)
-            verdict, reason = self.ctx.config.policy.classify(mod, nm, torchscript=self.torchscript)
-            g = Global(mod, nm, pos, verdict, reason)
-            if verdict == "deny":
-                emit("BASTION-SC-001", Severity.critical, f"Imports {g.full}: code-execution primitive",
-                     offset=self.base + pos, description=f"{g.full} {reason}. Loading this file imports it"
-                     + (" via STACK_GLOBAL" if dynamic else "") + ".", global_name=g.full)
-            else:
-                (local_globals if trailing else self.globals).append(g)
-            return g
-
-        def invoke(func: Any, args: Any, op_name: str) -> Call:
-            if isinstance(func, Global):
-                func.invoked = True
-                if func.full in _NESTED_LOADERS:
-                    self._nested(args, pos)
-                n = _FORWARDERS.get(func.full)
-                if n and isinstance(args, Seq):
-                    for a in args.items[:n]:
-                        if isinstance(a, Global):
-                            a.invoked = True
-            elif isinstance(func, (Call, Unknown)):
-                emit("BASTION-SC-004", Severity.high, f"{op_name} calls an object produced while loading",
-                     offset=self.base + pos, description="The callable is the result of an earlier call or a "
-                     "persistent/extension lookup, not a plain import: an indirect call that hides its target.")
-            else:
-                emit("BASTION-SC-007", Severity.medium, f"{op_name} calls a non-callable value",
-                     offset=self.base + pos)
-            return Call(func, args, pos)
+        max_ops, max_stack, max_memo = cfg.max_opcodes, cfg.max_stack, cfg.max_memo
+        buf, origin, trace = self.buf, self.origin, self.trace
+        stop, lim = self._limit()
+        i = self.pos
+        nops = self.opcodes
+        arg_of = self._arg
 
         while True:
-            self.opcodes += 1
-            if self.opcodes > cfg.max_opcodes:
-                raise LimitExceeded("max_opcodes", f"more than {cfg.max_opcodes} pickle opcodes", self.base + r.tell())
-            if self.opcodes & 0xFFFF == 0:
+            nops += 1
+            if nops > max_ops:
+                raise LimitExceeded("max_opcodes", f"more than {max_ops} pickle opcodes", self.base + i - origin)
+            if not nops & 0xFFFF:
                 self.ctx.check_time()
-            pos = r.tell() - r.start
-            code = r.read(1)
-            if not code:
+            pos = i - origin
+            if i >= lim:
+                if i >= stop:
+                    raise LimitExceeded("max_pickle_bytes", f"pickle data larger than {cfg.max_pickle_bytes} bytes",
+                                        self.base + pos)
                 raise Malformed("truncated pickle: no STOP opcode", pos)
-            op = _CODE2OP.get(code)
-            if op is None:
-                raise Malformed(f"unknown opcode {code!r}", pos)
-            try:
-                arg = op.arg.reader(r) if op.arg is not None else None
-            except ValueError as exc:
-                raise Malformed(f"truncated or invalid argument of {op.name}: {exc}", pos) from exc
-            name = op.name
-            if len(stack) > cfg.max_stack:
-                raise LimitExceeded("max_stack", f"symbolic stack deeper than {cfg.max_stack}", self.base + pos)
+            c = buf[i]
+            i += 1
+            if trace is not None:
+                trace.append((pos, _OPS[c].name if c in _OPS else "?"))
+            if len(stack) > max_stack:
+                raise LimitExceeded("max_stack", f"symbolic stack deeper than {max_stack}", self.base + pos)
 
-            if name == "STOP":
-                break
-            if name in ("PROTO", "FRAME", "READONLY_BUFFER"):
-                continue
-            if name == "MARK":
+            # The most frequent opcodes of model pickles first (measured on torch/sklearn/joblib files).
+            if c == 0x94:                                   # MEMOIZE
+                if not stack:
+                    raise Malformed("memo store from an empty stack", pos)
+                idx = len(memo)
+                if idx not in memo and idx >= max_memo:
+                    raise LimitExceeded("max_memo", f"more than {max_memo} memo entries", self.base + pos)
+                memo[idx] = stack[-1]
+            elif c == 0x68 or c == 0x6A:                    # BINGET, LONG_BINGET
+                if c == 0x68 and i < lim:
+                    idx = buf[i]
+                    i += 1
+                else:
+                    idx, i = arg_of(c, i, pos, lim)
+                if idx not in memo:
+                    raise Malformed(f"memo key {idx} read before it was written", pos)
+                stack.append(memo[idx])
+            elif c == 0x4B:                                 # BININT1
+                if i < lim:
+                    stack.append(Const(buf[i]))
+                    i += 1
+                else:
+                    v, i = arg_of(c, i, pos, lim)
+                    stack.append(Const(v))
+            elif c == 0x8C:                                 # SHORT_BINUNICODE
+                j = i + 1 + buf[i] if i < lim else lim + 1
+                if j <= lim:
+                    try:
+                        stack.append(Const(buf[i + 1:j].decode("utf-8", "surrogatepass")))
+                        i = j
+                        continue
+                    except UnicodeDecodeError:
+                        pass
+                v, i = self._slow_arg(c, i, pos)
+                stack.append(Const(v))
+            elif c == 0x71 or c == 0x72:                    # BINPUT, LONG_BINPUT
+                if c == 0x71 and i < lim:
+                    idx = buf[i]
+                    i += 1
+                else:
+                    idx, i = arg_of(c, i, pos, lim)
+                if not stack:
+                    raise Malformed("memo store from an empty stack", pos)
+                if idx not in memo and len(memo) >= max_memo:
+                    raise LimitExceeded("max_memo", f"more than {max_memo} memo entries", self.base + pos)
+                memo[idx] = stack[-1]
+            elif c == 0x28:                                 # MARK
                 marks.append(stack)
                 stack = []
-            elif name in ("INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "STRING",
-                          "BINSTRING", "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8",
-                          "BYTEARRAY8", "UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8",
-                          "FLOAT", "BINFLOAT"):
-                stack.append(Const(arg))
-            elif name in ("NONE", "NEWTRUE", "NEWFALSE"):
-                stack.append(Const({"NONE": None, "NEWTRUE": True, "NEWFALSE": False}[name]))
-            elif name == "NEXT_BUFFER":
-                stack.append(UNKNOWN)
-            elif name in ("EMPTY_LIST", "EMPTY_TUPLE", "EMPTY_DICT", "EMPTY_SET"):
-                stack.append(Seq(name[6:].lower()))
-            elif name in ("APPEND", "SETITEM"):
-                vals = [pop() for _ in range(1 if name == "APPEND" else 2)][::-1]
-                target = stack[-1] if stack else None
-                if isinstance(target, Seq):
-                    target.add(*vals)
-            elif name in ("APPENDS", "SETITEMS", "ADDITEMS"):
-                items = pop_mark()
+            elif c == 0x52:                                 # REDUCE
+                if len(stack) < 2:
+                    raise Malformed("stack underflow", pos)
+                args = stack.pop()
+                stack.append(self._invoke(stack.pop(), args, "REDUCE", pos, pending))
+            elif c == 0x74 or c == 0x6C or c == 0x64 or c == 0x91:   # TUPLE, LIST, DICT, FROZENSET
+                if not marks:
+                    raise Malformed("MARK missing", pos)
+                items = stack
+                stack = marks.pop()
+                stack.append(_seq("tuple" if c == 0x74 else "list" if c == 0x6C else "dict" if c == 0x64
+                                  else "frozenset", items))
+            elif c == 0x85:                                 # TUPLE1
+                if not stack:
+                    raise Malformed("stack underflow", pos)
+                stack.append(Seq("tuple", [stack.pop()], 1))
+            elif c == 0x4E:                                 # NONE
+                stack.append(_NONE)
+            elif c == 0x89:                                 # NEWFALSE
+                stack.append(_FALSE)
+            elif c == 0x88:                                 # NEWTRUE
+                stack.append(_TRUE)
+            elif c == 0x62:                                 # BUILD
+                if not stack:
+                    raise Malformed("stack underflow", pos)
+                state = stack.pop()
+                if not stack:
+                    raise Malformed("BUILD without an object", pos)
+                obj = stack[-1]
+                if isinstance(obj, Call):
+                    obj.state = state
+                    func = obj.func
+                    if isinstance(func, Global):
+                        if func.verdict == "unknown":
+                            func.invoked = True   # __setstate__ of an unreviewed class runs
+                        if func.full == _JOBLIB_WRAPPER:
+                            self.pos, self.opcodes = i, nops
+                            self._skip_joblib_array(state, pos)
+                            i, nops = self.pos, self.opcodes
+                            stop, lim = self._limit()
+                elif isinstance(obj, Global):
+                    self._emit(pending, "BASTION-SC-004", Severity.high, f"BUILD modifies the global object "
+                               f"{obj.full}", offset=self.base + pos, description="Setting attributes on an imported "
+                               "module or class while loading changes code that runs later (monkey-patching).",
+                               global_name=obj.full)
+            elif c == 0x87 or c == 0x86:                    # TUPLE3, TUPLE2
+                n = 3 if c == 0x87 else 2
+                if len(stack) < n:
+                    raise Malformed("stack underflow", pos)
+                items = stack[-n:]
+                del stack[-n:]
+                stack.append(Seq("tuple", items, n))
+            elif c == 0x29:                                 # EMPTY_TUPLE
+                stack.append(Seq("tuple"))
+            elif c == 0x7D:                                 # EMPTY_DICT
+                stack.append(Seq("dict"))
+            elif c == 0x5D:                                 # EMPTY_LIST
+                stack.append(Seq("list"))
+            elif c == 0x8F:                                 # EMPTY_SET
+                stack.append(Seq("set"))
+            elif c == 0x75 or c == 0x65 or c == 0x90:       # SETITEMS, APPENDS, ADDITEMS
+                if not marks:
+                    raise Malformed("MARK missing", pos)
+                items = stack
+                stack = marks.pop()
                 if stack and isinstance(stack[-1], Seq):
-                    stack[-1].add(*items)
-            elif name in ("LIST", "TUPLE", "DICT", "FROZENSET"):
-                s = Seq(name.lower())
-                s.add(*pop_mark())
-                stack.append(s)
-            elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
-                n = int(name[-1])
-                s = Seq("tuple")
-                s.add(*[pop() for _ in range(n)][::-1])
-                stack.append(s)
-            elif name == "POP":
+                    stack[-1].extend(items)
+            elif c == 0x61 or c == 0x73:                    # APPEND, SETITEM
+                n = 1 if c == 0x61 else 2
+                if len(stack) < n:
+                    raise Malformed("stack underflow", pos)
+                items = stack[-n:]
+                del stack[-n:]
+                if stack and isinstance(stack[-1], Seq):
+                    stack[-1].extend(items)
+            elif c in _CONST_OPS:                           # other numbers, strings, bytes
+                v, i = arg_of(c, i, pos, lim) if c in _FIXED or c in _COUNTED else self._slow_arg(c, i, pos)
+                stack.append(Const(v))
+            elif c == 0x93:                                 # STACK_GLOBAL
+                if len(stack) < 2:
+                    raise Malformed("stack underflow", pos)
+                attr = stack.pop()
+                module = stack.pop()
+                stack.append(self._resolve(module.value if isinstance(module, Const) else None,
+                                           attr.value if isinstance(attr, Const) else None, True, pos,
+                                           pending, sink))
+            elif c == 0x63 or c == 0x69:                    # GLOBAL, INST
+                arg, i = self._slow_arg(c, i, pos)
+                module, _, attr = str(arg).partition(" ")
+                if c == 0x63:
+                    stack.append(self._resolve(module, attr, False, pos, pending, sink))
+                else:
+                    if not marks:
+                        raise Malformed("MARK missing", pos)
+                    items = stack
+                    stack = marks.pop()
+                    g = self._resolve(module, attr, False, pos, pending, sink)
+                    stack.append(self._invoke(g, _seq("tuple", items), "INST", pos, pending))
+            elif c == 0x81 or c == 0x92:                    # NEWOBJ, NEWOBJ_EX
+                n = 2 if c == 0x81 else 3
+                if len(stack) < n:
+                    raise Malformed("stack underflow", pos)
+                if n == 3:
+                    stack.pop()  # kwargs
+                args = stack.pop()
+                stack.append(self._invoke(stack.pop(), args, "NEWOBJ" if n == 2 else "NEWOBJ_EX", pos, pending))
+            elif c == 0x6F:                                 # OBJ
+                if not marks:
+                    raise Malformed("MARK missing", pos)
+                items = stack
+                stack = marks.pop()
+                if not items:
+                    raise Malformed("OBJ without a class", pos)
+                stack.append(self._invoke(items[0], _seq("tuple", items[1:]), "OBJ", pos, pending))
+            elif c == 0x51 or c == 0x50:                    # BINPERSID, PERSID
+                if c == 0x51:
+                    if not stack:
+                        raise Malformed("stack underflow", pos)
+                    stack.pop()
+                else:
+                    _, i = self._slow_arg(c, i, pos)
+                stack.append(UNKNOWN)
+            elif c == 0x2E:                                 # STOP
+                break
+            elif c == 0x80 or c == 0x95:                    # PROTO, FRAME
+                _, i = arg_of(c, i, pos, lim)
+            elif c == 0x98:                                 # READONLY_BUFFER
+                pass
+            elif c == 0x97:                                 # NEXT_BUFFER
+                stack.append(UNKNOWN)
+            elif c == 0x30:                                 # POP
                 if stack:
                     stack.pop()
                 elif marks:
                     stack = marks.pop()      # POP of a MARK, as pickle.py does
                 else:
                     raise Malformed("stack underflow", pos)
-            elif name == "POP_MARK":
-                pop_mark()
-            elif name == "DUP":
-                v = pop()
-                stack.extend((v, v))
-            elif name in ("GET", "BINGET", "LONG_BINGET"):
+            elif c == 0x31:                                 # POP_MARK
+                if not marks:
+                    raise Malformed("MARK missing", pos)
+                stack = marks.pop()
+            elif c == 0x32:                                 # DUP
+                if not stack:
+                    raise Malformed("stack underflow", pos)
+                stack.append(stack[-1])
+            elif c == 0x67 or c == 0x70:                    # GET, PUT (text argument)
+                arg, i = self._slow_arg(c, i, pos)
                 idx = int(arg)
-                if idx not in memo:
-                    raise Malformed(f"memo key {idx} read before it was written", pos)
-                stack.append(memo[idx])
-            elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
-                if not stack:
-                    raise Malformed("memo store from an empty stack", pos)
-                idx = len(memo) if name == "MEMOIZE" else int(arg)
-                if idx < 0:
-                    raise Malformed("negative memo index", pos)
-                if idx not in memo and len(memo) >= cfg.max_memo:
-                    raise LimitExceeded("max_memo", f"more than {cfg.max_memo} memo entries", self.base + pos)
-                memo[idx] = stack[-1]
-            elif name == "GLOBAL":
-                module, _, attr = str(arg).partition(" ")
-                stack.append(resolve(Const(module), Const(attr), False))
-            elif name == "STACK_GLOBAL":
-                attr = pop()
-                module = pop()
-                stack.append(resolve(module, attr, True))
-            elif name == "INST":
-                module, _, attr = str(arg).partition(" ")
-                args = Seq("tuple")
-                args.add(*pop_mark())
-                stack.append(invoke(resolve(Const(module), Const(attr), False), args, "INST"))
-            elif name == "OBJ":
-                items = pop_mark()
-                if not items:
-                    raise Malformed("OBJ without a class", pos)
-                args = Seq("tuple")
-                args.add(*items[1:])
-                stack.append(invoke(items[0], args, "OBJ"))
-            elif name == "NEWOBJ":
-                args = pop()
-                cls = pop()
-                stack.append(invoke(cls, args, "NEWOBJ"))
-            elif name == "NEWOBJ_EX":
-                pop()  # kwargs
-                args = pop()
-                cls = pop()
-                stack.append(invoke(cls, args, "NEWOBJ_EX"))
-            elif name == "REDUCE":
-                args = pop()
-                func = pop()
-                stack.append(invoke(func, args, "REDUCE"))
-            elif name == "BUILD":
-                state = pop()
-                if not stack:
-                    raise Malformed("BUILD without an object", pos)
-                obj = stack[-1]
-                if isinstance(obj, Global):
-                    emit("BASTION-SC-004", Severity.high, f"BUILD modifies the global object {obj.full}",
-                         offset=self.base + pos, description="Setting attributes on an imported module or class "
-                         "while loading changes code that runs later (monkey-patching).", global_name=obj.full)
-                elif isinstance(obj, Call):
-                    obj.state = state
-                    if isinstance(obj.func, Global):
-                        if obj.func.verdict == "unknown":
-                            obj.func.invoked = True   # __setstate__ of an unreviewed class runs
-                        if obj.func.full == _JOBLIB_WRAPPER:
-                            self._skip_joblib_array(r, state, pos)
-            elif name in ("PERSID", "BINPERSID"):
-                if name == "BINPERSID":
-                    pop()
+                if c == 0x67:
+                    if idx not in memo:
+                        raise Malformed(f"memo key {idx} read before it was written", pos)
+                    stack.append(memo[idx])
+                else:
+                    if not stack:
+                        raise Malformed("memo store from an empty stack", pos)
+                    if idx < 0:
+                        raise Malformed("negative memo index", pos)
+                    if idx not in memo and len(memo) >= max_memo:
+                        raise LimitExceeded("max_memo", f"more than {max_memo} memo entries", self.base + pos)
+                    memo[idx] = stack[-1]
+            elif c == 0x82 or c == 0x83 or c == 0x84:       # EXT1, EXT2, EXT4
+                arg, i = arg_of(c, i, pos, lim)
+                name = _OPS[c].name
+                self._emit(pending, "BASTION-SC-006", Severity.high, f"{name} loads a global from the copyreg "
+                           "extension registry", offset=self.base + pos, description=f"Extension code {arg} names a "
+                           "global that is not visible in the file; scanners cannot tell what it imports.")
                 stack.append(UNKNOWN)
-            elif name in ("EXT1", "EXT2", "EXT4"):
-                emit("BASTION-SC-006", Severity.high, f"{name} loads a global from the copyreg extension registry",
-                     offset=self.base + pos, description=f"Extension code {arg} names a global that is not visible "
-                     "in the file; scanners cannot tell what it imports.")
-                stack.append(UNKNOWN)
-            else:  # pragma: no cover - every opcode of protocols 0-5 is handled above
-                raise Malformed(f"unsupported opcode {name}", pos)
+            else:
+                raise Malformed(f"unknown opcode {bytes([c])!r}", pos)
 
-        for args, kw in pending:
-            self.ctx.add(*args, **kw)
-        self.globals.extend(local_globals)
+        self.pos, self.opcodes = i, nops
+        for args_, kw in pending or ():
+            self.ctx.add(*args_, **kw)
+        if trailing:
+            self.globals.extend(sink)
 
     # -- helpers -----------------------------------------------------------------------------
     def _nested(self, args: Any, pos: int) -> None:
@@ -406,11 +621,11 @@ class PickleWalker:
             sub = self.ctx.child(f"nested@{self.base + pos}")
             walker = PickleWalker(sub, torchscript=self.torchscript)
             try:
-                walker.walk_stream(BoundedReader(io.BytesIO(payload), len(payload)))
+                walker.walk_stream(payload)
             except Malformed:
                 pass    # not a pickle (e.g. marshal): the loader call itself is already critical
 
-    def _skip_joblib_array(self, r: BoundedReader, state: Any, pos: int) -> None:
+    def _skip_joblib_array(self, state: Any, pos: int) -> None:
         """Skip the raw array bytes joblib writes after a NumpyArrayWrapper (joblib/numpy_pickle.py)."""
         fields = _dict_of(state)
         shape = fields.get("shape")
@@ -430,16 +645,22 @@ class PickleWalker:
         if dt.hasobject:
             self.ctx.add("BASTION-SC-070", Severity.medium, "joblib array of Python objects (nested pickle)",
                          offset=self.base + pos)
-            self.walk_one(r)   # the nested pickle follows in the same stream
+            self.walk_one()   # the nested pickle follows in the same stream
             return
         count = 1
         for d in dims:
             count *= d
+        if count < 0:
+            raise Malformed("joblib array with a negative dimension", pos)
+        i = self.pos
         if fields.get("numpy_array_alignment_bytes") is not None:
-            pad = r.fh.read(1)
-            if pad:
-                r.fh.seek(pad[0], io.SEEK_CUR)
-        r.fh.seek(count * dt.itemsize, io.SEEK_CUR)
+            pad = self.buf[i:i + 1]
+            i += len(pad) + (pad[0] if pad else 0)
+        i += count * dt.itemsize
+        self.skipped += i - self.pos    # raw array bytes are not pickle: not counted in max_pickle_bytes
+        self.pos = i
+        if self.trace is not None:
+            self.trace.append((i - self.origin, "<raw array>"))
 
 
 def _dict_of(state: Any) -> dict[str, Any]:
@@ -459,20 +680,28 @@ def scan_pickle_stream(ctx: ScanContext, fh: BinaryIO, *, base_offset: int = 0, 
     Raises :class:`Malformed` if the first pickle does not parse (the caller decides whether that
     is a finding), and :class:`LimitExceeded` when a configured bound is hit.
     """
-    walker = PickleWalker(ctx, base_offset=base_offset, torchscript=torchscript)
-    if not isinstance(fh, io.BytesIO):
-        # small files are walked from memory (much faster tell/read); large ones stream from disk
-        start = fh.tell()
-        head = fh.read(_IN_MEMORY + 1)
-        if len(head) <= _IN_MEMORY:
-            fh = io.BytesIO(head)
-            base_offset += start
-            walker.base = base_offset
-        else:
-            fh.seek(start)
-    reader = BoundedReader(fh, ctx.config.max_pickle_bytes)
+    walker = PickleWalker(ctx, torchscript=torchscript)
+    start = fh.tell()
+    walker.base = base_offset + start
+    mapped: mmap.mmap | None = None
+    buf: bytes | mmap.mmap
+    if isinstance(fh, io.BytesIO):
+        buf, origin = fh.getvalue(), start          # shares the BytesIO's buffer, no copy
+    else:
+        buf, origin = fh.read(_IN_MEMORY + 1), 0
+        if len(buf) > _IN_MEMORY:                   # large stream: map it rather than read it
+            try:
+                mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+                buf, origin = mapped, start
+            except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+                fh.seek(start)
+                buf = fh.read(ctx.config.max_pickle_bytes + 1)
     try:
-        walker.walk_stream(reader, multi=multi)
+        walker.walk_stream(buf, origin, multi=multi)
     finally:
         walker.report_globals()
+        walker.buf = b""
+        walker._fh = None
+        if mapped is not None:
+            mapped.close()
     return walker.pickles
