@@ -19,10 +19,11 @@ import fnmatch
 import functools
 import os
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 import yaml
 
@@ -75,6 +76,9 @@ class Policy:
     allow_patterns: list[tuple[str, str]] = field(default_factory=list)
     deny: set[str] = field(default_factory=set)
     deny_segments: set[str] = field(default_factory=set)
+    # verdicts already computed (model files repeat the same few globals); emptied by extend()
+    _verdicts: dict[tuple[str, str, bool], tuple[Verdict, str]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def default(cls) -> Policy:
@@ -96,6 +100,7 @@ class Policy:
             values = doc.get(key) or []
             if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
                 raise PolicyError("must be a list of non-empty strings", file=source, field=key)
+        self._verdicts.clear()
         self.allow.update(doc.get("allow") or [])
         self.deny.update(doc.get("deny") or [])
         self.deny_segments.update(doc.get("deny_segments") or [])
@@ -107,7 +112,17 @@ class Policy:
             self.allow_patterns.append((mod, name))
 
     def classify(self, module: str, name: str, *, torchscript: bool = False) -> tuple[Verdict, str]:
-        """Return the verdict for ``module.name`` and a one-line reason."""
+        """Return the verdict for ``module.name`` and a one-line reason.
+
+        Verdicts are cached per policy; change the rules through :meth:`extend`, which empties the cache.
+        """
+        key = (module, name, torchscript)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = self._verdicts[key] = self._classify(module, name, torchscript)
+        return verdict
+
+    def _classify(self, module: str, name: str, torchscript: bool) -> tuple[Verdict, str]:
         module, name = normalise(module, name)
         full = f"{module}.{name}"
         segments = full.split(".")

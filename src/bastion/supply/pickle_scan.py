@@ -124,6 +124,8 @@ class Unknown:
 
 UNKNOWN = Unknown()
 _NONE, _TRUE, _FALSE = Const(None), Const(True), Const(False)
+_SMALL = [Const(k) for k in range(256)]   # BININT1 values (constants are never mutated)
+_CHECK_EVERY = 1024
 
 
 class BoundedReader:
@@ -301,6 +303,14 @@ class PickleWalker:
                             pass
         return self._slow_arg(c, i, pos)
 
+    def _check_bounds(self, stack: list[Any], i: int) -> None:
+        """Per-file deadline and symbolic stack depth (a pickle pushes at most one item per opcode,
+        so checking every ``_CHECK_EVERY`` opcodes bounds memory to within that many items)."""
+        self.ctx.check_time()
+        if len(stack) > self.cfg.max_stack:
+            raise LimitExceeded("max_stack", f"symbolic stack deeper than {self.cfg.max_stack}",
+                                self.base + i - self.origin)
+
     # -- semantic helpers ------------------------------------------------------------------------
     def _emit(self, pending: list[Any] | None, *args: Any, **kw: Any) -> None:
         if pending is not None:
@@ -356,19 +366,22 @@ class PickleWalker:
         pending: list[Any] | None = [] if trailing else None   # findings deferred until a trailing pickle parses
         sink: list[Global] = [] if trailing else self.globals
         cfg = self.cfg
-        max_ops, max_stack, max_memo = cfg.max_opcodes, cfg.max_stack, cfg.max_memo
+        max_ops, max_memo = cfg.max_opcodes, cfg.max_memo
         buf, origin, trace = self.buf, self.origin, self.trace
         stop, lim = self._limit()
         i = self.pos
         nops = self.opcodes
         arg_of = self._arg
 
+        check_at = min(max_ops, nops + _CHECK_EVERY)
+
         while True:
             nops += 1
-            if nops > max_ops:
-                raise LimitExceeded("max_opcodes", f"more than {max_ops} pickle opcodes", self.base + i - origin)
-            if not nops & 0xFFFF:
-                self.ctx.check_time()
+            if nops > check_at:       # bounds checked every _CHECK_EVERY opcodes, not on each one (speed)
+                if nops > max_ops:
+                    raise LimitExceeded("max_opcodes", f"more than {max_ops} pickle opcodes", self.base + i - origin)
+                self._check_bounds(stack, i)
+                check_at = min(max_ops, nops + _CHECK_EVERY)
             pos = i - origin
             if i >= lim:
                 if i >= stop:
@@ -379,8 +392,6 @@ class PickleWalker:
             i += 1
             if trace is not None:
                 trace.append((pos, _OPS[c].name if c in _OPS else "?"))
-            if len(stack) > max_stack:
-                raise LimitExceeded("max_stack", f"symbolic stack deeper than {max_stack}", self.base + pos)
 
             # The most frequent opcodes of model pickles first (measured on torch/sklearn/joblib files).
             if c == 0x94:                                   # MEMOIZE
@@ -401,7 +412,7 @@ class PickleWalker:
                 stack.append(memo[idx])
             elif c == 0x4B:                                 # BININT1
                 if i < lim:
-                    stack.append(Const(buf[i]))
+                    stack.append(_SMALL[buf[i]])
                     i += 1
                 else:
                     v, i = arg_of(c, i, pos, lim)
@@ -471,6 +482,7 @@ class PickleWalker:
                             self._skip_joblib_array(state, pos)
                             i, nops = self.pos, self.opcodes
                             stop, lim = self._limit()
+                            check_at = min(max_ops, nops + _CHECK_EVERY)
                 elif isinstance(obj, Global):
                     self._emit(pending, "BASTION-SC-004", Severity.high, f"BUILD modifies the global object "
                                f"{obj.full}", offset=self.base + pos, description="Setting attributes on an imported "
@@ -554,6 +566,7 @@ class PickleWalker:
                     _, i = self._slow_arg(c, i, pos)
                 stack.append(UNKNOWN)
             elif c == 0x2E:                                 # STOP
+                self._check_bounds(stack, i)
                 break
             elif c == 0x80 or c == 0x95:                    # PROTO, FRAME
                 _, i = arg_of(c, i, pos, lim)
