@@ -313,7 +313,8 @@ def _check_against_data(specs: list[FeatureSpec], x: np.ndarray) -> None:
         sums = x[:, cols].sum(axis=1)
         if np.any(sums != 1):
             row = int(np.flatnonzero(sums != 1)[0])
-            raise DataError(f"one-hot group '{g}' does not have exactly one 1 per row (row {row} sums to {sums[row]:g})")
+            raise DataError(f"one-hot group '{g}' does not have exactly one 1 per row "
+                            f"(row {row} sums to {sums[row]:g})")
 
 
 __all__ = ["FeatureSpec", "InputSpec", "constraints_from_config", "tabular_spec"]

@@ -91,7 +91,8 @@ class Square(QueryAttack):
         ri = np.arange(h)[None, :] - r0[:, None]
         ci = np.arange(w)[None, :] - c0[:, None]
         inside = ((ri >= 0) & (ri < s))[:, :, None] & ((ci >= 0) & (ci < s))[:, None, :]
-        vals = pattern[np.arange(n)[:, None, None], np.clip(ri, 0, s - 1)[:, :, None], np.clip(ci, 0, s - 1)[:, None, :]]
+        rr, cc = np.clip(ri, 0, s - 1)[:, :, None], np.clip(ci, 0, s - 1)[:, None, :]
+        vals = pattern[np.arange(n)[:, None, None], rr, cc]
         return np.where(inside, vals, 0.0)
 
     # --- the attack ------------------------------------------------------------------------------
@@ -103,7 +104,6 @@ class Square(QueryAttack):
         box, spec = Box.of(target), target.input_spec
         x0 = x.astype(np.float64)
         n, shape = len(x0), x0.shape[1:]
-        d = int(np.prod(shape))
         layout = self._layout(shape)
         eps = self.eps
         fooled_at = np.full(n, np.inf)

@@ -142,8 +142,14 @@ class Transfer(Attack):
         geometry (bounds, per-feature ε scale, immutable features)."""
         import torch
 
-        from bastion.attacks.evasion._torch import (Geometry, ascent_direction, attack_loss, project_ball,
-                                                    random_start, to_tensor)
+        from bastion.attacks.evasion._torch import (
+            Geometry,
+            ascent_direction,
+            attack_loss,
+            project_ball,
+            random_start,
+            to_tensor,
+        )
 
         dev = surrogate.device
         spec = target.input_spec

@@ -172,9 +172,10 @@ class HttpTarget(Target):
                 raise EndpointError(f"{_safe_url(self.url)} answered HTTP {status} after {attempt + 1} attempts",
                                     hint="the service is overloaded or failing; lower rate_limit or retry later")
             if status in (401, 403):
+                hint = (f"check the auth header value in the environment variable '{self.auth_env}'"
+                        if self.auth_env else "set auth_env to send an auth header")
                 raise EndpointError(f"{_safe_url(self.url)} refused the request with HTTP {status} (authentication)",
-                                    hint=f"check the auth header value in the environment variable "
-                                         f"'{self.auth_env}'" if self.auth_env else "set auth_env to send an auth header")
+                                    hint=hint)
             if status >= 400:
                 raise EndpointError(f"{_safe_url(self.url)} answered HTTP {status}: {self._snippet(payload)}",
                                     hint="check request_template against the API's expected body")
@@ -184,7 +185,8 @@ class HttpTarget(Target):
         try:
             doc = json.loads(payload)
         except (ValueError, UnicodeDecodeError):
-            raise MalformedResponse(f"{_safe_url(self.url)} did not answer with JSON: {self._snippet(payload)}") from None
+            raise MalformedResponse(
+                f"{_safe_url(self.url)} did not answer with JSON: {self._snippet(payload)}") from None
         path = self.label_path or self.probabilities_path
         assert path is not None
         try:
@@ -211,7 +213,7 @@ class HttpTarget(Target):
         if p.shape != (n, self.n_classes):
             raise MalformedResponse(f"the value at '{path}' has shape {p.shape}; expected ({n}, {self.n_classes})")
         if not looks_like_probabilities(p):
-            raise MalformedResponse(f"the values at '{path}' are not probabilities (rows must be in [0, 1] and sum to 1)",
+            raise MalformedResponse(f"the values at '{path}' are not probabilities (rows in [0, 1] summing to 1)",
                                     hint="point probabilities_path at softmax outputs, or use label_path")
         return p
 
