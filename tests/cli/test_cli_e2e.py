@@ -85,6 +85,7 @@ def test_help_everywhere(cli, cmd: list[str]) -> None:
     assert "Usage" in r.stdout
 
 
+@pytest.mark.timeout(900)
 def test_demo_writes_reports(cli, tmp_path: Path) -> None:
     r = cli(["demo", "--out", str(tmp_path), "--quiet"], timeout=400)
     assert r.returncode == 0, r.stderr
