@@ -188,3 +188,23 @@ def test_calls_see_their_callable_whatever_builds_the_arguments(tmp_path: Path, 
     res = scan_paths([p])
     assert [(f.rule_id, f.title) for f in res.findings] == [
         ("BASTION-SC-002", "Loading calls mypkg.f, which is not on the allow-list")]
+
+
+_DESCRS = ["<f8", "|f8", ">f4", "=i8", "|b1", "<c16", "|u1", "<u2", "f2", "i4", "<U5", "|S10", "|V64", "V1",
+           "U99999999", "<M8[ns]", ">m8[D]", "M8", "|O", "O", "O8", "<f16", "?", "S0", "U0", "<M8[10s]",
+           "<M8[xs]", "float64", "V064", "<i3", "|O4", "d", "", "<", "S", "U123456789", "<c32", "V16 "]
+
+
+@pytest.mark.parametrize("descr", _DESCRS)
+def test_dtype_info_is_numpys_answer(descr: str) -> None:
+    import numpy as np
+
+    from bastion.supply.dtypes import dtype_info
+
+    try:
+        dt = np.dtype(descr)
+    except (TypeError, ValueError):
+        with pytest.raises((TypeError, ValueError)):
+            dtype_info(descr)
+        return
+    assert dtype_info(descr) == (dt.itemsize, dt.hasobject)

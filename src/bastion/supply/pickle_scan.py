@@ -649,13 +649,13 @@ class PickleWalker:
             dtype.args.items and isinstance(dtype.args.items[0], Const) else None
         if dims is None or not isinstance(descr, str):
             raise Malformed("joblib array wrapper without a constant shape and dtype", pos)
-        import numpy as np
+        from bastion.supply.dtypes import dtype_info
 
         try:
-            dt = np.dtype(descr)
-        except TypeError as exc:
+            itemsize, hasobject = dtype_info(descr)
+        except (TypeError, ValueError) as exc:
             raise Malformed(f"joblib array with invalid dtype {descr!r}", pos) from exc
-        if dt.hasobject:
+        if hasobject:
             self.ctx.add("BASTION-SC-070", Severity.medium, "joblib array of Python objects (nested pickle)",
                          offset=self.base + pos)
             self.walk_one()   # the nested pickle follows in the same stream
@@ -669,7 +669,7 @@ class PickleWalker:
         if fields.get("numpy_array_alignment_bytes") is not None:
             pad = self.buf[i:i + 1]
             i += len(pad) + (pad[0] if pad else 0)
-        i += count * dt.itemsize
+        i += count * itemsize
         self.skipped += i - self.pos    # raw array bytes are not pickle: not counted in max_pickle_bytes
         self.pos = i
         if self.trace is not None:

@@ -47,11 +47,10 @@ def scan_npy(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
         data = fh.read(min(size - data_off, ctx.config.max_pickle_bytes))
         scan_pickle(sub, io.BytesIO(data), len(data))
         return
-    import numpy as np
+    from bastion.supply.dtypes import dtype_info
 
     try:
-        itemsize = np.dtype(descr).itemsize if isinstance(descr, str) else np.dtype(
-            [tuple(f) for f in descr]).itemsize
+        itemsize = dtype_info(descr if isinstance(descr, str) else [tuple(f) for f in descr])[0]
     except (TypeError, ValueError) as exc:
         ctx.add("BASTION-SC-007", Severity.medium, f"npy dtype {descr!r} is invalid: {exc}", offset=start)
         return
