@@ -16,6 +16,7 @@ from typing import Any, BinaryIO, Iterator
 from bastion.core.results import Severity
 from bastion.supply.context import ScanContext
 
+_CLEAN = object()   # marks a model the wire-format pre-check found nothing to report in
 STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview.training",
                     "com.microsoft", "com.microsoft.nchwc", "com.ms.internal.nhwc"}
 
@@ -38,7 +39,125 @@ def _parse(fh: BinaryIO, size: int, limit: int) -> Any | None:
     return model
 
 
+# --------------------------------------------------------------------------- wire-format pre-check
+# Field numbers from onnx/onnx.proto (ModelProto, GraphProto, NodeProto, AttributeProto, TensorProto,
+# SparseTensorProto, OperatorSetIdProto); wire format from the Protocol Buffers encoding guide.
+_MODEL = {7: "graph", 8: "opset", 25: "functions"}
+_GRAPH = {1: "node", 5: "tensor", 15: "sparse"}
+_NODE = {5: "attr"}
+_ATTR = {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"}
+_SPARSE = {1: "tensor", 2: "tensor"}
+_PICKLE_FIRST = {0x28, 0x32, 0x42}     # MARK, DUP, BINBYTES: a protocol 0/1 pickle could start so
+_MAX_NESTING = 32
+
+
+class _Undecided(Exception):
+    """The pre-check cannot vouch for the model: the onnx package decides."""
+
+
+def _varint(b: bytes, i: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= end or shift > 63:
+            raise _Undecided
+        x = b[i]
+        i += 1
+        value |= (x & 0x7F) << shift
+        if x < 0x80:
+            return value, i
+        shift += 7
+
+
+def _fields(b: bytes, i: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """(field number, wire type, value or start, end) of each field in ``b[i:end]``."""
+    while i < end:
+        key, i = _varint(b, i, end)
+        num, wire = key >> 3, key & 7
+        if not 0 < num < 1 << 29:
+            raise _Undecided
+        if wire == 0:
+            v, i = _varint(b, i, end)
+            yield num, 0, v, i
+        elif wire == 2:
+            n, i = _varint(b, i, end)
+            if i + n > end:
+                raise _Undecided
+            yield num, 2, i, i + n
+            i += n
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+            if i > end:
+                raise _Undecided
+            yield num, wire, 0, i
+        else:   # groups (deprecated) and invalid wire types
+            raise _Undecided
+
+
+def _walk(b: bytes, i: int, end: int, kind: str, depth: int) -> bool:
+    """Walk one message; raise _Undecided on anything the full parse must judge. Returns True for a
+    graph holding nodes or initializers."""
+    if depth > _MAX_NESTING:
+        raise _Undecided
+    schema = {"graph": _GRAPH, "node": _NODE, "attr": _ATTR, "sparse": _SPARSE}.get(kind, {})
+    content = False
+    for num, wire, a, z in _fields(b, i, end):
+        if kind == "tensor":
+            if num in (13, 14):        # external_data, data_location: the full scan checks them
+                raise _Undecided
+            continue
+        if (kind == "opset" and num == 1) or (kind == "node" and num == 7):     # operator domain
+            if wire != 2:
+                raise _Undecided
+            try:
+                domain = b[a:z].decode("utf-8")
+            except UnicodeDecodeError:
+                raise _Undecided from None
+            if domain not in STANDARD_DOMAINS:
+                raise _Undecided
+            continue
+        sub = schema.get(num)
+        if sub is None:
+            continue
+        if wire != 2:
+            raise _Undecided
+        if kind == "graph" and num in (1, 5):
+            content = True
+        _walk(b, a, z, sub, depth + 1)
+    return content
+
+
+def plainly_clean(data: bytes) -> bool:
+    """True when ``data`` is an ONNX ModelProto with ir_version > 0 and a non-empty graph, no external
+    tensor data, only standard operator domains and no functions: a model the full scan (which
+    imports the onnx package) would report no finding for. False means "let the full scan decide"."""
+    if not data or data[0] in _PICKLE_FIRST:
+        return False
+    try:
+        ir_version, content = 0, False
+        for num, wire, a, z in _fields(data, 0, len(data)):
+            kind = _MODEL.get(num)
+            if num == 1:
+                if wire != 0:
+                    raise _Undecided
+                ir_version = a
+            elif kind == "functions":
+                raise _Undecided
+            elif kind is not None:
+                if wire != 2:
+                    raise _Undecided
+                content |= _walk(data, a, z, kind, 1) and kind == "graph"
+        return 0 < ir_version < 1 << 63 and content
+    except (_Undecided, RecursionError):
+        return False
+
+
 def looks_like_onnx(ctx: ScanContext, fh: BinaryIO, size: int) -> bool:
+    if size <= ctx.config.max_onnx_bytes:
+        fh.seek(0)
+        if plainly_clean(fh.read()):
+            fh.seek(0)
+            ctx._onnx_model = _CLEAN  # type: ignore[attr-defined]
+            return True
     model = _parse(fh, size, ctx.config.max_onnx_bytes)
     fh.seek(0)
     if model is not None:
@@ -72,7 +191,7 @@ def _tensors(model: Any) -> Iterator[Any]:
 
 def scan_onnx(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
     model = getattr(ctx, "_onnx_model", None) or _parse(fh, size, ctx.config.max_onnx_bytes)
-    if model is None:
+    if model is None or model is _CLEAN:
         return
     model_dir = ctx.path.parent
     real_dir = os.path.realpath(model_dir)
