@@ -68,6 +68,8 @@ class Server:
                     return self._send(429, b"slow down", {"Retry-After": "0"})
                 if path == "/retry-after" and n_calls == 1:
                     return self._send(429, b"slow down", {"Retry-After": "1"})
+                if path == "/hiccup" and 5 <= n_calls < 8:  # fails for three calls mid-attack, then recovers
+                    return self._send(502, b"bad gateway")
                 if path in ("/flaky500", "/down") and (n_calls <= 1 or path == "/down"):
                     return self._send(503, b"unavailable")
                 if path == "/slow":
@@ -272,3 +274,15 @@ def test_load_target_http_scheme(server: Server, model: Model, secret_env: None)
     np.testing.assert_array_equal(t.predict(model.x[:4]), model.est.predict(model.x[:4]))
     with pytest.raises(UsageError, match="unknown HTTP target option"):
         load_target(f"http:{server.url('/ok')}", classes=[0, 1], input_shape=(64,), wat=1)
+
+
+def test_endpoint_failing_mid_attack_keeps_what_was_done(server: Server, model: Model, secret_env: None) -> None:
+    from bastion.attacks import Square
+
+    t = make(server, path="/hiccup", retries=2, batch_size=64)
+    x, y = model.x[1200:1240], model.y[1200:1240]
+    res = Square(eps=0.05, max_queries=100, batch_size=20).run(t, x, y)
+    assert not res.complete and "endpoint failed" in res.reason and "502" in res.reason
+    assert np.abs(res.x_adv - x).max() <= 0.05 + 1e-6
+    assert res.extra["query_log"]["errors"] == 3 and res.extra["query_log"]["retries"] == 2
+    assert res.extra["queries_per_sample"]["attacked"] == int((res.clean_pred == y).sum())

@@ -11,6 +11,7 @@ import numpy as np
 
 from bastion.attacks.base import Attack, AttackResult, ProgressFn
 from bastion.core.targets.base import Target
+from bastion.core.targets.http_target import EndpointError
 from bastion.errors import QueryBudgetExceeded
 
 log = logging.getLogger(__name__)
@@ -78,16 +79,24 @@ class QueryAttack(Attack):
         self._fooled_at.append(np.asarray(fooled_at, np.float64))
         self._spent.append(np.asarray(spent, np.int64))
 
-    def _budget_hit(self, exc: QueryBudgetExceeded) -> None:
+    def _budget_hit(self, exc: QueryBudgetExceeded | EndpointError) -> None:
+        """Stop querying (budget spent or endpoint failing); the batch keeps its best points and
+        later batches are not attacked."""
         if self._budget_reason is None:
-            self._budget_reason = f"query budget exhausted: {exc}"
+            what = "query budget exhausted" if isinstance(exc, QueryBudgetExceeded) else "the endpoint failed"
+            self._budget_reason = f"{what}: {exc}"
             log.warning("%s: %s; keeping the best points found so far", self.name, self._budget_reason)
+
+    @property
+    def halted(self) -> bool:
+        """True once the budget ran out or the endpoint failed during this run."""
+        return self._budget_reason is not None
 
     def _run(self, target: Target, x: np.ndarray, y: np.ndarray, *, y_target: np.ndarray | None,
              progress: ProgressFn | None, query_budget: int | None) -> AttackResult:
         self._fooled_at, self._spent, self._budget_reason = [], [], None
         res = super()._run(target, x, y, y_target=y_target, progress=progress, query_budget=query_budget)
-        if self._budget_reason and res.complete:
+        if self._budget_reason and (res.complete or "interrupted" not in (res.reason or "")):
             res.complete, res.reason = False, self._budget_reason
         fooled_at = np.concatenate(self._fooled_at) if self._fooled_at else np.zeros(0)
         spent = np.concatenate(self._spent) if self._spent else np.zeros(0, np.int64)

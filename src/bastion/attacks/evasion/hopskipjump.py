@@ -16,6 +16,7 @@ import numpy as np
 from bastion.attacks.base import register_attack
 from bastion.attacks.evasion._blackbox import Box, QueryAttack
 from bastion.core.targets.base import Target
+from bastion.core.targets.http_target import EndpointError
 from bastion.errors import QueryBudgetExceeded, UsageError
 
 _CHUNK = 1 << 23  # floats per gradient-estimation chunk (memory bound)
@@ -65,6 +66,9 @@ class HopSkipJump(QueryAttack):
         return np.clip(z, z0 - a, z0 + a)
 
     def _attack_batch(self, target: Target, x: np.ndarray, goal: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        if self.halted:  # budget spent or endpoint down: later batches are left as they are
+            self._record(np.full(len(x), np.inf), np.zeros(len(x), np.int64))
+            return x
         rng = np.random.default_rng(self.seed + int(rows[0]))
         box, spec = Box.of(target), target.input_spec
         sc, mask = box.scale, box.mask
@@ -131,7 +135,7 @@ class HopSkipJump(QueryAttack):
                     nd = self._dist(new, z0[mi])
                     better = nd < dist[mi]
                     best[mi[better]], dist[mi[better]] = new[better], nd[better]
-        except QueryBudgetExceeded as exc:
+        except (QueryBudgetExceeded, EndpointError) as exc:
             self._budget_hit(exc)
         self._record(fooled_at, spent)
         return spec.enforce(x, np.clip(best, zlo, zhi) * sc)

@@ -14,6 +14,7 @@ import numpy as np
 from bastion.attacks.base import register_attack
 from bastion.attacks.evasion._blackbox import Box, QueryAttack, margins
 from bastion.core.targets.base import Target
+from bastion.core.targets.http_target import EndpointError
 from bastion.errors import QueryBudgetExceeded, TargetError, UsageError
 
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -100,6 +101,9 @@ class Square(QueryAttack):
         if getattr(target, "label_only", False):
             raise TargetError(f"the square attack needs class scores but target '{target.name}' returns labels only",
                               hint="use a decision-based attack: hopskipjump")
+        if self.halted:  # budget spent or endpoint down: later batches are left as they are
+            self._record(np.full(len(x), np.inf), np.zeros(len(x), np.int64))
+            return x
         rng = np.random.default_rng(self.seed + int(rows[0]))
         box, spec = Box.of(target), target.input_spec
         x0 = x.astype(np.float64)
@@ -131,7 +135,7 @@ class Square(QueryAttack):
                 keep = idx[better]
                 best_delta[keep], best_x[keep], best_m[keep] = cand[better], xa[better], m[better]
                 fooled_at[keep[m[better] < 0]] = it + 1
-        except QueryBudgetExceeded as exc:
+        except (QueryBudgetExceeded, EndpointError) as exc:
             self._budget_hit(exc)
         self._record(fooled_at, spent)
         return best_x.astype(np.float32)
