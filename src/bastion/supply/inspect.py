@@ -196,7 +196,8 @@ def scan_paths(paths: Sequence[str | os.PathLike[str]], *, config: InspectConfig
                 continue
             res.findings.extend(findings)
             res.formats[str(path)] = formats
-            log.info("%s: %s, %d finding(s)", path, "/".join(formats) or "?", len(findings))
+            if log.isEnabledFor(logging.INFO):
+                log.info("%s: %s, %d finding(s)", path, "/".join(formats) or "?", len(findings))
     res.seconds = time.perf_counter() - t0
     return res
 

@@ -56,7 +56,8 @@ def scan_stream(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
     fh.seek(0)
     kind = detect(head, size)
     ctx.formats.append(kind)
-    log.debug("%s: detected %s", ctx.where, kind)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s: detected %s", ctx.where, kind)
     if kind == "zip":
         from bastion.supply.formats.zip import scan_zip
         scan_zip(ctx, fh, size)
