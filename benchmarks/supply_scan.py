@@ -4,11 +4,25 @@ Run in the benchmark venv (reference tools are never bastion dependencies)::
 
     python3 -m venv --system-site-packages benchmarks/.env
     benchmarks/.env/bin/pip install modelscan picklescan fickling
-    benchmarks/.env/bin/python benchmarks/supply_scan.py [--out benchmarks/results/supply-scan.md]
+    benchmarks/.env/bin/python benchmarks/supply_scan.py [--out benchmarks/results/supply-scan.md] [--repeat 5]
 
-Measures detection and false positives on the generated corpus (tests/supply/corpus.py), the wall time
-to scan a directory of 1,000 model files, and the wall time to scan a 1 GB PyTorch checkpoint (made
-in a temporary directory and deleted; its tensor storage is never pickle).
+Measures detection and false positives on the generated corpus (tests/supply/corpus.py), the time to
+scan a directory of 1,000 model files and the time to scan a 1 GB PyTorch checkpoint (made in a
+temporary directory and deleted; its tensor storage is never pickle).
+
+Timing is done two ways, both with the same files and the same interpreter (this venv's python):
+
+* in-process: each tool's Python API called in this one process (imports and allow-list set-up
+  done once beforehand, as a long-running service would);
+* CLI: a fresh process per scan (``python -m bastion inspect DIR``, ``picklescan -p DIR``,
+  ``modelscan -p DIR``), so start-up and imports count. fickling's CLI takes one file per process
+  and is left out of this one.
+
+Each round runs every tool once, in an order rotated from round to round; the tables give the median
+wall time (and min-max) and the median CPU time over ``--repeat`` rounds. The machine is shared with
+other jobs, so wall times are noisy; CPU time (user+sys of the process or of the child) is the
+steadier figure. For the 1 GB checkpoint the bytes each tool read through read() calls (``rchar`` of
+/proc/self/io) tell whether it read the tensor storage.
 
 Decision rules: bastion flags a file when a finding is >= high (its default --fail-on); modelscan when
 it reports any issue; picklescan when it reports an infected file or a dangerous global; fickling when
@@ -21,18 +35,21 @@ import argparse
 import logging
 import os
 import platform
+import resource
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "supply"))
 
-import corpus  # noqa: E402
+import corpus
 
 logging.disable(logging.CRITICAL)
 
@@ -73,7 +90,7 @@ def run_fickling(p: Path) -> tuple[bool, bool]:
             r = fickling.scan_file(str(f), graceful=True)
             flagged |= r.severity != Severity.LIKELY_SAFE
             err |= bool(r.errors)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a tool crash is counted as an error
             err = True
     return flagged, err
 
@@ -85,17 +102,84 @@ TOOLS: dict[str, Callable[[Path], tuple[bool, bool]]] = {
 def _safe(fn: Callable[[Path], tuple[bool, bool]], p: Path) -> tuple[bool, bool]:
     try:
         return fn(p)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a tool crash is counted as an error
         return False, True
 
 
-def _timed(fn: Callable[[Path], tuple[bool, bool]], p: Path, repeat: int = 2) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        _safe(fn, p)
-        best = min(best, time.perf_counter() - t0)
-    return best
+def _rchar() -> int:
+    """Bytes this process has read through read() calls so far (Linux /proc/self/io), or -1."""
+    try:
+        with open("/proc/self/io") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("rchar:"))
+    except (OSError, StopIteration, ValueError):
+        return -1
+
+
+def _in_process(fn: Callable[[Path], tuple[bool, bool]], p: Path) -> tuple[float, float]:
+    """(wall, cpu) seconds of one call in this process."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    _safe(fn, p)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _cli(argv: list[str]) -> tuple[float, float]:
+    """(wall, cpu) seconds of one fresh process (exit status ignored: findings exit non-zero)."""
+    t0, c0 = time.perf_counter(), _children_cpu()
+    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    return time.perf_counter() - t0, _children_cpu() - c0
+
+
+def _rounds(runs: dict[str, Callable[[], tuple[float, float]]], repeat: int) -> dict[str, list[tuple[float, float]]]:
+    """Run every tool once per round, the order rotated each round; all (wall, cpu) samples."""
+    names = list(runs)
+    out: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    for r in range(repeat):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            out[n].append(runs[n]())
+    return out
+
+
+def _fmt(samples: list[tuple[float, float]], digits: int = 2) -> tuple[str, str]:
+    walls = [w for w, _ in samples]
+    cpus = [c for _, c in samples]
+    return (f"{statistics.median(walls):.{digits}f} ({min(walls):.{digits}f}-{max(walls):.{digits}f})",
+            f"{statistics.median(cpus):.{digits}f}")
+
+
+def _median_wall(samples: list[tuple[float, float]]) -> float:
+    return statistics.median(w for w, _ in samples)
+
+
+def _median_cpu(samples: list[tuple[float, float]]) -> float:
+    return statistics.median(c for _, c in samples)
+
+
+def _coverage(many: Path) -> dict[str, str]:
+    """What each tool actually looked at in the 1,000-file directory (one extra run each)."""
+    from modelscan.modelscan import ModelScan
+    from picklescan.scanner import scan_directory_path
+
+    from bastion.supply import scan_paths
+
+    b = scan_paths([many])
+    m = ModelScan().scan(many)
+    ps = scan_directory_path(str(many))
+    sm = m.get("summary", {})
+    return {
+        "bastion": f"{b.files_scanned} files (content-detected formats, archive members included), "
+                   f"{len(b.errors)} errors",
+        "modelscan": f"{sm.get('scanned', {}).get('total_scanned', '?')} scanned, "
+                     f"{sm.get('skipped', {}).get('total_skipped', '?')} skipped (files and archive members), "
+                     f"{len(m.get('errors') or [])} errors",
+        "picklescan": f"{ps.scanned_files} pickles scanned (files selected by extension; .npy, .safetensors, "
+                      f".onnx, .keras skipped), scan errors: {'yes' if ps.scan_err else 'no'}",
+        "fickling": "every file, one by one (its API takes a file)",
+    }
 
 
 def main() -> None:
@@ -103,6 +187,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "supply-scan.md")
     ap.add_argument("--n-files", type=int, default=1000)
     ap.add_argument("--big-gb", type=float, default=1.0)
+    ap.add_argument("--repeat", type=int, default=5, help="timing rounds (median reported)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bastion-supply-bench-"))
@@ -127,7 +212,16 @@ def main() -> None:
         for k in range(args.n_files):
             src = models[k % len(models)]
             shutil.copyfile(src, many / f"{k:04d}_{src.name}")
-        times_many = {t: _timed(fn, many) for t, fn in TOOLS.items()}
+        for fn in TOOLS.values():   # warm-up: imports, allow-lists, file cache
+            _safe(fn, many)
+        many_api = _rounds({t: (lambda fn=fn: _in_process(fn, many)) for t, fn in TOOLS.items()}, args.repeat)
+        py = sys.executable
+        bindir = Path(py).parent
+        cli = {"bastion": [py, "-m", "bastion", "inspect", str(many)],
+               "picklescan": [str(bindir / "picklescan"), "-p", str(many)],
+               "modelscan": [str(bindir / "modelscan"), "-p", str(many)]}
+        many_cli = _rounds({t: (lambda argv=argv: _cli(argv)) for t, argv in cli.items()}, args.repeat)
+        coverage = _coverage(many)
 
         import torch
 
@@ -136,35 +230,77 @@ def main() -> None:
         torch.save({"weight": torch.zeros(n, dtype=torch.float32), "step": 1}, big)
         del torch
         size_gb = big.stat().st_size / 1024**3
-        times_big = {t: _timed(fn, big) for t, fn in TOOLS.items()}
+        big_read: dict[str, int] = {}
+        big_verdict: dict[str, tuple[bool, bool]] = {}
+        for t, fn in TOOLS.items():
+            r0 = _rchar()
+            big_verdict[t] = _safe(fn, big)
+            big_read[t] = _rchar() - r0
+        big_api = _rounds({t: (lambda fn=fn: _in_process(fn, big)) for t, fn in TOOLS.items()}, args.repeat)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     versions = {"bastion": version("bastion"), "modelscan": version("modelscan"),
                 "picklescan": version("picklescan"), "fickling": version("fickling")}
+    cpu = os.cpu_count()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [
         "# Supply-chain scanner benchmark (`benchmarks/supply_scan.py`)",
         "",
-        f"Machine: {platform.machine()} CPU, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"{platform.system()}. Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
+        f"Machine: {platform.machine()} CPU, {cpu} cores shared with other jobs (load average at the end: "
+        f"{load:.1f}), Python {platform.python_version()}, {platform.system()}. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         "",
-        f"Corpus (generated by `tests/supply/corpus.py`): {len(mal)} malicious items, {len(ben)} benign items "
-        "(benign files made by torch, scikit-learn/joblib, numpy, onnx; safetensors written per spec).",
-        "Decision rules: bastion = a finding >= high; modelscan = any issue; picklescan = infected file or "
-        "dangerous global; fickling = verdict other than LIKELY_SAFE. Errors are counted separately.",
+        (f"Corpus (generated by `tests/supply/corpus.py`): {len(mal)} malicious items, {len(ben)} benign items "
+        "(benign files made by torch, scikit-learn/joblib, numpy, onnx; safetensors written per spec)."),
+        ("Decision rules: bastion = a finding >= high; modelscan = any issue; picklescan = infected file or "
+        "dangerous global; fickling = verdict other than LIKELY_SAFE. Errors are counted separately."),
         "",
-        "| tool | malicious detected | errors on malicious | benign flagged (FP) | errors on benign | "
-        f"{args.n_files} files (s) | {size_gb:.2f} GB checkpoint (s) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "## Detection",
+        "",
+        "| tool | malicious detected | errors on malicious | benign flagged (FP) | errors on benign |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for t, r in rows.items():
-        lines.append(f"| {t} | {r['det']}/{len(mal)} | {r['det_err']} | {r['fp']}/{len(ben)} | {r['fp_err']} | "
-                     f"{times_many[t]:.2f} | {times_big[t]:.3f} |")
-    fastest_many = min(v for k, v in times_many.items() if k != "bastion")
-    fastest_big = min(v for k, v in times_big.items() if k != "bastion")
-    lines += ["", f"Time ratios (bastion / fastest other tool): {args.n_files} files "
-              f"{times_many['bastion'] / fastest_many:.2f}x, 1 GB checkpoint {times_big['bastion'] / fastest_big:.2f}x "
-              "(best of 2 runs each).", "", "Malicious items missed per tool:", ""]
+        lines.append(f"| {t} | {r['det']}/{len(mal)} | {r['det_err']} | {r['fp']}/{len(ben)} | {r['fp_err']} |")
+    lines += [
+        "",
+        f"## {args.n_files} model files in one directory",
+        "",
+        (f"Copies of the {len(models)} benign model files (torch zip/legacy/TorchScript, sklearn pickles and "
+        "joblib, npy/npz, safetensors, onnx, keras). Seconds; median of "
+        f"{args.repeat} rounds (min-max), tools alternated."),
+        "",
+        "| tool | in-process wall | in-process CPU | CLI wall (fresh process) | CLI CPU | what it scanned |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for t in TOOLS:
+        w, c = _fmt(many_api[t])
+        cw, cc = _fmt(many_cli[t]) if t in many_cli else ("n/a", "n/a")
+        lines.append(f"| {t} | {w} | {c} | {cw} | {cc} | {coverage[t]} |")
+    others = [t for t in TOOLS if t != "bastion"]
+    fast_api = min(others, key=lambda t: _median_wall(many_api[t]))
+    fast_cli = min((t for t in many_cli if t != "bastion"), key=lambda t: _median_wall(many_cli[t]))
+    lines += [
+        "",
+        (f"Ratios bastion / fastest other tool (median wall; median CPU): in-process "
+        f"{_median_wall(many_api['bastion']) / _median_wall(many_api[fast_api]):.2f} / "
+        f"{_median_cpu(many_api['bastion']) / _median_cpu(many_api[fast_api]):.2f} (vs {fast_api}); CLI "
+        f"{_median_wall(many_cli['bastion']) / _median_wall(many_cli[fast_cli]):.2f} / "
+        f"{_median_cpu(many_cli['bastion']) / _median_cpu(many_cli[fast_cli]):.2f} (vs {fast_cli})."),
+        "",
+        f"## One {size_gb:.2f} GB PyTorch checkpoint",
+        "",
+        "In-process, seconds, median of rounds (min-max). *Bytes read* counts read() calls during one scan.",
+        "",
+        "| tool | wall | CPU | bytes read | flagged | error |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for t in TOOLS:
+        w, c = _fmt(big_api[t], 3)
+        lines.append(f"| {t} | {w} | {c} | {big_read[t] / 1024**2:,.1f} MiB | {big_verdict[t][0]} | "
+                     f"{big_verdict[t][1]} |")
+    lines += ["", "Malicious items missed per tool:", ""]
     for t, r in rows.items():
         lines.append(f"- **{t}** ({len(r['missed'])}): " + (", ".join(f"`{m}`" for m in r["missed"]) or "none"))
     text = "\n".join(lines) + "\n"
