@@ -5,7 +5,7 @@ Stages, each run only on the inputs still robust after the previous ones:
 1. ``apgd-ce``   — APGD with the cross-entropy loss;
 2. ``apgd-t``    — targeted APGD-DLR towards each of the top-9 other classes (or n_classes - 1);
 3. ``deepfool``  — the minimal-norm stage: DeepFool (Moosavi-Dezfooli et al., 2016) with its
-   accumulated perturbation projected onto the ε-ball at every step. AutoAttack uses FAB-T here;
+   accumulated perturbation projected onto the ε-ball at every step (10 iterations). AutoAttack uses FAB-T here;
    DeepFool is a cheaper boundary-seeking attack whose search direction differs from APGD's
    (nearest linearised boundary rather than loss ascent), which is what this stage is for;
 4. ``square``    — the Square black-box attack (score-based, no gradients), which catches models
@@ -102,7 +102,7 @@ class AutoAttack(Attack):
         assert isinstance(target, DifferentiableTarget)
         geo = Geometry.of(target)
         x0, y0 = to_tensor(x, target.device), to_tensor(goal, target.device, torch.long)
-        adv, _ = deepfool_optimise(target, geo, x0, y0, norm=self.norm, overshoot=0.02, max_iter=50,
+        adv, _ = deepfool_optimise(target, geo, x0, y0, norm=self.norm, overshoot=0.02, max_iter=10,
                                    candidates=10, eps=self.eps)
         return adv.cpu().numpy()
 
