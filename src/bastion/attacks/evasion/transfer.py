@@ -65,7 +65,7 @@ class Transfer(Attack):
 
     def _run(self, target: Target, x: np.ndarray, y: np.ndarray, *, y_target: np.ndarray | None,
              progress: ProgressFn | None, query_budget: int | None) -> AttackResult:
-        self._pool, self._model, self._info = np.asarray(x, np.float32), None, {}
+        self._pool, self._model, self._info = target.input_spec.validate(x), None, {}
         res = super()._run(target, x, y, y_target=y_target, progress=progress, query_budget=query_budget)
         if self._model is not None:
             with self._model.uncounted(), target.uncounted():

@@ -127,9 +127,16 @@ class HttpTarget(Target):
         return d
 
     def close(self) -> None:
+        """Close the HTTP connection pool (reopened on the next query)."""
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    def __enter__(self) -> HttpTarget:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # --- predictions ----------------------------------------------------------------------------
     def _predict_proba(self, x: np.ndarray) -> np.ndarray:
