@@ -208,3 +208,17 @@ def test_dtype_info_is_numpys_answer(descr: str) -> None:
             dtype_info(descr)
         return
     assert dtype_info(descr) == (dt.itemsize, dt.hasobject)
+
+
+def test_default_allow_list_reader_matches_pyyaml() -> None:
+    import yaml
+
+    from bastion.supply import allowlist
+
+    text = allowlist._default_doc_cached()
+    assert allowlist.parse_plain_lists(text) == yaml.safe_load(text)
+    for other in ("allow:\n  - yes\n", "allow: [a.b]\n", "allow:\n  a: b\n", "allow:\n  - a\nallow:\n  - b\n",
+                  "allow:\n", "allow:\n  - 'a'\n", "allow:\n  - \"a\\x41\"\n", "  - a\n"):
+        assert allowlist.parse_plain_lists(other) is None, other   # left to PyYAML
+    assert allowlist.parse_plain_lists('# c\nallow:  # c\n  - a.B_c  # c\n  - "m:*x"\n') == \
+        yaml.safe_load('# c\nallow:  # c\n  - a.B_c  # c\n  - "m:*x"\n')

@@ -18,14 +18,13 @@ import _compat_pickle
 import fnmatch
 import functools
 import os
+import re
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
-
-import yaml
 
 from bastion.errors import PolicyError
 
@@ -151,10 +150,43 @@ def _default_doc_cached() -> str:
     return resources.files("bastion.supply").joinpath("default_allowlist.yaml").read_text("utf-8")
 
 
+_YAML11_WORDS = {"null", "true", "false", "yes", "no", "on", "off", "y", "n"}  # not strings to PyYAML
+_KEY_LINE = re.compile(r"([a-z_]+):")
+_ITEM_LINE = re.compile(r"  - (?:\"([^\"\\\\]+)\"|([A-Za-z_][\w.]*))")
+
+
+def parse_plain_lists(text: str) -> dict[str, list[str]] | None:
+    """Parse the YAML subset the default allow-list is written in: comments, ``key:`` lines and
+    ``  - item`` lines (dotted names, or double-quoted strings without escapes). Returns None for
+    anything else, which then goes to a full YAML parser (importing PyYAML costs more than the scan
+    of a small directory). The test suite checks the result equals ``yaml.safe_load``'s."""
+    doc: dict[str, list[str]] = {}
+    items: list[str] | None = None
+    for line in text.splitlines():
+        body = line.split(" #", 1)[0].rstrip() if not line.lstrip().startswith("#") else ""
+        if not body:
+            continue
+        m = _KEY_LINE.fullmatch(body)
+        if m and m.group(1) not in doc:
+            items = doc[m.group(1)] = []
+            continue
+        m = _ITEM_LINE.fullmatch(body)
+        if m is None or items is None or (m.group(2) or "").lower() in _YAML11_WORDS:
+            return None
+        items.append(m.group(1) or m.group(2))
+    return doc if all(doc.values()) else None
+
+
 @functools.lru_cache(maxsize=1)
 def _default_parsed() -> dict[str, Any]:
-    # libyaml's safe loader when PyYAML was built with it (about 4x faster at start-up), else the pure one
-    return yaml.load(_default_doc_cached(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    text = _default_doc_cached()
+    doc = parse_plain_lists(text)
+    if doc is not None:
+        return doc
+    import yaml
+
+    # libyaml's safe loader when PyYAML was built with it (about 4x faster), else the pure one
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def _default_doc() -> dict[str, Any]:
@@ -180,6 +212,8 @@ def load_policy_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raw = p.read_bytes()
     except OSError as exc:
         raise PolicyError(f"cannot read config file: {exc.strerror}", file=str(p)) from exc
+    import yaml
+
     try:
         if p.suffix.lower() == ".toml":
             doc = tomllib.loads(raw.decode("utf-8"))
