@@ -222,3 +222,22 @@ def test_default_allow_list_reader_matches_pyyaml() -> None:
         assert allowlist.parse_plain_lists(other) is None, other   # left to PyYAML
     assert allowlist.parse_plain_lists('# c\nallow:  # c\n  - a.B_c  # c\n  - "m:*x"\n') == \
         yaml.safe_load('# c\nallow:  # c\n  - a.B_c  # c\n  - "m:*x"\n')
+
+
+def test_joblib_void_dtype_whose_state_changes_the_item_size_is_flagged(tmp_path: Path) -> None:
+    import io as _io
+
+    import joblib
+    import numpy as np
+
+    buf = _io.BytesIO()
+    joblib.dump(np.zeros(3, dtype=[("a", "f8"), ("b", "i8")]), buf)
+    data = buf.getvalue()
+    p = tmp_path / "a.joblib"
+    p.write_bytes(data)
+    assert not scan_paths([p]).failed()
+    state = b"uK\x10K\x01K\x10t"        # ..., fields}, elsize 16, alignment 1, flags 16) of the V16 dtype
+    assert data.count(state) == 1
+    p.write_bytes(data.replace(state, b"uK\x18K\x01K\x10t"))   # numpy would size items 24, not 16
+    res = scan_paths([p])
+    assert res.failed() and any(f.rule_id == "BASTION-SC-050" for f in res.findings)

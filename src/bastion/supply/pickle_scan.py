@@ -655,6 +655,16 @@ class PickleWalker:
             itemsize, hasobject = dtype_info(descr)
         except (TypeError, ValueError) as exc:
             raise Malformed(f"joblib array with invalid dtype {descr!r}", pos) from exc
+        st = dtype.state.items if isinstance(dtype.state, Seq) else []
+        elsize = st[5].value if len(st) > 5 and isinstance(st[5], Const) else None
+        if descr.lstrip("<>|=").startswith("V") and isinstance(elsize, int) and elsize != itemsize:
+            # numpy's dtype.__setstate__ takes a void type's item size from the state, so joblib would read
+            # a different number of array bytes than the descriptor says: the rest of the stream is ambiguous
+            self.ctx.add("BASTION-SC-050", Severity.high, f"joblib array dtype {descr!r} is given item size {elsize} "
+                         "by its pickled state", offset=self.base + pos, description="The loader reads the array "
+                         "with the state's size, so the pickle opcodes after it are not where the descriptor puts "
+                         "them; a way to hide opcodes from scanners.")
+            raise Malformed("joblib array dtype state disagrees with its descriptor", pos)
         if hasobject:
             self.ctx.add("BASTION-SC-070", Severity.medium, "joblib array of Python objects (nested pickle)",
                          offset=self.base + pos)
