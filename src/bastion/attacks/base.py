@@ -19,7 +19,7 @@ import numpy as np
 from bastion.core.metrics import attack_metrics, perturbation_norms
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel, check_eps, check_norm
-from bastion.errors import DataError, QueryBudgetExceeded, TargetError, UsageError
+from bastion.errors import BastionRuntimeError, DataError, QueryBudgetExceeded, TargetError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,9 @@ class Attack(ABC):
         except KeyboardInterrupt:
             complete, reason, interrupted = False, "interrupted", True
             log.warning("%s interrupted; keeping the batches finished so far", self.name)
+        except BastionRuntimeError as exc:  # e.g. an endpoint that failed mid-attack
+            complete, reason = False, f"stopped early: {exc}"
+            log.warning("%s: %s; keeping the batches finished so far", self.name, reason)
         finally:
             target.query_budget = saved_budget
         seconds = time.perf_counter() - t0

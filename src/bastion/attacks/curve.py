@@ -39,7 +39,7 @@ def robustness_curve(attack: Attack, target: Target, x: np.ndarray, y: np.ndarra
             norms=perturbation_norms(x, x_best, target.input_spec.scale_array()), queries=res.queries,
             seconds=res.seconds, y=np.asarray(y), clean_pred=clean, adv_pred=adv_pred, adv_confidence=conf,
             eps=eps, norm=res.norm, targeted=res.targeted, complete=res.complete, reason=res.reason,
-            interrupted=res.interrupted))
+            interrupted=res.interrupted, extra=dict(res.extra)))
         if not res.complete:
             break
     return results
