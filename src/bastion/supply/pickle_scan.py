@@ -439,6 +439,28 @@ class PickleWalker:
                 if idx not in memo and len(memo) >= max_memo:
                     raise LimitExceeded("max_memo", f"more than {max_memo} memo entries", self.base + pos)
                 memo[idx] = stack[-1]
+            elif c in _CONST_OPS:                           # other numbers, strings, bytes
+                fixed = _FIXED.get(c)
+                if fixed is not None:
+                    size, unpack = fixed
+                    if i + size <= lim:
+                        stack.append(Const(unpack(buf, i)[0]))
+                        i += size
+                        continue
+                elif c in _COUNTED:
+                    size, unpack, convert = _COUNTED[c]
+                    if i + size <= lim:
+                        n = unpack(buf, i)[0]
+                        j = i + size + n
+                        if n >= 0 and j <= lim:
+                            try:
+                                stack.append(Const(convert(buf[i + size:j])))
+                                i = j
+                                continue
+                            except ValueError:
+                                pass
+                v, i = self._slow_arg(c, i, pos)   # text forms, and anything truncated or invalid
+                stack.append(Const(v))
             elif c == 0x28:                                 # MARK
                 marks.append(stack)
                 stack = []
@@ -518,9 +540,6 @@ class PickleWalker:
                 del stack[-n:]
                 if stack and isinstance(stack[-1], Seq):
                     stack[-1].extend(items)
-            elif c in _CONST_OPS:                           # other numbers, strings, bytes
-                v, i = arg_of(c, i, pos, lim) if c in _FIXED or c in _COUNTED else self._slow_arg(c, i, pos)
-                stack.append(Const(v))
             elif c == 0x93:                                 # STACK_GLOBAL
                 if len(stack) < 2:
                     raise Malformed("stack underflow", pos)
