@@ -127,11 +127,29 @@ def _children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def _cli(argv: list[str]) -> tuple[float, float]:
+def _cli(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
     """(wall, cpu) seconds of one fresh process (exit status ignored: findings exit non-zero)."""
     t0, c0 = time.perf_counter(), _children_cpu()
-    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, env=env)
     return time.perf_counter() - t0, _children_cpu() - c0
+
+
+# Another bastion source tree (e.g. an older commit) timed the in-process way inside its own process.
+_BASELINE_SNIPPET = (
+    "import logging, sys, time\n"
+    "from pathlib import Path\n"
+    "from bastion.supply import scan_paths\n"
+    "logging.disable(logging.CRITICAL)\n"
+    "p = Path(sys.argv[1]); scan_paths([p])\n"
+    "t, c = time.perf_counter(), time.process_time(); scan_paths([p])\n"
+    "print(time.perf_counter() - t, time.process_time() - c)\n")
+
+
+def _baseline_in_process(src: Path, target: Path) -> tuple[float, float]:
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    out = subprocess.run([sys.executable, "-c", _BASELINE_SNIPPET, str(target)], env=env, check=True,
+                         capture_output=True, text=True).stdout.split()
+    return float(out[0]), float(out[1])
 
 
 def _rounds(runs: dict[str, Callable[[], tuple[float, float]]], repeat: int) -> dict[str, list[tuple[float, float]]]:
@@ -188,6 +206,10 @@ def main() -> None:
     ap.add_argument("--n-files", type=int, default=1000)
     ap.add_argument("--big-gb", type=float, default=1.0)
     ap.add_argument("--repeat", type=int, default=5, help="timing rounds (median reported)")
+    ap.add_argument("--baseline-src", type=Path, default=None,
+                    help="a src/ directory of another bastion version to time alongside (before/after), e.g. "
+                    "made by: git archive <commit> src/bastion | tar -x -C /tmp/old  ->  /tmp/old/src")
+    ap.add_argument("--baseline-label", default="baseline")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bastion-supply-bench-"))
@@ -214,13 +236,22 @@ def main() -> None:
             shutil.copyfile(src, many / f"{k:04d}_{src.name}")
         for fn in TOOLS.values():   # warm-up: imports, allow-lists, file cache
             _safe(fn, many)
-        many_api = _rounds({t: (lambda fn=fn: _in_process(fn, many)) for t, fn in TOOLS.items()}, args.repeat)
+        api_runs: dict[str, Callable[[], tuple[float, float]]] = {
+            t: (lambda fn=fn: _in_process(fn, many)) for t, fn in TOOLS.items()}
         py = sys.executable
         bindir = Path(py).parent
         cli = {"bastion": [py, "-m", "bastion", "inspect", str(many)],
                "picklescan": [str(bindir / "picklescan"), "-p", str(many)],
                "modelscan": [str(bindir / "modelscan"), "-p", str(many)]}
-        many_cli = _rounds({t: (lambda argv=argv: _cli(argv)) for t, argv in cli.items()}, args.repeat)
+        cli_runs: dict[str, Callable[[], tuple[float, float]]] = {
+            t: (lambda argv=argv: _cli(argv)) for t, argv in cli.items()}
+        base = f"bastion @ {args.baseline_label}"
+        if args.baseline_src:
+            src = args.baseline_src.resolve()
+            api_runs[base] = lambda: _baseline_in_process(src, many)
+            cli_runs[base] = lambda: _cli(cli["bastion"], {**os.environ, "PYTHONPATH": str(src)})
+        many_api = _rounds(api_runs, args.repeat)
+        many_cli = _rounds(cli_runs, args.repeat)
         coverage = _coverage(many)
 
         import torch
@@ -274,13 +305,14 @@ def main() -> None:
         "| tool | in-process wall | in-process CPU | CLI wall (fresh process) | CLI CPU | what it scanned |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for t in TOOLS:
+    for t in many_api:
         w, c = _fmt(many_api[t])
         cw, cc = _fmt(many_cli[t]) if t in many_cli else ("n/a", "n/a")
-        lines.append(f"| {t} | {w} | {c} | {cw} | {cc} | {coverage[t]} |")
+        what = coverage.get(t, f"the same, with the bastion source at {args.baseline_src}")
+        lines.append(f"| {t} | {w} | {c} | {cw} | {cc} | {what} |")
     others = [t for t in TOOLS if t != "bastion"]
     fast_api = min(others, key=lambda t: _median_wall(many_api[t]))
-    fast_cli = min((t for t in many_cli if t != "bastion"), key=lambda t: _median_wall(many_cli[t]))
+    fast_cli = min((t for t in cli if t != "bastion"), key=lambda t: _median_wall(many_cli[t]))
     lines += [
         "",
         (f"Ratios bastion / fastest other tool (median wall; median CPU): in-process "
@@ -298,7 +330,7 @@ def main() -> None:
     ]
     for t in TOOLS:
         w, c = _fmt(big_api[t], 3)
-        lines.append(f"| {t} | {w} | {c} | {big_read[t] / 1024**2:,.1f} MiB | {big_verdict[t][0]} | "
+        lines.append(f"| {t} | {w} | {c} | {big_read[t] / 1024:,.0f} KiB | {big_verdict[t][0]} | "
                      f"{big_verdict[t][1]} |")
     lines += ["", "Malicious items missed per tool:", ""]
     for t, r in rows.items():
