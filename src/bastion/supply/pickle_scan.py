@@ -131,7 +131,7 @@ _CHECK_EVERY = 1024
 class BoundedReader:
     """File wrapper that refuses to read past ``limit`` bytes from ``start`` (memory bound)."""
 
-    def __init__(self, fh: BinaryIO, limit: int) -> None:
+    def __init__(self, fh: BinaryIO | _MapFile, limit: int) -> None:
         self.fh, self.limit = fh, limit
         self.start = fh.tell()
         self.used = 0
