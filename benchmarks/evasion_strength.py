@@ -70,7 +70,7 @@ def adversarially_trained(eps: float = 0.15, epochs: int = 12, steps: int = 10) 
     return model
 
 
-def art_classifier(model: torch.nn.Module):  # noqa: ANN201
+def art_classifier(model: torch.nn.Module):
     from art.estimators.classification import PyTorchClassifier
 
     return PyTorchClassifier(model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=(1, 8, 8), nb_classes=10,
@@ -128,7 +128,7 @@ def cw_compare(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, art_iter: i
     a_ok = clf.predict(x_art).argmax(1) != y
     a_l2 = np.linalg.norm((x_art - x).reshape(len(x), -1), axis=1)
     both = a_ok & b_ok
-    return {"n": int(len(x)), "art_max_iter": art_iter,
+    return {"n": len(x), "art_max_iter": art_iter,
             "bastion_success": float(b_ok.mean()), "art_success": float(a_ok.mean()),
             "bastion_median_l2_all": float(np.median(b_l2[b_ok])) if b_ok.any() else None,
             "art_median_l2_all": float(np.median(a_l2[a_ok])) if a_ok.any() else None,

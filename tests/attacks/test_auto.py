@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -32,7 +34,7 @@ def test_auto_stages_are_cumulative_and_end_at_the_final_accuracy() -> None:
     else:
         assert any("square stage skipped" in n for n in res.extra["notes"])
     accs = [s["robust_accuracy"] for s in stages]
-    assert all(a >= b for a, b in zip(accs, accs[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(accs))
     assert all(a >= res.robust_accuracy - 1e-12 for a in accs)
     assert accs[-1] == pytest.approx(res.robust_accuracy)
     assert accs[0] <= res.clean_accuracy

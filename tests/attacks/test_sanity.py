@@ -9,9 +9,16 @@ import torch
 from bastion.attacks import APGD, PGD
 from bastion.attacks.base import AttackResult
 from bastion.attacks.evasion.sanity import (
-    check_blackbox_vs_whitebox, check_gradients, check_output_kind, check_randomized)
+    check_blackbox_vs_whitebox,
+    check_gradients,
+    check_output_kind,
+    check_randomized,
+)
 from bastion.campaign.checks.base import CheckContext
-from bastion.campaign.checks.gradient_masking import GradientMaskingCheck, GradientMaskingParams
+from bastion.campaign.checks.gradient_masking import (
+    GradientMaskingCheck,
+    GradientMaskingParams,
+)
 from bastion.core.data import Dataset
 from bastion.core.metrics import perturbation_norms
 from bastion.core.spec import InputSpec

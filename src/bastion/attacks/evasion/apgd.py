@@ -20,7 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from bastion.attacks.base import Attack, register_attack
-from bastion.attacks.evasion._torch import Geometry, ascent_direction, project_ball, random_start, to_tensor
+from bastion.attacks.evasion._torch import (
+    Geometry,
+    ascent_direction,
+    project_ball,
+    random_start,
+    to_tensor,
+)
 from bastion.core.targets.base import DifferentiableTarget
 from bastion.errors import UsageError
 

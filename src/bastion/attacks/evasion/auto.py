@@ -26,7 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from bastion.attacks.base import Attack, AttackResult, available_attacks, get_attack, register_attack
+from bastion.attacks.base import (
+    Attack,
+    AttackResult,
+    available_attacks,
+    get_attack,
+    register_attack,
+)
 from bastion.attacks.evasion._torch import Geometry, to_tensor
 from bastion.attacks.evasion.apgd import APGD
 from bastion.attacks.evasion.deepfool import deepfool_optimise

@@ -94,6 +94,7 @@ class MinimalEps(Attack):
         upper[~attacked & ~res.success] = np.inf  # never attacked (interrupted) and not fooled
         res.extra["min_eps"] = upper.tolist()
         res.extra["min_eps_lower"] = lower.tolist()
-        res.extra["notes"] = [f"per-sample binary search over eps in [0, {self.eps_max}] with '{self.attack}', "
-                              f"{self.search_steps} bisection steps (resolution {self.eps_max / 2 ** self.search_steps:.3g})"]
+        resolution = self.eps_max / 2 ** self.search_steps
+        res.extra["notes"] = [(f"per-sample binary search over eps in [0, {self.eps_max}] with '{self.attack}', "
+                               f"{self.search_steps} bisection steps (resolution {resolution:.3g})")]
         return res

@@ -24,7 +24,11 @@ import torch
 
 from bastion.attacks.base import AttackResult
 from bastion.attacks.evasion._torch import to_tensor
-from bastion.core.targets.base import DifferentiableTarget, Target, looks_like_probabilities
+from bastion.core.targets.base import (
+    DifferentiableTarget,
+    Target,
+    looks_like_probabilities,
+)
 
 
 @dataclass
@@ -56,7 +60,7 @@ def check_randomized(target: Target, x: np.ndarray, *, repeats: int = 3, atol: f
            f"{float(diff.max()):.3g}, predicted class changed on {100 * flips:.1f}%): the model is randomised"
            if flagged else f"outputs identical over {max(repeats, 2)} calls on {len(x)} inputs")
     return SanityResult("randomized-outputs", flagged, msg,
-                        {"n": int(len(x)), "n_changed": int(len(changed)), "max_abs_diff": float(diff.max()),
+                        {"n": len(x), "n_changed": len(changed), "max_abs_diff": float(diff.max()),
                          "label_flip_rate": float(flips)}, changed.tolist())
 
 
@@ -112,7 +116,7 @@ def check_gradients(target: DifferentiableTarget, x: np.ndarray, y: np.ndarray, 
            else f"input gradients non-zero and finite on all {len(x)} inputs")
     finite_norms = norms[finite].cpu().numpy()
     return SanityResult("zero-gradients", flagged, msg,
-                        {"n": int(len(x)), "n_zero": n_zero, "n_nonfinite": n_nonfinite,
+                        {"n": len(x), "n_zero": n_zero, "n_nonfinite": n_nonfinite,
                          "median_grad_norm": float(np.median(finite_norms)) if len(finite_norms) else None},
                         bad.tolist())
 
@@ -130,7 +134,7 @@ def check_blackbox_vs_whitebox(white: AttackResult, black: AttackResult) -> Sani
            f"attack '{white.attack}' could not, at the same eps" if flagged
            else f"the black-box attack '{black.attack}' found nothing the white-box attack '{white.attack}' missed")
     return SanityResult("blackbox-beats-whitebox", flagged, msg,
-                        {"n_attacked": n_att, "n_blackbox_only": int(len(only_black)),
+                        {"n_attacked": n_att, "n_blackbox_only": len(only_black),
                          "whitebox_robust_accuracy": white.robust_accuracy,
                          "blackbox_robust_accuracy": black.robust_accuracy,
                          "eps": white.eps, "norm": white.norm}, only_black.tolist())

@@ -15,8 +15,18 @@ from pydantic import Field
 
 from bastion.attacks.base import available_attacks, get_attack
 from bastion.attacks.evasion.sanity import (
-    SanityResult, check_blackbox_vs_whitebox, check_gradients, check_output_kind, check_randomized)
-from bastion.campaign.checks.base import Check, CheckContext, CheckParams, register_check
+    SanityResult,
+    check_blackbox_vs_whitebox,
+    check_gradients,
+    check_output_kind,
+    check_randomized,
+)
+from bastion.campaign.checks.base import (
+    Check,
+    CheckContext,
+    CheckParams,
+    register_check,
+)
 from bastion.core.results import CheckResult, Finding, Severity
 from bastion.core.targets.base import DifferentiableTarget
 from bastion.core.threatmap import THREATS
