@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -15,7 +15,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bastion.core.results import CheckResult, ScanResult
+if TYPE_CHECKING:  # pydantic models are imported only when a scan runs: `bastion inspect` starts fast
+    from bastion.core.results import CheckResult, ScanResult
 
 console = Console(stderr=True)
 out_console = Console()
