@@ -95,10 +95,14 @@ def test_demo_writes_reports(cli, tmp_path: Path) -> None:
         doc = json.loads((tmp_path / name / "report.json").read_text())
         assert doc["schema_version"] and doc["status"] == "complete"
         assert doc["verdict"] in ("pass", "fail")
-        assert doc["checks"] and all(c["metrics"]["clean_accuracy"] > 0.9 for c in doc["checks"])
+        evasion = [c for c in doc["checks"] if c["kind"] == "evasion"]
+        assert evasion and all(c["metrics"]["clean_accuracy"] > 0.9 for c in evasion)
         assert all("passed" in g and "value" in g for g in doc["gates"])
     digits = json.loads((tmp_path / "digits-cnn" / "report.json").read_text())
     assert any("examples" in c["artifacts"] for c in digits["checks"])
+    assert any("histograms" in c["artifacts"] for c in digits["checks"])      # minimal perturbations
+    assert any("query_curves" in c["artifacts"] for c in digits["checks"])    # black-box success vs queries
+    assert "gradient-masking" in {c["kind"] for c in digits["checks"]}
     assert "digits" in r.stdout and "breast" in r.stdout
 
 
