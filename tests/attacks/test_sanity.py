@@ -77,7 +77,7 @@ def test_clean_model_is_not_flagged() -> None:
 def test_dropout_left_on_is_flagged_as_randomised() -> None:
     model, x, _ = _data()
     r = check_randomized(TorchTarget(DropoutOn(model), SPEC), x)
-    assert r.flagged and r.metrics["n_changed"] == len(x) and "randomised" in r.message
+    assert r.flagged and r.metrics["n_changed"] >= 0.9 * len(x) and "randomised" in r.message
 
 
 def test_rounding_model_has_zero_gradients() -> None:
