@@ -88,9 +88,7 @@ class Attack(ABC):
     def get_params(self) -> dict[str, Any]:
         import inspect
 
-        names = [p for cls in type(self).__mro__ if cls is not object
-                 for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
-        return {n: getattr(self, n) for n in dict.fromkeys(names) if hasattr(self, n)}
+        return {n: getattr(self, n) for n in _param_names(type(self)) if hasattr(self, n)}
 
     def clone(self, **changes: Any) -> Attack:
         return type(self)(**{**self.get_params(), **changes})
@@ -170,6 +168,16 @@ class Attack(ABC):
         (untargeted) or the target labels (targeted); ``rows`` are the indices in the full input."""
 
 
+def _param_names(cls: type) -> list[str]:
+    """Named parameters of the ``__init__`` methods along the MRO (no self, *args, **kwargs)."""
+    import inspect
+
+    names = [name for c in cls.__mro__ if c is not object
+             for name, p in inspect.signature(c.__init__).parameters.items()
+             if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return list(dict.fromkeys(names))
+
+
 def _predict(target: Target, x: np.ndarray, batch_size: int) -> np.ndarray:
     return np.concatenate([target.predict_proba(x[s:s + batch_size]).argmax(1)
                            for s in range(0, len(x), batch_size)])
@@ -217,9 +225,5 @@ def get_attack(name: str, **params: Any) -> Attack:
     try:
         return cls(**params)
     except TypeError as exc:
-        import inspect
-
-        allowed = [p for c in cls.__mro__ if c is not object
-                   for p in inspect.signature(c.__init__).parameters if p not in ("self", "args", "kwargs")]
-        raise UsageError(f"bad parameters for attack '{name}': {exc}; allowed: {', '.join(dict.fromkeys(allowed))}") \
+        raise UsageError(f"bad parameters for attack '{name}': {exc}; allowed: {', '.join(_param_names(cls))}") \
             from exc

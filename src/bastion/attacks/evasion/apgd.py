@@ -14,6 +14,7 @@ checkpoint and its best loss did not improve since. Samples stop as soon as they
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -248,46 +249,34 @@ class APGD(Attack):
         return best.cpu().numpy()
 
 
+class _APGDVariant(APGD):
+    """An APGD preset: the same parameters, other defaults."""
+
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**{**self.defaults, **params})
+
+
 @register_attack
-class APGDCE(APGD):
+class APGDCE(_APGDVariant):
     """APGD with the cross-entropy loss (AutoAttack's first stage)."""
 
     name = "apgd-ce"
-
-    def __init__(self, *, eps: float = 0.1, norm: str = "linf", loss: str = "ce", steps: int = 100,
-                 restarts: int = 1, n_target_classes: int = 0, rho: float = 0.75, momentum: float = 0.75,
-                 eot_iter: int = 1, random_init: bool = True, targeted: bool = False, batch_size: int = 256,
-                 seed: int = 0) -> None:
-        super().__init__(eps=eps, norm=norm, loss=loss, steps=steps, restarts=restarts,
-                         n_target_classes=n_target_classes, rho=rho, momentum=momentum, eot_iter=eot_iter,
-                         random_init=random_init, targeted=targeted, batch_size=batch_size, seed=seed)
+    defaults = {"loss": "ce", "n_target_classes": 0}
 
 
 @register_attack
-class APGDDLR(APGD):
+class APGDDLR(_APGDVariant):
     """APGD with the DLR loss, untargeted (robust to the scale of the logits)."""
 
     name = "apgd-dlr"
-
-    def __init__(self, *, eps: float = 0.1, norm: str = "linf", loss: str = "dlr", steps: int = 100,
-                 restarts: int = 1, n_target_classes: int = 0, rho: float = 0.75, momentum: float = 0.75,
-                 eot_iter: int = 1, random_init: bool = True, targeted: bool = False, batch_size: int = 256,
-                 seed: int = 0) -> None:
-        super().__init__(eps=eps, norm=norm, loss=loss, steps=steps, restarts=restarts,
-                         n_target_classes=n_target_classes, rho=rho, momentum=momentum, eot_iter=eot_iter,
-                         random_init=random_init, targeted=targeted, batch_size=batch_size, seed=seed)
+    defaults = {"loss": "dlr", "n_target_classes": 0}
 
 
 @register_attack
-class APGDT(APGD):
+class APGDT(_APGDVariant):
     """APGD-T: targeted DLR towards each of the top-9 other classes in turn (AutoAttack's second stage)."""
 
     name = "apgd-t"
-
-    def __init__(self, *, eps: float = 0.1, norm: str = "linf", loss: str = "dlr", steps: int = 100,
-                 restarts: int = 1, n_target_classes: int = 9, rho: float = 0.75, momentum: float = 0.75,
-                 eot_iter: int = 1, random_init: bool = True, targeted: bool = False, batch_size: int = 256,
-                 seed: int = 0) -> None:
-        super().__init__(eps=eps, norm=norm, loss=loss, steps=steps, restarts=restarts,
-                         n_target_classes=n_target_classes, rho=rho, momentum=momentum, eot_iter=eot_iter,
-                         random_init=random_init, targeted=targeted, batch_size=batch_size, seed=seed)
+    defaults = {"loss": "dlr", "n_target_classes": 9}
