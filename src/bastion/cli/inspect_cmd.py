@@ -26,7 +26,7 @@ _STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cya
 def register(app: typer.Typer) -> None:
     """Add ``inspect`` to the bastion app."""
 
-    @app.command("inspect")
+    @app.command("inspect", epilog="Examples:\n\n  bastion inspect model.pt\n\n  bastion inspect downloads/ --format sarif -o inspect.sarif --fail-on medium")
     def inspect_command(
         paths: list[Path] = typer.Argument(..., help="Model files or directories (walked recursively)."),
         fmt: OutputFormat = typer.Option(OutputFormat.text, "--format", "-f", help="text, json or sarif."),

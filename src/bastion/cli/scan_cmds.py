@@ -153,7 +153,7 @@ def register(app: typer.Typer) -> None:
                           "—" if med is None else f"{med:.4g}", str(m["queries"]), f"{m['seconds']:.2f}")
         out_console.print(table)
 
-    @app.command("attacks")
+    @app.command("attacks", epilog="Example: bastion attacks")
     def list_attacks() -> None:
         """List the registered attacks."""
         from bastion.attacks import available_attacks

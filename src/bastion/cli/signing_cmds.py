@@ -240,7 +240,7 @@ def _version_detail(v: Any) -> None:
     console.print(table)
 
 
-@registry_app.command("add")
+@registry_app.command("add", epilog="Example: bastion registry add fraud-model models/v3/ --key team.pub --source s3://bucket/v3 --code-revision 1a2b3c")
 def registry_add(
     name: str = typer.Argument(..., help="Model name (created on first use)."),
     model_dir: Path = typer.Argument(..., help="Directory holding this version's files."),
@@ -264,7 +264,7 @@ def registry_add(
     _version_detail(info)
 
 
-@registry_app.command("list")
+@registry_app.command("list", epilog="Example: bastion registry list --json")
 def registry_list(db: str | None = _DB, as_json: bool = _JSON) -> None:
     """List the models in the registry with their deployed and latest versions."""
     models = _registry(db).list_models()
@@ -283,7 +283,7 @@ def registry_list(db: str | None = _DB, as_json: bool = _JSON) -> None:
     console.print(table)
 
 
-@registry_app.command("show")
+@registry_app.command("show", epilog="Example: bastion registry show fraud-model v1")
 def registry_show(
     name: str = typer.Argument(..., help="Model name."),
     version: str | None = typer.Argument(None, help="One version to show in full."),
@@ -321,7 +321,7 @@ def _refusal(exc: Exception, as_json: bool) -> None:
     raise exc
 
 
-@registry_app.command("promote")
+@registry_app.command("promote", epilog="Example: bastion registry promote fraud-model v1 --key team.pub")
 def registry_promote(
     name: str = typer.Argument(..., help="Model name."),
     version: str = typer.Argument(..., help="Version to deploy."),
@@ -347,7 +347,7 @@ def registry_promote(
                       f"(previously deployed: {escape(result.previous or 'none')})")
 
 
-@registry_app.command("rollback")
+@registry_app.command("rollback", epilog="Example: bastion registry rollback fraud-model --key team.pub")
 def registry_rollback(
     name: str = typer.Argument(..., help="Model name."),
     key: Path | None = typer.Option(None, "--key", "-k", help="Public key (default: the one stored at add)."),
@@ -375,7 +375,7 @@ def registry_rollback(
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the bastion app."""
-    app.command("keygen")(keygen)
-    app.command("sign")(sign)
-    app.command("verify")(verify)
+    app.command("keygen", epilog="Example: bastion keygen --out team  (writes team.key and team.pub)")(keygen)
+    app.command("sign", epilog="Example: bastion sign models/v3/ --key team.key")(sign)
+    app.command("verify", epilog="Example: bastion verify models/v3/ --key team.pub  (exit 1 if anything changed)")(verify)
     app.add_typer(registry_app, name="registry")
