@@ -1,27 +1,38 @@
 """Keras model configs (``.keras`` zip config.json, legacy HDF5 ``model_config``, model JSON).
 
 Keras runs code from a config through Lambda layers (marshalled Python bytecode) and through
-``module``/``class_name`` references that import arbitrary callables (CVE-2024-3660,
-CVE-2025-1550). HDF5 is not parsed in full (no h5py dependency): the ``model_config`` JSON is
-located by its signature inside the file and analysed; an HDF5 file without one is reported as
-not analysed (info).
+``module``/``class_name``/``registered_name`` references that import arbitrary callables
+(CVE-2024-3660, CVE-2025-1550).
+
+HDF5 (legacy Keras ``.h5``): with ``h5py`` (optional, imported lazily, >= 3.11 for link visits) the
+file is opened read-only and the root attributes ``model_config`` and ``training_config`` are read
+as JSON text -- what ``keras.saving.legacy`` reads -- and analysed; external links, external raw
+storage and virtual-dataset sources are checked like ONNX external data (HDF5 User Guide, "HDF5
+Groups: external links", "Datasets: external storage", "Virtual Dataset"). Without h5py (or when
+h5py cannot open the file) the config JSON is located by its signature in the raw bytes. Every
+HDF5 finding says which reader was used (``metrics.hdf5_reader``: ``h5py`` or ``byte-search``).
+Nothing is unpickled or executed; no dataset data is read.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import posixpath
 from typing import Any, BinaryIO
 
 from bastion.core.results import Severity
-from bastion.supply.context import ScanContext
+from bastion.supply.context import LimitExceeded, ScanContext
 
 _KERAS_MODULES = ("keras", "tensorflow", "tf_keras", "keras_nlp", "keras_cv", "keras_hub")
 _CODE_CLASSES = {"Lambda", "__lambda__", "function", "__function__", "TFOpLambda", "SlicingOpLambda"}
 
 
-def analyse_config(ctx: ScanContext, doc: Any, *, offset: int | None = None) -> bool:
-    """Walk a Keras config tree; returns True if it looks like a Keras model config."""
-    stack: list[tuple[Any, str]] = [(doc, "$")]
+def analyse_config(ctx: ScanContext, doc: Any, *, offset: int | None = None, root: str = "$",
+                   **metrics: Any) -> bool:
+    """Walk a Keras config tree; returns True if it looks like a Keras model config. ``root`` names the
+    tree in finding titles; ``metrics`` are added to every finding (e.g. which HDF5 reader was used)."""
+    stack: list[tuple[Any, str]] = [(doc, root)]
     keras_like = False
     seen = 0
     while stack:
@@ -37,31 +48,52 @@ def analyse_config(ctx: ScanContext, doc: Any, *, offset: int | None = None) -> 
                     ctx.add("BASTION-SC-020", Severity.critical, f"Keras {cls} layer at {path} runs code on load",
                             offset=offset, description="Lambda layers carry marshalled Python bytecode (or a "
                             "function reference) that Keras executes when the model is loaded or called.",
-                            config_path=path)
+                            config_path=path, **metrics)
             mod = node.get("module")
             if isinstance(mod, str) and mod.split(".")[0] not in _KERAS_MODULES:
                 verdict, reason = ctx.config.policy.classify(mod, str(node.get("class_name") or "?"))
                 sev = Severity.critical if verdict == "deny" else Severity.high
                 ctx.add("BASTION-SC-020", sev, f"Keras config at {path} imports module {mod!r}",
                         offset=offset, description=f"Keras imports '{mod}' while deserialising; {reason}.",
-                        config_path=path)
+                        config_path=path, **metrics)
+            else:
+                _check_registered_name(ctx, node.get("registered_name"), path, offset, metrics)
             fn = node.get("function")
             if isinstance(fn, (list, tuple, str)) and path.endswith("config") and node.get("function_type"):
                 ctx.add("BASTION-SC-020", Severity.critical, f"Keras config at {path} carries a function",
-                        offset=offset, config_path=path)
+                        offset=offset, config_path=path, **metrics)
             stack.extend((v, f"{path}.{k}") for k, v in node.items())
         elif isinstance(node, list):
             stack.extend((v, f"{path}[{i}]") for i, v in enumerate(node))
     return keras_like
 
 
-def analyse_config_bytes(ctx: ScanContext, data: bytes, offset: int | None = None) -> None:
+def _check_registered_name(ctx: ScanContext, reg: Any, path: str, offset: int | None,
+                           metrics: dict[str, Any]) -> None:
+    """``registered_name`` "package>Name" resolves through Keras' registry of custom objects: a package
+    other than Keras' own means the model needs (and runs) code from outside Keras."""
+    if not isinstance(reg, str) or ">" not in reg:
+        return
+    package, _, name = reg.partition(">")
+    if package.split(".")[0] in _KERAS_MODULES:
+        return
+    verdict, reason = ctx.config.policy.classify(package, name or "?")
+    sev = Severity.critical if verdict == "deny" else Severity.high
+    ctx.add("BASTION-SC-020", sev, f"Keras config at {path} needs registered object {reg!r}", offset=offset,
+            description=f"Loading resolves '{reg}' from Keras' custom-object registry (code outside Keras that "
+            f"the loading program must import); {reason}.", config_path=path, **metrics)
+
+
+def analyse_config_bytes(ctx: ScanContext, data: bytes | str, offset: int | None = None, root: str = "$",
+                         **metrics: Any) -> bool:
+    """Parse JSON text and analyse it; returns True when it is a Keras config."""
     try:
         doc = json.loads(data)
     except (ValueError, RecursionError) as exc:
-        ctx.add("BASTION-SC-007", Severity.medium, f"Keras config is not valid JSON: {exc}", offset=offset)
-        return
-    analyse_config(ctx, doc, offset=offset)
+        ctx.add("BASTION-SC-007", Severity.medium, f"Keras config is not valid JSON: {exc}", offset=offset,
+                **metrics)
+        return False
+    return analyse_config(ctx, doc, offset=offset, root=root, **metrics)
 
 
 def scan_json(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
@@ -76,8 +108,137 @@ def scan_json(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
         ctx.formats[-1] = "keras-json"
 
 
+_H5_ATTRS = ("model_config", "training_config")   # root attributes keras.saving.legacy parses as JSON
+
+
 def scan_hdf5(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
-    """Find JSON model configs (``{"class_name": ...``) stored as HDF5 attributes and analyse them."""
+    """HDF5: Keras configs in the root attributes, and links or storage outside the file (h5py when
+    installed, else a byte search for the config JSON)."""
+    try:
+        import h5py
+    except ImportError:
+        _scan_hdf5_bytes(ctx, fh, size)
+        return
+    fh.seek(0)
+    try:
+        f = h5py.File(fh, "r")
+    except Exception as exc:  # OSError for most malformed files; h5py raises others on odd superblocks
+        ctx.add("BASTION-SC-007", Severity.medium, f"HDF5 file cannot be opened by h5py: {exc}",
+                description="Keras (h5py) cannot load it either; its bytes were searched for Keras configs.",
+                hdf5_reader="byte-search")
+        fh.seek(0)
+        _scan_hdf5_bytes(ctx, fh, size)
+        return
+    with f:
+        found = False
+        for key in _H5_ATTRS:
+            text = _attr_text(ctx, h5py, f, key)
+            if text is not None:
+                ctx.check_time()
+                keras_like = analyse_config_bytes(ctx, text, root=f"{key}$", hdf5_reader="h5py",
+                                                 attribute=key)
+                found |= keras_like and key == "model_config"
+        _check_links(ctx, f)
+    if found:
+        ctx.formats[-1] = "keras-h5"
+    else:
+        ctx.add("BASTION-SC-050", Severity.info, "HDF5 file without a Keras model config (weights only?)",
+                description="h5py found no model_config attribute holding a Keras config in the root group; "
+                "links and external storage were checked.", hdf5_reader="h5py")
+
+
+def _attr_text(ctx: ScanContext, h5py: Any, f: Any, key: str) -> str | bytes | None:
+    """A root attribute as text (str, or bytes decoded by json), within max_header_bytes; None if absent."""
+    try:
+        if key not in f.attrs:
+            return None
+        if h5py.h5a.open(f.id, key.encode()).get_storage_size() > ctx.config.max_header_bytes:
+            ctx.add("BASTION-SC-008", Severity.high, f"HDF5 attribute {key!r} larger than max_header_bytes",
+                    limit="max_header_bytes", hdf5_reader="h5py")
+            return None
+        value = f.attrs[key]
+    except Exception as exc:  # unreadable datatype or corrupt attribute message
+        ctx.add("BASTION-SC-007", Severity.medium, f"HDF5 attribute {key!r} cannot be read: {exc}",
+                hdf5_reader="h5py")
+        return None
+    if getattr(value, "size", None) == 1 and hasattr(value, "reshape"):
+        value = value.reshape(-1)[0]      # a one-element array of strings
+    if isinstance(value, (str, bytes)):
+        if len(value) > ctx.config.max_header_bytes:
+            ctx.add("BASTION-SC-008", Severity.high, f"HDF5 attribute {key!r} larger than max_header_bytes",
+                    limit="max_header_bytes", hdf5_reader="h5py")
+            return None
+        return value
+    ctx.add("BASTION-SC-007", Severity.medium, f"HDF5 attribute {key!r} is not text ({type(value).__name__})",
+            description="Keras expects JSON text here; a loader may fail or behave unpredictably.",
+            hdf5_reader="h5py")
+    return None
+
+
+def _check_links(ctx: ScanContext, f: Any) -> None:
+    """Visit every link once (H5Lvisit does not follow external or soft links) and check external links,
+    datasets' external raw storage and virtual-dataset source files."""
+    import h5py
+
+    visit = getattr(f, "visititems_links", None)
+    if visit is None:
+        ctx.add("BASTION-SC-050", Severity.info, "HDF5 links not checked (h5py < 3.11)", hdf5_reader="h5py")
+        return
+    count = [0]
+
+    def check(name: str, link: Any) -> None:
+        count[0] += 1
+        if count[0] % 256 == 0:
+            ctx.check_time()
+        if count[0] > ctx.config.max_members:
+            raise LimitExceeded("max_members", f"HDF5 file has more than {ctx.config.max_members} links")
+        if isinstance(link, h5py.ExternalLink):
+            _check_external(ctx, "external link", os.fsdecode(link.filename), f"/{name}")
+            return
+        if not isinstance(link, h5py.HardLink):
+            return
+        try:
+            obj = f.get(name)
+        except Exception:   # a hard link to an object that cannot be opened: nothing a loader reads
+            return
+        if not isinstance(obj, h5py.Dataset):
+            return
+        for entry in obj.external or ():
+            _check_external(ctx, "external storage", os.fsdecode(entry[0]), f"/{name}")
+        if obj.is_virtual:
+            for src in obj.virtual_sources():
+                if src.file_name != ".":
+                    _check_external(ctx, "virtual dataset source", os.fsdecode(src.file_name), f"/{name}")
+
+    visit(check)
+
+
+def _check_external(ctx: ScanContext, kind: str, location: str, obj: str) -> None:
+    """Like ONNX external data: an absolute or climbing path is critical, a path that leaves the
+    model directory through a symbolic link is high."""
+    loc = location
+    if loc.startswith("${ORIGIN}"):           # HDF5 >= 1.10: the directory of the file holding the link
+        loc = loc[len("${ORIGIN}"):].lstrip("/\\") or "."
+    norm = posixpath.normpath(loc.replace("\\", "/"))
+    desc = {"external link": "HDF5 follows the link into that file when the object is accessed",
+            "external storage": "the dataset's bytes are read from that file (exfiltration as weights)",
+            "virtual dataset source": "the dataset's values are read from that file"}[kind]
+    if os.path.isabs(loc) or loc.startswith(("/", "\\")) or (len(loc) > 1 and loc[1] == ":") \
+            or norm == ".." or norm.startswith("../"):
+        ctx.add("BASTION-SC-030", Severity.critical, f"HDF5 {kind} at {obj} points outside the model directory: "
+                f"{location!r}", description=f"A loader reading it goes outside the model directory: {desc}.",
+                external_location=location, hdf5_object=obj, hdf5_reader="h5py")
+        return
+    real_dir = os.path.realpath(ctx.path.parent)
+    real = os.path.realpath(ctx.path.parent / norm)
+    if os.path.commonpath([real, real_dir]) != real_dir:
+        ctx.add("BASTION-SC-030", Severity.high, f"HDF5 {kind} at {obj} ({location!r}) resolves through a link "
+                f"to {real}", description=f"A symbolic link inside the model directory sends the loader outside "
+                f"it: {desc}.", external_location=location, hdf5_object=obj, hdf5_reader="h5py")
+
+
+def _scan_hdf5_bytes(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
+    """Fallback: find JSON model configs (``{"class_name": ...``) stored as HDF5 attributes by signature."""
     limit = min(size, ctx.config.max_member_bytes)
     data = fh.read(limit)
     ctx.count_unpacked(0)
@@ -91,11 +252,13 @@ def scan_hdf5(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
         try:
             doc, used = decoder.raw_decode(chunk.decode("utf-8", "replace"))
             found = True
-            analyse_config(ctx, doc, offset=pos)
+            analyse_config(ctx, doc, offset=pos, hdf5_reader="byte-search")
             pos = data.find(b'{"class_name"', pos + max(used, 1))
         except (ValueError, RecursionError):
             pos = data.find(b'{"class_name"', pos + 1)
     if not found:
         ctx.add("BASTION-SC-050", Severity.info, "HDF5 file without a Keras model config (weights only?)",
-                description="bastion locates Keras configs in HDF5 without parsing HDF5 in full; no config was "
-                "found, so only the absence of a model config was checked.")
+                description="bastion searched the HDF5 bytes for Keras configs without parsing HDF5 (h5py is "
+                "not installed, or cannot open the file) and found none; external links and storage were not "
+                "checked. Install h5py (pip install 'bastion[formats]') for a full read.",
+                hdf5_reader="byte-search")

@@ -1,41 +1,257 @@
-"""7z archives: recursed with py7zr when it is installed; otherwise reported as not analysed."""
+"""7z archives: start header checked by bastion, members listed and extracted to memory with py7zr.
+
+Structure per the 7z format description (7-Zip ``DOC/7zFormat.txt``): a 32-byte signature header
+(magic, version, CRC-32 of the next 20 bytes, then offset, size and CRC-32 of the "next header"
+that lists the members). Packed data is grouped in *folders* (solid blocks); a folder is
+decompressed as one stream, so the compression ratio is judged per folder.
+
+With ``py7zr`` (optional, imported lazily; >= 1.1.3 for ``max_extract_size``) every member is
+extracted into memory under the scanner's limits (member size, total unpacked, ratio, member
+count, depth, time) and analysed by content like a zip member. Without py7zr the archive gets a
+medium "not analysed" finding. Nothing is written to disk.
+"""
 
 from __future__ import annotations
 
 import io
+import logging
+import stat
+import struct
+import zipfile
 import zlib
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from bastion.core.results import Severity
-from bastion.supply.context import LimitExceeded, ScanContext
+from bastion.supply.context import LimitExceeded, Malformed, ScanContext
+
+log = logging.getLogger(__name__)
+
+_START = struct.Struct("<QQI")   # next header offset, size, CRC-32 (after the 12 first bytes)
+_BOMB_FLOOR = 1024**2            # a folder below this many unpacked bytes is never called a bomb
 
 
 def scan_7z(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
+    """Check the signature header, then list and scan every member (py7zr)."""
     head = fh.read(32)
     if len(head) < 32 or zlib.crc32(head[12:32]) != int.from_bytes(head[8:12], "little"):
         ctx.add("BASTION-SC-010", Severity.high, "7z start header CRC mismatch", offset=8)
+    else:
+        next_off, next_size, _crc = _START.unpack_from(head, 12)
+        end = 32 + next_off + next_size
+        if end < size:
+            ctx.add("BASTION-SC-010", Severity.medium, f"{size - end} bytes after the 7z header end",
+                    offset=end, description="Data after the archive's end is invisible to 7z readers and "
+                    "seen by tools that read the file otherwise.")
     try:
         import py7zr
     except ImportError:
         ctx.add("BASTION-SC-050", Severity.medium, "7z archive not analysed (py7zr is not installed)",
-                description="Install py7zr to let bastion inspect the members of 7z archives.")
+                description="Install py7zr (pip install 'bastion[formats]') to let bastion inspect the members "
+                "of 7z archives.")
         return
-    from bastion.supply.formats import scan_stream
-
     fh.seek(0)
     try:
-        with py7zr.SevenZipFile(fh, mode="r") as z:
-            infos = z.list()
-            if len(infos) > ctx.config.max_members:
-                raise LimitExceeded("max_members", f"archive has {len(infos)} members")
-            total = sum(i.uncompressed or 0 for i in infos)
-            if total > ctx.config.max_total_unpacked:
-                raise LimitExceeded("max_total_unpacked", f"7z archive unpacks to {total} bytes")
-            for name, bio in (z.readall() or {}).items():
-                data = bio.read()
-                ctx.count_unpacked(len(data))
-                scan_stream(ctx.child(name), io.BytesIO(data), len(data))
-    except LimitExceeded:
+        archive = _open(py7zr, fh, ctx)
+    except py7zr.PasswordRequired:
+        ctx.add("BASTION-SC-010", Severity.high, "7z archive header is encrypted (password): members unknown",
+                description="Neither the member list nor the content can be analysed without the password; a "
+                "loader given the password reads what no scanner saw.", encrypted="header")
+        return
+    except (LimitExceeded, MemoryError):
         raise
-    except Exception as exc:  # py7zr raises many types on malformed archives
-        ctx.add("BASTION-SC-010", Severity.high, f"Broken 7z archive: {type(exc).__name__}: {exc}")
+    except Exception as exc:  # py7zr raises many types (Bad7zFile, struct.error, KeyError...) on bad input
+        ctx.add("BASTION-SC-010", Severity.high, f"Broken 7z archive: {type(exc).__name__}: {exc}",
+                description="The 7z header cannot be read; other 7z readers may still read it, so its "
+                "content is unknown.")
+        return
+    with archive:
+        _scan_archive(ctx, py7zr, archive)
+
+
+def _open(py7zr: Any, fh: BinaryIO, ctx: ScanContext) -> Any:
+    budget = max(1, ctx.config.max_total_unpacked - ctx.unpacked[0])
+    try:
+        return py7zr.SevenZipFile(fh, mode="r", max_extract_size=budget)
+    except TypeError:   # py7zr < 1.1.3: no extraction cap in the library; ours still applies per member
+        fh.seek(0)
+        return py7zr.SevenZipFile(fh, mode="r")
+
+
+def _scan_archive(ctx: ScanContext, py7zr: Any, archive: Any) -> None:
+    from bastion.supply.formats.zip import _check_name
+
+    infos = archive.list()
+    if len(infos) > ctx.config.max_members:
+        raise LimitExceeded("max_members", f"archive has {len(infos)} members")
+    encrypted = archive.needs_password()
+    if encrypted:
+        ctx.add("BASTION-SC-010", Severity.high, "7z archive content is encrypted (password)",
+                description="Encrypted members cannot be analysed; a loader given the password reads what no "
+                "scanner saw. Members stored unencrypted are still analysed.", encrypted="content")
+    seen: set[str] = set()
+    skip: set[str] = set()
+    for info in infos:
+        name = info.filename
+        if name in seen and not info.is_directory:
+            ctx.add("BASTION-SC-010", Severity.high, f"Duplicate member name {name!r}",
+                    description="Two entries share a name: readers disagree on which one is loaded.")
+        seen.add(name)
+        mark = len(ctx.findings)
+        _check_name(ctx, _as_zipinfo(name, info.is_symlink))
+        if any(f.rule_id == "BASTION-SC-011" and "escapes" in f.title for f in ctx.findings[mark:]):
+            skip.add(name)      # py7zr refuses to extract such names; reported above
+        if not info.is_directory and info.uncompressed > ctx.config.max_member_bytes:
+            ctx.add("BASTION-SC-008", Severity.high, f"Member {name!r} larger than max_member_bytes "
+                    f"({info.uncompressed} bytes)", limit="max_member_bytes")
+            skip.add(name)
+    for names, unpacked, packed in _folders(infos):
+        ratio = unpacked / max(packed, 1)
+        if unpacked > _BOMB_FLOOR and ratio > ctx.config.max_ratio:
+            ctx.add("BASTION-SC-008", Severity.high, f"7z block holding {', '.join(map(repr, names[:3]))}"
+                    f"{' ...' if len(names) > 3 else ''} expands {ratio:.0f}x (zip bomb)",
+                    ratio=round(ratio, 1), limit="max_ratio", members=len(names))
+            skip.update(names)
+    targets = [i.filename for i in infos if not i.is_directory and i.filename not in skip]
+    if not targets:
+        return
+    factory = _MemberFactory(ctx, len(targets))
+    try:
+        archive.extract(targets=targets, factory=factory)
+        factory.finish()
+    except py7zr.exceptions.CrcError as exc:
+        factory.finish_after_crc_error(exc.filename)
+    except py7zr.PasswordRequired:
+        factory.finish(stopped="encrypted")
+    except py7zr.exceptions.DecompressionBombError as exc:
+        raise LimitExceeded("max_total_unpacked", f"7z archive: {exc}") from None
+    except (LimitExceeded, MemoryError, RecursionError):
+        raise
+    except Exception as exc:  # corrupt packed streams: lzma/zstd/bz2 errors, Bad7zFile, struct errors
+        factory.finish(stopped=f"{type(exc).__name__}: {exc}")
+
+
+def _as_zipinfo(name: str, is_symlink: bool) -> zipfile.ZipInfo:
+    """A ZipInfo carrying a 7z member's name and link bit, for the zip scanner's name checks."""
+    zi = zipfile.ZipInfo(name)
+    zi.header_offset = None  # type: ignore[assignment]
+    if is_symlink:
+        zi.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return zi
+
+
+def _folders(infos: list[Any]) -> list[tuple[list[str], int, int]]:
+    """Group members by folder (solid block): py7zr's list gives a folder's packed size on its first
+    member and ``None`` on the others; directories and empty streams have 0 and no folder."""
+    out: list[tuple[list[str], int, int]] = []
+    for info in infos:
+        if info.is_directory:
+            continue
+        if info.compressed:
+            out.append(([info.filename], info.uncompressed or 0, info.compressed))
+        elif info.compressed is None and out:
+            names, unpacked, packed = out[-1]
+            names.append(info.filename)
+            out[-1] = (names, unpacked + (info.uncompressed or 0), packed)
+    return out
+
+
+class _MemberFactory:
+    """py7zr ``WriterFactory``: one bounded in-memory buffer per member. A member is scanned when py7zr
+    starts the next one (its CRC was checked by then), or by :meth:`finish` for the last one."""
+
+    def __init__(self, ctx: ScanContext, n_targets: int) -> None:
+        self.ctx, self.n_targets = ctx, n_targets
+        self.pending: _BoundedWriter | None = None
+        self.done = 0
+
+    def create(self, filename: str) -> _BoundedWriter:
+        self._flush()
+        self.pending = _BoundedWriter(self.ctx, filename)
+        return self.pending
+
+    def _flush(self, *, bad_crc: bool = False) -> None:
+        w, self.pending = self.pending, None
+        if w is None:
+            return
+        self.done += 1
+        sub = self.ctx.child(w.name)
+        if bad_crc:
+            sub.add("BASTION-SC-010", Severity.high, f"CRC-32 mismatch in member {w.name!r}",
+                    description="The data does not match its checksum: it was altered after the archive was "
+                    "written, or crafted to break scanners that stop on CRC errors.")
+        data = bytes(w.buf)
+        w.buf = bytearray()
+        from bastion.supply.formats import scan_stream
+
+        try:
+            scan_stream(sub, io.BytesIO(data), len(data))
+        except Malformed as exc:
+            sub.add("BASTION-SC-010", Severity.high, f"Member {w.name!r} cannot be read: {exc}",
+                    offset=exc.offset)
+
+    def finish(self, *, stopped: str | None = None) -> None:
+        """Scan the last member; after an extraction error, drop the member py7zr failed in (its data is
+        incomplete) and report how many were left unread."""
+        if stopped is None:
+            self._flush()
+            return
+        self.pending = None
+        if stopped == "encrypted":
+            return      # reported once for the archive; unencrypted members before it were scanned
+        self._report_left(f"7z extraction failed ({stopped})")
+
+    def finish_after_crc_error(self, filename: str | None) -> None:
+        """py7zr checked a CRC after decompressing: the member it names is complete, so it is still scanned
+        (as zip members with a bad CRC are); the members after it are reported as not analysed."""
+        if self.pending is not None and filename == self.pending.name:
+            self._flush(bad_crc=True)
+        else:   # a skipped member's or a whole block's CRC: the pending member passed its own check
+            self._flush()
+            what = f"member {filename!r}" if filename else "a 7z block"
+            self.ctx.add("BASTION-SC-010", Severity.high, f"CRC-32 mismatch in {what}",
+                         description="The data does not match its checksum: it was altered after the archive "
+                         "was written, or crafted to break scanners that stop on CRC errors.")
+        self._report_left("7z extraction stopped at a CRC error")
+
+    def _report_left(self, why: str) -> None:
+        left = self.n_targets - self.done
+        if left > 0:
+            self.ctx.add("BASTION-SC-010", Severity.high, f"{why}; {left} member(s) not analysed",
+                         description="7z readers stop at this error or skip the data, so part of the content "
+                         "is unknown.")
+
+
+class _BoundedWriter:
+    """In-memory member buffer (the py7zr ``Py7zIO`` interface) that enforces the scan limits as py7zr
+    writes decompressed chunks: max_member_bytes, max_total_unpacked (shared) and the time limit."""
+
+    def __init__(self, ctx: ScanContext, name: str) -> None:
+        self.ctx, self.name, self.buf, self.pos = ctx, name, bytearray(), 0
+
+    def write(self, s: bytes | bytearray) -> int:
+        self.ctx.check_time()
+        if len(self.buf) + len(s) > self.ctx.config.max_member_bytes:
+            raise LimitExceeded("max_member_bytes", f"7z member {self.name} inflates past "
+                                f"{self.ctx.config.max_member_bytes} bytes")
+        self.ctx.count_unpacked(len(s))
+        self.buf += s
+        return len(s)
+
+    def read(self, size: int | None = None) -> bytes:
+        end = len(self.buf) if size is None or size < 0 else self.pos + size
+        out = bytes(self.buf[self.pos:end])
+        self.pos += len(out)
+        return out
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = {0: 0, 1: self.pos, 2: len(self.buf)}[whence] + offset
+        return self.pos
+
+    def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def size(self) -> int:
+        return len(self.buf)
