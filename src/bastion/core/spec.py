@@ -37,6 +37,54 @@ class FeatureSpec:
                 "mutable": self.mutable, "scale": float(self.scale), "group": self.group}
 
 
+@dataclass(frozen=True)
+class DiscreteLayout:
+    """Index arrays of a table's discrete constraints, computed once from its ``FeatureSpec`` list.
+
+    ``int_cols``: integer columns (and categorical columns holding integer codes), with their
+    bounds rounded inward (``int_lo``/``int_hi``, ±inf when unbounded). ``group_cols`` (groups x
+    widest group): the columns of each one-hot group, padded where ``group_valid`` is False.
+    ``scale``: every column's ε scale (float64).
+    """
+
+    int_cols: np.ndarray
+    int_lo: np.ndarray
+    int_hi: np.ndarray
+    group_cols: np.ndarray
+    group_valid: np.ndarray
+    scale: np.ndarray
+
+    def snap(self, x: np.ndarray, a: np.ndarray, allow: np.ndarray, l2_cap: np.ndarray) -> np.ndarray:
+        """Discrete version of ``a`` (n, d): integers rounded to the nearest value and one-hot groups
+        projected to their argmax where no column then moves more than ``allow`` (n, 1) ε units from
+        ``x``, rounded toward ``x`` / kept at the original category otherwise; samples whose L2
+        distance (ε units) would exceed ``l2_cap`` (n,) are rounded toward ``x`` throughout."""
+        out = self._snap(x, a, allow)
+        d = (out - x) / self.scale
+        grew = np.sqrt((d * d).sum(axis=1)) > l2_cap
+        if grew.any():  # rounding toward the original: no |delta_i| can grow
+            out[grew] = self._snap(x[grew], a[grew], np.zeros((int(grew.sum()), 1)))
+        return out
+
+    def _snap(self, x: np.ndarray, a: np.ndarray, allow: np.ndarray) -> np.ndarray:
+        out = a.copy()
+        c = self.int_cols
+        if len(c):
+            ac, xc = a[:, c], x[:, c]
+            near = np.minimum(np.maximum(np.round(ac), self.int_lo), self.int_hi)
+            toward = np.minimum(np.maximum(np.where(ac >= xc, np.floor(ac), np.ceil(ac)), self.int_lo), self.int_hi)
+            ok = np.abs(near - xc) / self.scale[c] <= allow
+            out[:, c] = np.where(ac != xc, np.where(ok, near, toward), xc)
+        if self.group_cols.size:
+            g, valid = self.group_cols, self.group_valid
+            pick = np.where(valid, a[:, g], -np.inf).argmax(axis=2)  # (n, groups); first on ties
+            proj = (np.arange(g.shape[1]) == pick[..., None]).astype(np.float64)
+            xg = x[:, g]
+            ok = (~valid | (np.abs(proj - xg) / self.scale[g] <= allow[:, :, None])).all(axis=2)
+            out[:, g[valid]] = np.where(ok[..., None], proj, xg)[:, valid]
+        return out
+
+
 @dataclass
 class InputSpec:
     """Per-sample shape, dtype and value bounds of a target's inputs.
@@ -85,6 +133,33 @@ class InputSpec:
         lo, hi = self.bounds_arrays()
         return np.clip(x, lo, hi)
 
+    def discrete_layout(self) -> DiscreteLayout | None:
+        """Where the discrete constraints apply (None when every feature is continuous): the one
+        description that ``enforce`` and the gradient attacks' torch twin both read."""
+        if self.features is None or all(f.kind == "continuous" for f in self.features):
+            return None
+        lo, hi = (np.asarray(b, np.float64).reshape(-1) for b in self.bounds_arrays())
+        int_cols: list[int] = []
+        groups: dict[str, list[int]] = {}
+        for j, f in enumerate(self.features):
+            if f.kind == "categorical" and f.group:
+                groups.setdefault(f.group, []).append(j)
+            elif f.kind != "continuous":  # integer, or a categorical column holding integer codes
+                int_cols.append(j)
+        cols = np.array(int_cols, np.int64)
+        width = max((len(g) for g in groups.values()), default=0)
+        group_cols = np.zeros((len(groups), width), np.int64)
+        group_valid = np.zeros((len(groups), width), bool)
+        for i, members in enumerate(groups.values()):
+            group_cols[i] = members + [members[0]] * (width - len(members))  # padding, masked out
+            group_valid[i, :len(members)] = True
+        return DiscreteLayout(
+            int_cols=cols,
+            int_lo=np.where(np.isfinite(lo[cols]), np.ceil(lo[cols]), -np.inf),
+            int_hi=np.where(np.isfinite(hi[cols]), np.floor(hi[cols]), np.inf),
+            group_cols=group_cols, group_valid=group_valid,
+            scale=np.array([f.scale for f in self.features], np.float64))
+
     def enforce(self, x: np.ndarray, x_adv: np.ndarray) -> np.ndarray:
         """Make adversarial inputs respect every constraint: bounds, immutable features keep their
         original values, integer features hold integers and one-hot groups stay one-hot (argmax
@@ -93,53 +168,25 @@ class InputSpec:
         Rounding never enlarges the perturbation: per sample, neither its L∞ nor its L2 norm (in ε
         units) may grow, so a point inside the attack's ε-ball stays inside it. Where rounding to the
         nearest integer (or switching category) would grow it, the value is rounded toward the
-        original instead (or the original category kept).
+        original instead (or the original category kept). The gradient attacks apply the same rules
+        on torch tensors (``Geometry.enforce`` in ``bastion.attacks.evasion._torch``), read from the
+        same ``discrete_layout``.
         """
         x_adv = self.clip(x_adv)
         if self.features is None:
             return x_adv.astype(np.float32, copy=False)
         mask = self.mutable_mask().astype(bool)
         x_adv = np.where(mask, x_adv, x)
-        if not any(f.kind != "continuous" for f in self.features):
+        layout = self.discrete_layout()
+        if layout is None:
             return x_adv.astype(np.float32, copy=False)
         n = len(x_adv)
         x2 = np.asarray(x, np.float64).reshape(n, -1)
         a2 = np.asarray(x_adv, np.float64).reshape(n, -1)
-        scale = np.array([f.scale for f in self.features], np.float64)
-        d0 = (a2 - x2) / scale
+        d0 = (a2 - x2) / layout.scale
         linf0 = np.abs(d0).max(axis=1, initial=0.0)[:, None] + 1e-6
-        l2_0 = np.linalg.norm(d0, axis=1) + 1e-6
-        bold = self._discretise(x2, a2, scale, linf0)
-        grew = np.linalg.norm((bold - x2) / scale, axis=1) > l2_0
-        if grew.any():  # fall back to rounding toward the original: no |delta_i| can grow
-            bold[grew] = self._discretise(x2[grew], a2[grew], scale, np.zeros((int(grew.sum()), 1)))
-        return bold.reshape(np.shape(x_adv)).astype(np.float32, copy=False)
-
-    def _discretise(self, x: np.ndarray, a: np.ndarray, scale: np.ndarray, allow: np.ndarray) -> np.ndarray:
-        """Round integer features and project one-hot groups. ``allow`` (n, 1): largest |delta_i| (ε
-        units) a rounding may reach; beyond it, round toward ``x`` / keep the original category."""
-        assert self.features is not None
-        out = a.copy()
-        lo, hi = (np.asarray(b, np.float64).reshape(-1) for b in self.bounds_arrays())
-        moved = a != x
-        groups: dict[str, list[int]] = {}
-        for j, f in enumerate(self.features):
-            if f.kind == "categorical" and f.group:
-                groups.setdefault(f.group, []).append(j)
-            elif f.kind != "continuous":  # integer, or a categorical column holding integer codes
-                lo_j = np.ceil(lo[j]) if np.isfinite(lo[j]) else -np.inf
-                hi_j = np.floor(hi[j]) if np.isfinite(hi[j]) else np.inf
-                near = np.clip(np.round(a[:, j]), lo_j, hi_j)
-                toward = np.clip(np.where(a[:, j] >= x[:, j], np.floor(a[:, j]), np.ceil(a[:, j])), lo_j, hi_j)
-                ok = np.abs(near - x[:, j]) / scale[j] <= allow[:, 0]
-                out[:, j] = np.where(moved[:, j], np.where(ok, near, toward), x[:, j])
-        for cols in groups.values():
-            block = a[:, cols]
-            proj = np.zeros_like(block)
-            proj[np.arange(len(block)), block.argmax(axis=1)] = 1.0
-            ok = (np.abs(proj - x[:, cols]) / scale[cols] <= allow).all(axis=1)
-            out[:, cols] = np.where(ok[:, None], proj, x[:, cols])
-        return out
+        l2_0 = np.sqrt((d0 * d0).sum(axis=1)) + 1e-6
+        return layout.snap(x2, a2, linf0, l2_0).reshape(np.shape(x_adv)).astype(np.float32, copy=False)
 
     # --- validation ---------------------------------------------------------------------------
     def validate(self, x: np.ndarray, *, what: str = "inputs", atol: float = 1e-5) -> np.ndarray:
@@ -317,4 +364,4 @@ def _check_against_data(specs: list[FeatureSpec], x: np.ndarray) -> None:
                             f"(row {row} sums to {sums[row]:g})")
 
 
-__all__ = ["FeatureSpec", "InputSpec", "constraints_from_config", "tabular_spec"]
+__all__ = ["DiscreteLayout", "FeatureSpec", "InputSpec", "constraints_from_config", "tabular_spec"]
