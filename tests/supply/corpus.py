@@ -385,6 +385,8 @@ def build_malicious(root: Path) -> list[Item]:
     root.mkdir(parents=True, exist_ok=True)
     items = []
     for name, technique, maker in _MAL:
+        if not has_module(_REQUIRES.get(name)):
+            continue      # made with an optional library that is not installed: skipped, not failed
         maker(root / name)
         items.append(Item(name, technique, True))
     return items
@@ -478,4 +480,200 @@ def build_benign(root: Path) -> list[Item]:
             {"module": "keras.layers", "class_name": "Dense", "config": {"units": 3, "activation": "relu"}}]}}))
     add("README.md", "text file").write_text("# model card\n\nA small model.\n")
     add("config.json", "HF-style JSON config").write_text(json.dumps({"hidden_size": 8, "num_layers": 2}))
+    items += build_benign_optional(root)
+    return items
+
+
+# ---------------------------------------------------------------- 7z and HDF5 (py7zr / h5py, optional)
+# Items below are made with the real libraries at test time; where py7zr or h5py is missing they are
+# left out of the corpus (skipped), so the core corpus still runs without the optional extra.
+
+_REQUIRES: dict[str, str] = {}
+
+
+def has_module(name: str | None) -> bool:
+    import importlib.util
+
+    return name is None or importlib.util.find_spec(name) is not None
+
+
+def needs(module: str, name: str, technique: str) -> Callable[[MaliciousMaker], MaliciousMaker]:
+    """Register a malicious item whose maker imports ``module``."""
+    _REQUIRES[name] = module
+    return mal(name, technique)
+
+
+def sevenzip(members: list[tuple[str, bytes]], **kw: object) -> bytes:
+    """A 7z archive written by py7zr (kw: password=, header_encryption=, filters=)."""
+    import py7zr
+
+    buf = io.BytesIO()
+    with py7zr.SevenZipFile(buf, "w", **kw) as z:   # type: ignore[arg-type]
+        for name, data in members:
+            z.writestr(data, name)
+    return buf.getvalue()
+
+
+def sevenzip_dir(src: Path, arcname: str) -> bytes:
+    """A 7z archive of a directory tree (keeps symbolic links as links)."""
+    import py7zr
+
+    buf = io.BytesIO()
+    with py7zr.SevenZipFile(buf, "w") as z:
+        z.writeall(src, arcname)
+    return buf.getvalue()
+
+
+def keras_h5(path: Path, model_config: dict | None, training_config: dict | None = None,
+             links: dict[str, object] | None = None) -> None:
+    """An HDF5 file laid out as legacy Keras ``model.save('m.h5')`` writes it (root attributes
+    keras_version/backend/model_config/training_config, a model_weights group), made with h5py.
+    ``links``: name -> h5py link object, or (file, offset, size) for a dataset with external storage."""
+    import h5py
+    import numpy as np
+
+    with h5py.File(path, "w") as f:
+        f.attrs["keras_version"] = "2.13.1"
+        f.attrs["backend"] = "tensorflow"
+        if model_config is not None:
+            f.attrs["model_config"] = json.dumps(model_config)
+        if training_config is not None:
+            f.attrs["training_config"] = np.bytes_(json.dumps(training_config).encode())   # fixed-length
+        w = f.create_group("model_weights")
+        w.attrs["layer_names"] = np.array([b"dense"])
+        g = w.create_group("dense/dense")
+        g.create_dataset("kernel:0", data=np.arange(8, dtype="<f4").reshape(4, 2))
+        g.create_dataset("bias:0", data=np.zeros(2, dtype="<f4"))
+        for name, link in (links or {}).items():
+            if isinstance(link, tuple):
+                f.create_dataset(name, shape=(link[2],), dtype="u1", external=[link])
+            else:
+                f[name] = link
+
+
+_DENSE_CFG = {"class_name": "Sequential", "config": {"name": "sequential", "layers": [
+    {"module": "keras.layers", "class_name": "InputLayer", "config": {"batch_input_shape": [None, 4]},
+     "registered_name": None},
+    {"module": "keras.layers", "class_name": "Dense", "config": {"name": "dense", "units": 2,
+                                                                 "activation": "relu"}, "registered_name": None}]}}
+_ADAM_TRAINING = {"loss": "mse", "metrics": ["accuracy"], "optimizer_config": {
+    "module": "keras.optimizers", "class_name": "Adam", "config": {"learning_rate": 0.001}, "registered_name": None}}
+
+
+@needs("py7zr", "sevenzip_rce.7z", "7z archive whose member is a pickle calling os.system")
+def _7z_rce(p: Path) -> None:
+    p.write_bytes(sevenzip([("README.txt", b"weights\n"), ("model/data.pkl", RCE_P0)]))
+
+
+@needs("py7zr", "sevenzip_nested.7z", "7z inside 7z inside zip... inside 7z, malicious pickle at the bottom")
+def _7z_nested(p: Path) -> None:
+    inner = sevenzip([("w.bin", RCE_P0)])
+    p.write_bytes(sevenzip([("pack.zip", _zip([("inner.7z", sevenzip([("deep.7z", inner)]))]))]))
+
+
+@needs("py7zr", "sevenzip_bomb.7z", "7z bomb: a solid block expanding thousands of times")
+def _7z_bomb(p: Path) -> None:
+    p.write_bytes(sevenzip([("weights.bin", b"\x00" * (20 * 1024**2)), ("data.pkl", RCE_P0)]))
+
+
+@needs("py7zr", "sevenzip_encrypted.7z", "password-protected 7z hiding a malicious pickle")
+def _7z_encrypted(p: Path) -> None:
+    p.write_bytes(sevenzip([("data.pkl", RCE_P0)], password="infected"))
+
+
+@needs("py7zr", "sevenzip_header_encrypted.7z", "7z with an encrypted header (member list hidden)")
+def _7z_header_encrypted(p: Path) -> None:
+    p.write_bytes(sevenzip([("data.pkl", RCE_P0)], password="infected", header_encryption=True))
+
+
+def _7z_stored(members: list[tuple[str, bytes]]) -> bytes:
+    import py7zr
+
+    return sevenzip(members, filters=[{"id": py7zr.FILTER_COPY}])
+
+
+@needs("py7zr", "sevenzip_crc_mismatch.7z", "7z member altered after packing (CRC mismatch), payload inside")
+def _7z_crc(p: Path) -> None:
+    data = bytearray(_7z_stored([("data.pkl", RCE_P0), ("b.pkl", p2(b"}"))]))
+    i = data.index(SH.encode())
+    data[i] ^= 0x20                      # 'e' -> 'E' in the shell command: same opcodes, other CRC
+    p.write_bytes(bytes(data))
+
+
+@needs("py7zr", "sevenzip_symlink.7z", "7z with a symbolic-link member pointing at /etc/passwd")
+def _7z_symlink(p: Path) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "m"
+        src.mkdir()
+        (src / "a.pkl").write_bytes(p2(b"}"))
+        os.symlink("/etc/passwd", src / "weights.bin")
+        p.write_bytes(sevenzip_dir(src, "model"))
+
+
+@needs("h5py", "keras_lambda_h5py.h5", "legacy Keras HDF5 (h5py) whose model_config has a Lambda layer")
+def _h5_lambda(p: Path) -> None:
+    keras_h5(p, _LAMBDA_CFG, _ADAM_TRAINING)
+
+
+@needs("h5py", "keras_module_h5py.h5", "legacy Keras HDF5 (h5py): layer from a foreign module / registered name")
+def _h5_module(p: Path) -> None:
+    cfg = json.loads(json.dumps(_DENSE_CFG))
+    cfg["config"]["layers"].append({"module": "evilpkg.layers", "class_name": "Backdoor", "config": {},
+                                    "registered_name": "evilpkg>Backdoor"})
+    keras_h5(p, cfg, _ADAM_TRAINING)
+
+
+@needs("h5py", "keras_training_config_h5py.h5", "legacy Keras HDF5: training_config loss resolves builtins.eval")
+def _h5_training(p: Path) -> None:
+    keras_h5(p, _DENSE_CFG, {"loss": {"module": "builtins", "class_name": "function", "config": "eval",
+                                      "registered_name": "eval"}})
+
+
+@needs("h5py", "hdf5_external_link.h5", "HDF5 external link climbing out of the model directory")
+def _h5_external_link(p: Path) -> None:
+    import h5py
+
+    keras_h5(p, _DENSE_CFG, _ADAM_TRAINING, {"model_weights/dense/extra": h5py.ExternalLink(
+        "../../../../tmp/attacker.h5", "/kernel")})
+
+
+@needs("h5py", "hdf5_external_storage.h5", "HDF5 dataset whose raw storage is /etc/passwd (read as weights)")
+def _h5_external_storage(p: Path) -> None:
+    keras_h5(p, _DENSE_CFG, _ADAM_TRAINING, {"model_weights/dense/dense/scale:0": ("/etc/passwd", 0, 64)})
+
+
+@needs("h5py", "hdf5_link_symlink", "HDF5 external link to a file in the directory that is a symlink out of it")
+def _h5_symlink(p: Path) -> None:
+    import h5py
+
+    p.mkdir()
+    os.symlink("/etc/hostname", p / "shard.h5")
+    keras_h5(p / "model.h5", _DENSE_CFG, None, {"model_weights/shard": h5py.ExternalLink("shard.h5", "/w")})
+
+
+def build_benign_optional(root: Path) -> list[Item]:
+    """Benign 7z and Keras HDF5 files (skipped where py7zr / h5py is missing). Call after the other
+    benign files exist: the 7z archive packs some of them."""
+    items: list[Item] = []
+    if has_module("py7zr"):
+        members = [(n, (root / n).read_bytes()) for n in ("state_dict.pt", "model.safetensors", "array.npy",
+                                                        "pipeline_p4.pkl", "model.onnx", "keras_dense.keras")
+                   if (root / n).exists()]
+        (root / "models.7z").write_bytes(sevenzip(members))
+        items.append(Item("models.7z", "7z (py7zr) of benign model files", False))
+        # stored (no compression) and not ending with a zip: a stored zip member would let zipfile read the
+        # .7z as a zip (a real polyglot, reported high)
+        stored = [(n, d) for n, d in members if n in ("model.safetensors", "array.npy")]
+        (root / "models_stored.7z").write_bytes(_7z_stored(stored))
+        items.append(Item("models_stored.7z", "7z (py7zr), stored (no compression)", False))
+    if has_module("h5py"):
+        import h5py
+
+        keras_h5(root / "keras_dense.h5", _DENSE_CFG, _ADAM_TRAINING,
+                 {"model_weights/alias": h5py.SoftLink("/model_weights/dense")})
+        items.append(Item("keras_dense.h5", "legacy Keras HDF5 (h5py) with Dense layers and Adam", False))
+        keras_h5(root / "weights_only.h5", None)
+        items.append(Item("weights_only.h5", "HDF5 weights without a model config", False))
     return items

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -120,3 +121,160 @@ def test_zip_without_central_directory(tmp_path: Path) -> None:
     (tmp_path / "x.zip").write_bytes(data[: data.rindex(b"PK\x01\x02")])
     res = scan_paths([tmp_path / "x.zip"])
     assert res.worst() is Severity.high and not res.errors
+
+
+# ---------------------------------------------------------------- 7z (py7zr) and HDF5 (h5py), optional
+
+
+def _seven(members: list[tuple[str, bytes]], **kw: object) -> bytes:
+    pytest.importorskip("py7zr")
+    from corpus import sevenzip
+
+    return sevenzip(members, **kw)
+
+
+def test_7z_members_are_scanned_in_memory_with_their_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = tmp_path / "m.7z"
+    p.write_bytes(_seven([("ok.txt", b"hello"), ("dir/evil.pkl", RCE_P0)]))
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    res = scan_paths([p])
+    f = next(f for f in res.findings if f.rule_id == "BASTION-SC-001")
+    assert f.metrics["member"] == "dir/evil.pkl" and f.severity is Severity.critical
+    assert res.formats[str(p)][:1] == ["7z"] and "pickle" in res.formats[str(p)]
+    assert list(work.iterdir()) == []          # nothing extracted to disk
+
+
+def test_7z_limits_member_size_total_depth_members(tmp_path: Path) -> None:
+    p = tmp_path / "big.7z"
+    p.write_bytes(_seven([("a.bin", os.urandom(4096)), ("evil.pkl", RCE_P0)]))
+    res = scan_paths([p], config=InspectConfig.from_dict({"limits": {"max_member_bytes": 1024}}))
+    assert any(f.metrics.get("limit") == "max_member_bytes" for f in res.findings)
+    assert any(f.rule_id == "BASTION-SC-001" for f in res.findings)     # the small member is still scanned
+    res = scan_paths([p], config=InspectConfig.from_dict({"limits": {"max_total_unpacked": 2048}}))
+    assert [f.metrics.get("limit") for f in res.findings if f.rule_id == "BASTION-SC-008"] == ["max_total_unpacked"]
+    res = scan_paths([p], config=InspectConfig.from_dict({"limits": {"max_members": 1}}))
+    assert res.findings[0].metrics["limit"] == "max_members"
+    nested = p2(b"}")
+    for i in range(4):
+        nested = _seven([(f"l{i}.7z", nested)])
+    (tmp_path / "n.7z").write_bytes(nested)
+    assert not scan_paths([tmp_path / "n.7z"]).findings
+    res = scan_paths([tmp_path / "n.7z"], config=InspectConfig.from_dict({"limits": {"max_depth": 2}}))
+    assert res.findings[0].metrics["limit"] == "max_depth"
+
+
+def test_7z_bomb_ratio_is_judged_per_solid_block(tmp_path: Path) -> None:
+    p = tmp_path / "b.7z"
+    p.write_bytes(_seven([("w.bin", b"\x00" * (4 * 1024**2))]))
+    res = scan_paths([p])
+    bomb = [f for f in res.findings if f.metrics.get("limit") == "max_ratio"]
+    assert bomb and bomb[0].metrics["ratio"] > 200 and res.worst() is Severity.high
+    res = scan_paths([p], config=InspectConfig.from_dict({"limits": {"max_ratio": 1e9}}))
+    assert res.findings == []                  # under the ratio limit the zeros are extracted and scanned
+
+
+def test_7z_corrupt_stream_header_and_trailing_bytes(tmp_path: Path) -> None:
+    good = _seven([("a.pkl", p2(b"}")), ("b.txt", b"x" * 2000)])
+    (tmp_path / "ok.7z").write_bytes(good)
+    assert scan_paths([tmp_path / "ok.7z"]).findings == []
+    (tmp_path / "tail.7z").write_bytes(good + b"\x00" * 10)
+    res = scan_paths([tmp_path / "tail.7z"])
+    assert [(f.severity, f.offset) for f in res.findings] == [(Severity.medium, len(good))]
+    bad = bytearray(good)
+    bad[40] ^= 0xFF                            # inside the LZMA2 packed stream
+    (tmp_path / "packed.7z").write_bytes(bytes(bad))
+    res = scan_paths([tmp_path / "packed.7z"])
+    assert res.worst() is Severity.high and not res.errors
+    bad = bytearray(good)
+    bad[-3] ^= 0xFF                            # inside the next header: its CRC no longer matches
+    (tmp_path / "hdr.7z").write_bytes(bytes(bad))
+    res = scan_paths([tmp_path / "hdr.7z"])
+    assert res.findings[0].title.startswith("Broken 7z archive") and res.worst() is Severity.high
+
+
+def test_7z_encrypted_is_high_and_plain_members_still_scanned(tmp_path: Path) -> None:
+    (tmp_path / "e.7z").write_bytes(_seven([("a.pkl", p2(b"}"))], password="pw"))
+    res = scan_paths([tmp_path / "e.7z"])
+    assert [(f.rule_id, f.severity, f.metrics["encrypted"]) for f in res.findings] == [
+        ("BASTION-SC-010", Severity.high, "content")]
+
+
+def test_7z_without_py7zr_is_reported_not_analysed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _seven([("evil.pkl", RCE_P0)])
+    monkeypatch.setitem(__import__("sys").modules, "py7zr", None)   # import py7zr -> ImportError
+    (tmp_path / "x.7z").write_bytes(data)
+    res = scan_paths([tmp_path / "x.7z"])
+    assert [(f.rule_id, f.severity) for f in res.findings] == [("BASTION-SC-050", Severity.medium)]
+    assert not res.errors
+
+
+def _h5(tmp_path: Path, name: str, cfg: dict | None, training: dict | None = None,
+        links: dict | None = None) -> Path:
+    pytest.importorskip("h5py")
+    from corpus import keras_h5
+
+    p = tmp_path / name
+    keras_h5(p, cfg, training, links)
+    return p
+
+
+def test_hdf5_read_with_h5py_and_byte_search_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from corpus import _LAMBDA_CFG
+
+    p = _h5(tmp_path, "m.h5", _LAMBDA_CFG)
+    res = scan_paths([p])
+    lam = [f for f in res.findings if f.severity is Severity.critical]
+    assert lam and {f.metrics["hdf5_reader"] for f in lam} == {"h5py"}
+    assert {f.metrics["attribute"] for f in lam} == {"model_config"} and res.formats[str(p)] == ["keras-h5"]
+    monkeypatch.setitem(__import__("sys").modules, "h5py", None)
+    res = scan_paths([p])
+    lam = [f for f in res.findings if f.severity is Severity.critical]
+    assert lam and {f.metrics["hdf5_reader"] for f in lam} == {"byte-search"}
+
+
+def test_hdf5_h5py_cannot_open_falls_back_to_byte_search(tmp_path: Path) -> None:
+    pytest.importorskip("h5py")
+    from corpus import _LAMBDA_CFG
+
+    fake = b"\x89HDF\r\n\x1a\n" + b"\x00" * 120 + b"model_config\x00" + json.dumps(_LAMBDA_CFG).encode() + b"\x00"
+    (tmp_path / "f.h5").write_bytes(fake)
+    res = scan_paths([tmp_path / "f.h5"])
+    rules = {(f.rule_id, f.severity, f.metrics.get("hdf5_reader")) for f in res.findings}
+    assert ("BASTION-SC-007", Severity.medium, "byte-search") in rules
+    assert ("BASTION-SC-020", Severity.critical, "byte-search") in rules
+
+
+def test_keras_registered_names(tmp_path: Path) -> None:
+    from corpus import _DENSE_CFG
+
+    cfg = json.loads(json.dumps(_DENSE_CFG))
+    cfg["config"]["layers"][1]["registered_name"] = "keras_hub>TokenAndPositionEmbedding"   # Keras' own family
+    assert not [f for f in scan_paths([_h5(tmp_path, "ok.h5", cfg)]).findings if f.severity.rank >= 2]
+    cfg["config"]["layers"][1]["registered_name"] = "acme_layers>Custom"
+    res = scan_paths([_h5(tmp_path, "custom.h5", cfg)])
+    f = next(f for f in res.findings if f.rule_id == "BASTION-SC-020")
+    assert f.severity is Severity.high and "acme_layers>Custom" in f.title
+    assert f.metrics["config_path"] == "model_config$.config.layers[1]"
+
+
+def test_hdf5_links_inside_directory_pass_outside_fail(tmp_path: Path) -> None:
+    h5py = pytest.importorskip("h5py")
+    import numpy as np
+    from corpus import _DENSE_CFG
+
+    src = tmp_path / "shard.h5"
+    with h5py.File(src, "w") as f:
+        f["w"] = np.ones(4, dtype="<f4")
+    inside = _h5(tmp_path, "in.h5", _DENSE_CFG, links={"ext": h5py.ExternalLink("shard.h5", "/w"),
+                                                       "origin": h5py.ExternalLink("${ORIGIN}/shard.h5", "/w")})
+    assert scan_paths([inside]).findings == []
+    layout = h5py.VirtualLayout(shape=(4,), dtype="<f4")
+    layout[:] = h5py.VirtualSource("/tmp/elsewhere.h5", "w", shape=(4,))
+    p = _h5(tmp_path, "vds.h5", _DENSE_CFG)
+    with h5py.File(p, "a") as f:
+        f.create_virtual_dataset("model_weights/v", layout)
+    res = scan_paths([p])
+    assert [(f.rule_id, f.severity, f.metrics["hdf5_object"]) for f in res.findings] == [
+        ("BASTION-SC-030", Severity.critical, "/model_weights/v")]
