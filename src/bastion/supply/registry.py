@@ -11,8 +11,12 @@ Storage is SQLite by default (``platformdirs.user_data_dir("bastion")/registry.d
 SQLAlchemy URL (``Registry(url)``, env ``BASTION_REGISTRY_URL``). On SQLite the database runs in
 WAL mode with a busy timeout, and every write transaction starts with ``BEGIN IMMEDIATE`` so
 read-modify-write sequences from concurrent processes are serialised (the SQLAlchemy "pysqlite
-serializable isolation" recipe); on other engines the model row is locked ``SELECT ... FOR UPDATE``.
-Slow work (hashing, scanning) runs outside transactions.
+serializable isolation" recipe); on other engines the model row is locked ``SELECT ... FOR UPDATE``
+(tested on PostgreSQL with psycopg 3: lock waits are bounded by ``lock_timeout``, lock timeouts,
+deadlocks and serialization failures are retried, first-time schema creation is serialised by an
+advisory lock). Slow work (hashing, scanning) runs outside transactions. Text is stored so that
+every engine accepts it: NUL characters and undecodable file names in check details are escaped,
+and provenance fields are validated against the column sizes on every engine.
 
 Example::
 
@@ -50,11 +54,13 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import (
     ArgumentError,
+    DBAPIError,
     IntegrityError,
     NoSuchModuleError,
     OperationalError,
+    ProgrammingError,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, validates
 
 from bastion.errors import BastionError, BastionRuntimeError, UsageError
 
@@ -62,6 +68,11 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1"
 REGISTRY_URL_ENV = "BASTION_REGISTRY_URL"
+PROVENANCE_MAX = 200  # characters of dataset_hash and code_revision (their column size)
+_SCHEMA_LOCK_KEY = 0x62617374696F6E  # pg_advisory_xact_lock key serialising first-time schema creation
+# SQLSTATEs worth retrying: serialization failure, deadlock detected, lock not available (lock_timeout)
+_RETRY_SQLSTATES = {"40001", "40P01", "55P03"}
+_PG_LIBPQ_DRIVERS = {"psycopg", "psycopg2"}
 
 __all__ = [
     "Registry", "VersionInfo", "ModelInfo", "EventInfo", "CheckOutcome", "PromoteResult", "RollbackResult",
@@ -128,6 +139,10 @@ class VersionRow(Base):
     notes: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[str] = mapped_column(String(40))
 
+    @validates("signature_detail", "scan_detail")
+    def _clean(self, _key: str, value: str | None) -> str | None:
+        return _storable(value)
+
 
 class DeploymentRow(Base):
     """One entry of a model's deployment stack; active entries have ``retired_at`` NULL."""
@@ -151,6 +166,10 @@ class EventRow(Base):
     action: Mapped[str] = mapped_column(String(32))
     at: Mapped[str] = mapped_column(String(40))
     detail: Mapped[str] = mapped_column(Text, default="")
+
+    @validates("detail")
+    def _clean(self, _key: str, value: str | None) -> str | None:
+        return _storable(value)
 
 
 # --------------------------------------------------------------------------- public records
@@ -357,8 +376,32 @@ def default_registry_url() -> str:
 
 
 def _is_locked(exc: OperationalError) -> bool:
+    """A transient concurrency failure: SQLite busy/locked, or a PostgreSQL lock timeout, deadlock or
+    serialization failure (SQLSTATE 55P03 / 40P01 / 40001), worth retrying the whole transaction."""
+    if getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES:
+        return True
     msg = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
-    return "locked" in msg or "busy" in msg
+    return any(word in msg for word in ("locked", "busy", "deadlock", "lock timeout", "could not serialize"))
+
+
+def _already_exists(exc: DBAPIError) -> bool:
+    """Another process created the same table or index first (DDL race on engines without IMMEDIATE)."""
+    return getattr(exc.orig, "sqlstate", None) in {"42P07", "42710"} or "already exists" in str(exc.orig).lower()
+
+
+def _storable(text: str | None) -> str | None:
+    """``text`` that every engine stores: NUL escaped (PostgreSQL rejects it), undecodable bytes of file
+    names (surrogate escapes) shown as ``\\xNN`` instead of failing the UTF-8 encoding."""
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.replace("\x00", "\\x00")
 
 
 class Registry:
@@ -379,11 +422,20 @@ class Registry:
             if db and db != ":memory:" and not db.startswith("file:"):
                 Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": busy_timeout_s}
+        elif parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in _PG_LIBPQ_DRIVERS:
+            # bound lock waits like SQLite's busy timeout, and connection attempts, unless the URL says otherwise
+            args: dict[str, Any] = {}
+            if "options" not in parsed.query:
+                args["options"] = f"-c lock_timeout={int(busy_timeout_s * 1000)}"
+            if "connect_timeout" not in parsed.query:
+                args["connect_timeout"] = 10
+            kwargs["connect_args"] = args
         try:
             self.engine: Engine = create_engine(parsed, **kwargs)
         except (NoSuchModuleError, ImportError) as exc:
             raise RegistryError(f"no database driver for {parsed.drivername!r} ({exc})",
-                                hint="install the SQLAlchemy driver for that database") from None
+                                hint="install the SQLAlchemy driver for that database (PostgreSQL: "
+                                     "pip install 'psycopg[binary]' and a postgresql+psycopg:// URL)") from None
         if self.is_sqlite:
             _configure_sqlite(self.engine, busy_timeout_s)
         self._create_schema()
@@ -396,8 +448,12 @@ class Registry:
 
     # ------------------------------------------------------------------ transactions
 
-    def _run(self, fn: Callable[[Session], T], *, write: bool, attempts: int = 20) -> T:
-        """Run ``fn`` in one transaction (``BEGIN IMMEDIATE`` on SQLite for writes), retrying on lock."""
+    def _run(self, fn: Callable[[Session], T], *, write: bool, attempts: int = 20, ddl: bool = False) -> T:
+        """Run ``fn`` in one transaction (``BEGIN IMMEDIATE`` on SQLite for writes), retrying on lock.
+
+        ``ddl``: also retry when a table or index another process was creating already exists.
+        Any other database error becomes a :class:`BastionRuntimeError` (a clean CLI error, exit 3).
+        """
         delay = 0.02
         for attempt in range(attempts):
             try:
@@ -412,18 +468,25 @@ class Registry:
             except IntegrityError as exc:  # a concurrent insert of the same model on a non-SQLite engine
                 if attempt == attempts - 1:
                     raise BastionRuntimeError(f"registry integrity error: {exc.orig or exc}") from None
+            except ProgrammingError as exc:
+                if not (ddl and _already_exists(exc)) or attempt == attempts - 1:
+                    raise BastionRuntimeError(f"registry database error: {exc.orig or exc}") from None
+            except DBAPIError as exc:  # DataError, InterfaceError...: not transient
+                raise BastionRuntimeError(f"registry database error: {exc.orig or exc}") from None
             time.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 1.0)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _create_schema(self) -> None:
         def create(session: Session) -> None:
+            if session.get_bind().dialect.name == "postgresql":  # DDL is transactional there: serialise it
+                session.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
             Base.metadata.create_all(session.connection())
             if session.get(MetaRow, "schema_version") is None:
                 session.add(MetaRow(key="schema_version", value=SCHEMA_VERSION))
 
         try:
-            self._run(create, write=True)
+            self._run(create, write=True, ddl=True)
         except BastionRuntimeError as exc:
             raise RegistryError(f"cannot open the registry at {self!r}: {exc}") from None
 
@@ -500,8 +563,12 @@ class Registry:
         name = _validate_name(name, "model name")
         if version is not None:
             version = _validate_name(version, "version")
+        for field_name, value, limit in (("source", source, None), ("dataset hash", dataset_hash, PROVENANCE_MAX),
+                                         ("code revision", code_revision, PROVENANCE_MAX), ("notes", notes, None)):
+            _validate_text(value, field_name, limit)
         pem = _public_key_pem(key) if key is not None else None
         root = Path(path).expanduser().resolve()
+        _validate_text(str(root), "model directory path", None)
         outcome = check_version(root, pem, scan=self.scan)
 
         def write(session: Session) -> VersionInfo:
@@ -771,7 +838,24 @@ def _validate_name(value: str, what: str) -> str:
     value = value.strip()
     if not value or len(value) > 100 or any(ch in value for ch in "\n\r\t\0"):
         raise RegistryError(f"invalid {what} {value!r}: 1-100 characters, no control characters")
+    _validate_text(value, what, None)
     return value
+
+
+def _validate_text(value: str | None, what: str, limit: int | None) -> None:
+    """Refuse, on every engine alike, text that one engine would store and another reject:
+    longer than its column, with a NUL character (PostgreSQL), or not encodable as UTF-8."""
+    if value is None:
+        return
+    if limit is not None and len(value) > limit:
+        raise RegistryError(f"{what} too long: {len(value)} characters (at most {limit})")
+    if "\0" in value:
+        raise RegistryError(f"{what} contains a NUL character: {value!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RegistryError(f"{what} is not valid UTF-8: {value!r}",
+                            hint="rename it; the registry stores text as UTF-8") from None
 
 
 def _public_key_pem(key: str | os.PathLike[str]) -> bytes:
