@@ -15,9 +15,9 @@ import struct
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 # ---------------------------------------------------------------- a tiny pickle assembler
 
@@ -404,7 +404,11 @@ def build_benign(root: Path) -> list[Item]:
     import torch
     from sklearn.datasets import load_iris
     from sklearn.decomposition import PCA
-    from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.ensemble import (
+        GradientBoostingClassifier,
+        HistGradientBoostingClassifier,
+        RandomForestClassifier,
+    )
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline

@@ -5,14 +5,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import zipfile
 from pathlib import Path
 
 import pytest
+from corpus import RCE_P0, _onnx_model_bytes, _safetensors, _zip, p2
 
 from bastion.core.results import Severity
 from bastion.supply import InspectConfig, scan_paths
-from corpus import RCE_P0, _onnx_model_bytes, _safetensors, _zip, p2
 
 
 def test_unreadable_entry_is_an_error_and_scan_goes_on(tmp_path: Path) -> None:

@@ -122,7 +122,7 @@ def scan_hdf5(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
     fh.seek(0)
     try:
         f = h5py.File(fh, "r")
-    except Exception as exc:  # OSError for most malformed files; h5py raises others on odd superblocks
+    except Exception as exc:  # noqa: BLE001 - OSError for most malformed files; others on odd superblocks
         ctx.add("BASTION-SC-007", Severity.medium, f"HDF5 file cannot be opened by h5py: {exc}",
                 description="Keras (h5py) cannot load it either; its bytes were searched for Keras configs.",
                 hdf5_reader="byte-search")
@@ -157,7 +157,7 @@ def _attr_text(ctx: ScanContext, h5py: Any, f: Any, key: str) -> str | bytes | N
                     limit="max_header_bytes", hdf5_reader="h5py")
             return None
         value = f.attrs[key]
-    except Exception as exc:  # unreadable datatype or corrupt attribute message
+    except Exception as exc:  # noqa: BLE001 - unreadable datatype or corrupt attribute message
         ctx.add("BASTION-SC-007", Severity.medium, f"HDF5 attribute {key!r} cannot be read: {exc}",
                 hdf5_reader="h5py")
         return None
@@ -199,7 +199,7 @@ def _check_links(ctx: ScanContext, f: Any) -> None:
             return
         try:
             obj = f.get(name)
-        except Exception:   # a hard link to an object that cannot be opened: nothing a loader reads
+        except Exception:  # noqa: BLE001 - an object that cannot be opened: nothing a loader reads
             return
         if not isinstance(obj, h5py.Dataset):
             return

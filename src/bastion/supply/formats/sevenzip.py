@@ -59,7 +59,7 @@ def scan_7z(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
         return
     except (LimitExceeded, MemoryError):
         raise
-    except Exception as exc:  # py7zr raises many types (Bad7zFile, struct.error, KeyError...) on bad input
+    except Exception as exc:  # noqa: BLE001 - py7zr raises many types (Bad7zFile, struct.error...)
         ctx.add("BASTION-SC-010", Severity.high, f"Broken 7z archive: {type(exc).__name__}: {exc}",
                 description="The 7z header cannot be read; other 7z readers may still read it, so its "
                 "content is unknown.")
@@ -126,7 +126,7 @@ def _scan_archive(ctx: ScanContext, py7zr: Any, archive: Any) -> None:
         raise LimitExceeded("max_total_unpacked", f"7z archive: {exc}") from None
     except (LimitExceeded, MemoryError, RecursionError):
         raise
-    except Exception as exc:  # corrupt packed streams: lzma/zstd/bz2 errors, Bad7zFile, struct errors
+    except Exception as exc:  # noqa: BLE001 - corrupt packed streams: lzma/zstd/bz2 errors, Bad7zFile
         factory.finish(stopped=f"{type(exc).__name__}: {exc}")
 
 
