@@ -277,3 +277,34 @@ def test_hdf5_links_inside_directory_pass_outside_fail(tmp_path: Path) -> None:
     res = scan_paths([p])
     assert [(f.rule_id, f.severity, f.metrics["hdf5_object"]) for f in res.findings] == [
         ("BASTION-SC-030", Severity.critical, "/model_weights/v")]
+
+
+def _rename_in_7z_header(data: bytes, old: str, new: str) -> bytes:
+    """Rename a member in a 7z whose header is not encoded (names are UTF-16LE), fixing both CRCs."""
+    import struct
+    import zlib
+
+    off, size, _ = struct.unpack_from("<QQI", data, 12)
+    hdr = bytearray(data[32 + off: 32 + off + size])
+    o, n = old.encode("utf-16-le"), new.encode("utf-16-le")
+    i = hdr.index(o)
+    hdr[i: i + len(o)] = n
+    start = struct.pack("<QQI", off, size, zlib.crc32(hdr))
+    return data[:8] + struct.pack("<I", zlib.crc32(start)) + start + data[32: 32 + off] + bytes(hdr)
+
+
+def test_7z_escaping_member_is_reported_and_the_others_still_scanned(tmp_path: Path) -> None:
+    py7zr = pytest.importorskip("py7zr")
+    from corpus import SG, SU, call, p4
+
+    buf = io.BytesIO()
+    with py7zr.SevenZipFile(buf, "w") as z:
+        z.set_encoded_header_mode(False)
+        z.writestr(RCE_P0, "xx/evil.pkl")
+        z.writestr(p4(call(SG("subprocess", "Popen"), SU("id"))), "ok.pkl")
+    (tmp_path / "t.7z").write_bytes(_rename_in_7z_header(buf.getvalue(), "xx/evil", "../evil"))
+    res = scan_paths([tmp_path / "t.7z"])
+    assert not res.errors
+    got = {(f.rule_id, f.metrics.get("member")) for f in res.findings}
+    assert ("BASTION-SC-011", None) in got and ("BASTION-SC-001", "ok.pkl") in got
+    assert not any(f.metrics.get("member", "").endswith("evil.pkl") for f in res.findings)

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import stat
 import struct
 import zipfile
 import zlib
+from pathlib import PurePosixPath
 from typing import Any, BinaryIO
 
 from bastion.core.results import Severity
@@ -27,6 +29,7 @@ from bastion.supply.context import LimitExceeded, Malformed, ScanContext
 log = logging.getLogger(__name__)
 
 _START = struct.Struct("<QQI")   # next header offset, size, CRC-32 (after the 12 first bytes)
+_DRIVE = re.compile(r"^[A-Za-z]:")
 _BOMB_FLOOR = 1024**2            # a folder below this many unpacked bytes is never called a bomb
 
 
@@ -96,10 +99,9 @@ def _scan_archive(ctx: ScanContext, py7zr: Any, archive: Any) -> None:
             ctx.add("BASTION-SC-010", Severity.high, f"Duplicate member name {name!r}",
                     description="Two entries share a name: readers disagree on which one is loaded.")
         seen.add(name)
-        mark = len(ctx.findings)
         _check_name(ctx, _as_zipinfo(name, info.is_symlink))
-        if any(f.rule_id == "BASTION-SC-011" and "escapes" in f.title for f in ctx.findings[mark:]):
-            skip.add(name)      # py7zr refuses to extract such names; reported above
+        if _refused(name):
+            skip.add(name)      # reported by _check_name; py7zr would abort the whole extraction on it
         if not info.is_directory and info.uncompressed > ctx.config.max_member_bytes:
             ctx.add("BASTION-SC-008", Severity.high, f"Member {name!r} larger than max_member_bytes "
                     f"({info.uncompressed} bytes)", limit="max_member_bytes")
@@ -128,6 +130,11 @@ def _scan_archive(ctx: ScanContext, py7zr: Any, archive: Any) -> None:
         raise
     except Exception as exc:  # noqa: BLE001 - corrupt packed streams: lzma/zstd/bz2 errors, Bad7zFile
         factory.finish(stopped=f"{type(exc).__name__}: {exc}")
+
+
+def _refused(name: str) -> bool:
+    """Names py7zr refuses to extract (a ``..`` component, a drive letter), backslashes read as separators."""
+    return ".." in PurePosixPath(name.replace("\\", "/")).parts or bool(_DRIVE.match(name))
 
 
 def _as_zipinfo(name: str, is_symlink: bool) -> zipfile.ZipInfo:
