@@ -1,5 +1,6 @@
 """Torch helpers shared by the gradient attacks: ε-ball projection in each feature's scale,
-bound clipping, losses and the success test. Everything stays on torch tensors."""
+bound clipping, the discrete constraints of tables (integers, one-hot groups), losses and the
+success test. Everything stays on torch tensors."""
 
 from __future__ import annotations
 
@@ -10,12 +11,76 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bastion.core.spec import DiscreteLayout, InputSpec
 from bastion.core.targets.base import DifferentiableTarget
 
 
 @dataclass
+class DiscreteTwin:
+    """A spec's ``DiscreteLayout`` as tensors, and its rules on torch tensors: the same rounding and
+    one-hot projection as ``DiscreteLayout.snap`` (numpy), computed in float64 so the two agree exactly."""
+
+    int_cols: torch.Tensor
+    int_lo: torch.Tensor
+    int_hi: torch.Tensor
+    group_cols: torch.Tensor
+    group_valid: torch.Tensor
+    group_members: torch.Tensor  # group_cols[group_valid]: each one-hot column once
+    slots: torch.Tensor  # 0..widest group - 1
+    scale: torch.Tensor
+
+    @classmethod
+    def of(cls, layout: DiscreteLayout, device: str) -> DiscreteTwin:
+        def t(a: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(a, device=device)
+
+        return cls(t(layout.int_cols), t(layout.int_lo), t(layout.int_hi), t(layout.group_cols),
+                   t(layout.group_valid), t(layout.group_cols[layout.group_valid]),
+                   torch.arange(layout.group_cols.shape[1], device=device), t(layout.scale))
+
+    def snap(self, x: torch.Tensor, a: torch.Tensor, allow: torch.Tensor, l2_cap: torch.Tensor,
+             prefer: torch.Tensor | None = None, then: torch.Tensor | None = None) -> torch.Tensor:
+        """``DiscreteLayout.snap`` on (n, d) float64 tensors. ``prefer`` (n, d), optional: among the
+        members of a one-hot group tied at the largest relaxed value, pick the largest ``prefer``
+        (e.g. the loss gradient) instead of the first. ``then`` (n, 1), optional: a second, smaller
+        ``allow`` tried (ties to the first) on the samples beyond ``l2_cap`` before rounding them toward ``x``."""
+        out = self._snap(x, a, allow, prefer)
+        for fallback in ([] if then is None else [then]) + [torch.zeros_like(allow)]:
+            grew = ((out - x) / self.scale).pow(2).sum(dim=1).sqrt() > l2_cap
+            if not grew.any():
+                break
+            # the last fallback rounds toward the original: no |delta_i| can grow
+            out[grew] = self._snap(x[grew], a[grew], fallback[grew], None)
+        return out
+
+    def _snap(self, x: torch.Tensor, a: torch.Tensor, allow: torch.Tensor,
+              prefer: torch.Tensor | None) -> torch.Tensor:
+        out = a.clone()
+        c = self.int_cols
+        if c.numel():
+            ac, xc = a[:, c], x[:, c]
+            near = torch.minimum(torch.maximum(torch.round(ac), self.int_lo), self.int_hi)
+            toward = torch.minimum(torch.maximum(torch.where(ac >= xc, ac.floor(), ac.ceil()), self.int_lo),
+                                   self.int_hi)
+            ok = (near - xc).abs() / self.scale[c] <= allow
+            out[:, c] = torch.where(ac != xc, torch.where(ok, near, toward), xc)
+        if self.group_cols.numel():
+            g, valid = self.group_cols, self.group_valid
+            block = torch.where(valid, a[:, g], -torch.inf)
+            if prefer is not None:
+                top = block == block.amax(dim=2, keepdim=True)
+                block = torch.where(top, torch.nan_to_num(prefer[:, g].to(block.dtype)), -torch.inf)
+            proj = (self.slots == block.argmax(dim=2)[..., None]).to(a.dtype)  # first index on ties
+            xg = x[:, g]
+            ok = (~valid | ((proj - xg).abs() / self.scale[g] <= allow[:, :, None])).all(dim=2)
+            out[:, self.group_members] = torch.where(ok[..., None], proj, xg)[:, valid]
+        return out
+
+
+@dataclass
 class Geometry:
-    """Bounds, ε scale and mutability mask of a target's inputs, as tensors of the sample shape.
+    """Bounds, ε scale and mutability mask of a target's inputs, as tensors of the sample shape;
+    for tables with integer or one-hot features, their rules (``discrete``, None otherwise).
 
     Attacks optimise ``delta`` in ε units: the input is ``x + scale * delta``.
     """
@@ -24,13 +89,19 @@ class Geometry:
     hi: torch.Tensor
     scale: torch.Tensor
     mask: torch.Tensor
+    discrete: DiscreteTwin | None = None
 
     @classmethod
     def of(cls, target: DifferentiableTarget) -> Geometry:
-        spec, dev = target.input_spec, target.device
+        return cls.from_spec(target.input_spec, target.device)
+
+    @classmethod
+    def from_spec(cls, spec: InputSpec, dev: str = "cpu") -> Geometry:
         lo, hi = spec.bounds_arrays()
         t = lambda a: torch.as_tensor(np.asarray(a, np.float32), device=dev)  # noqa: E731
-        return cls(t(lo), t(hi), t(spec.scale_array()), t(spec.mutable_mask()))
+        layout = spec.discrete_layout()
+        return cls(t(lo), t(hi), t(spec.scale_array()), t(spec.mutable_mask()),
+                   None if layout is None else DiscreteTwin.of(layout, dev))
 
     def apply(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """``x + scale * delta`` clipped to the bounds."""
@@ -38,6 +109,50 @@ class Geometry:
 
     def delta_of(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
         return (x_adv - x) / self.scale
+
+    def enforce(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+        """Torch twin of ``InputSpec.enforce``, same result: bounds, immutables, then integers and
+        one-hot groups snapped without growing the perturbation's L∞ or L2 norm."""
+        a = torch.where(self.mask > 0, torch.minimum(torch.maximum(x_adv, self.lo), self.hi), x)
+        if self.discrete is None:
+            return a
+        n = len(x)
+        x2, a2 = x.reshape(n, -1).double(), a.reshape(n, -1).double()
+        d0 = (a2 - x2) / self.discrete.scale
+        linf0 = d0.abs().amax(dim=1, keepdim=True) + 1e-6
+        l2_0 = d0.pow(2).sum(dim=1).sqrt() + 1e-6
+        return self.discrete.snap(x2, a2, linf0, l2_0).reshape(x.shape).to(x_adv.dtype)
+
+    def project(self, x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str,
+                prefer: torch.Tensor | None = None) -> torch.Tensor:
+        """The discrete point an attack reports for ``x_adv`` (a point of the ε-ball, inside the
+        bounds): integers rounded to the nearest value and one-hot groups switched to their argmax
+        where that stays in the ε-ball, toward the original otherwise. For L2, a sample whose nearest
+        point leaves the ball gets ``InputSpec.enforce``'s rule (no coordinate moves further than the
+        relaxed point's largest move), then, if still outside, every value rounded toward the original.
+        ``InputSpec.enforce`` leaves the result unchanged. ``x_adv`` itself without discrete features."""
+        if self.discrete is None:
+            return x_adv
+        n, dev = len(x), x.device
+        x2, a2 = x.reshape(n, -1).double(), x_adv.reshape(n, -1).double()
+        allow = torch.full((n, 1), eps + 1e-6, dtype=torch.float64, device=dev)
+        pref = None if prefer is None else prefer.reshape(n, -1)
+        if norm == "linf":
+            cap = torch.full((n,), torch.inf, dtype=torch.float64, device=dev)
+            out = self.discrete.snap(x2, a2, allow, cap, pref)
+        else:  # L2: per coordinate up to ε; over the ball, enforce's rule (no |delta_i| beyond the largest)
+            linf0 = ((a2 - x2) / self.discrete.scale).abs().amax(dim=1, keepdim=True) + 1e-6
+            cap = torch.full((n,), eps + 1e-6, dtype=torch.float64, device=dev)
+            out = self.discrete.snap(x2, a2, allow, cap, pref, then=linf0)
+        return out.reshape(x.shape).to(x_adv.dtype)
+
+    def checked(self, target: DifferentiableTarget, x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str,
+                prefer: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``project(x_adv)`` and the target's logits there (no gradient): an attack on a table with
+        discrete features counts a sample as fooled, and keeps it, only at this point."""
+        x_chk = self.project(x, x_adv.detach(), eps, norm, prefer)
+        with torch.no_grad():
+            return x_chk, target.logits(x_chk)
 
 
 def flat_norm(t: torch.Tensor, norm: str) -> torch.Tensor:
