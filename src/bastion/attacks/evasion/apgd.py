@@ -9,6 +9,8 @@ size of a sample is halved and it restarts from its best point when (1) its loss
 ρ = 75% of the steps since the last checkpoint, or (2) its step size was not reduced at the last
 checkpoint and its best loss did not improve since. Samples stop as soon as they are fooled
 (which does not change the robust accuracy and saves time); restarts run on the samples still robust.
+On tables with integer or one-hot features the iterates live in the continuous relaxation and a
+sample counts as fooled only when its discrete projection inside the ε-ball is misclassified.
 """
 
 from __future__ import annotations
@@ -98,7 +100,8 @@ def apgd_optimise(target: DifferentiableTarget, geo: Geometry, run: APGDRun, *, 
 
     def evaluate(xs: torch.Tensor, delta: torch.Tensor, yy: torch.Tensor | None, tt: torch.Tensor | None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Loss, gradient in ε units, success mask and the adversarial input at ``delta``."""
+        """Loss, gradient in ε units, success mask and the adversarial input at ``delta`` (its
+        discrete projection on tables with integer or one-hot features)."""
         x_adv = geo.apply(xs, delta)
         total_loss, total_grad, done = None, None, None
         for _ in range(eot_iter):  # Expectation over Transformation for randomised models
@@ -111,8 +114,15 @@ def apgd_optimise(target: DifferentiableTarget, geo: Geometry, run: APGDRun, *, 
             total_grad = g if total_grad is None else total_grad + g
             done = d if done is None else done | d
         assert total_loss is not None and total_grad is not None and done is not None
+        x_chk = x_adv.detach()
+        if geo.discrete is not None:  # fooled only where the discrete projection is
+            x_chk, logits = geo.checked(target, xs, x_adv, eps, norm, prefer=total_grad)
+            done = fooled_by(logits, yy, tt)
+            for _ in range(eot_iter - 1):
+                with torch.no_grad():
+                    done = done | fooled_by(target.logits(x_chk), yy, tt)
         grad = torch.nan_to_num(total_grad / eot_iter) * geo.scale * geo.mask
-        return total_loss / eot_iter, grad, done, x_adv.detach()
+        return total_loss / eot_iter, grad, done, x_chk
 
     def proj(xs: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         return geo.delta_of(xs, geo.apply(xs, project_ball(d, eps, norm)))

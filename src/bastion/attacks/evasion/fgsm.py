@@ -29,4 +29,6 @@ class FGSM(Attack):
         loss = attack_loss(target.logits(xs), ys, "ce", self.targeted).sum()
         (grad,) = torch.autograd.grad(loss, xs)
         step = self.eps * ascent_direction(grad * geo.scale * geo.mask, self.norm)
-        return geo.apply(xs.detach(), step).cpu().numpy()
+        x_adv = geo.apply(xs.detach(), step)
+        # integers and one-hot groups: nearest discrete point in the ball; ties in a group go to the larger gradient
+        return geo.project(xs.detach(), x_adv, self.eps, self.norm, prefer=grad).cpu().numpy()

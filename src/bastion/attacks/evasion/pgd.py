@@ -20,7 +20,9 @@ from bastion.errors import UsageError
 class PGD(Attack):
     """PGD: ``steps`` gradient-ascent steps of size ``step_size`` (default 2.5·ε/steps), each
     projected back onto the ε-ball and the input bounds. A sample stops as soon as it is fooled;
-    ``restarts`` random restarts run only on samples still robust.
+    ``restarts`` random restarts run only on samples still robust. On tables with integer or one-hot
+    features the steps move the continuous relaxation, and a sample is fooled (and kept) only when
+    its discrete projection inside the ε-ball (``Geometry.project``) is misclassified.
 
     >>> import bastion
     >>> attack = bastion.attacks.PGD(eps=0.1, norm="linf", steps=20)
@@ -49,6 +51,10 @@ class PGD(Attack):
             return base * (1 + math.cos(math.pi * t / self.steps))
         return base
 
+    def _grad(self, logits: torch.Tensor, goal: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+        (grad,) = torch.autograd.grad(attack_loss(logits, goal, self.loss, self.targeted).sum(), x_adv)
+        return grad
+
     def _attack_batch(self, target: DifferentiableTarget, x: np.ndarray, goal: np.ndarray,
                       rows: np.ndarray) -> np.ndarray:
         dev = target.device
@@ -68,13 +74,21 @@ class PGD(Attack):
             for t in range(self.steps + 1):
                 x_adv = geo.apply(xs, delta).requires_grad_(t < self.steps)
                 logits = target.logits(x_adv)
-                done = is_fooled(logits.detach(), ys, self.targeted)
+                grad = None
+                if geo.discrete is None:
+                    x_chk, done = x_adv.detach(), is_fooled(logits.detach(), ys, self.targeted)
+                else:  # fooled only where the discrete projection is; the search goes on in the relaxation
+                    if t < self.steps:
+                        grad = self._grad(logits, ys, x_adv)
+                    x_chk, chk_logits = geo.checked(target, xs, x_adv, self.eps, self.norm, prefer=grad)
+                    done = is_fooled(chk_logits, ys, self.targeted)
                 if done.any():
                     hit = idx[done]
-                    best[hit], fooled[hit] = x_adv.detach()[done], True
+                    best[hit], fooled[hit] = x_chk[done], True
                 if t == self.steps or done.all():
                     break
-                (grad,) = torch.autograd.grad(attack_loss(logits, ys, self.loss, self.targeted).sum(), x_adv)
+                if grad is None:
+                    grad = self._grad(logits, ys, x_adv)
                 keep = ~done
                 xs, ys, idx, delta = xs[keep], ys[keep], idx[keep], delta[keep]
                 g = grad[keep] * geo.scale * geo.mask
