@@ -21,6 +21,8 @@ DATA="$DIR/data"
 DBNAME="${BASTION_PG_DB:-bastion_test}"
 PGUSER_NAME="bastion"
 
+MARK="$DIR/.bastion-ci-pg"  # only a directory carrying this mark is ever deleted
+
 log() { echo "start-postgres: $*" >&2; }
 give_up() { log "WARNING: $* - PostgreSQL tests will be skipped"; exit 0; }
 
@@ -49,8 +51,8 @@ if [[ "${1:-}" == "--stop" ]]; then
             && { as_owner timeout 30 "$BIN/pg_ctl" stop -D "$DATA" -m immediate -w -t 20 >/dev/null 2>&1 \
                  || log "could not stop the cluster in $DATA"; }
     fi
-    rm -rf "$DIR"
-    log "stopped and removed $DIR"
+    if [[ -f "$MARK" ]]; then rm -rf "$DIR"; log "stopped; removed $DIR"
+    elif [[ -e "$DIR" ]]; then log "stopped; $DIR was not made by this script, left in place"; fi
     exit 0
 fi
 
@@ -112,10 +114,13 @@ if [[ -f "$DATA/PG_VERSION" ]] && as_owner timeout 30 "$BIN/pg_ctl" status -D "$
     as_owner timeout 30 "$BIN/pg_ctl" stop -D "$DATA" -m immediate -w -t 20 >&2 || true
 fi
 if [[ ! -f "$DATA/PG_VERSION" || ! -f "$DIR/password" ]]; then
+    if [[ -e "$DIR" && ! -f "$MARK" && -n "$(ls -A "$DIR" 2>/dev/null)" ]]; then
+        give_up "$DIR exists and was not made by this script: not touching it (set BASTION_PG_DIR)"
+    fi
     rm -rf "$DIR"
-    mkdir -p "$DIR" || give_up "cannot create $DIR"
-    chmod 700 "$DIR"
-    python3 -c 'import secrets; print(secrets.token_hex(16))' > "$DIR/password"
+    mkdir -p "$DIR" 2>/dev/null || give_up "cannot create $DIR"
+    chmod 700 "$DIR" && touch "$MARK"
+    (umask 077; python3 -c 'import secrets; print(secrets.token_hex(16))' > "$DIR/password")
     [[ $(id -u) -eq 0 ]] && chown -R postgres: "$DIR"
     log "initdb in $DATA ($BIN)"
     as_owner timeout 120 "$BIN/initdb" -D "$DATA" -U "$PGUSER_NAME" --pwfile="$DIR/password" \
