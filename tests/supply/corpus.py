@@ -496,9 +496,15 @@ _REQUIRES: dict[str, str] = {}
 
 
 def has_module(name: str | None) -> bool:
-    import importlib.util
+    import importlib
 
-    return name is None or importlib.util.find_spec(name) is not None
+    if name is None:
+        return True
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
 
 
 def needs(module: str, name: str, technique: str) -> Callable[[MaliciousMaker], MaliciousMaker]:
