@@ -43,7 +43,7 @@ RULES: dict[str, Rule] = {r.rule_id: r for r in [
          "Do not extract or load this archive."),
     Rule("BASTION-SC-020", "Keras config runs code (Lambda layer or module reference)",
          "Load Keras models with safe_mode=True and without custom objects you have not reviewed."),
-    Rule("BASTION-SC-030", "ONNX external data leaves the model directory",
+    Rule("BASTION-SC-030", "External data leaves the model directory (ONNX, HDF5)",
          "Do not load this model: external data paths must stay inside the model directory."),
     Rule("BASTION-SC-031", "ONNX model uses a custom operator domain",
          "Custom operators need a native library; load only with a reviewed custom-op library."),
