@@ -40,40 +40,76 @@ class DiscreteTwin:
 
     def snap(self, x: torch.Tensor, a: torch.Tensor, allow: torch.Tensor, l2_cap: torch.Tensor,
              prefer: torch.Tensor | None = None, then: torch.Tensor | None = None) -> torch.Tensor:
-        """``DiscreteLayout.snap`` on (n, d) float64 tensors. ``prefer`` (n, d), optional: among the
-        members of a one-hot group tied at the largest relaxed value, pick the largest ``prefer``
-        (e.g. the loss gradient) instead of the first. ``then`` (n, 1), optional: a second, smaller
-        ``allow`` tried (ties to the first) on the samples beyond ``l2_cap`` before rounding them toward ``x``."""
+        """``DiscreteLayout.snap`` on (n, d) float64 tensors. ``prefer`` (n, d), optional, the loss
+        gradient: among the members of a one-hot group tied at the largest relaxed value, pick the
+        one of largest ``prefer`` instead of the first; and for the samples beyond ``l2_cap``, keep
+        the nearest-point moves of largest gain (``_within_budget``) before rounding them toward
+        ``x``. Without it, ``then`` (n, 1), optional: a second, smaller ``allow`` tried there first."""
         out = self._snap(x, a, allow, prefer)
-        for fallback in ([] if then is None else [then]) + [torch.zeros_like(allow)]:
+        stages = ["budget" if prefer is not None else "then", "toward"]
+        for stage in stages:
             grew = ((out - x) / self.scale).pow(2).sum(dim=1).sqrt() > l2_cap
             if not grew.any():
                 break
-            # the last fallback rounds toward the original: no |delta_i| can grow
-            out[grew] = self._snap(x[grew], a[grew], fallback[grew], None)
+            if stage == "budget":
+                assert prefer is not None
+                out[grew] = self._within_budget(x[grew], a[grew], allow[grew], l2_cap[grew], prefer[grew])
+            elif stage == "then" and then is not None:
+                out[grew] = self._snap(x[grew], a[grew], then[grew], None)
+            elif stage == "toward":  # rounding toward the original: no |delta_i| can grow
+                out[grew] = self._snap(x[grew], a[grew], torch.zeros_like(allow[grew]), None)
         return out
+
+    def _moves(self, x: torch.Tensor, a: torch.Tensor, allow: torch.Tensor, prefer: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per integer column: nearest value, value toward ``x``, whether the nearest stays within
+        ``allow``; per one-hot group: the argmax projection, the original, whether it stays within."""
+        c = self.int_cols
+        ac, xc = a[:, c], x[:, c]
+        near = torch.minimum(torch.maximum(torch.round(ac), self.int_lo), self.int_hi)
+        toward = torch.minimum(torch.maximum(torch.where(ac >= xc, ac.floor(), ac.ceil()), self.int_lo), self.int_hi)
+        near, toward = torch.where(ac != xc, near, xc), torch.where(ac != xc, toward, xc)
+        ok_int = (near - xc).abs() / self.scale[c] <= allow
+        g, valid = self.group_cols, self.group_valid
+        xg = x[:, g]
+        if not g.numel():
+            return near, toward, ok_int, xg, xg, torch.ones(xg.shape[:2], dtype=torch.bool, device=x.device)
+        block = torch.where(valid, a[:, g], -torch.inf)
+        if prefer is not None:
+            top = block == block.amax(dim=2, keepdim=True)
+            block = torch.where(top, torch.nan_to_num(prefer[:, g].to(block.dtype)), -torch.inf)
+        proj = (self.slots == block.argmax(dim=2)[..., None]).to(a.dtype)  # first index on ties
+        ok_group = (~valid | ((proj - xg).abs() / self.scale[g] <= allow[:, :, None])).all(dim=2)
+        return near, toward, ok_int, proj, xg, ok_group
 
     def _snap(self, x: torch.Tensor, a: torch.Tensor, allow: torch.Tensor,
               prefer: torch.Tensor | None) -> torch.Tensor:
+        near, toward, ok_int, proj, xg, ok_group = self._moves(x, a, allow, prefer)
         out = a.clone()
-        c = self.int_cols
-        if c.numel():
-            ac, xc = a[:, c], x[:, c]
-            near = torch.minimum(torch.maximum(torch.round(ac), self.int_lo), self.int_hi)
-            toward = torch.minimum(torch.maximum(torch.where(ac >= xc, ac.floor(), ac.ceil()), self.int_lo),
-                                   self.int_hi)
-            ok = (near - xc).abs() / self.scale[c] <= allow
-            out[:, c] = torch.where(ac != xc, torch.where(ok, near, toward), xc)
-        if self.group_cols.numel():
-            g, valid = self.group_cols, self.group_valid
-            block = torch.where(valid, a[:, g], -torch.inf)
-            if prefer is not None:
-                top = block == block.amax(dim=2, keepdim=True)
-                block = torch.where(top, torch.nan_to_num(prefer[:, g].to(block.dtype)), -torch.inf)
-            proj = (self.slots == block.argmax(dim=2)[..., None]).to(a.dtype)  # first index on ties
-            xg = x[:, g]
-            ok = (~valid | ((proj - xg).abs() / self.scale[g] <= allow[:, :, None])).all(dim=2)
-            out[:, self.group_members] = torch.where(ok[..., None], proj, xg)[:, valid]
+        out[:, self.int_cols] = torch.where(ok_int, near, toward)
+        out[:, self.group_members] = torch.where(ok_group[..., None], proj, xg)[:, self.group_valid]
+        return out
+
+    def _within_budget(self, x: torch.Tensor, a: torch.Tensor, allow: torch.Tensor, l2_cap: torch.Tensor,
+                       gain: torch.Tensor) -> torch.Tensor:
+        """Start from every value rounded toward ``x`` and make the nearest-point moves (an integer
+        rounded away from ``x``, a category switched) in decreasing first-order gain ``gain · move``,
+        each while the L2 distance (ε units) stays within ``l2_cap``; moves of no gain are not made."""
+        near, toward, ok_int, proj, xg, ok_group = self._moves(x, a, allow, gain)
+        c, g, valid = self.int_cols, self.group_cols, self.group_valid
+        sc, sg = self.scale[c], self.scale[g]
+        cost = torch.cat([((near - x[:, c]) / sc).pow(2) - ((toward - x[:, c]) / sc).pow(2),
+                          (((proj - xg) / sg).pow(2) * valid).sum(dim=2)], dim=1)
+        value = torch.cat([gain[:, c] * (near - toward), (gain[:, g] * (proj - xg) * valid).sum(dim=2)], dim=1)
+        usable = torch.cat([ok_int, ok_group], dim=1) & (value > 0)
+        out = self._snap(x, a, torch.zeros_like(allow), None)  # everything toward x: inside the ball
+        room = l2_cap.pow(2) - ((out - x) / self.scale).pow(2).sum(dim=1)
+        order = torch.where(usable, value, -torch.inf).argsort(dim=1, descending=True)
+        spent = torch.where(usable, cost, 0.0).gather(1, order).cumsum(dim=1)
+        take = torch.zeros_like(usable).scatter(1, order, usable.gather(1, order) & (spent <= room[:, None]))
+        k = len(c)
+        out[:, c] = torch.where(take[:, :k], near, toward)
+        out[:, self.group_members] = torch.where(take[:, k:, None], proj, xg)[:, valid]
         return out
 
 
@@ -127,10 +163,12 @@ class Geometry:
                 prefer: torch.Tensor | None = None) -> torch.Tensor:
         """The discrete point an attack reports for ``x_adv`` (a point of the ε-ball, inside the
         bounds): integers rounded to the nearest value and one-hot groups switched to their argmax
-        where that stays in the ε-ball, toward the original otherwise. For L2, a sample whose nearest
-        point leaves the ball gets ``InputSpec.enforce``'s rule (no coordinate moves further than the
-        relaxed point's largest move), then, if still outside, every value rounded toward the original.
-        ``InputSpec.enforce`` leaves the result unchanged. ``x_adv`` itself without discrete features."""
+        (ties: largest ``prefer``, the loss gradient), each where that stays in the ε-ball, toward the
+        original otherwise. For L2, a sample whose nearest point leaves the ball keeps, with
+        ``prefer``, the moves of largest first-order gain that fit (``DiscreteTwin._within_budget``);
+        without it, ``InputSpec.enforce``'s rule; if still outside, every value goes toward the
+        original. ``InputSpec.enforce`` leaves the result unchanged. ``x_adv`` itself without
+        discrete features."""
         if self.discrete is None:
             return x_adv
         n, dev = len(x), x.device
@@ -140,7 +178,7 @@ class Geometry:
         if norm == "linf":
             cap = torch.full((n,), torch.inf, dtype=torch.float64, device=dev)
             out = self.discrete.snap(x2, a2, allow, cap, pref)
-        else:  # L2: per coordinate up to ε; over the ball, enforce's rule (no |delta_i| beyond the largest)
+        else:  # L2: per coordinate up to ε; over the ball, the best moves that fit (or enforce's rule)
             linf0 = ((a2 - x2) / self.discrete.scale).abs().amax(dim=1, keepdim=True) + 1e-6
             cap = torch.full((n,), eps + 1e-6, dtype=torch.float64, device=dev)
             out = self.discrete.snap(x2, a2, allow, cap, pref, then=linf0)
