@@ -72,14 +72,13 @@ class PGD(Attack):
                      if self.random_start and self.eps > 0 else torch.zeros_like(xs))
             delta = geo.delta_of(xs, geo.apply(xs, delta))
             for t in range(self.steps + 1):
-                x_adv = geo.apply(xs, delta).requires_grad_(t < self.steps)
+                x_adv = geo.apply(xs, delta).requires_grad_(t < self.steps or geo.discrete is not None)
                 logits = target.logits(x_adv)
                 grad = None
                 if geo.discrete is None:
                     x_chk, done = x_adv.detach(), is_fooled(logits.detach(), ys, self.targeted)
                 else:  # fooled only where the discrete projection is; the search goes on in the relaxation
-                    if t < self.steps:
-                        grad = self._grad(logits, ys, x_adv)
+                    grad = self._grad(logits, ys, x_adv)  # the projection ranks discrete moves by it
                     x_chk, chk_logits = geo.checked(target, xs, x_adv, self.eps, self.norm, prefer=grad)
                     done = is_fooled(chk_logits, ys, self.targeted)
                 if done.any():
