@@ -215,14 +215,18 @@ def test_white_box_attacks_reach_the_known_linf_optimum(attack: str, params: dic
     assert in_ball(target.input_spec, x, res.x_adv, 1.0, "linf")
 
 
-@pytest.mark.parametrize("attack, params", [("pgd", {"steps": 20}), ("apgd", {"steps": 30})])
-def test_white_box_attacks_come_close_to_the_known_l2_optimum(attack: str, params: dict) -> None:
-    """L2, ε = 1.5: one integer step (cost 1) or one category switch (cost √2), not both."""
+@pytest.mark.parametrize("attack, params, share", [
+    ("pgd", {"steps": 20}, 0.9), ("pgd", {"steps": 20, "restarts": 3}, 1.0),
+    ("apgd", {"steps": 30}, 1.0), ("fgsm", {}, 1.0)])
+def test_white_box_attacks_reach_the_known_l2_optimum(attack: str, params: dict, share: float) -> None:
+    """L2, ε = 1.5: one integer step (cost 1) or one category switch (cost √2), not both; the
+    relaxed point spends its budget on both, so the projection must choose."""
     target, x, y = known_table()
     foolable = best_margin(x, 1.5, "l2") < 0
     res = get_attack(attack, eps=1.5, norm="l2", **params).run(target, x, y)
     assert not np.any(res.success & ~foolable)
-    assert res.success.sum() >= 0.75 * foolable.sum()  # measured: 79-85% of it; before: pgd 5%, apgd 16%
+    # before the projection-aware check: pgd 5%, apgd 16%, fgsm 46% of the optimum; one pgd run now 94%
+    assert res.success.sum() >= share * foolable.sum()
     constraints_hold(target.input_spec, x, res.x_adv)
     assert in_ball(target.input_spec, x, res.x_adv, 1.5, "l2")
 
