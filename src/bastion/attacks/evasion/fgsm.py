@@ -13,7 +13,9 @@ from bastion.core.targets.base import DifferentiableTarget
 
 @register_attack
 class FGSM(Attack):
-    """One step of size ε along the sign of the loss gradient (L∞) or its unit direction (L2)."""
+    """One step of size ε along the sign of the loss gradient (L∞) or its unit direction (L2). On
+    tables with integer or one-hot features the step is then projected to a valid point of the
+    ε-ball (``Geometry.project``, one-hot ties and the L2 budget decided by the gradient)."""
 
     name = "fgsm"
 
