@@ -141,6 +141,25 @@ def test_attack_usage_errors_exit_2(cli, tmp_path: Path, args: list[str], words:
     assert words in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("args", [
+    ["scan"],                                                     # missing argument
+    ["attack", "--eps", "abc", "--target", "x", "--data", "y"],   # not a number
+    ["--threads", "0", "attacks"],                                # out of range
+    ["no-such-command"],
+])
+def test_command_line_mistakes_exit_2(cli, args: list[str]) -> None:
+    r = cli(args)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "internal error" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_threads_option_is_recorded(cli, tmp_path: Path) -> None:
+    p = _policy(tmp_path, "crashing", "- {name: fgsm, kind: evasion, attack: fgsm, eps: [0.3]}\n")
+    r = cli(["--threads", "1", "scan", str(p), "--json"])
+    assert r.returncode in (0, 1), r.stderr
+    assert json.loads(r.stdout)["tool"]["torch_threads"] == "1"
+
+
 def test_attack_json(cli) -> None:
     r = cli(["attack", "--target", "demo:digits-cnn", "--data", "demo:digits", "--attack", "pgd",
              "--eps", "0.05", "--eps", "0.1", "--limit", "40", "--param", "steps=5", "--json"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +47,8 @@ def scan(policy: str | Path | dict[str, Any] | LoadedPolicy, *, out_dir: str | P
             write_reports(result, out, formats=("json",))
 
     target, data, y = _load(loaded, limit)
+    if "torch" in sys.modules:  # recorded for reproducibility: timings depend on it
+        result.tool["torch_threads"] = str(sys.modules["torch"].get_num_threads())
     if target is not None:
         result.target.update(target.describe(), spec=pol.target.model if pol.target else "")
     if data is not None:

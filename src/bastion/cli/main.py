@@ -46,9 +46,24 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
                                  help="Show the version and exit."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details to stderr."),
+    threads: int | None = typer.Option(None, "--threads", envvar="BASTION_THREADS", min=1,
+                                       help="CPU threads for torch (default: torch's own). Small models on a busy "
+                                            "machine run fastest with 1."),
 ) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if threads is not None:
+        set_threads(threads)
+
+
+def set_threads(n: int) -> None:
+    """Use ``n`` CPU threads in torch (and the OpenMP/BLAS libraries it loads)."""
+    import os
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    if "torch" in sys.modules:  # already imported: tell it directly
+        sys.modules["torch"].set_num_threads(n)
 
 
 def _register_commands() -> None:
@@ -60,6 +75,11 @@ def _register_commands() -> None:
 
 
 _register_commands()
+
+
+def _is_click(exc: BaseException, name: str) -> bool:
+    """Whether ``exc`` is click's exception ``name`` — from click itself or the copy typer vendors."""
+    return any(c.__name__ == name and c.__module__.split(".")[0] in ("click", "typer") for c in type(exc).__mro__)
 
 
 def main() -> None:
@@ -74,13 +94,11 @@ def main() -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as exc:  # click usage errors and real crashes
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
+    except Exception as exc:  # command-line usage errors and real crashes
+        if _is_click(exc, "ClickException"):  # bad option value, missing argument, unknown command...
+            exc.show()  # type: ignore[attr-defined]
             sys.exit(EXIT_USAGE)
-        if isinstance(exc, click.exceptions.Abort):
+        if _is_click(exc, "Abort"):
             sys.exit(130)
         err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}")
         sys.exit(EXIT_RUNTIME)
