@@ -17,6 +17,7 @@ from typing import Any
 from bastion import __version__
 from bastion.campaign.checks.base import CheckContext, Interrupted, ProgressFactory
 from bastion.campaign.policy import LoadedPolicy, load_policy
+from bastion.campaign.preflight import scan_model_file
 from bastion.core.data import Dataset, align_labels
 from bastion.core.loader import load_data, load_target
 from bastion.core.results import CheckResult, ScanResult
@@ -118,7 +119,9 @@ def _load(loaded: LoadedPolicy, limit: int | None) -> tuple[Target | None, Datas
         kwargs.update(t.http)
     if t.features:
         kwargs["features"] = t.features
-    target = load_target(_rel(t.model, base), input_shape=tuple(t.input_shape) if t.input_shape else None,
+    model_spec = _rel(t.model, base)
+    scan_model_file(model_spec)  # never open a model file that could run code
+    target = load_target(model_spec, input_shape=tuple(t.input_shape) if t.input_shape else None,
                          bounds=t.bounds, classes=t.classes, output=t.output, data=data,
                          query_budget=t.query_budget, **kwargs)
     y = align_labels(data, target)

@@ -129,8 +129,11 @@ def register(app: typer.Typer) -> None:
         from bastion.core.data import align_labels
         from bastion.core.loader import load_data, load_target
 
+        from bastion.campaign.preflight import scan_model_file
+
         params = _parse_params(param)
         ds = load_data(data, limit=limit, seed=seed, label=label)
+        scan_model_file(target)  # never open a model file that could run code
         tgt = load_target(target, data=ds)
         y = align_labels(ds, tgt)
         atk = get_attack(attack_name, eps=eps[0], norm=norm, seed=seed, **params)
