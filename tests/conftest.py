@@ -5,6 +5,11 @@ Sub-folders add their own ``conftest.py`` for anything specific; keep this one s
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path as _Path
+
+sys.path.insert(0, str(_Path(__file__).resolve().parent))  # plain helper modules (constraint_checks)
+
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path

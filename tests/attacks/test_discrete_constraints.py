@@ -19,6 +19,7 @@ from bastion.core.spec import (
     tabular_spec,
 )
 from bastion.core.targets.torch_target import TorchTarget
+from constraint_checks import assert_constraints_hold
 
 from ._whitebox_models import linear_binary
 
@@ -73,22 +74,6 @@ def perturb(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return xa.astype(np.float32)
 
 
-def constraints_hold(spec: InputSpec, x: np.ndarray, xa: np.ndarray) -> None:
-    assert spec.features is not None
-    lo, hi = spec.bounds_arrays()
-    assert np.all(xa >= lo) and np.all(xa <= hi)
-    groups: dict[str, list[int]] = {}
-    for j, f in enumerate(spec.features):
-        if not f.mutable:
-            np.testing.assert_array_equal(xa[:, j], x[:, j])
-        if f.group:
-            groups.setdefault(f.group, []).append(j)
-        elif f.kind != "continuous":
-            np.testing.assert_array_equal(xa[:, j], np.round(xa[:, j]))
-    for cols in groups.values():
-        assert np.all(np.isin(xa[:, cols], (0.0, 1.0))) and np.all(xa[:, cols].sum(axis=1) == 1)
-
-
 def in_ball(spec: InputSpec, x: np.ndarray, xa: np.ndarray, eps: float, norm: str) -> bool:
     d = (xa.astype(np.float64) - x) / spec.scale_array()
     size = np.abs(d).max(axis=1) if norm == "linf" else np.linalg.norm(d, axis=1)
@@ -139,7 +124,7 @@ def test_projection_is_discrete_in_the_ball_and_left_alone_by_enforce(seed: int,
     relaxed = geo.apply(xt, delta * geo.mask)  # a point of the relaxed ε-ball, as the attacks hold
     grad = torch.from_numpy(rng.normal(size=x.shape).astype(np.float32)) if prefer else None
     out = geo.project(xt, relaxed, eps, norm, prefer=grad).numpy()
-    constraints_hold(spec, x, out)
+    assert_constraints_hold(spec, x, out)
     assert in_ball(spec, x, out, eps, norm)
     np.testing.assert_array_equal(spec.enforce(x, out), out)
 
@@ -211,7 +196,7 @@ def test_white_box_attacks_reach_the_known_linf_optimum(attack: str, params: dic
     assert not np.any(res.success & ~foolable)  # no valid point does better: the result is honest
     # before the projection-aware check: pgd 3%, apgd 24%, fgsm 31% of the rows fooled; optimum 52%
     assert res.success.sum() == foolable.sum()
-    constraints_hold(target.input_spec, x, res.x_adv)
+    assert_constraints_hold(target.input_spec, x, res.x_adv)
     assert in_ball(target.input_spec, x, res.x_adv, 1.0, "linf")
 
 
@@ -227,7 +212,7 @@ def test_white_box_attacks_reach_the_known_l2_optimum(attack: str, params: dict,
     assert not np.any(res.success & ~foolable)
     # before the projection-aware check: pgd 5%, apgd 16%, fgsm 46% of the optimum; one pgd run now 94%
     assert res.success.sum() >= share * foolable.sum()
-    constraints_hold(target.input_spec, x, res.x_adv)
+    assert_constraints_hold(target.input_spec, x, res.x_adv)
     assert in_ball(target.input_spec, x, res.x_adv, 1.5, "l2")
 
 
@@ -249,7 +234,7 @@ def test_attacks_keep_every_constraint_and_the_ball(seed: int, attack: str, norm
         y = target.predict(x)
     params = {"steps": 8} if attack != "fgsm" else {}
     res = get_attack(attack, eps=eps, norm=norm, seed=seed % 1000, **params).run(target, x, y)
-    constraints_hold(spec, x, res.x_adv)
+    assert_constraints_hold(spec, x, res.x_adv)
     assert in_ball(spec, x, res.x_adv, eps, norm)
     with target.uncounted():
         np.testing.assert_array_equal(target.predict(res.x_adv) != y, res.success)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from bastion.core.spec import FeatureSpec, InputSpec, constraints_from_config
 from bastion.errors import DataError
+from constraint_checks import assert_constraints_hold
 
 NAMES = ["age", "income", "color_red", "color_green", "color_blue", "score", "sex"]
 
@@ -113,23 +114,6 @@ def test_enforce_rounds_toward_the_original_when_nearest_leaves_the_ball() -> No
     assert out[0, 0] == 30
 
 
-def _constraints_hold(spec: InputSpec, x: np.ndarray, xa: np.ndarray) -> None:
-    assert spec.features is not None
-    lo, hi = spec.bounds_arrays()
-    assert np.all(xa >= lo - 1e-5) and np.all(xa <= hi + 1e-5)
-    groups: dict[str, list[int]] = {}
-    for j, f in enumerate(spec.features):
-        if not f.mutable:
-            np.testing.assert_array_equal(xa[:, j], x[:, j])
-        if f.group:
-            groups.setdefault(f.group, []).append(j)
-        elif f.kind != "continuous":
-            np.testing.assert_array_equal(xa[:, j], np.round(xa[:, j]))
-    for cols in groups.values():
-        block = xa[:, cols]
-        assert np.all(np.isin(block, (0.0, 1.0))) and np.all(block.sum(axis=1) == 1)
-
-
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 10_000), st.floats(0.01, 3.0), st.sampled_from(["linf", "l2"]))
 def test_enforce_never_leaves_the_ball(seed: int, eps: float, norm: str) -> None:
@@ -144,7 +128,7 @@ def test_enforce_never_leaves_the_ball(seed: int, eps: float, norm: str) -> None
         d = d / np.linalg.norm(d, axis=1, keepdims=True) * eps * rng.random((len(x), 1))
     xa = (x + d * scale).astype(np.float32)
     out = spec.enforce(x, xa)
-    _constraints_hold(spec, x, out)
+    assert_constraints_hold(spec, x, out, bounds_atol=1e-5)
     delta = (out.astype(np.float64) - x) / scale
     if norm == "linf":
         assert np.abs(delta).max() <= eps + 1e-4
@@ -220,7 +204,7 @@ def test_no_attack_breaks_a_constraint(seed: int, name: str, norm: str) -> None:
         y = target.predict(x)  # every point starts correctly classified: each one is attacked
     eps = float(rng.uniform(0.1, 1.5))
     res = get_attack(name, eps=eps, norm=norm, seed=seed, **CHEAP[name]).run(target, x, y)
-    _constraints_hold(spec, x, res.x_adv)
+    assert_constraints_hold(spec, x, res.x_adv, bounds_atol=1e-5)
     if not get_attack(name).minimal:
         scale = spec.scale_array()
         delta = (res.x_adv.astype(np.float64) - x) / scale
@@ -248,7 +232,7 @@ def test_blackbox_attacks_still_succeed_under_constraints(name: str) -> None:
     with target.uncounted():
         y = target.predict(x)
     res = get_attack(name, eps=2.0, norm="linf", max_queries=400).run(target, x, y)
-    _constraints_hold(spec, x, res.x_adv)
+    assert_constraints_hold(spec, x, res.x_adv, bounds_atol=1e-5)
     assert res.success.mean() > 0.3
 
 
@@ -277,4 +261,4 @@ def test_every_registered_attack_respects_constraints() -> None:
         params = {k: v for k, v in shrink.items() if k in known}
         params.update(eps=1.0, seed=int(rng.integers(100)), **CHEAP.get(name, {}))
         res = get_attack(name, **params).run(target, x, y)
-        _constraints_hold(spec, x, res.x_adv)
+        assert_constraints_hold(spec, x, res.x_adv, bounds_atol=1e-5)
