@@ -117,7 +117,9 @@ def digits_cnn(**kwargs: Any) -> Any:
     path = cache_dir() / f"digits-cnn-{_recipe_key(DIGITS_RECIPE)}.pt"
     model = digits_cnn_module()
     if path.exists():
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        from bastion.core.safe_load import torch_load_weights
+
+        model.load_state_dict(torch_load_weights(path))
     else:
         log.info("training the demo digits CNN (first run only)")
         model = _train_digits_cnn()

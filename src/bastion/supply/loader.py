@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.core.results import Severity
+from bastion.core.safe_load import torch_load_weights
 from bastion.errors import TargetError, UnsafeFileError, require
 from bastion.supply.config import InspectConfig
 from bastion.supply.inspect import InspectResult, scan_paths
@@ -117,8 +118,7 @@ def load_model(path: str | os.PathLike[str], *, config: InspectConfig | None = N
         torch = require("torch", "torch")
         return torch.jit.load(str(p), map_location="cpu")
     if kind == "pytorch-zip":
-        torch = require("torch", "torch")
-        return torch.load(str(p), map_location="cpu", weights_only=True)
+        return torch_load_weights(p)
     if kind == "onnx":
         ort = require("onnxruntime", "onnx")
         return ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
@@ -139,8 +139,7 @@ def load_model(path: str | os.PathLike[str], *, config: InspectConfig | None = N
         with open(p, "rb") as fh:
             head = fh.read(64)
         if b"\x8a\x0a" in head[:8] or head.startswith(b"\x80\x02\x8a\x0a"):   # legacy torch magic number
-            torch = require("torch", "torch")
-            return torch.load(str(p), map_location="cpu", weights_only=True)
+            return torch_load_weights(p)
         if not allow_pickle:
             raise UnsafeFileError(f"{p} is a plain pickle/joblib file; bastion loads it only with allow_pickle=True",
                                   hint="convert scikit-learn models with skops.io.dump, or pass allow_pickle=True "
