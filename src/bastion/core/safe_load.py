@@ -3,6 +3,7 @@ and a clear refusal for pickles."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,13 @@ def refuse_pickle(path: str | Path) -> None:
                  "run 'bastion inspect FILE' to see what the pickle would do")
 
 
-def load_skops(path: str | Path) -> Any:
-    """Load a skops file, trusting only types from scikit-learn, NumPy, SciPy and the standard
-    containers; anything else is refused with the list of untrusted types."""
-    sio = require("skops.io", "sklearn")
+def load_skops(path: str | Path, *, trust: Callable[[str], bool] | None = None,
+               trusted_set: str = "scikit-learn/NumPy/SciPy",
+               hint: str = "review these types; load the file yourself with skops only if you trust them") -> Any:
+    """Load a skops file, trusting only the types ``trust`` accepts (default: scikit-learn, NumPy,
+    SciPy and the standard containers); anything else is refused with the list of untrusted types.
+    ``trusted_set`` names the trusted types in that message."""
+    sio = require("skops.io", "all")
     p = Path(path)
     if not p.is_file():
         raise TargetError(f"{p}: no such model file")
@@ -34,10 +38,11 @@ def load_skops(path: str | Path) -> Any:
         untrusted = sio.get_untrusted_types(file=p)
     except Exception as exc:
         raise TargetError(f"{p}: not a valid skops file: {exc}") from exc
-    refused = [t for t in untrusted if not t.startswith(TRUSTED_PREFIXES)]
+    trust = trust or (lambda name: name.startswith(TRUSTED_PREFIXES))
+    refused = [t for t in untrusted if not trust(t)]
     if refused:
-        raise UnsafeFileError(f"{p}: the skops file references types outside scikit-learn/NumPy/SciPy: {refused}",
-                              hint="review these types; load the file yourself with skops only if you trust them")
+        raise UnsafeFileError(f"{p}: the skops file references types outside {trusted_set}: {', '.join(refused)}",
+                              hint=hint)
     return sio.load(p, trusted=untrusted)
 
 

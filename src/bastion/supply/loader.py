@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.core.results import Severity
-from bastion.core.safe_load import torch_load_weights
+from bastion.core.safe_load import load_skops, torch_load_weights
 from bastion.errors import TargetError, UnsafeFileError, require
 from bastion.supply.config import InspectConfig
 from bastion.supply.inspect import InspectResult, scan_paths
@@ -83,17 +83,12 @@ def _load_safetensors(path: Path) -> dict[str, Any]:
 
 
 def _load_skops(path: Path, config: InspectConfig) -> Any:
-    sio = require("skops.io", "all")
-    untrusted = sio.get_untrusted_types(file=str(path))
-    refused = []
-    for t in untrusted:
-        mod, _, name = t.rpartition(".")
-        if config.policy.classify(mod, name)[0] != "allow":
-            refused.append(t)
-    if refused:
-        raise UnsafeFileError(f"{path}: skops file uses types outside the allow-list: {', '.join(refused)}",
-                              hint="review them and add them to the allow-list with --config")
-    return sio.load(str(path), trusted=list(untrusted))
+    def allowed(type_name: str) -> bool:
+        mod, _, name = type_name.rpartition(".")
+        return config.policy.classify(mod, name)[0] == "allow"
+
+    return load_skops(path, trust=allowed, trusted_set="the allow-list",
+                      hint="review them and add them to the allow-list with --config")
 
 
 def load_model(path: str | os.PathLike[str], *, config: InspectConfig | None = None,
