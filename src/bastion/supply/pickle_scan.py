@@ -160,12 +160,6 @@ class BoundedReader:
     def tell(self) -> int:
         return self.fh.tell()
 
-    def peek1(self) -> bytes:
-        pos = self.fh.tell()
-        b = self.fh.read(1)
-        self.fh.seek(pos)
-        return b
-
 
 
 class _MapFile:
