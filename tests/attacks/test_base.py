@@ -8,7 +8,7 @@ import torch
 
 from bastion.attacks import FGSM, PGD, Attack, AttackResult, available_attacks, get_attack, register_attack
 from bastion.attacks import robustness_curve
-from bastion.attacks.base import _REGISTRY
+from bastion.attacks.base import ATTACKS
 from bastion.core.metrics import attack_metrics, perturbation_norms
 from bastion.core.spec import InputSpec
 from bastion.core.targets.torch_target import TorchTarget
@@ -58,7 +58,7 @@ def test_register_attack_needs_a_name_and_makes_the_attack_reachable() -> None:
     try:
         assert get_attack("identity-test", eps=0.0).name == "identity-test"
     finally:
-        _REGISTRY.pop("identity-test")
+        ATTACKS.remove("identity-test")
 
 
 def test_params_clone_and_repr() -> None:

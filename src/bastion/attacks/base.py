@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from bastion.core.metrics import attack_metrics, perturbation_norms
+from bastion.core.registry import Registry
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel, check_eps, check_norm
 from bastion.errors import BastionRuntimeError, DataError, QueryBudgetExceeded, TargetError, UsageError
@@ -199,29 +200,42 @@ def _check_labels(y: np.ndarray, n: int, n_classes: int) -> np.ndarray:
 
 
 # --- registry -------------------------------------------------------------------------------------
-_REGISTRY: dict[str, type[Attack]] = {}
+_EVASION = "bastion.attacks.evasion"
+ATTACKS: Registry[type[Attack]] = Registry("attack", {
+    "fgsm": f"{_EVASION}.fgsm:FGSM",
+    "pgd": f"{_EVASION}.pgd:PGD",
+    "apgd": f"{_EVASION}.apgd:APGD",
+    "apgd-ce": f"{_EVASION}.apgd:APGDCE",
+    "apgd-dlr": f"{_EVASION}.apgd:APGDDLR",
+    "apgd-t": f"{_EVASION}.apgd:APGDT",
+    "auto": f"{_EVASION}.auto:AutoAttack",
+    "cw": f"{_EVASION}.cw:CarliniWagnerL2",
+    "deepfool": f"{_EVASION}.deepfool:DeepFool",
+    "min-eps": f"{_EVASION}.min_eps:MinimalEps",
+    "square": f"{_EVASION}.square:Square",
+    "hopskipjump": f"{_EVASION}.hopskipjump:HopSkipJump",
+    "transfer": f"{_EVASION}.transfer:Transfer",
+})
+"""Every attack by name: bastion's own and those of the ``bastion.attacks`` entry points."""
 
 
 def register_attack(cls: type[Attack]) -> type[Attack]:
     """Class decorator: make an attack reachable by name from policies, the CLI and the API."""
     if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    _REGISTRY[cls.name] = cls
+        raise ValueError(f"{cls.__name__} has no name; set the class attribute name = '...'")
+    ATTACKS.add(cls.name, cls)
     return cls
 
 
-def available_attacks() -> dict[str, type[Attack]]:
-    import bastion.attacks.evasion  # noqa: F401  (registers the built-in attacks)
-
-    return dict(sorted(_REGISTRY.items()))
+def available_attacks() -> Registry[type[Attack]]:
+    """The attack registry: ``name in available_attacks()`` and iterating names import nothing;
+    ``available_attacks()[name]`` imports that attack (a missing extra is a one-line error)."""
+    return ATTACKS
 
 
 def get_attack(name: str, **params: Any) -> Attack:
     """Build a registered attack by name, validating its parameters."""
-    attacks = available_attacks()
-    if name not in attacks:
-        raise UsageError(f"unknown attack '{name}'; available: {', '.join(attacks)}")
-    cls = attacks[name]
+    cls = ATTACKS.get_object(name)
     try:
         return cls(**params)
     except TypeError as exc:

@@ -193,7 +193,7 @@ def _policy_error(exc: ValidationError, node: yaml.Node | None, file: str | None
 
 def _allowed_fields(exc: ValidationError) -> str:
     model = exc.title
-    for cls in (Policy, TargetSpec, DataSpec, OutputSpec, *[k.Params for k in check_kinds().values()]):
+    for cls in (Policy, TargetSpec, DataSpec, OutputSpec, *[k.Params for k in check_kinds().loaded().values()]):
         if cls.__name__ == model:
             return ", ".join(cls.model_fields)
     return ""

@@ -100,6 +100,13 @@ def main() -> None:
             sys.exit(EXIT_USAGE)
         if _is_click(exc, "Abort"):
             sys.exit(130)
+        if isinstance(exc, ImportError):  # an optional library missing where no code asked for it by name
+            from bastion.core.extras import missing_extra
+
+            extra = missing_extra(exc)
+            if extra is not None:
+                err_console.print(f"[bold red]error:[/] {escape(str(extra))}")
+                sys.exit(extra.exit_code)
         err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}")
         sys.exit(EXIT_RUNTIME)
     sys.exit(code if isinstance(code, int) else EXIT_OK)

@@ -156,17 +156,23 @@ def register(app: typer.Typer) -> None:
                           "—" if med is None else f"{med:.4g}", str(m["queries"]), f"{m['seconds']:.2f}")
         out_console.print(table)
 
-    @app.command("attacks", epilog="Example: bastion attacks")
-    def list_attacks() -> None:
-        """List the registered attacks."""
-        from bastion.attacks import available_attacks
-
+    @app.command("attacks", epilog="Example: bastion attacks --json")
+    def list_attacks(
+        as_json: bool = typer.Option(False, "--json", help="Print the attacks as JSON."),
+    ) -> None:
+        """List the registered attacks (bastion's own and plug-ins'); an attack whose optional
+        library is missing is listed with the extra to install."""
+        rows = attack_rows()
+        if as_json:
+            out_console.print_json(json.dumps(rows))
+            return
         table = Table(title="Attacks", title_justify="left")
         for col in ("name", "family", "gradients", "description"):
             table.add_column(col)
-        for name, cls in available_attacks().items():
-            doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
-            table.add_row(name, cls.family, "yes" if cls.needs_gradients else "no", escape(doc))
+        for r in rows:
+            grads = "—" if r["needs_gradients"] is None else ("yes" if r["needs_gradients"] else "no")
+            desc = escape(r["description"]) if r["available"] else f"[dim]{escape(r['description'])}[/]"
+            table.add_row(escape(r["name"]), r["family"] or "—", grads, desc)
         out_console.print(table)
 
     @app.command(epilog="Example: bastion demo --out demo-report/")
@@ -204,6 +210,28 @@ def register(app: typer.Typer) -> None:
                             str(out_dir / "report.html"))
         out_console.print(summary)
         out_console.print(f"Done in {time.perf_counter() - t0:.1f}s. Open the reports in a browser.")
+
+
+def attack_rows() -> list[dict[str, Any]]:
+    """One row per registered attack: name, family, gradients, description, origin, and whether
+    it can run here (else the description is the install line of its missing extra)."""
+    from bastion.attacks import available_attacks
+    from bastion.errors import MissingExtraError
+
+    registry = available_attacks()
+    rows = []
+    for name in registry:
+        row: dict[str, Any] = {"name": name, "origin": registry.origin(name), "available": True}
+        try:
+            cls = registry.get_object(name)
+        except MissingExtraError as exc:
+            row.update(available=False, family=None, needs_gradients=None,
+                       description=f"not installed: {exc.hint}" if exc.hint else str(exc))
+        else:
+            doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+            row.update(family=cls.family, needs_gradients=bool(cls.needs_gradients), description=doc)
+        rows.append(row)
+    return rows
 
 
 def _run_scan(run_scan: Any, loaded: Any, out_dir: Path, limit: int | None, quiet: bool) -> ScanResult:

@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from bastion.core.data import Dataset
+from bastion.core.registry import Registry
 from bastion.core.results import CheckResult
 from bastion.core.targets.base import Target
 
@@ -85,15 +86,23 @@ class Check(ABC):
         """Run the check; raise BastionError subclasses for user mistakes."""
 
 
-_CHECKS: dict[str, type[Check]] = {}
+CHECKS: Registry[type[Check]] = Registry("check", {
+    "evasion": "bastion.campaign.checks.evasion:EvasionCheck",
+    "gradient-masking": "bastion.campaign.checks.gradient_masking:GradientMaskingCheck",
+    "model-file": "bastion.campaign.checks.model_file:ModelFileCheck",
+})
+"""Every check kind: bastion's own and those of the ``bastion.checks`` entry points."""
 
 
 def register_check(cls: type[Check]) -> type[Check]:
-    _CHECKS[cls.kind] = cls
+    """Class decorator: make a check kind usable in policies."""
+    if not cls.kind:
+        raise ValueError(f"{cls.__name__} has no kind; set the class attribute kind = '...'")
+    CHECKS.add(cls.kind, cls)
     return cls
 
 
-def check_kinds() -> dict[str, type[Check]]:
-    import bastion.campaign.checks  # noqa: F401  (registers the built-in checks)
-
-    return dict(sorted(_CHECKS.items()))
+def check_kinds() -> Registry[type[Check]]:
+    """The check registry: names and membership import nothing; ``check_kinds()[kind]`` imports
+    that check (a missing extra is a one-line error)."""
+    return CHECKS
