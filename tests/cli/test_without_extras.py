@@ -5,6 +5,7 @@ whose ``NAME/__init__.py`` raises ImportError (as a broken or absent install wou
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ def _blocked_env(cli_env: dict[str, str], tmp_path: Path, names: tuple[str, ...]
     for name in names:
         (block / name).mkdir(parents=True, exist_ok=True)
         (block / name / "__init__.py").write_text(f"raise ImportError('{name} is blocked for this test')\n")
-    return {**cli_env, "PYTHONPATH": str(block)}
+    return {**cli_env, "PYTHONPATH": os.pathsep.join(p for p in (str(block), cli_env.get("PYTHONPATH")) if p)}
 
 
 def _sklearn_files(tmp_path: Path) -> None:
