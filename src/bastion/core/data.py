@@ -72,6 +72,22 @@ def align_labels(data: Dataset, target: Target) -> np.ndarray:
 
 
 # --- file loaders ---------------------------------------------------------------------------------
+def check_label_indices(y: np.ndarray, n: int, n_classes: int, *, what: str = "labels") -> np.ndarray:
+    """``y`` as int64 class indices in ``[0, n_classes)``, one per input; a DataError otherwise."""
+    y = np.asarray(y).reshape(-1)
+    if len(y) != n:
+        raise DataError(f"{n} inputs but {len(y)} {what}")
+    if not np.issubdtype(y.dtype, np.integer):
+        if np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)):
+            y = y.astype(np.int64)
+        else:
+            raise DataError(f"{what} must be class indices (integers), got dtype {y.dtype}",
+                            hint="map labels to indices with bastion.core.data.align_labels")
+    if len(y) and (y.min() < 0 or y.max() >= n_classes):
+        raise DataError(f"{what} must be in [0, {n_classes - 1}] for this target; found {int(y.min())}..{int(y.max())}")
+    return y.astype(np.int64)
+
+
 def load_npz(path: str | Path) -> Dataset:
     path = Path(path)
     try:

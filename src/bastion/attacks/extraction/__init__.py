@@ -1,0 +1,5 @@
+"""Model extraction (theft): surrogates that are themselves Targets, with a fidelity curve."""
+
+from bastion.attacks.extraction.base import ExtractionParams, ExtractionResult, FidelityCurve, ModelExtraction
+
+__all__ = ["ExtractionParams", "ExtractionResult", "FidelityCurve", "ModelExtraction"]

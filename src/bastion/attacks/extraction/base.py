@@ -1,0 +1,114 @@
+"""Model extraction (theft): ``run(target, pool, threat, ctx) -> ExtractionResult``.
+
+An algorithm queries the target on inputs from ``pool`` and yields a surrogate after each round of
+queries; the surrogate is itself a :class:`Target`, so every other attack runs on it unchanged
+(a transfer attack, a membership attack on the stolen model). The base enforces once for every
+algorithm: part of the pool is held out and never shown to the attack; each surrogate has the
+target's classes and input shape; the threat's query budget is never exceeded; and it measures the
+fidelity curve — agreement with the target's predictions on the held-out inputs against the
+queries spent (Tramèr et al., 2016, "Stealing Machine Learning Models via Prediction APIs",
+USENIX Security; Jagielski et al., 2020, "High Accuracy and High Fidelity Extraction of Neural
+Networks", USENIX Security).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from bastion.core.capability import BaseParams, Configurable, Tally, rng_of
+from bastion.core.data import check_label_indices
+from bastion.core.targets.base import Target
+from bastion.core.threat import ThreatModel
+from bastion.errors import BastionRuntimeError, DataError
+
+
+class ExtractionParams(BaseParams):
+    holdout: float = Field(0.2, gt=0.0, lt=1.0, description="share of the pool kept to measure fidelity")
+
+
+class FidelityCurve(BaseModel):
+    """Fidelity (and accuracy, when the pool has labels) of each surrogate the attack produced,
+    against the queries spent when it was produced."""
+
+    queries: list[int]
+    fidelity: list[float]
+    accuracy: list[float] | None = None
+
+
+class ExtractionResult(BaseModel):
+    """The last surrogate (a Target; not serialised) and its fidelity curve."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    attack: str
+    surrogate: Target = Field(exclude=True)
+    curve: FidelityCurve
+    fidelity: float
+    accuracy: float | None = None
+    target_accuracy: float | None = None
+    queries: int
+    seconds: float
+
+
+class ModelExtraction(Configurable, ABC):
+    """Base of extraction attacks. Subclasses implement ``_extract`` as a generator of surrogates."""
+
+    family: ClassVar[str] = "extraction"
+    Params: ClassVar[type[BaseParams]] = ExtractionParams
+
+    def run(self, target: Target, pool: Any, threat: ThreatModel | None = None, ctx: Any = None) -> ExtractionResult:
+        """``pool``: inputs the attacker may query (an array), or a Dataset-like object with ``x``
+        and class-index ``y`` (then the surrogate's accuracy is reported too)."""
+        threat = threat or ThreatModel()
+        x = target.input_spec.validate(getattr(pool, "x", pool), what="extraction pool")
+        y = getattr(pool, "y", None)
+        y = None if y is None else check_label_indices(y, len(x), target.n_classes, what="pool labels")
+        n_hold = int(round(len(x) * self.params.holdout))
+        if n_hold < 1 or n_hold >= len(x):
+            raise DataError(f"the extraction pool of {len(x)} inputs is too small to hold out {self.params.holdout:.0%} "
+                            f"for measuring fidelity", hint="give a larger pool")
+        order = rng_of(ctx).permutation(len(x))
+        hold, query = order[:n_hold], order[n_hold:]
+        with target.uncounted():  # bastion's own measurement, not the attacker's queries
+            ref = target.predict(x[hold])
+        budget = threat.query_budget
+        tally = Tally.start(target)
+        curve = FidelityCurve(queries=[], fidelity=[], accuracy=None if y is None else [])
+        surrogate: Target | None = None
+        for surrogate in self._extract(target, x[query], threat, ctx):
+            spent = tally.spent()
+            if budget is not None and spent > budget:
+                raise BastionRuntimeError(f"extraction attack '{self.label}' spent {spent} queries, over the "
+                                          f"threat's budget of {budget}")
+            self._check_surrogate(target, surrogate)
+            pred = surrogate.predict(x[hold])
+            curve.queries.append(spent)
+            curve.fidelity.append(float(np.mean(pred == ref)))
+            if curve.accuracy is not None and y is not None:
+                curve.accuracy.append(float(np.mean(pred == y[hold])))
+        tally.stop()
+        if surrogate is None:
+            raise BastionRuntimeError(f"extraction attack '{self.label}' produced no surrogate")
+        return ExtractionResult(attack=self.label, surrogate=surrogate, curve=curve, fidelity=curve.fidelity[-1],
+                                accuracy=curve.accuracy[-1] if curve.accuracy else None,
+                                target_accuracy=None if y is None else float(np.mean(ref == y[hold])),
+                                queries=tally.queries, seconds=tally.seconds)
+
+    def _check_surrogate(self, target: Target, surrogate: Any) -> None:
+        if not isinstance(surrogate, Target):
+            raise BastionRuntimeError(f"extraction attack '{self.label}' yielded a {type(surrogate).__name__}, "
+                                      f"not a Target")
+        if surrogate.n_classes != target.n_classes or surrogate.input_spec.shape != target.input_spec.shape:
+            raise BastionRuntimeError(
+                f"extraction attack '{self.label}': surrogate has {surrogate.n_classes} classes and inputs "
+                f"{surrogate.input_spec.shape}; the target has {target.n_classes} and {target.input_spec.shape}")
+
+    @abstractmethod
+    def _extract(self, target: Target, pool: np.ndarray, threat: ThreatModel, ctx: Any) -> Iterator[Target]:
+        """Query the target on inputs of ``pool`` and yield a surrogate after each round; the last
+        one is the result. Stay within ``threat.query_budget``."""

@@ -1,0 +1,80 @@
+"""Data audits: ``audit(data, ctx) -> AuditResult``.
+
+An audit (duplicates, label noise, leaks between splits, PII, provenance) reports findings, each
+naming the records and the columns it concerns. The base enforces once for every audit: record
+indices exist and are listed once, in order; columns are the dataset's own (``feature_names``,
+or ``col0``, ``col1``, ... when it has none); every finding points to a rule id; findings come
+worst first.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from bastion.core.capability import Configurable, Tally
+from bastion.core.data import Dataset
+from bastion.core.results import Severity
+from bastion.errors import BastionRuntimeError
+
+
+class AuditFinding(BaseModel):
+    """One observation about the data: which rule, how bad, which records and columns."""
+
+    rule_id: str = Field(min_length=1)
+    title: str
+    severity: Severity
+    records: list[int] = Field(default_factory=list)
+    columns: list[str] = Field(default_factory=list)
+    measurements: dict[str, float] = Field(default_factory=dict)
+
+
+class AuditResult(BaseModel):
+    audit: str
+    n_records: int
+    columns: list[str]
+    findings: list[AuditFinding]
+    seconds: float
+
+    @property
+    def flagged_records(self) -> list[int]:
+        return sorted({r for f in self.findings for r in f.records})
+
+
+def column_names(data: Dataset) -> list[str]:
+    n = int(np.prod(data.x.shape[1:])) if data.x.ndim > 1 else 1
+    return list(data.feature_names) if data.feature_names else [f"col{i}" for i in range(n)]
+
+
+class DataAudit(Configurable, ABC):
+    """Base of data audits. Subclasses implement ``_audit``."""
+
+    family: ClassVar[str] = "audit"
+
+    def audit(self, data: Dataset, ctx: Any = None) -> AuditResult:
+        columns = column_names(data)
+        tally = Tally.start(None)
+        findings = list(self._audit(data, columns, ctx))
+        tally.stop()
+        name = self.label
+        out = []
+        for f in findings:
+            if not isinstance(f, AuditFinding):
+                raise BastionRuntimeError(f"audit '{name}' returned a {type(f).__name__}, not an AuditFinding")
+            records = sorted(set(f.records))
+            if records and (records[0] < 0 or records[-1] >= len(data)):
+                raise BastionRuntimeError(f"audit '{name}': finding '{f.rule_id}' names records outside "
+                                          f"[0, {len(data) - 1}]")
+            unknown = sorted(set(f.columns) - set(columns))
+            if unknown:
+                raise BastionRuntimeError(f"audit '{name}': finding '{f.rule_id}' names unknown columns {unknown}")
+            out.append(f.model_copy(update={"records": records}))
+        out.sort(key=lambda f: -f.severity.rank)
+        return AuditResult(audit=name, n_records=len(data), columns=columns, findings=out, seconds=tally.seconds)
+
+    @abstractmethod
+    def _audit(self, data: Dataset, columns: list[str], ctx: Any) -> list[AuditFinding]:
+        """The findings about ``data`` (``columns``: its column names, for the findings to cite)."""
