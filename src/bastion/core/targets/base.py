@@ -93,6 +93,12 @@ class Target(ABC):
     def _predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Probabilities for validated float32 inputs; subclasses implement this."""
 
+    def adaptive_view(self) -> Target:
+        """What a white-box attack takes gradients through: the target itself, unless a defense
+        declares an adaptive path (BPDA, EOT; see ``bastion.core.defense``). Predictions always
+        come from the target."""
+        return self
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "white_box": self.white_box,
                 "classes": [str(c) for c in self.classes], "input": self.input_spec.to_dict()}
