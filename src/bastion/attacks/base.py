@@ -16,11 +16,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from bastion.core.data import check_label_indices
 from bastion.core.metrics import attack_metrics, perturbation_norms
 from bastion.core.registry import Registry
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel, check_eps, check_norm
-from bastion.errors import BastionRuntimeError, DataError, QueryBudgetExceeded, TargetError, UsageError
+from bastion.errors import BastionRuntimeError, QueryBudgetExceeded, TargetError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -185,18 +186,7 @@ def _predict(target: Target, x: np.ndarray, batch_size: int) -> np.ndarray:
 
 
 def _check_labels(y: np.ndarray, n: int, n_classes: int) -> np.ndarray:
-    y = np.asarray(y).reshape(-1)
-    if len(y) != n:
-        raise DataError(f"{n} inputs but {len(y)} labels")
-    if not np.issubdtype(y.dtype, np.integer):
-        if np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)):
-            y = y.astype(np.int64)
-        else:
-            raise DataError(f"labels must be class indices (integers), got dtype {y.dtype}",
-                            hint="map labels to indices with bastion.core.data.align_labels")
-    if y.min() < 0 or y.max() >= n_classes:
-        raise DataError(f"labels must be in [0, {n_classes - 1}] for this target; found {int(y.min())}..{int(y.max())}")
-    return y.astype(np.int64)
+    return check_label_indices(y, n, n_classes)
 
 
 # --- registry -------------------------------------------------------------------------------------
