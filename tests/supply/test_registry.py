@@ -286,3 +286,69 @@ def test_parallel_processes_never_corrupt_the_registry(tmp_path: Path, keys) -> 
     deployed = reg.deployed("m")
     active = [v for v in reg.versions("m") if v.deployed]
     assert deployed is not None and [v.version for v in active] == [deployed.version]
+
+
+# --------------------------------------------------------------------------- schema version, --no-recheck
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", "from bastion.cli.main import main; main()", *args],
+                          check=False, capture_output=True, text=True, timeout=120)
+
+
+def test_a_database_of_another_schema_version_is_refused(tmp_path: Path) -> None:
+    """A registry written by another schema version must not be read or written as if it were ours."""
+    path = tmp_path / "r.db"
+    Registry(f"sqlite:///{path}").close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE bastion_meta SET value = '2' WHERE key = 'schema_version'")
+    with pytest.raises(RegistryError, match="created by registry schema version 2") as err:
+        Registry(f"sqlite:///{path}")
+    assert "upgrade bastion" in str(err.value)
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE bastion_meta SET value = '0' WHERE key = 'schema_version'")
+    proc = _run_cli("registry", "list", "--db", f"sqlite:///{path}")
+    assert proc.returncode == 2, proc.stderr
+    assert "schema version 0" in proc.stderr and "--db" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_tables_of_another_application_are_not_taken_for_a_registry(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE models (id INTEGER PRIMARY KEY, title TEXT)")
+    with pytest.raises(RegistryError, match="not a bastion registry"):
+        Registry(f"sqlite:///{path}")
+    with sqlite3.connect(path) as conn:  # nothing was created or changed in someone else's database
+        assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")] == ["models"]
+
+
+@needs_scanner
+def test_rollback_without_recheck_skips_a_version_whose_files_are_gone(tmp_path: Path, reg: Registry,
+                                                                       keys) -> None:
+    import shutil
+
+    dirs = [make_model(tmp_path, f"m{i}", i, keys) for i in range(3)]
+    for d in dirs:
+        reg.promote("clf", reg.add("clf", d, key=keys.public_path).version)
+    shutil.rmtree(dirs[1])  # v2 was good when recorded; its files are gone now
+    back = reg.rollback("clf", recheck=False)
+    assert (back.from_version, back.to_version.version) == ("v3", "v1")
+    assert [v for v, _ in back.skipped] == ["v2"] and "files are gone" in back.skipped[0][1]
+    assert back.warnings and "not re-checked" in back.warnings[0]
+    shutil.rmtree(dirs[0])
+    reg.promote("clf", "v3")
+    with pytest.raises(PromotionRefused, match="files are gone"):
+        reg.rollback("clf", recheck=False)
+    assert reg.deployed("clf").version == "v3"
+
+
+@needs_scanner
+def test_cli_rollback_without_recheck_warns(tmp_path: Path, keys) -> None:
+    db = f"sqlite:///{tmp_path / 'cli.db'}"
+    reg = Registry(db)
+    for i in range(2):
+        reg.promote("clf", reg.add("clf", make_model(tmp_path, f"m{i}", i, keys), key=keys.public_path).version)
+    reg.close()
+    proc = _run_cli("registry", "rollback", "clf", "--no-recheck", "--db", db)
+    assert proc.returncode == 0, proc.stderr
+    assert "rolled back" in proc.stdout and "v1 was not re-checked" in proc.stderr

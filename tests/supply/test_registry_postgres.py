@@ -337,3 +337,15 @@ def test_parallel_processes_never_corrupt_the_registry_on_postgres(tmp_path: Pat
         assert deployed is not None and [v.version for v in active] == [deployed.version]
     finally:
         reg.close()
+
+
+def test_another_schema_version_is_refused_on_every_engine(any_url: str) -> None:
+    Registry(any_url).close()
+    engine = create_engine(any_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE bastion_meta SET value = '7' WHERE key = 'schema_version'"))
+    finally:
+        engine.dispose()
+    with pytest.raises(RegistryError, match="created by registry schema version 7"):
+        Registry(any_url)

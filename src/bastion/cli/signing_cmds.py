@@ -371,6 +371,8 @@ def registry_rollback(
         console.print(f"[yellow]skipped[/] {escape(label)}: {escape(reason)}")
     console.print(f"[green]rolled back[/] {escape(name)}: {escape(result.from_version)} -> "
                   f"{escape(result.to_version.version)}")
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}")
 
 
 def register(app: typer.Typer) -> None:

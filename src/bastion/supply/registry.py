@@ -51,6 +51,7 @@ from sqlalchemy import (
     func,
     select,
 )
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -270,10 +271,11 @@ class RollbackResult:
     from_version: str
     to_version: VersionInfo
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "from": self.from_version, "to": self.to_version.to_dict(),
-                "skipped": [{"version": v, "reason": r} for v, r in self.skipped]}
+                "skipped": [{"version": v, "reason": r} for v, r in self.skipped], "warnings": self.warnings}
 
 
 # --------------------------------------------------------------------------- checks
@@ -389,6 +391,25 @@ def _already_exists(exc: DBAPIError) -> bool:
     return getattr(exc.orig, "sqlstate", None) in {"42P07", "42710"} or "already exists" in str(exc.orig).lower()
 
 
+def _check_schema_version(registry: Registry, found: str | None) -> None:
+    """Refuse a database whose registry schema is not the one this bastion reads and writes (exit 2)."""
+    if found == SCHEMA_VERSION:
+        return
+    where = repr(registry)
+    if found is None:
+        raise RegistryError(
+            f"{where} is not a bastion registry: it has tables named like the registry's "
+            f"({', '.join(sorted(Base.metadata.tables))}) but no schema version in 'bastion_meta'",
+            hint="point --db or $BASTION_REGISTRY_URL at a new database (or another file) for the registry")
+    newer = found.isdigit() and int(found) > int(SCHEMA_VERSION)
+    raise RegistryError(
+        f"{where} was created by registry schema version {found}; this bastion reads schema version "
+        f"{SCHEMA_VERSION} only",
+        hint=("upgrade bastion to a release that knows schema version " + found) if newer else
+             ("open it with the bastion release that created it, or start a new registry with --db "
+              "or $BASTION_REGISTRY_URL (no automatic migration exists for this version)"))
+
+
 def _storable(text: str | None) -> str | None:
     """``text`` that every engine stores: NUL escaped (PostgreSQL rejects it), undecodable bytes of file
     names (surrogate escapes) shown as ``\\xNN`` instead of failing the UTF-8 encoding."""
@@ -478,17 +499,27 @@ class Registry:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _create_schema(self) -> None:
-        def create(session: Session) -> None:
+        def create(session: Session) -> str | None:
             if session.get_bind().dialect.name == "postgresql":  # DDL is transactional there: serialise it
                 session.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
+            existing = set(sa_inspect(session.connection()).get_table_names())
+            ours = set(Base.metadata.tables)
+            if existing & ours and "bastion_meta" not in existing:
+                return None  # tables of another application (or of a broken registry) under our names
             Base.metadata.create_all(session.connection())
-            if session.get(MetaRow, "schema_version") is None:
+            row = session.get(MetaRow, "schema_version")
+            if row is None:
+                if existing & (ours - {"bastion_meta"}):
+                    return None
                 session.add(MetaRow(key="schema_version", value=SCHEMA_VERSION))
+                return SCHEMA_VERSION
+            return row.value
 
         try:
-            self._run(create, write=True, ddl=True)
+            found = self._run(create, write=True, ddl=True)
         except BastionRuntimeError as exc:
             raise RegistryError(f"cannot open the registry at {self!r}: {exc}") from None
+        _check_schema_version(self, found)
 
     # ------------------------------------------------------------------ helpers
 
@@ -733,12 +764,21 @@ class Registry:
                 def judge(label: str, entry_id: int) -> list[str]:
                     row = labels[entry_id]
                     ok = row is not None and row.signature_status == "valid" and row.scan_verdict == "pass"
-                    return [] if ok else [f"recorded signature {row.signature_status if row else '?'}, "
-                                          f"scan {row.scan_verdict if row else '?'}"]
+                    if not ok:
+                        return [f"recorded signature {row.signature_status if row else '?'}, "
+                                f"scan {row.scan_verdict if row else '?'}"]
+                    gone = _files_gone(row.path)  # type: ignore[union-attr]
+                    return [gone] if gone else []
 
                 stack = [(d.id, d.version_id, labels[d.id].version) for d in live]  # type: ignore[union-attr]
                 target, skipped = self._plan(name, stack, judge)
-                return self._apply(session, model, live, stack, target, skipped, {})
+                result = self._apply(session, model, live, stack, target, skipped, {})
+                result.warnings.append(
+                    f"{result.to_version.version} was not re-checked (--no-recheck): deployed on its recorded "
+                    f"checks from {result.to_version.checked_at} (signature {result.to_version.signature_status}, "
+                    f"scan {result.to_version.scan_verdict}); run 'bastion registry promote {name} "
+                    f"{result.to_version.version}' to check it now")
+                return result
 
             result = self._run(recorded, write=True)
             assert result is not None
@@ -856,6 +896,16 @@ def _validate_text(value: str | None, what: str, limit: int | None) -> None:
     except UnicodeEncodeError:
         raise RegistryError(f"{what} is not valid UTF-8: {value!r}",
                             hint="rename it; the registry stores text as UTF-8") from None
+
+
+def _files_gone(path: str) -> str | None:
+    """Why a version's recorded directory can no longer be deployed, or ``None`` if it is still there."""
+    root = Path(path)
+    if root.is_dir():
+        return None
+    what = "is no longer a directory" if root.exists() else "no longer exists"
+    return (f"its files are gone: {path} {what} (--no-recheck trusts the recorded checks, "
+            f"but cannot deploy files that are not there)")
 
 
 def _public_key_pem(key: str | os.PathLike[str]) -> bytes:
