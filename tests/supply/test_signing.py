@@ -358,3 +358,77 @@ def test_cli_exit_codes_through_the_console_entry(tmp_path: Path, model: Path, k
     enc = generate_keypair(tmp_path / "enc", passphrase=b"pw")
     nopass = _bastion("sign", str(model), "--key", str(enc.private_path), env={"BASTION_KEY_PASSPHRASE": ""})
     assert nopass.returncode == 2 and "BASTION_KEY_PASSPHRASE" in nopass.stderr
+
+
+# --------------------------------------------------------------------------- OpenSSF model signing (OMS)
+
+
+@pytest.fixture()
+def oms_keys(tmp_path: Path):
+    (tmp_path / "oms-keys").mkdir()
+    return generate_keypair(tmp_path / "oms-keys" / "k", algorithm="ecdsa-p256")
+
+
+def _model_signing():
+    return pytest.importorskip("model_signing", reason="model_signing (pip install model-signing, in the test "
+                                                       "extra) verifies bastion's OMS bundles and signs the reverse")
+
+
+def test_model_signing_verifies_what_bastion_signs(model: Path, oms_keys) -> None:
+    ms = _model_signing()
+    (model / ".git" / "HEAD").write_text("ref: refs/heads/other\n")  # git metadata is ignored, like model_signing
+    res = runner.invoke(app, ["sign", str(model), "--key", str(oms_keys.private_path), "--format", "oms", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert doc["files"] == 4 and doc["key_id"] == oms_keys.key_id
+    verifier = ms.verifying.Config().use_elliptic_key_verifier(public_key=oms_keys.public_path)
+    verifier.verify(model, model / "model.sig")  # raises on any mismatch
+    (model / "config.json").write_text('{"layers": 4}')
+    with pytest.raises(ValueError, match="config.json"):
+        ms.verifying.Config().use_elliptic_key_verifier(public_key=oms_keys.public_path).verify(
+            model, model / "model.sig")
+
+
+def test_bastion_verifies_what_model_signing_signs(tmp_path: Path, model: Path, oms_keys) -> None:
+    ms = _model_signing()
+    bundle = tmp_path / "model.sig"  # model_signing's CLI default: a bundle beside the model
+    ms.signing.Config().use_elliptic_key_signer(private_key=oms_keys.private_path).sign(model, bundle)
+    args = ["verify", str(model), "--key", str(oms_keys.public_path), "--signature", str(bundle)]
+    res = runner.invoke(app, args)  # the ECDSA key selects the OMS format
+    assert res.exit_code == 0 and "OK" in res.output, res.output
+    (model / "sub" / "tokenizer.txt").write_text("a b d\n")
+    (model / "new.bin").write_bytes(b"\0")
+    (model / "empty").unlink()
+    res = runner.invoke(app, [*args, "--json"])
+    assert res.exit_code == 1, res.output
+    doc = json.loads(res.output)
+    assert (doc["signature"], doc["added"], doc["removed"]) == ("valid", ["new.bin"], ["empty"])
+    assert [c["path"] for c in doc["changed"]] == ["sub/tokenizer.txt"]
+
+
+def test_oms_signature_faults_are_named(tmp_path: Path, model: Path, oms_keys, keys) -> None:
+    from bastion.supply.oms import sign_oms, verify_oms
+
+    sign_oms(model, oms_keys.private_path)
+    other = generate_keypair(tmp_path / "oms-keys" / "other", algorithm="ecdsa-p384")
+    report = verify_oms(model, other.public_path)
+    assert report.signature == "invalid" and "wrong key?" in report.signature_detail
+    bundle = json.loads((model / "model.sig").read_text())
+    payload = json.loads(__import__("base64").b64decode(bundle["dsseEnvelope"]["payload"]))
+    payload["predicate"]["resources"][0]["digest"] = "00" * 32
+    bundle["dsseEnvelope"]["payload"] = __import__("base64").b64encode(json.dumps(payload).encode()).decode()
+    (model / "model.sig").write_text(json.dumps(bundle))
+    report = verify_oms(model, oms_keys.public_path)
+    assert report.signature == "invalid" and "modified after signing" in report.signature_detail and not report.ok
+    (model / "model.sig").unlink()
+    assert verify_oms(model, oms_keys.public_path).signature == "missing"
+    with pytest.raises(KeyFileError, match="ECDSA keys"):  # an Ed25519 key cannot make an OMS bundle
+        sign_oms(model, keys.private_path)
+    with pytest.raises(UsageError, match="without wildcards"):
+        sign_oms(model, oms_keys.private_path, ignore=["*.tmp"])
+    os.symlink("config.json", model / "link.json")
+    with pytest.raises(UsageError, match="symbolic link"):
+        sign_oms(model, oms_keys.private_path)
+    res = runner.invoke(app, ["sign", str(model), "--key", str(keys.private_path), "--format", "oms"])
+    assert isinstance(res.exception, KeyFileError) and res.exception.exit_code == 2
+    assert "keygen --algorithm ecdsa-p256" in str(res.exception)

@@ -79,12 +79,16 @@ def keygen(
                                        help="Environment variable holding a passphrase to encrypt the private key "
                                             "(unencrypted if it is unset)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing key files."),
+    algorithm: str = typer.Option("ed25519", "--algorithm",
+                                  help="ed25519 (bastion manifests) or ecdsa-p256 / ecdsa-p384 "
+                                       "(OpenSSF model-signing bundles: sign --format oms)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object instead of text."),
 ) -> None:
-    """Make an Ed25519 key pair for signing model directories."""
+    """Make a key pair for signing model directories (Ed25519, or ECDSA for OMS bundles)."""
     from bastion.supply.signing import generate_keypair
 
-    pair = generate_keypair(out, passphrase=_passphrase(passphrase_env, required=False), overwrite=force)
+    pair = generate_keypair(out, passphrase=_passphrase(passphrase_env, required=False), overwrite=force,
+                            algorithm=algorithm)
     if as_json:
         _print_json({"private_key": str(pair.private_path), "public_key": str(pair.public_path),
                      "key_id": pair.key_id, "encrypted": pair.encrypted})
@@ -107,13 +111,25 @@ def sign(
     workers: int = typer.Option(0, "--workers", help="Hashing threads (0: one per CPU core)."),
     passphrase_env: str = typer.Option("BASTION_KEY_PASSPHRASE", "--passphrase-env",
                                        help="Environment variable holding the private key's passphrase."),
+    fmt: str = typer.Option("bastion", "--format",
+                            help="bastion: Ed25519-signed bastion-manifest.json; oms: an OpenSSF model-signing "
+                                 "bundle (model.sig, ECDSA key) that the model_signing tools verify."),
+    signature: Path | None = typer.Option(None, "--signature",
+                                          help="--format oms: where to write the bundle (default MODEL_DIR/model.sig)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object instead of text."),
 ) -> None:
-    """Hash every file of MODEL_DIR into a manifest and sign it (Ed25519)."""
+    """Hash every file of MODEL_DIR and sign it: a bastion manifest (Ed25519) or an OMS bundle (ECDSA)."""
     from bastion.supply.signing import sign_directory
 
     if workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {workers}")
+    if fmt not in ("bastion", "oms"):
+        raise UsageError(f"--format must be 'bastion' or 'oms', got {fmt!r}")
+    if fmt == "oms":
+        _sign_oms(model_dir, key, ignore, signature, passphrase_env, as_json)
+        return
+    if signature is not None:
+        raise UsageError("--signature is for --format oms; a bastion manifest is always written into MODEL_DIR")
     with _HashProgress("hashing") as progress:
         result = sign_directory(model_dir, key, passphrase=_passphrase(passphrase_env, required=False),
                                 ignore=ignore, use_default_ignores=not no_default_ignores,
@@ -130,20 +146,54 @@ def sign(
     console.print(f"content digest: {result.content_digest}")
 
 
+def _sign_oms(model_dir: Path, key: Path, ignore: list[str], signature: Path | None, passphrase_env: str,
+              as_json: bool) -> None:
+    from bastion.supply.oms import sign_oms
+
+    result = sign_oms(model_dir, key, passphrase=_passphrase(passphrase_env, required=False), ignore=ignore,
+                      signature_path=signature)
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    console.print(f"[green]signed[/] {escape(str(result.root))} (OpenSSF model signing): {result.files} files, "
+                  f"{result.bytes_hashed / 1e6:.1f} MB in {result.seconds:.2f} s")
+    console.print(f"ignored paths: {escape(', '.join(result.ignore_paths))}")
+    console.print(f"signature: {escape(str(result.signature_path))} (key {result.key_id})")
+    console.print(f"subject digest: {result.subject_digest}")
+
+
 def verify(
     model_dir: Path = typer.Argument(..., help="Signed model directory."),
     key: Path = typer.Option(..., "--key", "-k", help="Public key file (PREFIX.pub)."),
     ignore: list[str] = typer.Option([], "--ignore", help=_IGNORE_HELP + " Added to the manifest's rules."),
     workers: int = typer.Option(0, "--workers", help="Hashing threads (0: one per CPU core)."),
+    fmt: str = typer.Option("auto", "--format",
+                            help="auto (from the key: Ed25519 -> bastion manifest, ECDSA -> OMS bundle), "
+                                 "bastion or oms."),
+    signature: Path | None = typer.Option(None, "--signature",
+                                          help="--format oms: the bundle to check (default MODEL_DIR/model.sig)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object instead of text."),
 ) -> None:
-    """Check MODEL_DIR against its signed manifest: exit 0 intact, 1 tampered or unsigned, 2 usage error."""
-    from bastion.supply.signing import verify_directory
+    """Check MODEL_DIR against its signature: exit 0 intact, 1 tampered or unsigned, 2 usage error."""
+    from bastion.supply.signing import public_key_kind, verify_directory
 
     if workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {workers}")
-    with _HashProgress("verifying") as progress:
-        report = verify_directory(model_dir, key, ignore=ignore, workers=workers or None, progress=progress)
+    if fmt not in ("auto", "bastion", "oms"):
+        raise UsageError(f"--format must be 'auto', 'bastion' or 'oms', got {fmt!r}")
+    if fmt == "auto":
+        fmt = "oms" if public_key_kind(key) == "ecdsa" else "bastion"
+    if fmt == "oms":
+        from bastion.supply.oms import verify_oms
+
+        if ignore:
+            raise UsageError("--ignore is not used with --format oms: the signed bundle lists its ignore paths")
+        report = verify_oms(model_dir, key, signature_path=signature)
+    else:
+        if signature is not None:
+            raise UsageError("--signature is for --format oms; a bastion manifest is read from MODEL_DIR")
+        with _HashProgress("verifying") as progress:
+            report = verify_directory(model_dir, key, ignore=ignore, workers=workers or None, progress=progress)
     if as_json:
         _print_json(report.to_dict())
     else:

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
@@ -60,11 +61,19 @@ logger = logging.getLogger(__name__)
 SIGNATURE_FORMAT = "bastion-signature/1"
 #: Environment variable read for a private key's passphrase (never a command-line argument).
 PASSPHRASE_ENV = "BASTION_KEY_PASSPHRASE"
+#: Key algorithms ``generate_keypair`` makes: Ed25519 signs bastion manifests, ECDSA keys sign
+#: OpenSSF model-signing (OMS) bundles (see :mod:`bastion.supply.oms`).
+KEY_ALGORITHMS: dict[str, ec.EllipticCurve | None] = {
+    "ed25519": None, "ecdsa-p256": ec.SECP256R1(), "ecdsa-p384": ec.SECP384R1(),
+}
+#: Which key type each signature format needs.
+KeyKind = Literal["ed25519", "ecdsa"]
+_EC_CURVES = {"secp256r1": "p256", "secp384r1": "p384", "secp521r1": "p521"}
 
 __all__ = [
     "MANIFEST_NAME", "SIGNATURE_NAME", "PASSPHRASE_ENV", "KeyFileError", "KeyPair", "SignResult",
     "Change", "VerifyReport", "generate_keypair", "load_private_key", "load_public_key", "key_id",
-    "sign_directory", "verify_directory", "read_signed_manifest",
+    "sign_directory", "verify_directory", "read_signed_manifest", "KEY_ALGORITHMS", "public_key_kind",
 ]
 
 
@@ -87,8 +96,17 @@ class KeyPair:
     encrypted: bool
 
 
-def key_id(public_key: Ed25519PublicKey) -> str:
-    """Short, stable id of a public key: ``ed25519:`` + first 16 hex of SHA-256 of its raw bytes."""
+def key_id(public_key: Ed25519PublicKey | ec.EllipticCurvePublicKey) -> str:
+    """Short, stable id of a public key.
+
+    Ed25519: ``ed25519:`` + first 16 hex of the SHA-256 of the raw 32 bytes. ECDSA:
+    ``ecdsa-p256:`` (or p384, p521) + first 16 hex of the SHA-256 of the PEM public key, the
+    prefix of the key hint that OMS bundles carry.
+    """
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        pem = public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        curve = _EC_CURVES.get(public_key.curve.name, public_key.curve.name)
+        return f"ecdsa-{curve}:" + hashlib.sha256(pem).hexdigest()[:16]
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return "ed25519:" + hashlib.sha256(raw).hexdigest()[:16]
 
@@ -98,8 +116,14 @@ def generate_keypair(
     *,
     passphrase: bytes | None = None,
     overwrite: bool = False,
+    algorithm: str = "ed25519",
 ) -> KeyPair:
-    """Create ``PREFIX.key`` (PKCS#8 PEM, mode 0600, encrypted if ``passphrase``) and ``PREFIX.pub``."""
+    """Create ``PREFIX.key`` (PKCS#8 PEM, mode 0600, encrypted if ``passphrase``) and ``PREFIX.pub``.
+
+    ``algorithm``: ``ed25519`` (bastion manifests) or ``ecdsa-p256`` / ``ecdsa-p384`` (OMS bundles).
+    """
+    if algorithm not in KEY_ALGORITHMS:
+        raise UsageError(f"unknown key algorithm {algorithm!r}; choose one of {', '.join(KEY_ALGORITHMS)}")
     prefix = Path(out_prefix)
     priv_path, pub_path = Path(f"{prefix}.key"), Path(f"{prefix}.pub")
     if not overwrite:
@@ -109,7 +133,9 @@ def generate_keypair(
                             hint="choose another --out prefix, or pass --force")
     if prefix.parent and not prefix.parent.is_dir():
         raise KeyFileError(f"directory {prefix.parent} does not exist")
-    key = Ed25519PrivateKey.generate()
+    curve = KEY_ALGORITHMS[algorithm]
+    key: Ed25519PrivateKey | ec.EllipticCurvePrivateKey = (
+        Ed25519PrivateKey.generate() if curve is None else ec.generate_private_key(curve))
     enc: serialization.KeySerializationEncryption = (
         serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
     )
@@ -140,10 +166,11 @@ def _read_key_file(path: str | os.PathLike[str], what: str) -> bytes:
     return data
 
 
-def load_private_key(path: str | os.PathLike[str], passphrase: bytes | None = None) -> Ed25519PrivateKey:
-    """Load an Ed25519 private key (PEM or OpenSSH); clear errors for every way it can fail."""
+def load_private_key(path: str | os.PathLike[str], passphrase: bytes | None = None, *,
+                     kind: KeyKind = "ed25519") -> Any:
+    """Load a private key of ``kind`` (PEM, or OpenSSH for Ed25519); clear errors for every way it can fail."""
     data = _read_key_file(path, "private key")
-    if b"PUBLIC KEY" in data or data.startswith(b"ssh-ed25519"):
+    if b"PUBLIC KEY" in data or data.startswith((b"ssh-ed25519", b"ecdsa-sha2")):
         raise KeyFileError(f"{path} holds a public key; signing needs the private key",
                         hint="pass the .key file written by 'bastion keygen'")
     try:
@@ -163,28 +190,61 @@ def load_private_key(path: str | os.PathLike[str], passphrase: bytes | None = No
         raise KeyFileError(f"{path} is not a valid private key file ({exc})") from None
     except Exception as exc:  # cryptography raises UnsupportedAlgorithm and friends
         raise KeyFileError(f"{path} is not a usable private key ({type(exc).__name__}: {exc})") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise KeyFileError(f"{path} holds a {type(key).__name__.lstrip('_')}, bastion signs with Ed25519 keys",
-                        hint="make one with 'bastion keygen'")
+    _check_kind(key, path, kind, Ed25519PrivateKey, ec.EllipticCurvePrivateKey)
     return key
 
 
-def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
-    """Load an Ed25519 public key (PEM SubjectPublicKeyInfo or one OpenSSH ``ssh-ed25519`` line)."""
+def _describe(key: Any) -> str:
+    name = type(key).__name__.lstrip("_")
+    for word, text in (("Ed25519", "an Ed25519 key"), ("EllipticCurve", "an ECDSA key"), ("RSA", "an RSA key"),
+                       ("DSA", "a DSA key"), ("Ed448", "an Ed448 key")):
+        if word in name or (word == "EllipticCurve" and name.startswith("EC")):
+            return text
+    return f"a {name}"
+
+
+def _check_kind(key: Any, path: str | os.PathLike[str], kind: KeyKind, ed_type: type, ec_type: type) -> None:
+    """Refuse a key of another type than the signature format needs, saying which key to make."""
+    if kind == "ed25519" and not isinstance(key, ed_type):
+        raise KeyFileError(f"{path} holds {_describe(key)}, bastion manifests are signed "
+                           "with Ed25519 keys",
+                           hint="make one with 'bastion keygen' (ECDSA keys sign OMS bundles: --format oms)")
+    if kind == "ecdsa":
+        if not isinstance(key, ec_type):
+            raise KeyFileError(f"{path} holds {_describe(key)}, OMS (OpenSSF model signing) "
+                               "bundles are signed with ECDSA keys (P-256, P-384 or P-521)",
+                               hint="make one with 'bastion keygen --algorithm ecdsa-p256'")
+        if key.curve.name not in _EC_CURVES:
+            raise KeyFileError(f"{path} is an ECDSA key on curve {key.curve.name}; OMS accepts P-256, P-384 "
+                               "and P-521 only", hint="make one with 'bastion keygen --algorithm ecdsa-p256'")
+
+
+def load_public_key(path: str | os.PathLike[str], *, kind: KeyKind = "ed25519") -> Any:
+    """Load a public key of ``kind`` (PEM SubjectPublicKeyInfo or one OpenSSH line)."""
     data = _read_key_file(path, "public key")
     if b"PRIVATE KEY" in data:
         raise KeyFileError(f"{path} holds a private key; verification needs the public key",
                         hint="pass the .pub file written by 'bastion keygen' (never share the .key)")
     try:
-        if data.lstrip().startswith(b"ssh-"):
+        if data.lstrip().startswith((b"ssh-", b"ecdsa-sha2")):
             key = serialization.load_ssh_public_key(data.strip())
         else:
             key = serialization.load_pem_public_key(data)
     except Exception as exc:  # ValueError, UnsupportedAlgorithm
         raise KeyFileError(f"{path} is not a valid public key file ({exc})") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise KeyFileError(f"{path} holds a {type(key).__name__.lstrip('_')}, bastion verifies Ed25519 keys")
+    _check_kind(key, path, kind, Ed25519PublicKey, ec.EllipticCurvePublicKey)
     return key
+
+
+def public_key_kind(path: str | os.PathLike[str]) -> KeyKind:
+    """Which signature format a public key file verifies: ``ed25519`` (bastion) or ``ecdsa`` (OMS)."""
+    data = _read_key_file(path, "public key")
+    try:
+        key = (serialization.load_ssh_public_key(data.strip()) if data.lstrip().startswith((b"ssh-", b"ecdsa-sha2"))
+               else serialization.load_pem_public_key(data))
+    except Exception:
+        return "ed25519"  # load_public_key then says what is wrong with the file
+    return "ecdsa" if isinstance(key, ec.EllipticCurvePublicKey) else "ed25519"
 
 
 # --------------------------------------------------------------------------- sign
@@ -211,7 +271,7 @@ class SignResult:
         return doc
 
 
-def _require_dir(root: str | os.PathLike[str]) -> Path:
+def require_model_dir(root: str | os.PathLike[str]) -> Path:
     root = Path(root)
     if not root.exists():
         raise NotADirectoryUsageError(f"model directory not found: {root}")
@@ -238,7 +298,7 @@ def sign_directory(
     target leaves the directory. ``key`` is a private key object or the path of a PEM key file.
     """
     t0 = time.perf_counter()
-    root = _require_dir(root)
+    root = require_model_dir(root)
     if chunk_size < MIN_CHUNK_SIZE:
         raise UsageError(f"--chunk-size must be at least {MIN_CHUNK_SIZE} bytes, got {chunk_size}")
     private = key if isinstance(key, Ed25519PrivateKey) else load_private_key(key, passphrase)
@@ -422,7 +482,7 @@ def verify_directory(
     manifest's chunk size. ``UsageError`` only for a bad key or a path that is not a directory.
     """
     t0 = time.perf_counter()
-    root = _require_dir(root)
+    root = require_model_dir(root)
     public = key if isinstance(key, Ed25519PublicKey) else load_public_key(key)
     report = VerifyReport(root=str(root))
     doc = read_signed_manifest(root, public, report)
