@@ -4,9 +4,10 @@ The request body is a JSON template holding the placeholder ``"$inputs"`` where 
 (nested lists); the response holds the probabilities (or only the labels) at a dotted path
 (``outputs.probabilities``, ``predictions.*.label``; ``*`` maps over a list, integers index one).
 The auth header value is read from an environment variable and never logged, described, reported
-or put in an error message. Batching, timeouts, retries with exponential backoff on 429/5xx
-(honouring ``Retry-After``), a client-side rate limit, the Target's hard query budget, and a log of
-every request (``request_log``) with its summary (``query_log``) for reports.
+or put in an error message (see :mod:`bastion.core.redact`). Batching, concurrent requests, a
+timeout for each whole request, a cap on the answer's size, retries with jittered exponential
+backoff on 429/5xx (honouring ``Retry-After``), a client-side rate limit, the Target's hard query
+budget, and a log of every request (``request_log``) with its summary (``query_log``) for reports.
 """
 
 from __future__ import annotations
@@ -16,12 +17,17 @@ import email.utils
 import json
 import logging
 import os
+import random
+import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import numpy as np
 
+from bastion.core.redact import redact, redact_snippet, redact_url, register_secret
 from bastion.core.spec import InputSpec
 from bastion.core.targets.base import Target, looks_like_probabilities
 from bastion.errors import BastionRuntimeError, UsageError, require
@@ -30,6 +36,7 @@ log = logging.getLogger(__name__)
 
 PLACEHOLDER = "$inputs"
 MAX_LOG = 100_000  # request records kept in memory
+MAX_RESPONSE_BYTES = 16 * 2**20  # default cap on one answer: far above 64 rows of 1,000 scores
 
 
 class EndpointError(BastionRuntimeError):
@@ -42,6 +49,17 @@ class EndpointUnreachable(EndpointError):
 
 class MalformedResponse(EndpointError):
     """The endpoint answered, but not with what the response path says it should."""
+
+
+class ResponseTooLarge(MalformedResponse):
+    """The endpoint's answer is larger than ``max_response_bytes``."""
+
+
+class _Deadline(Exception):
+    """The whole request took longer than ``timeout`` (raised between pieces of the answer)."""
+
+
+AUTH_LIKE = re.compile(r"auth|key|token|secret|password|cookie|session|credential", re.IGNORECASE)
 
 
 class HttpTarget(Target):
@@ -60,10 +78,18 @@ class HttpTarget(Target):
     auth_env: name of the environment variable holding the auth header value (read at start, never
         logged); ``auth_header`` the header name (default ``Authorization``); ``auth_prefix`` e.g.
         ``"Bearer "``.
-    batch_size: inputs per request; timeout: seconds per request; retries: extra attempts on
-        429/5xx/transport errors; backoff: first wait in seconds (doubling, capped at
-        ``max_backoff``); rate_limit: most requests per second (None: no limit).
+    batch_size: inputs per request; timeout: seconds for a whole request (connect, send, wait,
+        read the answer); retries: extra attempts on 429/5xx/transport errors; backoff: first wait
+        in seconds (doubling, capped at ``max_backoff``, less up to ``jitter`` of it at random);
+        a ``Retry-After`` is honoured up to ``max_backoff`` and beyond it stops with an error;
+        rate_limit: most requests per second (None: no limit); max_concurrency: requests in flight
+        at once (batches of one call are sent in parallel, still under ``rate_limit``);
+        max_response_bytes: largest answer accepted (``ResponseTooLarge`` beyond it).
     query_budget: hard limit on inputs sent for the whole run (QueryBudgetExceeded beyond it).
+
+    The auth value, the URL's password and query values, and the values of auth-like ``headers``
+    are registered with :mod:`bastion.core.redact`: every message built from a response is
+    redacted before it is cut to length, so none of them reaches a log, an error or a report.
     """
 
     kind = "http"
@@ -73,64 +99,84 @@ class HttpTarget(Target):
                  label_path: str | None = None, auth_header: str = "Authorization", auth_env: str | None = None,
                  auth_prefix: str = "", headers: dict[str, str] | None = None, batch_size: int = 64,
                  timeout: float = 10.0, retries: int = 3, backoff: float = 0.5, max_backoff: float = 30.0,
-                 rate_limit: float | None = None, query_budget: int | None = None, name: str = "") -> None:
+                 jitter: float = 0.5, rate_limit: float | None = None, max_concurrency: int = 1,
+                 max_response_bytes: int = MAX_RESPONSE_BYTES, query_budget: int | None = None,
+                 name: str = "") -> None:
         self._secret: str | None = None
         parts = urlsplit(str(url))
+        _register_url_secrets(parts)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise UsageError(f"'{_safe_url(url)}' is not an http(s) URL")
+            raise UsageError(f"'{redact(url)}' is not an http(s) URL")
         if (probabilities_path is None) == (label_path is None):
             raise UsageError("give exactly one of probabilities_path (scores) or label_path (labels only)")
         if batch_size < 1 or timeout <= 0 or retries < 0 or backoff < 0 or max_backoff < 0:
             raise UsageError("batch_size must be >= 1, timeout > 0, retries >= 0 and backoff >= 0 "
                              f"(got batch_size={batch_size}, timeout={timeout}, retries={retries}, backoff={backoff})")
+        if not 0.0 <= jitter <= 1.0:
+            raise UsageError(f"jitter must be a fraction of the backoff between 0 and 1, got {jitter}")
         if rate_limit is not None and rate_limit <= 0:
             raise UsageError(f"rate_limit must be a positive number of requests per second, got {rate_limit}")
+        if int(max_concurrency) != max_concurrency or max_concurrency < 1:
+            raise UsageError(f"max_concurrency must be a whole number of requests >= 1, got {max_concurrency}")
+        if int(max_response_bytes) != max_response_bytes or max_response_bytes < 1:
+            raise UsageError(f"max_response_bytes must be a positive whole number of bytes, got {max_response_bytes}")
+        for key, value in (headers or {}).items():
+            if AUTH_LIKE.search(str(key)):
+                register_secret(str(value))
         self.url = str(url)
         self.template = _parse_template(request_template)
         self.probabilities_path, self.label_path = probabilities_path, label_path
         self.label_only = label_path is not None
         self.auth_header, self.auth_env = auth_header, auth_env
         self.batch_size, self.timeout, self.retries = int(batch_size), float(timeout), int(retries)
-        self.backoff, self.max_backoff, self.rate_limit = float(backoff), float(max_backoff), rate_limit
+        self.backoff, self.max_backoff, self.jitter = float(backoff), float(max_backoff), float(jitter)
+        self.rate_limit, self.max_concurrency = rate_limit, int(max_concurrency)
+        self.max_response_bytes = int(max_response_bytes)
         self._headers = {"Content-Type": "application/json", **(headers or {})}
         if auth_env:
             value = os.environ.get(auth_env)
             if not value:
                 raise UsageError(f"the environment variable '{auth_env}' (auth header value) is not set or empty")
+            register_secret(value)
             self._secret = auth_prefix + value
-        super().__init__(classes, input_spec, name=name or f"http:{_safe_url(url)}", query_budget=query_budget)
+        super().__init__(classes, input_spec, name=name or f"http:{redact_url(self.url)}", query_budget=query_budget)
         self._label_index = {_key(c): i for i, c in enumerate(self.classes)}
         self._client: Any = None
-        self._last_request = 0.0
+        self._lock = threading.Lock()  # guards the client, the rate-limit slot and the logs
+        self._next_slot = 0.0
+        self._jitter = random.Random()  # timing only: never affects results
         self.request_log: list[dict[str, Any]] = []
         self._summary = {"requests": 0, "inputs": 0, "seconds": 0.0, "bytes_sent": 0, "bytes_received": 0,
                          "errors": 0, "retries": 0, "status": {}}
 
     # --- reporting ------------------------------------------------------------------------------
     def __repr__(self) -> str:
-        return (f"HttpTarget(url={_safe_url(self.url)!r}, classes={len(self.classes)}, "
+        return (f"HttpTarget(url={redact_url(self.url)!r}, classes={len(self.classes)}, "
                 f"label_only={self.label_only}, auth_env={self.auth_env!r})")
 
     @property
     def query_log(self) -> dict[str, Any]:
         """Summary of every request sent: counts, time, bytes, errors, retries, status codes."""
-        s = copy.deepcopy(self._summary)
+        with self._lock:
+            s = copy.deepcopy(self._summary)
         s["seconds"] = round(s["seconds"], 4)
         return s
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d.update({"url": _safe_url(self.url), "label_only": self.label_only, "auth_env": self.auth_env,
+        d.update({"url": redact_url(self.url), "label_only": self.label_only, "auth_env": self.auth_env,
                   "auth_header": self.auth_header if self.auth_env else None, "batch_size": self.batch_size,
                   "timeout": self.timeout, "retries": self.retries, "rate_limit": self.rate_limit,
+                  "max_concurrency": self.max_concurrency, "max_response_bytes": self.max_response_bytes,
                   "query_budget": self.query_budget, "query_log": self.query_log})
         return d
 
     def close(self) -> None:
         """Close the HTTP connection pool (reopened on the next query)."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
     def __enter__(self) -> HttpTarget:
         return self
@@ -140,141 +186,193 @@ class HttpTarget(Target):
 
     # --- predictions ----------------------------------------------------------------------------
     def _predict_proba(self, x: np.ndarray) -> np.ndarray:
-        out = [self._request(x[s:s + self.batch_size]) for s in range(0, len(x), self.batch_size)]
-        return np.concatenate(out)
+        batches = [x[s:s + self.batch_size] for s in range(0, len(x), self.batch_size)]
+        if self.max_concurrency == 1 or len(batches) == 1:
+            return np.concatenate([self._request(b) for b in batches])
+        with ThreadPoolExecutor(min(self.max_concurrency, len(batches)), thread_name_prefix="bastion-http") as pool:
+            futures = [pool.submit(self._request, b) for b in batches]
+            try:
+                return np.concatenate([f.result() for f in futures])
+            except BaseException:
+                for f in futures:  # requests not yet sent are not sent; those in flight end by their deadline
+                    f.cancel()
+                raise
+
+    def _fail(self, cls: type[EndpointError], message: str, hint: str | None = None) -> EndpointError:
+        return cls(redact(message), hint=redact(hint) if hint else None)
 
     def _request(self, xb: np.ndarray) -> np.ndarray:
         httpx = require("httpx", "http")
-        if self._client is None:
-            self._client = httpx.Client(timeout=self.timeout)
+        with self._lock:
+            if self._client is None:
+                self._client = httpx.Client(timeout=self.timeout)
+            client = self._client
         body = json.dumps(_fill(self.template, xb.tolist())).encode()
         headers = dict(self._headers)
         if self._secret is not None:
             headers[self.auth_header] = self._secret
+        url = redact_url(self.url)
         attempt = 0
         while True:
             self._throttle()
             t0 = time.perf_counter()
-            status: int | None = None
             try:
-                resp = self._client.post(self.url, content=body, headers=headers)
-                status = resp.status_code
-                payload = resp.content
-            except httpx.TransportError as exc:
+                status, retry_after, payload = self._send(client, body, headers)
+            except (httpx.TransportError, _Deadline) as exc:
                 self._log(len(xb), len(body), 0, None, time.perf_counter() - t0)
-                failure = f"{type(exc).__name__}" + (" (timed out)" if isinstance(exc, httpx.TimeoutException) else "")
+                timed_out = isinstance(exc, (httpx.TimeoutException, _Deadline))
+                failure = ("timed out" if isinstance(exc, _Deadline) else type(exc).__name__
+                           + (" (timed out)" if timed_out else ""))
                 if attempt < self.retries:
                     attempt += 1
                     self._wait(attempt, None, failure)
                     continue
-                raise EndpointUnreachable(self._redact(
-                    f"no answer from {_safe_url(self.url)} after {attempt + 1} attempts: {failure}"),
-                    hint="check the URL, that the service is up, and the timeout") from None
+                raise self._fail(EndpointUnreachable,
+                                 f"no answer from {url} after {attempt + 1} attempts: {failure}"
+                                 + (f" (timeout {self.timeout:g}s for the whole request)" if timed_out else ""),
+                                 hint="check the URL, that the service is up, and the timeout") from None
             self._log(len(xb), len(body), len(payload), status, time.perf_counter() - t0)
+            if payload is None:
+                raise self._fail(ResponseTooLarge, f"{url} answered HTTP {status} with more than "
+                                 f"max_response_bytes={self.max_response_bytes} bytes",
+                                 hint="lower batch_size (fewer inputs per request), or raise max_response_bytes")
             if status == 429 or status >= 500:
                 if attempt < self.retries:
                     attempt += 1
-                    self._wait(attempt, resp.headers.get("Retry-After"), f"HTTP {status}")
+                    self._wait(attempt, retry_after, f"HTTP {status}")
                     continue
-                raise EndpointError(f"{_safe_url(self.url)} answered HTTP {status} after {attempt + 1} attempts",
-                                    hint="the service is overloaded or failing; lower rate_limit or retry later")
+                raise self._fail(EndpointError, f"{url} answered HTTP {status} after {attempt + 1} attempts: "
+                                 f"{redact_snippet(payload)}",
+                                 hint="the service is overloaded or failing; lower rate_limit or retry later")
             if status in (401, 403):
                 hint = (f"check the auth header value in the environment variable '{self.auth_env}'"
                         if self.auth_env else "set auth_env to send an auth header")
-                raise EndpointError(f"{_safe_url(self.url)} refused the request with HTTP {status} (authentication)",
-                                    hint=hint)
+                raise self._fail(EndpointError, f"{url} refused the request with HTTP {status} (authentication)",
+                                 hint=hint)
             if status >= 400:
-                raise EndpointError(f"{_safe_url(self.url)} answered HTTP {status}: {self._snippet(payload)}",
-                                    hint="check request_template against the API's expected body")
+                raise self._fail(EndpointError, f"{url} answered HTTP {status}: {redact_snippet(payload)}",
+                                 hint="check request_template against the API's expected body")
             return self._parse(payload, len(xb))
+
+    def _send(self, client: Any, body: bytes, headers: dict[str, str]) -> tuple[int, str | None, bytes | None]:
+        """POST once: status, Retry-After and body (None when over ``max_response_bytes``), the whole
+        exchange bounded by ``timeout``: the deadline is checked as each piece of the answer arrives,
+        and each wait for one is bounded by the time left."""
+        deadline = time.monotonic() + self.timeout
+        with client.stream("POST", self.url, content=body, headers=headers) as resp:
+            declared = resp.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > self.max_response_bytes:
+                return resp.status_code, None, None
+            chunks, size = [], 0
+            for chunk in resp.iter_bytes():  # decoded: a compressed bomb is capped by what it expands to
+                size += len(chunk)
+                if size > self.max_response_bytes:
+                    return resp.status_code, None, None
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise _Deadline
+            if time.monotonic() > deadline:
+                raise _Deadline
+            return resp.status_code, resp.headers.get("Retry-After"), b"".join(chunks)
 
     def _parse(self, payload: bytes, n: int) -> np.ndarray:
         try:
             doc = json.loads(payload)
         except (ValueError, UnicodeDecodeError):
-            raise MalformedResponse(
-                f"{_safe_url(self.url)} did not answer with JSON: {self._snippet(payload)}") from None
+            raise self._fail(MalformedResponse,
+                             f"{redact_url(self.url)} did not answer with JSON: {redact_snippet(payload)}") from None
         path = self.label_path or self.probabilities_path
         assert path is not None
         try:
             value = _resolve(doc, path)
         except (KeyError, IndexError, TypeError) as exc:
-            raise MalformedResponse(f"the response has no '{path}' ({exc}); it starts: {self._snippet(payload)}",
-                                    hint="fix probabilities_path / label_path (dotted; '*' maps over a list)") from None
+            raise self._fail(MalformedResponse, f"the response has no '{path}' ({redact_snippet(str(exc), 80)}); "
+                             f"it starts: {redact_snippet(payload)}",
+                             hint="fix probabilities_path / label_path (dotted; '*' maps over a list)") from None
         if self.label_only:
             labels = value if isinstance(value, list) else [value]
             if len(labels) != n:
-                raise MalformedResponse(f"the response holds {len(labels)} labels at '{path}' for {n} inputs")
+                raise self._fail(MalformedResponse, f"the response holds {len(labels)} labels at '{path}' for {n} inputs")
             idx = []
             for lab in labels:
                 k = _key(lab)
                 if k not in self._label_index:
-                    raise MalformedResponse(f"the response label {str(lab)[:40]!r} is not one of the target's classes",
-                                            hint="declare the classes exactly as the API returns them")
+                    raise self._fail(MalformedResponse,
+                                     f"the response label '{redact_snippet(str(lab), 40)}' is not one of the "
+                                     "target's classes", hint="declare the classes exactly as the API returns them")
                 idx.append(self._label_index[k])
             return np.eye(self.n_classes)[idx]
         try:
             p = np.asarray(value, dtype=np.float64)
         except (TypeError, ValueError):
-            raise MalformedResponse(f"the value at '{path}' is not a numeric array") from None
+            raise self._fail(MalformedResponse, f"the value at '{path}' is not a numeric array") from None
         if p.shape != (n, self.n_classes):
-            raise MalformedResponse(f"the value at '{path}' has shape {p.shape}; expected ({n}, {self.n_classes})")
+            raise self._fail(MalformedResponse,
+                             f"the value at '{path}' has shape {p.shape}; expected ({n}, {self.n_classes})")
         if not looks_like_probabilities(p):
-            raise MalformedResponse(f"the values at '{path}' are not probabilities (rows in [0, 1] summing to 1)",
-                                    hint="point probabilities_path at softmax outputs, or use label_path")
+            raise self._fail(MalformedResponse,
+                             f"the values at '{path}' are not probabilities (rows in [0, 1] summing to 1)",
+                             hint="point probabilities_path at softmax outputs, or use label_path")
         return p
 
     # --- transport helpers ----------------------------------------------------------------------
     def _throttle(self) -> None:
-        if self.rate_limit:
-            wait = self._last_request + 1.0 / self.rate_limit - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-        self._last_request = time.monotonic()
+        """Wait for this request's slot: at most ``rate_limit`` requests start per second, however
+        many threads send them."""
+        if not self.rate_limit:
+            return
+        with self._lock:
+            now = time.monotonic()
+            slot = max(now, self._next_slot)
+            self._next_slot = slot + 1.0 / self.rate_limit
+        if slot > now:
+            time.sleep(slot - now)
 
     def _wait(self, attempt: int, retry_after: str | None, why: str) -> None:
+        """Back off before retry ``attempt``: ``backoff·2^(attempt-1)`` capped at ``max_backoff``,
+        less up to ``jitter`` of it at random (so that clients do not retry in lockstep), and never
+        less than the server's ``Retry-After``; one longer than ``max_backoff`` stops the run."""
+        url = redact_url(self.url)
         delay = min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
+        delay *= 1.0 - self.jitter * self._jitter.random()
         ra = _retry_after_seconds(retry_after)
+        if ra is not None and ra > self.max_backoff:
+            raise self._fail(EndpointError, f"{url} answered {why} and asked to retry after {ra:.0f}s (Retry-After), "
+                             f"longer than max_backoff={self.max_backoff:g}s",
+                             hint="raise max_backoff to wait that long, lower rate_limit, or run the scan later")
         if ra is not None:
-            delay = min(max(delay, ra), self.max_backoff)
-        self._summary["retries"] += 1
-        log.info("%s: %s; retry %d/%d in %.2fs", _safe_url(self.url), why, attempt, self.retries, delay)
+            delay = max(delay, ra)
+        with self._lock:
+            self._summary["retries"] += 1
+        log.info("%s: %s; retry %d/%d in %.2fs", url, why, attempt, self.retries, delay)
         time.sleep(delay)
 
     def _log(self, n: int, sent: int, received: int, status: int | None, seconds: float) -> None:
-        s = self._summary
-        s["requests"] += 1
-        s["inputs"] += n
-        s["seconds"] += seconds
-        s["bytes_sent"] += sent
-        s["bytes_received"] += received
-        key = str(status) if status is not None else "error"
-        s["status"][key] = s["status"].get(key, 0) + 1
-        if status is None or status >= 400:
-            s["errors"] += 1
-        if len(self.request_log) < MAX_LOG:
-            self.request_log.append({"time": time.time(), "inputs": n, "bytes_sent": sent, "bytes_received": received,
-                                     "status": status, "seconds": round(seconds, 5)})
-
-    def _redact(self, text: str) -> str:
-        if self._secret:
-            text = text.replace(self._secret, "***")
-            raw = self._secret.split()[-1] if self._secret.split() else ""
-            if raw:
-                text = text.replace(raw, "***")
-        return text
-
-    def _snippet(self, payload: bytes) -> str:
-        return self._redact(payload[:120].decode("utf-8", "replace")) + ("..." if len(payload) > 120 else "")
+        with self._lock:
+            s = self._summary
+            s["requests"] += 1
+            s["inputs"] += n
+            s["seconds"] += seconds
+            s["bytes_sent"] += sent
+            s["bytes_received"] += received
+            key = str(status) if status is not None else "error"
+            s["status"][key] = s["status"].get(key, 0) + 1
+            if status is None or status >= 400:
+                s["errors"] += 1
+            if len(self.request_log) < MAX_LOG:
+                self.request_log.append({"time": time.time(), "inputs": n, "bytes_sent": sent,
+                                         "bytes_received": received, "status": status, "seconds": round(seconds, 5)})
 
 
-def _safe_url(url: Any) -> str:
-    """The URL without credentials or query string (both may hold secrets)."""
-    p = urlsplit(str(url))
-    host = p.hostname or ""
-    if p.port:
-        host = f"{host}:{p.port}"
-    return f"{p.scheme}://{host}{p.path}" if p.scheme else str(url).split("?")[0]
+def _register_url_secrets(parts: Any) -> None:
+    """The URL's user info and query values may be credentials: mask them everywhere."""
+    if parts.password:
+        register_secret(unquote(parts.password))
+        register_secret(parts.password)
+    elif parts.username:  # https://TOKEN@host
+        register_secret(unquote(parts.username))
+    for _, value in parse_qsl(parts.query, keep_blank_values=False):
+        register_secret(value)
 
 
 def _key(label: Any) -> str:
@@ -357,8 +455,8 @@ def http_target(url: str, *, classes: list[Any] | None = None, input_spec: Input
         raise UsageError("an HTTP target needs its classes and its input shape (give the data, or classes and "
                          "input_shape)")
     allowed = ("request_template", "probabilities_path", "label_path", "auth_header", "auth_env", "auth_prefix",
-               "headers", "batch_size", "timeout", "retries", "backoff", "max_backoff", "rate_limit", "query_budget",
-               "name")
+               "headers", "batch_size", "timeout", "retries", "backoff", "max_backoff", "jitter", "rate_limit",
+               "max_concurrency", "max_response_bytes", "query_budget", "name")
     unknown = set(options) - set(allowed)
     if unknown:
         raise UsageError(f"unknown HTTP target option(s): {', '.join(sorted(unknown))}; allowed: {', '.join(allowed)}")
@@ -367,4 +465,5 @@ def http_target(url: str, *, classes: list[Any] | None = None, input_spec: Input
     return HttpTarget(url, classes=classes, input_spec=input_spec, **options)
 
 
-__all__ = ["EndpointError", "EndpointUnreachable", "HttpTarget", "MalformedResponse", "http_target"]
+__all__ = ["EndpointError", "EndpointUnreachable", "HttpTarget", "MalformedResponse", "ResponseTooLarge",
+           "http_target"]
