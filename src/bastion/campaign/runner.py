@@ -20,6 +20,7 @@ from bastion.campaign.policy import LoadedPolicy, load_policy
 from bastion.campaign.preflight import scan_model_file
 from bastion.core.data import Dataset, align_labels
 from bastion.core.loader import load_data, load_target
+from bastion.core.redact import redact
 from bastion.core.results import CheckResult, ScanResult
 from bastion.core.targets.base import Target
 from bastion.errors import BastionError, UsageError
@@ -38,9 +39,11 @@ def scan(policy: str | Path | dict[str, Any] | LoadedPolicy, *, out_dir: str | P
     loaded = policy if isinstance(policy, LoadedPolicy) else load_policy(policy)
     pol = loaded.policy
     out = Path(out_dir) if out_dir is not None else Path(pol.output.dir)
+    target_spec = redact(pol.target.model) if pol.target else ""  # a URL may hold credentials
+    data_spec = redact(pol.data.source) if pol.data else ""
     result = ScanResult(tool={"name": "bastion", "version": __version__},
-                        target={"spec": pol.target.model} if pol.target else {},
-                        data={"spec": pol.data.source} if pol.data else {})
+                        target={"spec": target_spec} if pol.target else {},
+                        data={"spec": data_spec} if pol.data else {})
     result.target["policy"] = pol.name
 
     def save() -> None:
@@ -51,9 +54,9 @@ def scan(policy: str | Path | dict[str, Any] | LoadedPolicy, *, out_dir: str | P
     if "torch" in sys.modules:  # recorded for reproducibility: timings depend on it
         result.tool["torch_threads"] = str(sys.modules["torch"].get_num_threads())
     if target is not None:
-        result.target.update(target.describe(), spec=pol.target.model if pol.target else "")
+        result.target.update(target.describe(), spec=target_spec)
     if data is not None:
-        result.data.update(data.describe(), spec=pol.data.source if pol.data else "")
+        result.data.update(data.describe(), spec=data_spec)
     ctx = CheckContext(target=target, data=data, y=y, seed=pol.seed, out_dir=out, progress=progress,
                        policy_dir=loaded.base_dir)
     result.status, result.status_reason = "incomplete", "scan in progress"
@@ -72,13 +75,13 @@ def scan(policy: str | Path | dict[str, Any] | LoadedPolicy, *, out_dir: str | P
                     on_check(stop.partial)
                 raise KeyboardInterrupt from None
             except BastionError as exc:
-                res = CheckResult(name=check.name, kind=check.kind, status="error", reason=str(exc))
+                res = CheckResult(name=check.name, kind=check.kind, status="error", reason=redact(exc))
                 log.error("check %s failed: %s", check.name, exc)
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # a crash in one check must not lose the others
                 res = CheckResult(name=check.name, kind=check.kind, status="error",
-                                  reason=f"{type(exc).__name__}: {exc}")
+                                  reason=redact(f"{type(exc).__name__}: {exc}"))
                 log.exception("check %s crashed", check.name)
             res.seconds = res.seconds or time.perf_counter() - t0
             _count_findings(res)

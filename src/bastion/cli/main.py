@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from bastion import __version__
+from bastion.core.redact import install_log_redaction, redact
 from bastion.errors import BastionError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_RUNTIME = 0, 1, 2, 3
@@ -52,6 +53,7 @@ def _root(
 ) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    install_log_redaction()  # no secret or URL credential in a log line
     if threads is not None:
         set_threads(threads)
 
@@ -87,7 +89,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)  # click returns the exit code in this mode
     except BastionError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        err_console.print(f"[bold red]error:[/] {escape(redact(exc))}")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
@@ -107,7 +109,7 @@ def main() -> None:
             if extra is not None:
                 err_console.print(f"[bold red]error:[/] {escape(str(extra))}")
                 sys.exit(extra.exit_code)
-        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}")
+        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(redact(exc))}")
         sys.exit(EXIT_RUNTIME)
     sys.exit(code if isinstance(code, int) else EXIT_OK)
 

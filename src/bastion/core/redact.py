@@ -24,7 +24,6 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Iterable
 from typing import Any, TypeVar
 from urllib.parse import quote, quote_plus
 
@@ -192,9 +191,10 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def install_log_redaction(handlers: Iterable[logging.Handler] | None = None) -> None:
-    """Add a :class:`RedactingFilter` to ``handlers`` (default: the root logger's)."""
-    for h in handlers if handlers is not None else logging.getLogger().handlers:
+def install_log_redaction(*where: logging.Filterer) -> None:
+    """Add a :class:`RedactingFilter` to each handler or logger in ``where`` (default: the root
+    logger's handlers). A filter on a logger covers only records logged on that very logger."""
+    for h in where or tuple(logging.getLogger().handlers):
         if not any(isinstance(f, RedactingFilter) for f in h.filters):
             h.addFilter(RedactingFilter())
 

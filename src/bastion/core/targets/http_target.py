@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import numpy as np
 
-from bastion.core.redact import redact, redact_snippet, redact_url, register_secret
+from bastion.core.redact import install_log_redaction, redact, redact_snippet, redact_url, register_secret
 from bastion.core.spec import InputSpec
 from bastion.core.targets.base import Target, looks_like_probabilities
 from bastion.errors import BastionRuntimeError, UsageError, require
@@ -205,6 +205,7 @@ class HttpTarget(Target):
         httpx = require("httpx", "http")
         with self._lock:
             if self._client is None:
+                install_log_redaction(logging.getLogger("httpx"))  # httpx logs each URL, query included
                 self._client = httpx.Client(timeout=self.timeout)
             client = self._client
         body = json.dumps(_fill(self.template, xb.tolist())).encode()
@@ -231,7 +232,7 @@ class HttpTarget(Target):
                                  f"no answer from {url} after {attempt + 1} attempts: {failure}"
                                  + (f" (timeout {self.timeout:g}s for the whole request)" if timed_out else ""),
                                  hint="check the URL, that the service is up, and the timeout") from None
-            self._log(len(xb), len(body), len(payload), status, time.perf_counter() - t0)
+            self._log(len(xb), len(body), len(payload or b""), status, time.perf_counter() - t0)
             if payload is None:
                 raise self._fail(ResponseTooLarge, f"{url} answered HTTP {status} with more than "
                                  f"max_response_bytes={self.max_response_bytes} bytes",

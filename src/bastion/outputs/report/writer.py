@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bastion.core.io import atomic_write_json
+from bastion.core.redact import redact_tree
 from bastion.core.results import ScanResult
 from bastion.errors import UsageError
 
@@ -64,6 +65,7 @@ def write_reports(
     ``report.json`` is always written first (it is the source of truth, and what an
     interrupted scan must leave behind); each file is written to a temp file and renamed.
     """
+    result = redact_tree(result)  # last guard: no registered secret or URL credential in any report
     wanted = [f.lower() for f in formats]
     unknown = [f for f in wanted if f not in _WRITERS]
     if unknown:
