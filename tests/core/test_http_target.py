@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from bastion.core.spec import InputSpec
-from bastion.core.targets.http_target import EndpointError, EndpointUnreachable, HttpTarget, MalformedResponse
+from bastion.core.targets.http_target import (EndpointError, EndpointUnreachable, HttpTarget, MalformedResponse,
+                                              ResponseTooLarge)
 from bastion.errors import BastionRuntimeError, QueryBudgetExceeded, TargetError, UsageError
 
 SECRET = "s3cr3t-Token-9f8e7d"
@@ -40,6 +41,8 @@ class Server:
         self.model = model
         self.calls: dict[str, int] = {}
         self.seen_auth: list[str | None] = []
+        self.in_flight = self.max_in_flight = 0
+        self.lock = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -74,6 +77,39 @@ class Server:
                     return self._send(503, b"unavailable")
                 if path == "/slow":
                     time.sleep(1.5)
+                if path == "/retry-later":
+                    return self._send(429, b"come back in two minutes", {"Retry-After": "120"})
+                if path == "/trickle":  # a valid answer, one byte every 0.2 s: each read is quick, the whole is not
+                    self.send_response(200)
+                    self.send_header("Content-Length", "100")
+                    self.end_headers()
+                    try:
+                        for _ in range(25):
+                            self.wfile.write(b" ")
+                            self.wfile.flush()
+                            time.sleep(0.2)
+                    except OSError:
+                        pass
+                    return None
+                if path in ("/huge", "/huge-declared"):  # 200 MB, with or without a Content-Length
+                    self.send_response(200)
+                    if path == "/huge-declared":
+                        self.send_header("Content-Length", str(200 * 2**20))
+                    self.end_headers()
+                    try:
+                        for _ in range(200):
+                            self.wfile.write(b" " * 2**20)
+                    except OSError:  # the client hung up, as it should
+                        pass
+                    self.close_connection = True
+                    return None
+                if path == "/concurrent":
+                    with server.lock:
+                        server.in_flight += 1
+                        server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    time.sleep(0.15)
+                    with server.lock:
+                        server.in_flight -= 1
                 if path == "/malformed":
                     return self._send(200, b"<html>not json</html>")
                 body = json.loads(raw)
@@ -286,3 +322,78 @@ def test_endpoint_failing_mid_attack_keeps_what_was_done(server: Server, model: 
     assert np.abs(res.x_adv - x).max() <= 0.05 + 1e-6
     assert res.extra["query_log"]["errors"] == 3 and res.extra["query_log"]["retries"] == 2
     assert res.extra["queries_per_sample"]["attacked"] == int((res.clean_pred == y).sum())
+
+
+def test_concurrent_requests_keep_order_and_the_limit(server: Server, model: Model, secret_env: None) -> None:
+    x = model.x[1200:1208]
+    t = make(server, path="/concurrent", batch_size=1, max_concurrency=4)
+    np.testing.assert_allclose(t.predict_proba(x), model.est.predict_proba(x), atol=1e-6)  # rows in order
+    assert 2 <= server.max_in_flight <= 4 and t.query_log["requests"] == 8
+    server.max_in_flight = 0
+    make(server, path="/concurrent", batch_size=1).predict_proba(x)  # default: one at a time
+    assert server.max_in_flight == 1
+
+
+def test_rate_limit_holds_across_concurrent_requests(server: Server, model: Model, secret_env: None) -> None:
+    t = make(server, path="/ok", rate_limit=20.0, batch_size=1, max_concurrency=4)
+    t0 = time.perf_counter()
+    t.predict_proba(model.x[:8])
+    assert time.perf_counter() - t0 >= 7 / 20.0 - 0.01
+
+
+def _logged_delays(caplog: pytest.LogCaptureFixture) -> list[float]:
+    return [float(r.getMessage().rsplit(" in ", 1)[1].rstrip("s")) for r in caplog.records if "retry" in r.getMessage()]
+
+
+def test_backoff_is_jittered(server: Server, model: Model, secret_env: None, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="bastion.core.targets.http_target")
+    with pytest.raises(EndpointError):
+        make(server, path="/down", retries=6, backoff=0.02, max_backoff=0.04, jitter=0.0).predict_proba(model.x[:1])
+    assert _logged_delays(caplog) == [0.02, 0.04, 0.04, 0.04, 0.04, 0.04]  # doubling, capped
+    caplog.clear()
+    with pytest.raises(EndpointError):
+        make(server, path="/down", retries=8, backoff=0.04, max_backoff=0.04, jitter=1.0).predict_proba(model.x[:1])
+    delays = _logged_delays(caplog)
+    assert len(delays) == 8 and all(0.0 <= d <= 0.04 for d in delays) and len(set(delays)) > 2
+
+
+def test_retry_after_beyond_max_backoff_is_reported(server: Server, model: Model, secret_env: None) -> None:
+    t = make(server, path="/retry-later", retries=3, max_backoff=2.0)
+    t0 = time.perf_counter()
+    with pytest.raises(EndpointError, match=r"retry after 120s \(Retry-After\), longer than max_backoff=2s") as err:
+        t.predict_proba(model.x[:2])
+    assert time.perf_counter() - t0 < 1.0 and server.calls["/retry-later"] == 1  # no pointless short retries
+    assert "raise max_backoff" in str(err.value)
+
+
+def test_timeout_bounds_the_whole_request(server: Server, model: Model, secret_env: None) -> None:
+    t = make(server, path="/trickle", timeout=0.6, retries=0)
+    t0 = time.perf_counter()
+    with pytest.raises(EndpointUnreachable, match="timed out.*0.6s for the whole request"):
+        t.predict_proba(model.x[:2])
+    assert time.perf_counter() - t0 < 2.0  # the trickle lasts 5 s
+
+
+@pytest.mark.parametrize("path", ["/huge", "/huge-declared"])
+def test_response_size_is_capped(server: Server, model: Model, secret_env: None, path: str) -> None:
+    import tracemalloc
+
+    t = make(server, path=path, retries=0, timeout=20.0)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ResponseTooLarge, match="max_response_bytes=16777216") as err:
+            t.predict_proba(model.x[:2])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20, f"reading the answer took {peak / 2**20:.0f} MiB"
+    assert "lower batch_size" in str(err.value)
+    with pytest.raises(ResponseTooLarge, match="max_response_bytes=1000"):
+        make(server, path=path, retries=0, max_response_bytes=1000).predict_proba(model.x[:2])
+
+
+def test_new_options_are_validated(server: Server) -> None:
+    for bad, match in (({"jitter": 1.5}, "jitter"), ({"max_concurrency": 0}, "max_concurrency"),
+                       ({"max_response_bytes": 0}, "max_response_bytes")):
+        with pytest.raises(UsageError, match=match):
+            HttpTarget(server.url("/ok"), classes=[0, 1], input_spec=SPEC, probabilities_path="p", **bad)

@@ -59,7 +59,7 @@ class _Deadline(Exception):
     """The whole request took longer than ``timeout`` (raised between pieces of the answer)."""
 
 
-AUTH_LIKE = re.compile(r"auth|key|token|secret|password|cookie|session|credential", re.IGNORECASE)
+AUTH_LIKE = re.compile(r"auth|key|token|secret|passw|pwd|cookie|session|credential|sig", re.IGNORECASE)
 
 
 class HttpTarget(Target):
@@ -366,14 +366,16 @@ class HttpTarget(Target):
 
 
 def _register_url_secrets(parts: Any) -> None:
-    """The URL's user info and query values may be credentials: mask them everywhere."""
+    """The URL's user info and credential-like query values: mask them everywhere, not only in URLs
+    (where :func:`redact_url` masks every query value anyway)."""
     if parts.password:
         register_secret(unquote(parts.password))
         register_secret(parts.password)
     elif parts.username:  # https://TOKEN@host
         register_secret(unquote(parts.username))
-    for _, value in parse_qsl(parts.query, keep_blank_values=False):
-        register_secret(value)
+    for key, value in parse_qsl(parts.query, keep_blank_values=False):
+        if AUTH_LIKE.search(key) or len(value) >= 12:  # not `?model=digits`: that would mask every "digits"
+            register_secret(value)
 
 
 def _key(label: Any) -> str:
