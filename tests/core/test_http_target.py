@@ -91,6 +91,17 @@ class Server:
                     except OSError:
                         pass
                     return None
+                if path == "/trickle-headers":  # the headers themselves, one byte every 0.2 s
+                    try:
+                        self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                        for _ in range(25):
+                            self.wfile.write(b"z")
+                            self.wfile.flush()
+                            time.sleep(0.2)
+                    except OSError:
+                        pass
+                    self.close_connection = True
+                    return None
                 if path in ("/huge", "/huge-declared"):  # 200 MB, with or without a Content-Length
                     self.send_response(200)
                     if path == "/huge-declared":
@@ -366,12 +377,14 @@ def test_retry_after_beyond_max_backoff_is_reported(server: Server, model: Model
     assert "raise max_backoff" in str(err.value)
 
 
-def test_timeout_bounds_the_whole_request(server: Server, model: Model, secret_env: None) -> None:
-    t = make(server, path="/trickle", timeout=0.6, retries=0)
+@pytest.mark.parametrize("path", ["/trickle", "/trickle-headers"])
+def test_timeout_bounds_the_whole_request(server: Server, model: Model, secret_env: None, path: str) -> None:
+    t = make(server, path=path, timeout=0.6, retries=0)
     t0 = time.perf_counter()
     with pytest.raises(EndpointUnreachable, match="timed out.*0.6s for the whole request"):
         t.predict_proba(model.x[:2])
     assert time.perf_counter() - t0 < 2.0  # the trickle lasts 5 s
+    make(server, path="/ok", timeout=0.6).predict_proba(model.x[:2])  # a prompt answer is unaffected
 
 
 @pytest.mark.parametrize("path", ["/huge", "/huge-declared"])

@@ -29,6 +29,7 @@ import numpy as np
 
 from bastion.core.redact import install_log_redaction, redact, redact_snippet, redact_url, register_secret
 from bastion.core.spec import InputSpec
+from bastion.core.targets import _deadline
 from bastion.core.targets.base import Target, looks_like_probabilities
 from bastion.errors import BastionRuntimeError, UsageError, require
 
@@ -53,10 +54,6 @@ class MalformedResponse(EndpointError):
 
 class ResponseTooLarge(MalformedResponse):
     """The endpoint's answer is larger than ``max_response_bytes``."""
-
-
-class _Deadline(Exception):
-    """The whole request took longer than ``timeout`` (raised between pieces of the answer)."""
 
 
 AUTH_LIKE = re.compile(r"auth|key|token|secret|passw|pwd|cookie|session|credential|sig", re.IGNORECASE)
@@ -206,7 +203,7 @@ class HttpTarget(Target):
         with self._lock:
             if self._client is None:
                 install_log_redaction(logging.getLogger("httpx"))  # httpx logs each URL, query included
-                self._client = httpx.Client(timeout=self.timeout)
+                self._client = _deadline.client(self.url, self.timeout)
             client = self._client
         body = json.dumps(_fill(self.template, xb.tolist())).encode()
         headers = dict(self._headers)
@@ -219,11 +216,10 @@ class HttpTarget(Target):
             t0 = time.perf_counter()
             try:
                 status, retry_after, payload = self._send(client, body, headers)
-            except (httpx.TransportError, _Deadline) as exc:
+            except httpx.TransportError as exc:
                 self._log(len(xb), len(body), 0, None, time.perf_counter() - t0)
-                timed_out = isinstance(exc, (httpx.TimeoutException, _Deadline))
-                failure = ("timed out" if isinstance(exc, _Deadline) else type(exc).__name__
-                           + (" (timed out)" if timed_out else ""))
+                timed_out = isinstance(exc, httpx.TimeoutException)
+                failure = type(exc).__name__ + (" (timed out)" if timed_out else "")
                 if attempt < self.retries:
                     attempt += 1
                     self._wait(attempt, None, failure)
@@ -257,10 +253,9 @@ class HttpTarget(Target):
 
     def _send(self, client: Any, body: bytes, headers: dict[str, str]) -> tuple[int, str | None, bytes | None]:
         """POST once: status, Retry-After and body (None when over ``max_response_bytes``), the whole
-        exchange bounded by ``timeout``: the deadline is checked as each piece of the answer arrives,
-        and each wait for one is bounded by the time left."""
-        deadline = time.monotonic() + self.timeout
-        with client.stream("POST", self.url, content=body, headers=headers) as resp:
+        exchange (connect, send, headers, body) bounded by ``timeout``."""
+        with _deadline.deadline(self.timeout), \
+                client.stream("POST", self.url, content=body, headers=headers) as resp:
             declared = resp.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > self.max_response_bytes:
                 return resp.status_code, None, None
@@ -270,10 +265,6 @@ class HttpTarget(Target):
                 if size > self.max_response_bytes:
                     return resp.status_code, None, None
                 chunks.append(chunk)
-                if time.monotonic() > deadline:
-                    raise _Deadline
-            if time.monotonic() > deadline:
-                raise _Deadline
             return resp.status_code, resp.headers.get("Retry-After"), b"".join(chunks)
 
     def _parse(self, payload: bytes, n: int) -> np.ndarray:
