@@ -16,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,6 +24,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import numpy as np
 import pytest
+from http_servers import trickle
 
 TOKEN = "Tk7/qZ+w9R=xP2mL4vB8nC6s"  # "/", "+", "=" change under JSON-escaping and URL-encoding
 PASSWORD = "pw-Hq3Zr8Ks1Vd5"
@@ -96,15 +96,8 @@ class Hostile(BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Content-Length", str(len(echo)))
             self.end_headers()
-            try:
-                for ch in echo[:40]:
-                    self.wfile.write(ch.encode())
-                    self.wfile.flush()
-                    time.sleep(0.2)
-            except OSError:
-                pass
             self.close_connection = True
-            return None
+            return trickle(self.wfile, echo[:40].encode())
         return self._send(404, echo)
 
 

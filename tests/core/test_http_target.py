@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from http_servers import trickle
 
 from bastion.core.spec import InputSpec
 from bastion.core.targets.http_target import (EndpointError, EndpointUnreachable, HttpTarget, MalformedResponse,
@@ -79,29 +80,15 @@ class Server:
                     time.sleep(1.5)
                 if path == "/retry-later":
                     return self._send(429, b"come back in two minutes", {"Retry-After": "120"})
-                if path == "/trickle":  # a valid answer, one byte every 0.2 s: each read is quick, the whole is not
+                if path == "/trickle":  # a valid answer's first 25 bytes, one every 0.2 s
                     self.send_response(200)
                     self.send_header("Content-Length", "100")
                     self.end_headers()
-                    try:
-                        for _ in range(25):
-                            self.wfile.write(b" ")
-                            self.wfile.flush()
-                            time.sleep(0.2)
-                    except OSError:
-                        pass
-                    return None
+                    return trickle(self.wfile, b" " * 25)
                 if path == "/trickle-headers":  # the headers themselves, one byte every 0.2 s
-                    try:
-                        self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
-                        for _ in range(25):
-                            self.wfile.write(b"z")
-                            self.wfile.flush()
-                            time.sleep(0.2)
-                    except OSError:
-                        pass
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
                     self.close_connection = True
-                    return None
+                    return trickle(self.wfile, b"z" * 25)
                 if path in ("/huge", "/huge-declared"):  # 200 MB, with or without a Content-Length
                     self.send_response(200)
                     if path == "/huge-declared":
