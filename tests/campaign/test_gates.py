@@ -5,12 +5,16 @@ from __future__ import annotations
 import pytest
 
 from bastion.campaign.gates import measurements, parse_gate
-from bastion.core.results import CheckResult
+from bastion.core.results import CheckResult, Finding, Severity
 
 
 def _check(name: str, attack: str, results: list[dict]) -> CheckResult:
-    return CheckResult(name=name, kind="evasion", metrics={"attack": attack, "clean_accuracy": 0.97,
-                                                            "results": results})
+    check = CheckResult(name=name, kind="evasion")
+    check.measure("clean_accuracy", 0.97, "ratio", attack=attack)
+    for r in results:
+        check.measure("robust_accuracy", r["robust_accuracy"], "ratio",
+                      **{k: v for k, v in r.items() if k != "robust_accuracy"})
+    return check
 
 
 CHECKS = [
@@ -47,7 +51,28 @@ def test_malformed_gates_are_refused(bad: str) -> None:
         parse_gate(bad)
 
 
-def test_measurements_tag_check_and_kind() -> None:
+def test_measurements_come_with_their_check() -> None:
     ms = measurements(CHECKS)
-    assert {m["check"] for m in ms} == {"pgd-linf", "pgd-l2", "fgsm"}
-    assert all(m["kind"] == "evasion" for m in ms)
+    assert {c.name for c, _ in ms} == {"pgd-linf", "pgd-l2", "fgsm"}
+    assert all(c.kind == "evasion" for c, _ in ms)
+    res = parse_gate("robust_accuracy[eps=0.1] >= 0.5").evaluate(CHECKS)
+    assert (res.value, res.check, res.unit) == (0.45, "pgd-linf", "ratio")
+    assert res.where == {"attack": "pgd", "eps": 0.1, "norm": "linf"}
+
+
+def test_gates_read_measurements_not_free_form_details() -> None:
+    check = CheckResult(name="c", kind="evasion", metrics={"robust_accuracy": 0.9})
+    res = parse_gate("robust_accuracy[c] >= 0.5").evaluate([check])
+    assert res.passed is False and res.value is None
+
+
+def test_finding_counts_only_for_completed_checks() -> None:
+    finding = Finding(rule_id="BASTION-SC-001", title="t", severity=Severity.critical, check="files")
+    done = CheckResult(name="files", kind="model-file", findings=[finding])
+    gate = parse_gate("findings_high[files] <= 0")
+    assert gate.evaluate([done]).value == 1 and not gate.evaluate([done]).passed
+    clean = CheckResult(name="files", kind="model-file")
+    assert gate.evaluate([clean]).passed
+    for status in ("error", "incomplete", "skipped"):  # never a pass on 0 counted findings
+        res = gate.evaluate([CheckResult(name="files", kind="model-file", status=status)])
+        assert res.passed is False and res.value is None and "no measurement" in (res.reason or "")

@@ -82,10 +82,10 @@ def test_http_scan_budget_and_outage(server, tmp_path: Path, monkeypatch) -> Non
     result = scan(policy, on_check=on_check)
     by_name = {c.name: c for c in result.checks}
     assert by_name["square"].status == "complete"
-    assert by_name["square"].metrics["clean_accuracy"] >= 0.8
+    assert min(by_name["square"].values("clean_accuracy")) >= 0.8
     assert by_name["square-budget"].status == "incomplete"
     assert "budget" in (by_name["square-budget"].reason or "")
-    assert by_name["square-budget"].metrics["queries"] <= 150
+    assert max(by_name["square-budget"].values("queries")) <= 150
     assert by_name["after-outage"].status == "error" and by_name["after-outage"].reason
     assert result.status == "incomplete"
     assert result.gates[0].passed

@@ -24,7 +24,8 @@ def test_malicious_file_fails_the_gate(tmp_path: Path, monkeypatch) -> None:
     result = scan(_policy(tmp_path, ["weights.bin", "ok.npy"]))
     assert result.verdict == "fail"
     check = result.checks[0]
-    assert check.metrics["findings_critical"] >= 1
+    counts = {m.name: m.value for m in check.finding_counts()}
+    assert counts["findings_critical"] >= 1
     assert any("system" in f.title for f in check.findings)
     assert all(f.location and "weights.bin" in f.location for f in check.findings)
     doc = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -37,4 +38,4 @@ def test_benign_file_passes(tmp_path: Path, monkeypatch) -> None:
     np.save(tmp_path / "ok.npy", np.arange(5.0))
     result = scan(_policy(tmp_path, ["ok.npy"]))
     assert result.verdict == "pass" and result.status == "complete"
-    assert result.checks[0].metrics["findings_high"] == 0
+    assert {m.name: m.value for m in result.checks[0].finding_counts()}["findings_high"] == 0

@@ -16,7 +16,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bastion.core.results import CheckResult, Finding, GateResult, ScanResult, Severity
+from bastion.core.results import (
+    CheckResult,
+    ExampleGrid,
+    Finding,
+    GateResult,
+    Histogram,
+    QueryCurve,
+    QueryLog,
+    RobustnessCurve,
+    ScanResult,
+    Severity,
+    Stage,
+    StageChart,
+    TabularExamples,
+    TabularRow,
+)
+from bastion.core.rules import get_rule
 from bastion.errors import DataError, UsageError
 from bastion.outputs.report import plain_verdict, read_report, report_json_schema, write_reports
 from bastion.outputs.report.html import metric_blocks, render_html
@@ -27,7 +43,7 @@ from bastion.outputs.report.summary import generate_verdict
 # ----------------------------------------------------------------------------- fixtures
 
 
-def _digit_examples(eps: float, n: int = 8) -> dict:
+def _digit_examples(eps: float, n: int = 8) -> ExampleGrid:
     """Real 8x8 digits (scikit-learn), perturbed by a sign pattern inside the eps-ball."""
     from sklearn.datasets import load_digits
 
@@ -38,22 +54,24 @@ def _digit_examples(eps: float, n: int = 8) -> dict:
     adv = np.clip(x + eps * rng.choice([-1.0, 1.0], size=x.shape), 0, 1)
     labels = [str(int(t)) for t in digits.target[idx]]
     adv_labels = [str((int(t) + 3) % 10) if i % 3 else str(int(t)) for i, t in enumerate(digits.target[idx])]
-    return {
-        "attack": "pgd", "eps": eps, "shape": [8, 8],
-        "original": x.round(4).tolist(), "adversarial": adv.round(4).tolist(),
-        "labels": labels, "adv_labels": adv_labels,
-        "confidence": rng.uniform(0.5, 1.0, n).round(3).tolist(),
-    }
+    return ExampleGrid(attack="pgd", eps=eps, shape=[8, 8], original=x.round(4).tolist(),
+                       adversarial=adv.round(4).tolist(), labels=labels, adv_labels=adv_labels,
+                       confidence=rng.uniform(0.5, 1.0, n).round(3).tolist())
+
+
+#: Rules of the catalogue the fixture's findings point to (two findings share BASTION-EV-001).
+_RULES = {1: "BASTION-EV-001", 2: "BASTION-EV-001", 3: "BASTION-EV-101", 4: "BASTION-EV-002", 5: "BASTION-EV-010"}
 
 
 def _finding(sev: Severity, i: int, check: str = "evasion-pgd") -> Finding:
-    return Finding(
-        rule_id=f"BASTION-EVASION-{i:03d}", title=f"{sev.value.title()} finding number {i}", severity=sev,
-        check=check, atlas=["AML.T0015", "AML.T0043.000"], owasp=["ML01"],
+    return get_rule(_RULES[i]).finding(
+        title=f"{sev.value.title()} finding number {i}", severity=sev, check=check,
         description="Small changes to the input flip the model's answer.",
-        remediation=f"Remedy {i}: train with PGD adversarial training and re-run the scan.",
-        metrics={"robust_accuracy": 0.125 + 0.1 * i, "eps": 0.1, "per_attack": {"pgd": 0.1}},
-    )
+        metrics={"robust_accuracy": 0.125 + 0.1 * i, "eps": 0.1, "per_attack": {"pgd": 0.1}})
+
+
+def _curve(attack: str, norm: str, eps: list[float], acc: list[float]) -> RobustnessCurve:
+    return RobustnessCurve(attack=attack, norm=norm, eps=eps, robust_accuracy=acc, clean_accuracy=0.975)
 
 
 def make_result(*, verdict: str = "fail", status: str = "incomplete") -> ScanResult:
@@ -63,54 +81,51 @@ def make_result(*, verdict: str = "fail", status: str = "incomplete") -> ScanRes
     eps = [0.0, 0.05, 0.1, 0.2, 0.3]
     evasion = CheckResult(
         name="evasion-pgd", kind="evasion", seconds=12.34,
-        metrics={
-            "clean_accuracy": 0.975, "n": 360,
-            "robust_accuracy": {"fgsm": {"0.05": 0.71, "0.1": 0.42}, "pgd": {"0.05": 0.55, "0.1": 0.125}},
-            "attack_success_rate": {"pgd": 0.87}, "mean_linf": 0.1, "queries": 7200,
-        },
+        metrics={"attack": "pgd", "notes": ["ran 2 restarts"], "robust_accuracy": {"fgsm": {"0.05": 0.71, "0.1": 0.42}}},
         findings=[_finding(Severity.critical, 1), _finding(Severity.medium, 3), _finding(Severity.info, 5)],
-        artifacts={
-            "curves": [
-                {"attack": "fgsm", "norm": "linf", "eps": eps, "robust_accuracy": [0.975, 0.71, 0.42, 0.2, 0.1],
-                 "clean_accuracy": 0.975},
-                {"attack": "pgd", "norm": "linf", "eps": eps, "robust_accuracy": [0.975, 0.55, 0.125, 0.01, 0.0],
-                 "clean_accuracy": 0.975},
-                {"attack": "pgd-l2", "norm": "l2", "eps": [0.0, 0.5, 1.0], "robust_accuracy": [0.975, 0.6, 0.2],
-                 "clean_accuracy": 0.975},
-            ],
-            "examples": _digit_examples(0.1),
-            "histograms": [{"title": "Minimal L∞ perturbation that fools the model",
-                            "values": rng.gamma(2.0, 0.03, 200).tolist(), "xlabel": "ε"}],
-            "stages": [{"stage": "clean", "robust_accuracy": 0.975}, {"stage": "apgd-ce", "robust_accuracy": 0.2},
-                       {"stage": "apgd-t", "robust_accuracy": 0.15}, {"stage": "square", "robust_accuracy": 0.14}],
-            "unknown_future_artifact": {"anything": 1},
-        },
+        artifacts=[
+            _curve("fgsm", "linf", eps, [0.975, 0.71, 0.42, 0.2, 0.1]),
+            _curve("pgd", "linf", eps, [0.975, 0.55, 0.125, 0.01, 0.0]),
+            _curve("pgd-l2", "l2", [0.0, 0.5, 1.0], [0.975, 0.6, 0.2]),
+            _digit_examples(0.1),
+            Histogram(title="Minimal L∞ perturbation that fools the model",
+                      values=rng.gamma(2.0, 0.03, 200).tolist(), xlabel="ε"),
+            StageChart(attack="auto", stages=[Stage(stage="clean", robust_accuracy=0.975),
+                                              Stage(stage="apgd-ce", robust_accuracy=0.2),
+                                              Stage(stage="apgd-t", robust_accuracy=0.15),
+                                              Stage(stage="square", robust_accuracy=0.14)]),
+        ],
     )
+    for e, acc in zip(eps, [0.975, 0.55, 0.125, 0.01, 0.0]):
+        evasion.measure("robust_accuracy", acc, "ratio", attack="pgd", norm="linf", eps=e)
+    evasion.measure("clean_accuracy", 0.975, "ratio", attack="pgd", norm="linf")
+    evasion.measure("queries", 7200, "queries", attack="pgd", norm="linf")
     tabular = CheckResult(
         name="evasion-tabular", kind="evasion", seconds=1.5,
-        metrics={"clean_accuracy": 0.96, "robust_accuracy": 0.4},
         findings=[_finding(Severity.high, 2, "evasion-tabular")],
-        artifacts={"tabular_examples": {
-            "attack": "pgd", "feature_names": ["mean radius", "mean texture", "worst area"],
-            "rows": [{"label": "malignant", "adv_label": "benign",
-                      "changes": {"mean radius": [14.1, 13.2], "mean texture": [20.0, 20.1], "worst area": [880.0, 701.5]}},
-                     {"label": "benign", "adv_label": "benign", "changes": {"mean radius": [11.0, 11.4]}}]}},
+        artifacts=[TabularExamples(attack="pgd", feature_names=["mean radius", "mean texture", "worst area"], rows=[
+            TabularRow(label="malignant", adv_label="benign",
+                       changes={"mean radius": (14.1, 13.2), "mean texture": (20.0, 20.1), "worst area": (880.0, 701.5)}),
+            TabularRow(label="benign", adv_label="benign", changes={"mean radius": (11.0, 11.4)})])],
     )
+    tabular.measure("robust_accuracy", 0.4, "ratio", attack="pgd", norm="linf", eps=0.1)
     blackbox = CheckResult(
         name="evasion-square", kind="evasion-blackbox", status="incomplete", reason="query budget of 5000 spent",
-        seconds=30.0, metrics={"success_rate": 0.6},
+        seconds=30.0,
         findings=[_finding(Severity.low, 4, "evasion-square")],
-        artifacts={"query_curves": [{"attack": "square", "queries": [1, 10, 100, 1000, 5000],
-                                     "success_rate": [0.0, 0.1, 0.3, 0.55, 0.6]}],
-                   "query_log": {"count": 5000, "seconds": 28.7, "bytes_sent": 2_400_000}},
+        artifacts=[QueryCurve(attack="square", queries=[1, 10, 100, 1000, 5000],
+                              success_rate=[0.0, 0.1, 0.3, 0.55, 0.6]),
+                   QueryLog(counters={"count": 5000, "seconds": 28.7, "bytes_sent": 2_400_000})],
     )
+    blackbox.measure("success_rate", 0.6, "ratio", attack="square", norm="linf", eps=0.05)
     broken = CheckResult(name="membership", kind="privacy", status="error", reason="model has no training data")
     skipped = CheckResult(name="backdoor", kind="poisoning", status="skipped", reason="not applicable to tables")
     gates = [
-        GateResult(expression="robust_accuracy[pgd, eps=0.1] >= 0.6", metric="robust_accuracy[pgd, eps=0.1]",
-                   value=0.125, threshold=0.6, op=">=", passed=False),
+        GateResult(expression="robust_accuracy[pgd, eps=0.1] >= 0.6", metric="robust_accuracy",
+                   value=0.125, threshold=0.6, op=">=", passed=False, unit="ratio", check="evasion-pgd",
+                   where={"attack": "pgd", "norm": "linf", "eps": 0.1}),
         GateResult(expression="clean_accuracy >= 0.9", metric="clean_accuracy", value=0.975, threshold=0.9,
-                   op=">=", passed=True),
+                   op=">=", passed=True, unit="ratio", check="evasion-pgd", where={"attack": "pgd", "norm": "linf"}),
         GateResult(expression="mia_auc <= 0.6", metric="mia_auc", value=None, threshold=0.6, op="<=", passed=False,
                    reason="check 'membership' did not run"),
     ]
@@ -122,7 +137,7 @@ def make_result(*, verdict: str = "fail", status: str = "incomplete") -> ScanRes
         status_reason="interrupted by user (Ctrl-C)" if status == "incomplete" else None,
         target={"spec": "demo:digits-cnn", "kind": "torch", "classes": [str(i) for i in range(10)],
                 "input_shape": [1, 8, 8], "bounds": [0.0, 1.0]},
-        data={"spec": "demo:digits", "n": 360, "seed": 0},
+        data={"spec": "demo:digits", "n": 360, "seed": 0, "kind": "image"},
         checks=[evasion, tabular, blackbox, broken, skipped], gates=gates,
     )
 
@@ -154,7 +169,8 @@ def test_json_round_trip(tmp_path: Path, result: ScanResult) -> None:
 def test_json_is_strict_rfc8259(tmp_path: Path) -> None:
     res = make_result()
     res.gates[0].value = float("nan")
-    res.checks[0].artifacts["curves"][0]["robust_accuracy"][1] = float("inf")
+    res.checks[0].artifacts[0].robust_accuracy[1] = float("inf")
+    res.checks[0].metrics["raw"] = float("nan")
     path = write_reports(res, tmp_path, formats=("json",))["json"]
 
     def refuse(token: str) -> None:
@@ -162,9 +178,10 @@ def test_json_is_strict_rfc8259(tmp_path: Path) -> None:
 
     doc = json.loads(path.read_text(), parse_constant=refuse)
     assert doc["gates"][0]["value"] is None
-    assert doc["checks"][0]["artifacts"]["curves"][0]["robust_accuracy"][1] is None
+    assert doc["checks"][0]["artifacts"][0]["robust_accuracy"][1] is None
+    assert doc["checks"][0]["metrics"]["raw"] is None
     back = read_report(path)
-    assert back.gates[0].value is None and back.checks[0].metrics == res.checks[0].metrics
+    assert back.gates[0].value is None and back.checks[0].artifacts[0].robust_accuracy[1] is None
 
 
 def test_json_matches_schema(tmp_path: Path, result: ScanResult) -> None:
@@ -185,8 +202,10 @@ def test_committed_schema_is_current() -> None:
 @pytest.mark.parametrize(
     ("content", "match"),
     [("{not json", "not a JSON document"), ("[1, 2]", "must be a JSON object"),
-     ('{"schema_version": "9.0"}', "schema_version '9.0' is not supported"),
-     ('{"schema_version": "1.0", "verdict": "maybe"}', "field 'verdict'")],
+     ('{"schema_version": "9.0"}', "schema_version '9.0' is not supported; this bastion reads 1.x, 2.x"),
+     ('{"schema_version": "1.0", "verdict": "maybe"}', "field 'verdict'"),
+     ('{"schema_version": "2.0", "checks": [{"name": "c", "kind": "k", "artifacts": [{"type": "pie"}]}]}',
+      "field 'checks.0.artifacts.0'")],
 )
 def test_read_report_errors(tmp_path: Path, content: str, match: str) -> None:
     path = tmp_path / "report.json"
@@ -206,17 +225,22 @@ def test_read_missing_report(tmp_path: Path) -> None:
 def test_plain_verdict_fail_incomplete(result: ScanResult) -> None:
     text = plain_verdict(result)
     assert "FAILED" in text
-    assert "2 of 3 gates failed" in text
-    assert "robust_accuracy[pgd, eps=0.1] >= 0.6" in text and "0.125" in text
+    assert "2 of 3 requirements not met" in text
+    # the failed gate in words, not gate syntax
+    assert ("Under a small change to each image (every pixel moved by at most 10% of its range; pgd attack) "
+            "the model was right on 12.5% of inputs; the policy requires at least 60%.") in text
+    assert "robust_accuracy[" not in text
     assert "could not be measured" in text  # the gate without a value
-    assert "Critical finding number 1" in text and "Remedy 1" in text  # worst finding and what to fix first
+    # worst finding, and what to fix first: its rule's remediation from the catalogue
+    assert "Critical finding number 1" in text and get_rule("BASTION-EV-001").remediation in text
     assert "INCOMPLETE" in text and "Ctrl-C" in text
 
 
 def test_plain_verdict_pass_and_summary_override() -> None:
     res = make_result(verdict="pass", status="complete")
     text = generate_verdict(res)
-    assert "PASSED" in text and "all 1 gate were met" in text and "INCOMPLETE" not in text
+    assert "PASSED" in text and "its one requirement was met" in text and "INCOMPLETE" not in text
+    assert "2 serious problems that the policy does not gate on" in text
     res.checks = []
     assert "No check reported a finding" in generate_verdict(res)
     assert "does not prove" in generate_verdict(res)
@@ -332,8 +356,8 @@ def test_html_escapes_untrusted_strings() -> None:
     res.checks[0].findings[0].title = evil
     res.checks[0].findings[0].atlas = ['javascript:alert(1)"', "AML.T0015"]
     res.checks[0].metrics[evil] = evil
-    res.checks[0].artifacts["curves"][0]["attack"] = "$\\frac{a}{$ " + evil  # would break mathtext
-    res.checks[0].artifacts["examples"]["labels"][0] = evil
+    res.checks[0].artifacts[0].attack = "$\\frac{a}{$ " + evil  # would break mathtext
+    res.checks[0].artifacts[3].labels[0] = evil
     doc = render_html(res)
     assert "<script>" not in doc and 'src="http://evil' not in doc
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in doc
@@ -344,11 +368,13 @@ def test_html_escapes_untrusted_strings() -> None:
 
 def test_html_survives_malformed_artifacts() -> None:
     res = make_result()
-    art = res.checks[0].artifacts
-    art["curves"] = [{"attack": "pgd", "eps": [0.1, 0.2], "robust_accuracy": [0.5]}]
-    art["examples"] = {"shape": [8, 8], "original": [[1, 2, 3]], "adversarial": [[1, 2, 3]]}
-    art["histograms"] = [{"title": "empty", "values": []}, "not a dict"]
-    art["stages"] = [{"stage": "a", "robust_accuracy": "high"}]
+    # artifacts that fit their types but not a picture: each renderer's error is shown in place
+    res.checks[0].artifacts = [
+        RobustnessCurve(attack="pgd", eps=[0.1, 0.2], robust_accuracy=[0.5]),
+        ExampleGrid(shape=[8, 8], original=[[1, 2, 3]], adversarial=[[1, 2, 3]]),
+        Histogram(title="empty", values=[]),
+        StageChart(stages=[]),
+    ]
     doc = render_html(res)
     _parse(doc)
     assert "Robustness curve: could not be drawn (curve &#39;pgd&#39;: eps and robust_accuracy differ" in doc
@@ -378,14 +404,15 @@ def test_html_minimal_result() -> None:
     assert not p.imgs
 
 
-def test_metric_blocks_matrix_and_rates() -> None:
+def test_metric_blocks_matrix() -> None:
+    # raw details carry no unit: numbers are shown as they are, whatever their name
     blocks = metric_blocks({"clean_accuracy": 0.5, "robust_accuracy": {"pgd": {0.1: 0.25, 0.2: 0.125}},
                             "eps": [0.1, 0.2], "queries": 1200, "nested": {"a": {"b": [1, 2]}}})
     rows = dict(blocks[0]["rows"])
-    assert rows["clean_accuracy"] == "50.0%" and rows["queries"] == "1,200" and rows["eps"] == "[0.1, 0.2]"
+    assert rows["clean_accuracy"] == "0.5" and rows["queries"] == "1,200" and rows["eps"] == "[0.1, 0.2]"
     matrix = blocks[1]
     assert matrix["title"] == "robust_accuracy" and matrix["columns"] == ["0.1", "0.2"]
-    assert matrix["rows"] == [("pgd", ["25.0%", "12.5%"])]
+    assert matrix["rows"] == [("pgd", ["0.25", "0.125"])]
     assert rows["nested › a › b"] == "[1, 2]"
 
 
@@ -393,7 +420,7 @@ def test_metric_blocks_records() -> None:
     per_eps = [{"eps": 0.05, "robust_accuracy": 0.86, "n": 200}, {"eps": 0.1, "robust_accuracy": 0.535, "n": 200}]
     (block,) = metric_blocks({"results": per_eps})
     assert block["columns"] == ["ε = 0.05", "ε = 0.1"]
-    assert block["rows"] == [("robust_accuracy", ["86.0%", "53.5%"]), ("n", ["200", "200"])]
+    assert block["rows"] == [("robust_accuracy", ["0.86", "0.535"]), ("n", ["200", "200"])]
     many = [{"x": i} for i in range(60)]
     (block,) = metric_blocks({"trace": many})
     assert block["columns"] == ["x"] and len(block["rows"]) == 50 and "first 50 of 60" in block["title"]
@@ -456,7 +483,7 @@ def test_junit_structure(tmp_path: Path, result: ScanResult) -> None:
     assert by_name["evasion-square"].find("error").get("message") == "query budget of 5000 spent"
     assert by_name["backdoor"].find("skipped") is not None
     out = by_name["evasion-pgd"].find("system-out").text
-    assert "[CRITICAL] BASTION-EVASION-001" in out and "Medium finding" not in out  # only >= high
+    assert "[CRITICAL] BASTION-EV-001" in out and "Medium finding" not in out  # only >= high
     assert "[HIGH]" in by_name["evasion-tabular"].find("system-out").text
     assert by_name["evasion-square"].find("system-out") is None  # low finding only
     props = {p.get("name"): p.get("value") for p in suite.find("properties")}

@@ -1,7 +1,11 @@
 """Gates: pass/fail conditions on measured metrics, e.g. ``robust_accuracy[pgd, eps=0.1] >= 0.6``.
 
-Syntax: ``METRIC[SELECTORS] OP NUMBER``. Selectors are optional: a bare word matches an attack or
-check name, ``key=value`` matches that field of a measurement (numbers compare numerically).
+Gates read the typed :class:`~bastion.core.results.Measurement`s of each check (and the
+``findings_<severity>`` counts of each completed check), nothing else.
+
+Syntax: ``METRIC[SELECTORS] OP NUMBER``. Selectors are optional: a bare word matches an attack,
+check or check kind, ``key=value`` matches that field of a measurement's ``where`` (numbers
+compare numerically).
 When several measurements match, the gate uses the worst case for its direction (the minimum for
 ``>=``/``>``, the maximum for ``<=``/``<``). A gate that matches nothing fails, saying why.
 """
@@ -12,9 +16,8 @@ import math
 import operator
 import re
 from dataclasses import dataclass
-from typing import Any
 
-from bastion.core.results import CheckResult, GateResult
+from bastion.core.results import CheckResult, GateResult, Measurement
 
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
 _GATE_RE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(?:\[([^\]]*)\])?\s*(>=|<=|==|>|<)\s*([-+]?[\d.]+(?:[eE][-+]?\d+)?%?)\s*$")
@@ -30,24 +33,31 @@ class Gate:
     threshold: float
 
     def evaluate(self, checks: list[CheckResult]) -> GateResult:
-        values = [v for v in (_value(m, self.metric) for m in measurements(checks) if self._matches(m))
-                  if v is not None]
-        if not values:
+        found = [(c, m) for c, m in measurements(checks) if m.name == self.metric and m.value is not None
+                 and self._matches(c, m)]
+        if not found:
             return GateResult(expression=self.expression, metric=self.metric, value=None, threshold=self.threshold,
                               op=self.op, passed=False, reason="no measurement matches this gate")
-        value = min(values) if self.op in (">=", ">") else max(values) if self.op in ("<=", "<") else values[0]
+        if self.op in (">=", ">"):  # the worst case for the gate's direction
+            check, m = min(found, key=lambda cm: float(cm[1].value))  # type: ignore[arg-type]
+        elif self.op in ("<=", "<"):
+            check, m = max(found, key=lambda cm: float(cm[1].value))  # type: ignore[arg-type]
+        else:
+            check, m = found[0]
+        value = float(m.value)  # type: ignore[arg-type]
         return GateResult(expression=self.expression, metric=self.metric, value=value, threshold=self.threshold,
-                          op=self.op, passed=bool(_OPS[self.op](value, self.threshold)),
-                          reason=None if len(values) == 1 else f"worst of {len(values)} matching measurements")
+                          op=self.op, passed=bool(_OPS[self.op](value, self.threshold)), unit=m.unit,
+                          check=check.name, where=dict(m.where),
+                          reason=None if len(found) == 1 else f"worst of {len(found)} matching measurements")
 
-    def _matches(self, m: dict[str, Any]) -> bool:
+    def _matches(self, check: CheckResult, m: Measurement) -> bool:
         for name in self.names:
-            if name not in (str(m.get("attack")), str(m.get("check")), str(m.get("kind"))):
+            if name not in (str(m.where.get("attack")), check.name, check.kind):
                 return False
         for key, want in self.fields:
-            if key not in m:
+            if key not in m.where:
                 return False
-            have = m[key]
+            have = m.where[key]
             try:
                 if not math.isclose(float(have), float(want), rel_tol=1e-9, abs_tol=1e-12):
                     return False
@@ -78,28 +88,7 @@ def parse_gate(expression: str) -> Gate:
     return Gate(expression.strip(), metric, tuple(names), tuple(fields), op, threshold)
 
 
-def measurements(checks: list[CheckResult]) -> list[dict[str, Any]]:
-    """Every measurement gates can see: each check's scalar metrics, and each entry of its
-    ``metrics['results']`` list, tagged with the check's name and kind."""
-    out: list[dict[str, Any]] = []
-    for c in checks:
-        tag = {"check": c.name, "kind": c.kind}
-        scalars = {k: v for k, v in c.metrics.items() if not isinstance(v, (list, dict))}
-        out.append({**scalars, **tag})
-        for entry in c.metrics.get("results", []) or []:
-            if isinstance(entry, dict):
-                out.append({**entry, **tag})
-    return out
-
-
-def _value(m: dict[str, Any], metric: str) -> float | None:
-    v: Any = m
-    for part in metric.split("."):
-        if not isinstance(v, dict) or part not in v:
-            return None
-        v = v[part]
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
+def measurements(checks: list[CheckResult]) -> list[tuple[CheckResult, Measurement]]:
+    """Every measurement gates can see, with its check: each check's measurements and, for a
+    completed check, its ``findings_<severity>`` counts."""
+    return [(c, m) for c in checks for m in [*c.measurements, *c.finding_counts()]]

@@ -45,6 +45,8 @@ def scan(policy: str | Path | dict[str, Any] | LoadedPolicy, *, out_dir: str | P
                         target={"spec": target_spec} if pol.target else {},
                         data={"spec": data_spec} if pol.data else {})
     result.target["policy"] = pol.name
+    result.policy_file = str(loaded.path) if loaded.path else None
+    result.fail_on = pol.fail_on
 
     def save() -> None:
         if write:
@@ -84,7 +86,6 @@ def scan(policy: str | Path | dict[str, Any] | LoadedPolicy, *, out_dir: str | P
                                   reason=redact(f"{type(exc).__name__}: {exc}"))
                 log.exception("check %s crashed", check.name)
             res.seconds = res.seconds or time.perf_counter() - t0
-            _count_findings(res)
             result.checks.append(res)
             if on_check:
                 on_check(res)
@@ -98,14 +99,6 @@ def scan(policy: str | Path | dict[str, Any] | LoadedPolicy, *, out_dir: str | P
     if interrupted:
         raise KeyboardInterrupt
     return result
-
-
-def _count_findings(res: CheckResult) -> None:
-    """Add ``findings_<severity>`` counts (at that severity or worse) so gates can use them."""
-    from bastion.core.results import Severity
-
-    for sev in Severity:
-        res.metrics.setdefault(f"findings_{sev.value}", sum(f.severity.rank >= sev.rank for f in res.findings))
 
 
 def _load(loaded: LoadedPolicy, limit: int | None) -> tuple[Target | None, Dataset | None, Any]:

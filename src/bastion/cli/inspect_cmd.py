@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
         else:
             scan = res.to_scan_result(paths, threshold)
             if fmt is OutputFormat.json:
-                doc = scan.to_json_dict()   # errors are in checks[0].artifacts.errors
+                doc = scan.to_json_dict()   # errors are in checks[0].metrics.error_files
             else:
                 from bastion.outputs.report.sarif import render_sarif
 

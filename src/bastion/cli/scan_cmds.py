@@ -200,9 +200,8 @@ def register(app: typer.Typer) -> None:
                 console.print(f"[bold]{escape(model)}[/] — {escape(loaded.policy.description)}")
             out_dir = out / name.removeprefix("demo-")
             result = _run_scan(run_scan, loaded, out_dir, None, quiet)
-            accs = [c.metrics.get("robust_accuracy") for c in result.checks
-                    if c.metrics.get("robust_accuracy") is not None]
-            clean = next((c.metrics["clean_accuracy"] for c in result.checks if "clean_accuracy" in c.metrics), None)
+            accs = [v for c in result.checks for v in c.values("robust_accuracy")]
+            clean = next((v for c in result.checks for v in c.values("clean_accuracy")), None)
             passed = sum(g.passed for g in result.gates)
             summary.add_row(model, "—" if clean is None else f"{clean:.1%}",
                             "—" if not accs else f"{min(accs):.1%}", f"{passed}/{len(result.gates)}",

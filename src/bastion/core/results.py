@@ -1,18 +1,26 @@
-"""Check / Finding / ScanResult: the single source for every report format.
+"""Typed results: Measurement, Artifact, Finding, CheckResult, ScanResult.
 
-These pydantic models are serialised to ``report.json`` (see :data:`SCHEMA_VERSION`); the HTML,
-JUnit and SARIF reports are all rendered from a :class:`ScanResult` and nothing else.
+A check returns a :class:`CheckResult` holding typed :class:`Measurement`s (what gates read),
+typed :data:`Artifact`s (the data of a picture: a robustness curve, an example grid, a ROC
+curve, ...; discriminated on their ``type`` field, each drawn by the renderer registered for
+that type) and :class:`Finding`s, each pointing to a rule of the catalogue
+(:mod:`bastion.core.rules`). A :class:`ScanResult` is serialised to ``report.json``
+(:data:`SCHEMA_VERSION`); the HTML, JUnit and SARIF reports are all rendered from it.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 from enum import Enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "2.0"
+
+#: Where a measurement was made: attack, eps, norm, stage, ... (scalars, so gates can select on them).
+Where = dict[str, str | int | float | bool]
+Number = float | None
 
 
 class Severity(str, Enum):
@@ -49,39 +57,215 @@ class Severity(str, Enum):
 
 _RANK = {"critical": 4, "high": 3, "medium": 2, "low": 1, "info": 0}
 
+#: Units a measurement may carry; ``ratio`` values lie in [0, 1] and are shown as percentages.
+Unit = Literal["ratio", "count", "queries", "seconds", "eps", "bytes", "score", ""]
 
-class Finding(BaseModel):
-    """One security-relevant observation, with the numbers behind it and what to do."""
+
+class Measurement(BaseModel):
+    """One measured number and where it was measured, e.g. ``robust_accuracy = 0.48`` for
+    ``{attack: pgd, norm: linf, eps: 0.1}``. ``value`` is None when it could not be measured."""
 
     model_config = ConfigDict(extra="forbid")
 
-    rule_id: str = Field(description="Stable id, e.g. 'BASTION-EVASION-001'; used as the SARIF rule id.")
-    title: str
+    name: str
+    value: Number
+    unit: Unit = ""
+    where: Where = Field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- artifacts
+
+
+class _Artifact(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = ""
+
+
+class RobustnessCurve(_Artifact):
+    """Robust accuracy against ε for one attack and norm."""
+
+    type: Literal["robustness_curve"] = "robustness_curve"
+    attack: str
+    norm: str = "linf"
+    eps: list[float]
+    robust_accuracy: list[Number]
+    clean_accuracy: Number = None
+
+
+class ExampleGrid(_Artifact):
+    """Original and adversarial images (nested lists of ``shape``), with labels."""
+
+    type: Literal["example_grid"] = "example_grid"
+    attack: str = ""
+    eps: Number = None
+    shape: list[int]
+    original: list[Any]
+    adversarial: list[Any]
+    labels: list[str] = Field(default_factory=list)
+    adv_labels: list[str] = Field(default_factory=list)
+    confidence: list[Number] = Field(default_factory=list)
+
+
+class TabularRow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str
+    adv_label: str
+    changes: dict[str, tuple[Number, Number]] = Field(
+        default_factory=dict, description="feature -> (original, adversarial), largest change first")
+
+
+class TabularExamples(_Artifact):
+    """Adversarial records of a table: the features the attack changed."""
+
+    type: Literal["tabular_examples"] = "tabular_examples"
+    attack: str = ""
+    feature_names: list[str] = Field(default_factory=list)
+    rows: list[TabularRow]
+
+
+class Stage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stage: str
+    robust_accuracy: Number
+    seconds: Number = None
+    queries: int | None = None
+
+
+class StageChart(_Artifact):
+    """Robust accuracy left after each stage of an ensemble attack."""
+
+    type: Literal["stage_chart"] = "stage_chart"
+    attack: str = ""
+    stages: list[Stage]
+
+
+class QueryCurve(_Artifact):
+    """Attack success rate against queries spent."""
+
+    type: Literal["query_curve"] = "query_curve"
+    attack: str
+    queries: list[float]
+    success_rate: list[Number]
+
+
+class Histogram(_Artifact):
+    type: Literal["histogram"] = "histogram"
+    values: list[Number]
+    xlabel: str = ""
+
+
+class RocCurve(_Artifact):
+    """Receiver operating characteristic of an attack that scores records (membership inference)."""
+
+    type: Literal["roc_curve"] = "roc_curve"
+    attack: str = ""
+    fpr: list[float]
+    tpr: list[float]
+    auc: Number = None
+
+
+class FidelityCurve(_Artifact):
+    """Agreement of an extracted surrogate with the target against queries spent."""
+
+    type: Literal["fidelity_curve"] = "fidelity_curve"
+    attack: str = ""
+    queries: list[float]
+    fidelity: list[Number]
+
+
+class DriftSeries(_Artifact):
+    """A drift statistic over time windows, with its alert threshold."""
+
+    type: Literal["drift_series"] = "drift_series"
+    metric: str
+    windows: list[str | float]
+    values: list[Number]
+    threshold: Number = None
+
+
+class QueryLog(_Artifact):
+    """Counters of the requests sent to a remote model (count, seconds, bytes, retries, ...)."""
+
+    type: Literal["query_log"] = "query_log"
+    counters: dict[str, Any]
+
+
+Artifact = Annotated[
+    RobustnessCurve | ExampleGrid | TabularExamples | StageChart | QueryCurve | Histogram | RocCurve
+    | FidelityCurve | DriftSeries | QueryLog,
+    Field(discriminator="type"),
+]
+
+
+# ----------------------------------------------------------------------------- findings
+
+
+class Finding(BaseModel):
+    """One security-relevant observation: which rule of the catalogue it breaks, how badly, the
+    numbers behind it and what to do. Build one with :meth:`bastion.core.rules.Rule.finding`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rule_id: str = Field(description="Id of a rule in the catalogue, e.g. 'BASTION-EV-001'; the SARIF rule id.")
+    title: str = Field(description="What was measured, in one line (the rule's title is in the catalogue).")
     severity: Severity
     check: str = Field(description="Name of the check that produced the finding.")
     atlas: list[str] = Field(default_factory=list, description="MITRE ATLAS technique ids.")
     owasp: list[str] = Field(default_factory=list, description="OWASP ML Top 10 categories, e.g. 'ML01'.")
+    nist: str | None = Field(default=None, description="NIST AI RMF function: Map, Measure or Manage.")
     description: str = ""
     remediation: str = ""
-    metrics: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict, description="Evidence: the numbers behind it.")
     location: str | None = Field(default=None, description="File the finding is about, if any.")
     offset: int | None = Field(default=None, description="Byte offset inside ``location``, if any.")
 
 
+CheckStatus = Literal["complete", "incomplete", "error", "skipped"]
+
+
 class CheckResult(BaseModel):
-    """What one check measured. ``metrics`` holds plain JSON values; ``artifacts`` holds
-    data for pictures (robustness curves, example images) that reports may render."""
+    """What one check measured (``measurements``, which gates read), pictured (``artifacts``)
+    and found (``findings``). ``metrics`` holds free-form details (notes, raw numbers) that the
+    HTML shows folded and that nothing else reads."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str
     kind: str
-    status: Literal["complete", "incomplete", "error", "skipped"] = "complete"
+    status: CheckStatus = "complete"
     reason: str | None = None
     seconds: float = 0.0
-    metrics: dict[str, Any] = Field(default_factory=dict)
+    measurements: list[Measurement] = Field(default_factory=list)
+    artifacts: list[Artifact] = Field(default_factory=list)
     findings: list[Finding] = Field(default_factory=list)
-    artifacts: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+    def measure(self, name: str, value: float | None, unit: Unit = "", **where: Any) -> Measurement:
+        """Record one measurement (NaN and ±inf become None: not measured) and return it."""
+        import math
+
+        v = None if value is None or not math.isfinite(float(value)) else float(value)
+        m = Measurement(name=name, value=v, unit=unit, where={k: w for k, w in where.items() if w is not None})
+        self.measurements.append(m)
+        return m
+
+    def values(self, name: str, **where: Any) -> list[float]:
+        """Measured values of ``name`` whose ``where`` contains every given field."""
+        return [m.value for m in self.measurements if m.name == name and m.value is not None
+                and all(m.where.get(k) == v for k, v in where.items())]
+
+    def finding_counts(self) -> list[Measurement]:
+        """``findings_<severity>``: findings at that severity or worse (what gates such as
+        ``findings_high[model-file] <= 0`` read). Empty unless the check completed: a check that
+        errored or stopped early has no counts, so such a gate fails with "no measurement"."""
+        if self.status != "complete":
+            return []
+        return [Measurement(name=f"findings_{sev.value}", unit="count",
+                            value=float(sum(f.severity.rank >= sev.rank for f in self.findings)))
+                for sev in Severity]
 
 
 class GateResult(BaseModel):
@@ -94,6 +278,13 @@ class GateResult(BaseModel):
     op: str
     passed: bool
     reason: str | None = None
+    unit: Unit = ""
+    check: str | None = Field(default=None, description="Check of the measurement the gate used.")
+    where: Where = Field(default_factory=dict, description="Where that measurement was made.")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat()
 
 
 class ScanResult(BaseModel):
@@ -103,16 +294,34 @@ class ScanResult(BaseModel):
 
     schema_version: str = SCHEMA_VERSION
     tool: dict[str, str] = Field(default_factory=dict)
-    started_at: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat())
+    started_at: str = Field(default_factory=_now)
     finished_at: str | None = None
     verdict: Literal["pass", "fail"] = "pass"
     status: Literal["complete", "incomplete"] = "complete"
     status_reason: str | None = None
+    policy_file: str | None = Field(default=None, description="The policy file the scan ran, if any.")
+    fail_on: Severity | None = Field(default=None, description="A finding this severe or worse fails the scan.")
     target: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)
     checks: list[CheckResult] = Field(default_factory=list)
     gates: list[GateResult] = Field(default_factory=list)
     summary: str = ""
+
+    @model_validator(mode="after")
+    def _ordered_times(self) -> ScanResult:
+        """A scan never ends before it starts: a start stamped after the end (a result built once
+        the work was done) is moved back by the checks' total time."""
+        if self.finished_at:
+            try:
+                start = _dt.datetime.fromisoformat(self.started_at)
+                end = _dt.datetime.fromisoformat(self.finished_at)
+                late = start > end
+            except (TypeError, ValueError):
+                return self
+            if late:
+                took = _dt.timedelta(seconds=sum(max(c.seconds, 0.0) for c in self.checks))
+                self.started_at = (end - took).isoformat()
+        return self
 
     @property
     def findings(self) -> list[Finding]:

@@ -65,7 +65,7 @@ class InspectResult:
         return 2 if self.errors else 0
 
     def to_check_result(self, fail_on: Severity = Severity.high) -> CheckResult:
-        return CheckResult(
+        res = CheckResult(
             name=CHECK_NAME, kind="supply-chain",
             status="incomplete" if self.errors else "complete",
             reason="; ".join(f"{e.path}: {e.message}" for e in self.errors[:5]) or None,
@@ -73,10 +73,14 @@ class InspectResult:
             metrics={"files_scanned": self.files_scanned, "errors": len(self.errors),
                      "findings": len(self.findings),
                      "worst": self.worst().value if self.worst() else None,
-                     "failed": self.failed(fail_on)},
+                     "failed": self.failed(fail_on),
+                     "formats": self.formats, "error_files": [e.to_dict() for e in self.errors]},
             findings=sorted(self.findings, key=lambda f: (-f.severity.rank, f.location or "", f.offset or 0)),
-            artifacts={"formats": self.formats, "errors": [e.to_dict() for e in self.errors]},
         )
+        res.measure("files_scanned", self.files_scanned, "count")
+        res.measure("files_not_scanned", len(self.errors), "count")
+        res.measure("findings", len(self.findings), "count")
+        return res
 
     def to_scan_result(self, paths: Sequence[str | os.PathLike[str]] = (),
                        fail_on: Severity = Severity.high) -> ScanResult:
@@ -85,7 +89,7 @@ class InspectResult:
         check = self.to_check_result(fail_on)
         return ScanResult(tool={"name": "bastion", "version": __version__, "command": "inspect"},
                           finished_at=dt.datetime.now(dt.timezone.utc).isoformat(),
-                          verdict="fail" if self.failed(fail_on) else "pass",
+                          verdict="fail" if self.failed(fail_on) else "pass", fail_on=fail_on,
                           status="incomplete" if self.errors else "complete",
                           status_reason=check.reason, target={"paths": [str(p) for p in paths]},
                           checks=[check], summary=_summary(self, fail_on))

@@ -1,68 +1,67 @@
-"""Stable rule ids of ``bastion inspect`` and the helper that turns a hit into a Finding."""
+"""The model-file scanner's rules (stable ids ``BASTION-SC-*``), registered in the catalogue of
+:mod:`bastion.core.rules`, and the helper that turns a hit into a Finding."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from bastion.core.results import Finding, Severity
-from bastion.core.threatmap import THREATS
+from bastion.core.rules import Rule
 
 CHECK_NAME = "inspect"
-_THREAT = THREATS["supply-chain"]
 
 
-@dataclass(frozen=True)
-class Rule:
-    rule_id: str
-    name: str
-    remediation: str
+def _rule(rule_id: str, title: str, remediation: str) -> Rule:
+    return Rule(id=rule_id, title=title, threat="supply-chain", nist="Manage", remediation=remediation,
+                help="bastion inspect reads model files without loading them; see docs/inspect.md for what "
+                     "each format can hide and how the scanner finds it.")
 
 
-RULES: dict[str, Rule] = {r.rule_id: r for r in [
-    Rule("BASTION-SC-001", "Pickle imports a code-execution primitive",
-         "Do not load this file. Obtain the model from a trusted source, or as safetensors/ONNX."),
-    Rule("BASTION-SC-002", "Pickle calls a constructor outside the allow-list",
-         "Load only if you trust the class; add it to the allow-list (docs/inspect.md) once reviewed, "
-         "or re-export the weights as safetensors."),
-    Rule("BASTION-SC-003", "Pickle references a global outside the allow-list",
-         "Review the global; add it to the allow-list if it is a known-safe class."),
-    Rule("BASTION-SC-004", "Pickle makes an indirect or dynamic call",
-         "Do not load this file: it computes what to import or call while loading."),
-    Rule("BASTION-SC-005", "Pickle contains a nested serialised payload",
-         "Do not load this file: a payload inside the payload hides from scanners."),
-    Rule("BASTION-SC-006", "Pickle uses the copyreg extension registry",
-         "Do not load this file: extension codes resolve globals out of sight."),
-    Rule("BASTION-SC-007", "Malformed or truncated serialised data",
-         "Re-download the file; a loader may behave unpredictably on malformed input."),
-    Rule("BASTION-SC-008", "Resource limit exceeded: file not fully analysed",
-         "Treat the file as unsafe, or raise the limit in the inspect config if the file is trusted."),
-    Rule("BASTION-SC-010", "Archive structure anomaly",
-         "Do not load this file: archive readers disagree on its content (zip header tricks)."),
-    Rule("BASTION-SC-011", "Archive member path or link escapes the archive",
-         "Do not extract or load this archive."),
-    Rule("BASTION-SC-020", "Keras config runs code (Lambda layer or module reference)",
-         "Load Keras models with safe_mode=True and without custom objects you have not reviewed."),
-    Rule("BASTION-SC-030", "External data leaves the model directory (ONNX, HDF5)",
-         "Do not load this model: external data paths must stay inside the model directory."),
-    Rule("BASTION-SC-031", "ONNX model uses a custom operator domain",
-         "Custom operators need a native library; load only with a reviewed custom-op library."),
-    Rule("BASTION-SC-040", "Invalid safetensors header",
-         "Re-export the file; invalid offsets or sizes target parser bugs."),
-    Rule("BASTION-SC-050", "Format not fully analysed",
-         "Review the file by other means, or convert it to a format bastion can analyse."),
-    Rule("BASTION-SC-060", "Symbolic or hard link in a model directory",
-         "Replace links by real files inside the model directory."),
-    Rule("BASTION-SC-070", "NumPy array stores Python objects (pickle inside)",
-         "Store numeric arrays only; object arrays need allow_pickle=True to load."),
-]}
+#: Every scanner rule (the catalogue imports this list when a BASTION-SC- id is first looked up).
+CATALOGUE: list[Rule] = [
+    _rule("BASTION-SC-001", "Pickle imports a code-execution primitive",
+          "Do not load this file. Obtain the model from a trusted source, or as safetensors/ONNX."),
+    _rule("BASTION-SC-002", "Pickle calls a constructor outside the allow-list",
+          "Load only if you trust the class; add it to the allow-list (docs/inspect.md) once reviewed, "
+          "or re-export the weights as safetensors."),
+    _rule("BASTION-SC-003", "Pickle references a global outside the allow-list",
+          "Review the global; add it to the allow-list if it is a known-safe class."),
+    _rule("BASTION-SC-004", "Pickle makes an indirect or dynamic call",
+          "Do not load this file: it computes what to import or call while loading."),
+    _rule("BASTION-SC-005", "Pickle contains a nested serialised payload",
+          "Do not load this file: a payload inside the payload hides from scanners."),
+    _rule("BASTION-SC-006", "Pickle uses the copyreg extension registry",
+          "Do not load this file: extension codes resolve globals out of sight."),
+    _rule("BASTION-SC-007", "Malformed or truncated serialised data",
+          "Re-download the file; a loader may behave unpredictably on malformed input."),
+    _rule("BASTION-SC-008", "Resource limit exceeded: file not fully analysed",
+          "Treat the file as unsafe, or raise the limit in the inspect config if the file is trusted."),
+    _rule("BASTION-SC-010", "Archive structure anomaly",
+          "Do not load this file: archive readers disagree on its content (zip header tricks)."),
+    _rule("BASTION-SC-011", "Archive member path or link escapes the archive",
+          "Do not extract or load this archive."),
+    _rule("BASTION-SC-020", "Keras config runs code (Lambda layer or module reference)",
+          "Load Keras models with safe_mode=True and without custom objects you have not reviewed."),
+    _rule("BASTION-SC-030", "External data leaves the model directory (ONNX, HDF5)",
+          "Do not load this model: external data paths must stay inside the model directory."),
+    _rule("BASTION-SC-031", "ONNX model uses a custom operator domain",
+          "Custom operators need a native library; load only with a reviewed custom-op library."),
+    _rule("BASTION-SC-040", "Invalid safetensors header",
+          "Re-export the file; invalid offsets or sizes target parser bugs."),
+    _rule("BASTION-SC-050", "Format not fully analysed",
+          "Review the file by other means, or convert it to a format bastion can analyse."),
+    _rule("BASTION-SC-060", "Symbolic or hard link in a model directory",
+          "Replace links by real files inside the model directory."),
+    _rule("BASTION-SC-070", "NumPy array stores Python objects (pickle inside)",
+          "Store numeric arrays only; object arrays need allow_pickle=True to load."),
+]
+RULES: dict[str, Rule] = {r.id: r for r in CATALOGUE}
 
 
 def make_finding(rule_id: str, severity: Severity, title: str, *, location: str | None,
                  offset: int | None = None, description: str = "", **metrics: Any) -> Finding:
     """Build a Finding for ``rule_id`` with the supply-chain ATLAS/OWASP ids."""
     rule = RULES[rule_id]
-    return Finding(rule_id=rule_id, title=title, severity=severity, check=CHECK_NAME,
-                   atlas=list(_THREAT.atlas), owasp=list(_THREAT.owasp), description=description or rule.name,
-                   remediation=rule.remediation, metrics={k: v for k, v in metrics.items() if v is not None},
-                   location=location, offset=offset)
+    return rule.finding(title=title, severity=severity, check=CHECK_NAME, description=description or rule.title,
+                        metrics={k: v for k, v in metrics.items() if v is not None},
+                        location=location, offset=offset)

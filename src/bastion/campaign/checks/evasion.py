@@ -12,28 +12,34 @@ from pydantic import Field, field_validator
 from bastion.attacks.base import Attack, AttackResult, available_attacks, get_attack
 from bastion.attacks.curve import robustness_curve
 from bastion.campaign.checks.base import Check, CheckContext, CheckParams, Interrupted, register_check
-from bastion.core.results import CheckResult, Finding, Severity
+from bastion.campaign.rules import EVASION_RULE, MINIMAL_RULE
+from bastion.core.results import (
+    CheckResult,
+    ExampleGrid,
+    Finding,
+    Histogram,
+    QueryCurve,
+    QueryLog,
+    RobustnessCurve,
+    Severity,
+    Stage,
+    StageChart,
+    TabularExamples,
+    TabularRow,
+    Unit,
+)
+from bastion.core.rules import get_rule
 from bastion.core.threatmap import THREATS
 from bastion.errors import UsageError
 
-RULES = {"evasion-whitebox": "BASTION-EV-001", "evasion-blackbox": "BASTION-EV-002",
-         "evasion-transfer": "BASTION-EV-003"}
-MINIMAL_RULE = "BASTION-EV-010"
 NORM_SYMBOL = {"linf": "L∞", "l2": "L2"}
 _NOISE = {"eps", "batch_size", "seed", "targeted"}
-
-REMEDIATION = {
-    "evasion-whitebox": (
-        "Train the model adversarially (PGD adversarial training or TRADES) at the ε you need to withstand, then "
-        "re-run this scan; input filters (JPEG, smoothing, squeezing) alone do not stop an adaptive attacker. "
-        "Keep the model's weights and gradients private, and gate deployment on robust accuracy."),
-    "evasion-blackbox": (
-        "An attacker with only API access can fool the model. Train it adversarially, limit and monitor query rates "
-        "per client, and return labels or rounded scores instead of full probabilities."),
-    "evasion-transfer": (
-        "Adversarial inputs crafted on another model fool this one. Adversarial training and ensembles of "
-        "diverse models reduce transferability; do not rely on keeping the model secret."),
-}
+#: Unit of each per-ε number of AttackResult.metrics() (norm statistics are in ε units).
+_UNITS: dict[str, Unit] = {"n": "count", "clean_accuracy": "ratio", "robust_accuracy": "ratio",
+                           "success_rate": "ratio", "n_attacked": "count", "n_fooled": "count",
+                           "adv_confidence_mean": "ratio", "queries": "queries", "queries_per_sample": "queries",
+                           "seconds": "seconds"}
+_NORM_UNITS: dict[str, Unit] = {"l0": "count", "l2": "eps", "linf": "eps"}
 
 
 class EvasionParams(CheckParams):
@@ -110,63 +116,74 @@ class EvasionCheck(Check):
         p = self.params
         last = results[-1]
         complete = all(r.complete for r in results)
-        entries = [_entry(r, p.norm) for r in results]
-        metrics: dict[str, Any] = {
-            "attack": attack.name, "norm": p.norm, "clean_accuracy": last.clean_accuracy,
-            "robust_accuracy": last.robust_accuracy, "queries": int(sum(r.queries for r in results)),
-            "results": entries,
-        }
-        artifacts: dict[str, Any] = {}
-        if attack.minimal:
-            metrics.update(_minimal_stats(last, p.norm, p.eps))
-            fooled = last.success & (last.clean_pred == last.y)
-            artifacts["histograms"] = [{"title": f"Smallest adversarial perturbation ({NORM_SYMBOL[p.norm]}, "
-                                                 f"{attack.name})",
-                                        "values": [float(v) for v in last.norms[p.norm][fooled]],
-                                        "xlabel": f"{NORM_SYMBOL[p.norm]} norm (ε units)"}]
-        else:
-            artifacts["curves"] = [{"attack": attack.name, "norm": p.norm, "eps": [r.eps for r in results],
-                                    "robust_accuracy": [r.robust_accuracy for r in results],
-                                    "clean_accuracy": last.clean_accuracy}]
-        for key, art in (("stages", "stages"), ("query_curve", "query_curves"), ("query_log", "query_log")):
-            if key in last.extra:
-                val = last.extra[key]
-                if art == "query_curves":
-                    artifacts.setdefault(art, []).append({"attack": attack.name, **val})
-                else:
-                    artifacts[art] = val
-        if "notes" in last.extra:
-            metrics["notes"] = list(last.extra["notes"])
-        if p.examples and ctx.target is not None:
-            artifacts.update(_examples(ctx, last, p.examples))
-        findings = [self._finding(attack, results, metrics)]
         reason = next((r.reason for r in results if r.reason), None)
-        return CheckResult(name=self.name, kind=self.kind, status="complete" if complete else "incomplete",
-                           reason=reason, seconds=seconds, metrics=metrics, findings=findings, artifacts=artifacts)
+        res = CheckResult(name=self.name, kind=self.kind, status="complete" if complete else "incomplete",
+                          reason=reason, seconds=seconds,
+                          metrics={"attack": attack.name, "norm": p.norm, "results": [_entry(r, p.norm) for r in results]})
+        where = {"attack": attack.name, "norm": p.norm}
+        if attack.minimal:
+            # measured unbounded: robust accuracy exists only at each policy ε, read off the minimal norms
+            stats = _minimal_stats(last, p.norm, p.eps)
+            res.metrics.update(stats)
+            _measure_entry(res, last, where, skip=frozenset({"robust_accuracy", "success_rate"}))
+            for point in stats["results_at_eps"]:
+                res.measure("robust_accuracy", point["robust_accuracy"], "ratio", **where, eps=point["eps"])
+            for key, value in stats.items():
+                if key.startswith("min_perturbation_"):
+                    res.measure(key, value, _NORM_UNITS[p.norm], **where)
+            fooled = last.success & (last.clean_pred == last.y)
+            res.artifacts.append(Histogram(
+                title=f"Smallest adversarial perturbation ({NORM_SYMBOL[p.norm]}, {attack.name})",
+                values=[float(v) for v in last.norms[p.norm][fooled]],
+                xlabel=f"{NORM_SYMBOL[p.norm]} norm (ε units)"))
+        else:
+            for r in results:
+                _measure_entry(res, r, {**where, "eps": r.eps})
+            res.measure("queries", float(sum(r.queries for r in results)), "queries", **where)
+            res.artifacts.append(RobustnessCurve(attack=attack.name, norm=p.norm, eps=[r.eps for r in results],
+                                                 robust_accuracy=[r.robust_accuracy for r in results],
+                                                 clean_accuracy=last.clean_accuracy))
+        if "stages" in last.extra:
+            stages = [Stage(**{k: s[k] for k in ("stage", "robust_accuracy", "seconds", "queries") if k in s})
+                      for s in last.extra["stages"]]
+            res.artifacts.append(StageChart(attack=attack.name, stages=stages))
+            for s in stages:
+                res.measure("robust_accuracy", s.robust_accuracy, "ratio", **where, eps=last.eps, stage=s.stage)
+        if "query_curve" in last.extra:
+            res.artifacts.append(QueryCurve(attack=attack.name, **last.extra["query_curve"]))
+        if "query_log" in last.extra:
+            res.artifacts.append(QueryLog(counters=dict(last.extra["query_log"])))
+        if "notes" in last.extra:
+            res.metrics["notes"] = list(last.extra["notes"])
+        if p.examples and ctx.target is not None:
+            example = _examples(ctx, last, p.examples)
+            if example is not None:
+                res.artifacts.append(example)
+        res.findings.append(self._finding(attack, results, res))
+        return res
 
-    def _finding(self, attack: Attack, results: list[AttackResult], metrics: dict[str, Any]) -> Finding:
-        family = attack.family
-        threat = THREATS.get(family, THREATS["evasion"])
+    def _finding(self, attack: Attack, results: list[AttackResult], res: CheckResult) -> Finding:
         last = results[-1]
         clean, robust = last.clean_accuracy, last.robust_accuracy
         norm = NORM_SYMBOL[self.params.norm]
+        evidence = {"attack": attack.name, "norm": self.params.norm, "clean_accuracy": clean}
         if attack.minimal:
-            med = metrics.get("min_perturbation_median")
+            med = res.metrics.get("min_perturbation_median")
             title = (f"{attack.name}: half of the inputs are fooled by a {norm} perturbation of "
                      f"{med:.3g} or less" if med is not None else f"{attack.name}: no adversarial example found")
-            severity = Severity.info
-            rule = MINIMAL_RULE
+            rule = get_rule(MINIMAL_RULE)
+            severity = rule.default_severity
+            evidence["min_perturbation_median"] = med
         else:
             severity = robustness_severity(clean, robust)
             title = (f"{attack.name} ({norm}, ε={last.eps:g}) lowers accuracy from {clean:.0%} to {robust:.0%}")
-            rule = RULES.get(family, RULES["evasion-whitebox"])
-        return Finding(
-            rule_id=rule, title=title, severity=severity, check=self.name,
-            atlas=list(threat.atlas), owasp=list(threat.owasp),
-            description=f"{threat.description} Measured on {len(last.y)} inputs with {attack.name} "
-                        f"({', '.join(f'{k}={v}' for k, v in attack.get_params().items() if k not in _NOISE)}).",
-            remediation=REMEDIATION.get(family, REMEDIATION["evasion-whitebox"]),
-            metrics={k: v for k, v in metrics.items() if k not in ("results",)})
+            rule = get_rule(EVASION_RULE.get(attack.family, EVASION_RULE["evasion-whitebox"]))
+            evidence.update(eps=last.eps, robust_accuracy=robust, queries=int(sum(r.queries for r in results)))
+        threat = THREATS.get(attack.family, THREATS["evasion"])
+        params = ", ".join(f"{k}={v}" for k, v in attack.get_params().items() if k not in _NOISE)
+        return rule.finding(title=title, severity=severity, check=self.name, metrics=evidence,
+                            description=f"{threat.description} Measured on {len(last.y)} inputs with "
+                                        f"{attack.name} ({params}).")
 
 
 def robustness_severity(clean: float, robust: float) -> Severity:
@@ -195,6 +212,18 @@ def _entry(r: AttackResult, norm: str) -> dict[str, Any]:
     return flat
 
 
+def _measure_entry(res: CheckResult, r: AttackResult, where: dict[str, Any], skip: frozenset[str] = frozenset()) -> None:
+    """Every number of one attack run as a measurement at ``where``."""
+    m = r.metrics()
+    for key, unit in _UNITS.items():
+        if key not in skip and m.get(key) is not None:
+            res.measure(key, m[key], unit, **where)
+    for norm, stats in m["norms"].items():
+        for stat, value in stats.items():
+            if value is not None:
+                res.measure(f"{norm}_{stat}", value, _NORM_UNITS.get(norm, "eps"), **where)
+
+
 def _minimal_stats(r: AttackResult, norm: str, eps: list[float]) -> dict[str, Any]:
     fooled = r.success & (r.clean_pred == r.y)
     correct = r.clean_pred == r.y
@@ -210,32 +239,41 @@ def _minimal_stats(r: AttackResult, norm: str, eps: list[float]) -> dict[str, An
     return out
 
 
-def _examples(ctx: CheckContext, r: AttackResult, n: int) -> dict[str, Any]:
+def class_names(ctx: CheckContext) -> list[str]:
+    """Display name of each class: the data's own names (``meta["class_names"]``, raw label ->
+    name, e.g. 0 -> malignant) where it has them, else the target's class labels."""
+    target = ctx.target
+    assert target is not None
+    labels = [str(c) for c in target.classes]
+    named = ctx.data.meta.get("class_names") if ctx.data is not None else None
+    return [str(named.get(c, c)) for c in labels] if isinstance(named, dict) else labels
+
+
+def _examples(ctx: CheckContext, r: AttackResult, n: int) -> ExampleGrid | TabularExamples | None:
     target = ctx.target
     assert target is not None
     idx = np.flatnonzero(r.success & (r.clean_pred == r.y))[:n]
     if len(idx) == 0:
-        return {}
-    names = [str(c) for c in target.classes]
+        return None
+    names = class_names(ctx)
     spec = target.input_spec
     if spec.kind == "image":
         x0 = ctx.data.x[idx] if ctx.data is not None else r.x_adv[idx]
         shape = list(spec.shape if spec.shape[0] not in (1,) else spec.shape[1:])
-        return {"examples": {
-            "attack": r.attack, "eps": r.eps, "shape": shape,
-            "original": x0.reshape(len(idx), *shape).tolist(),
-            "adversarial": r.x_adv[idx].reshape(len(idx), *shape).tolist(),
-            "labels": [names[int(i)] for i in r.y[idx]],
-            "adv_labels": [names[int(i)] for i in r.adv_pred[idx]],
-            "confidence": [float(c) for c in r.adv_confidence[idx]]}}
+        return ExampleGrid(attack=r.attack, eps=r.eps, shape=shape,
+                           original=x0.reshape(len(idx), *shape).tolist(),
+                           adversarial=r.x_adv[idx].reshape(len(idx), *shape).tolist(),
+                           labels=[names[int(i)] for i in r.y[idx]],
+                           adv_labels=[names[int(i)] for i in r.adv_pred[idx]],
+                           confidence=[float(c) for c in r.adv_confidence[idx]])
     if spec.features is not None and ctx.data is not None:
         fnames = [f.name for f in spec.features]
         rows = []
         for i in idx:
             delta = np.abs(r.x_adv[i] - ctx.data.x[i]) / spec.scale_array()
             top = np.argsort(-delta)[:5]
-            rows.append({"label": names[int(r.y[i])], "adv_label": names[int(r.adv_pred[i])],
-                         "changes": {fnames[j]: [float(ctx.data.x[i][j]), float(r.x_adv[i][j])]
-                                     for j in top if delta[j] > 1e-6}})
-        return {"tabular_examples": {"attack": r.attack, "feature_names": fnames, "rows": rows}}
-    return {}
+            rows.append(TabularRow(label=names[int(r.y[i])], adv_label=names[int(r.adv_pred[i])],
+                                   changes={fnames[j]: (float(ctx.data.x[i][j]), float(r.x_adv[i][j]))
+                                            for j in top if delta[j] > 1e-6}))
+        return TabularExamples(attack=r.attack, feature_names=fnames, rows=rows)
+    return None

@@ -27,33 +27,10 @@ from bastion.campaign.checks.base import (
     CheckParams,
     register_check,
 )
-from bastion.core.results import CheckResult, Finding, Severity
+from bastion.campaign.rules import MASKING_RULE
+from bastion.core.results import CheckResult
+from bastion.core.rules import get_rule
 from bastion.core.targets.base import DifferentiableTarget
-from bastion.core.threatmap import THREATS
-
-ADAPTIVE = ("Do not trust white-box robustness numbers for this model until an adaptive attack confirms them: "
-            "evaluate with the 'auto' ensemble (it includes a black-box stage), ")
-RULES: dict[str, tuple[str, str, Severity, str]] = {
-    "randomized-outputs": (
-        "BASTION-EV-101", "Randomised model outputs: a sign of gradient masking", Severity.medium,
-        ADAPTIVE + "and average gradients over the randomness with Expectation over Transformation "
-        "(APGD/auto parameter eot_iter, e.g. 20). Report robustness on the expected prediction."),
-    "output-kind": (
-        "BASTION-EV-102", "Model outputs are not logits (probabilities or saturated): a sign of gradient masking",
-        Severity.medium,
-        ADAPTIVE + "expose the logits (remove the final softmax, declare output='probabilities' only when the "
-        "model truly returns them), and prefer margin/DLR losses (apgd-dlr, apgd-t), which are scale invariant."),
-    "zero-gradients": (
-        "BASTION-EV-103", "Zero or non-finite input gradients: a sign of gradient masking", Severity.high,
-        ADAPTIVE + "and replace non-differentiable steps (rounding, quantisation, JPEG, thresholding) by a "
-        "differentiable approximation on the backward pass (BPDA), or rely on black-box attacks (square)."),
-    "blackbox-beats-whitebox": (
-        "BASTION-EV-104", "A black-box attack succeeds where the white-box attack failed: gradient masking",
-        Severity.high,
-        ADAPTIVE + "treat the black-box robust accuracy as the upper bound, and look for the masking cause "
-        "(non-differentiable or randomised components) to attack it with BPDA or EOT."),
-}
-
 
 class GradientMaskingParams(CheckParams):
     n_samples: int = Field(default=100, gt=0, description="Inputs used for the checks (a seeded sample).")
@@ -101,25 +78,24 @@ class GradientMaskingCheck(Check):
                              f"'{p.whitebox}' and '{p.blackbox}' and eps > 0")
         else:
             notes.append("gradient checks skipped: the target is a black box (no gradients to mask)")
-        threat = THREATS["evasion-whitebox"]
-        findings = []
+        res = CheckResult(name=self.name, kind=self.kind, seconds=time.perf_counter() - t0, metrics={
+            "n_samples": n, "flagged": [r.check for r in results if r.flagged],
+            "checks": {r.check: {"flagged": r.flagged, "message": r.message, **r.metrics} for r in results}})
+        res.measure("n_samples", n, "count")
         for r in results:
-            if not r.flagged:
-                continue
-            rule, title, severity, remediation = RULES[r.check]
-            findings.append(Finding(
-                rule_id=rule, title=title, severity=severity, check=self.name, atlas=list(threat.atlas),
-                owasp=list(threat.owasp),
-                description=f"{r.message}. This is a sign of gradient masking: white-box attacks may report "
-                            f"robustness the model does not have (Athalye et al. 2018).",
-                remediation=remediation, metrics={**r.metrics, "samples": r.samples[:20]}))
-        metrics: dict[str, Any] = {"n_samples": n, "flagged": [r.check for r in results if r.flagged],
-                                   "checks": {r.check: {"flagged": r.flagged, "message": r.message, **r.metrics}
-                                              for r in results}}
+            res.measure("flagged", float(r.flagged), "count", sanity=r.check)
+            for key, value in r.metrics.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    res.measure(key, value, "", sanity=r.check)
+            if r.flagged:
+                rule = get_rule(MASKING_RULE[r.check])
+                res.findings.append(rule.finding(
+                    title=rule.title, check=self.name, metrics={**r.metrics, "samples": r.samples[:20]},
+                    description=f"{r.message}. This is a sign of gradient masking: white-box attacks may report "
+                                f"robustness the model does not have (Athalye et al. 2018)."))
         if notes:
-            metrics["notes"] = notes
-        return CheckResult(name=self.name, kind=self.kind, seconds=time.perf_counter() - t0, metrics=metrics,
-                           findings=findings)
+            res.metrics["notes"] = notes
+        return res
 
 
 def _params(cls: type) -> set[str]:

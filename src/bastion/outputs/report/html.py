@@ -1,8 +1,13 @@
 """``report.html``: one self-contained page a non-specialist can read.
 
+Top to bottom: the verdict in words (green pass, amber pass with serious findings, red fail),
+each gate as a sentence, the findings, what to fix (each rule's remediation once), then one
+section per check with its pictures (each artifact drawn by the renderer registered for its
+type, :mod:`bastion.outputs.report.renderers`) and its measurements and raw details folded.
+
 Rendered with jinja2 (autoescape on: every string from a check, a model or a data set is
-escaped); figures come from :mod:`bastion.outputs.report.plots` as inline ``data:`` URIs, and
-the CSS is inline, so the page loads no external resource.
+escaped); figures are inline ``data:`` URIs and the CSS is inline, so the page loads no
+external resource.
 """
 
 from __future__ import annotations
@@ -12,14 +17,15 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from bastion.core.io import atomic_write_text
-from bastion.core.results import CheckResult, Finding, ScanResult, Severity
-from bastion.outputs.report import plots
-from bastion.outputs.report.summary import format_number, plain_verdict
+from bastion.core.results import CheckResult, Finding, Measurement, ScanResult, Severity
+from bastion.core.rules import find_rule
+from bastion.outputs.report.renderers import RENDERERS
+from bastion.outputs.report.summary import format_measured, format_number, gate_sentence, plain_verdict, verdict_state
 
 log = logging.getLogger(__name__)
 
@@ -40,25 +46,18 @@ OWASP_ML = {
     "ML09": "Output Integrity Attack",
     "ML10": "Model Poisoning",
 }
-_RATE = re.compile(r"(accuracy|success_rate|rate$|fraction|_acc$|^acc$)")
 _MAX_LIST = 12
 _MAX_TEXT = 300
 _MAX_RECORD_COLUMNS = 8
 _MAX_RECORD_ROWS = 50
-_MAX_FINDING_METRICS = 8
+_MAX_FINDING_METRICS = 6
 
 
 # ----------------------------------------------------------------------------- values
 
 
-def _is_rate(path: str) -> bool:
-    return bool(_RATE.search(path.lower().replace(" › ", "_")))
-
-
 def fmt_value(value: Any, path: str = "") -> str:
-    """Format one metric value for a table; rates in [0, 1] as percentages."""
-    if isinstance(value, float) and not isinstance(value, bool) and _is_rate(path) and 0.0 <= value <= 1.0:
-        return f"{value:.1%}"
+    """Format one raw detail value for a table (numbers as they are: a detail has no unit)."""
     if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
         text = "; ".join(value)
         return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 1] + "…"
@@ -77,7 +76,7 @@ def _scalar(v: Any) -> bool:
 
 
 def metric_blocks(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Turn a check's metrics into display blocks: plain rows, and matrices for
+    """Turn a check's free-form details into display blocks: plain rows, and matrices for
     two-level dicts such as ``{"robust_accuracy": {"pgd": {"0.1": 0.4, "0.2": 0.1}}}``."""
     rows: list[tuple[str, str]] = []
     blocks: list[dict[str, Any]] = []
@@ -173,7 +172,6 @@ def _finding_view(f: Finding) -> dict[str, Any]:
         "rule_id": f.rule_id,
         "check": f.check,
         "description": f.description,
-        "remediation": f.remediation,
         "location": f.location + (f" (offset {f.offset})" if f.offset is not None else "") if f.location else None,
         "atlas": [(a, ATLAS_URL.format(a) if _ATLAS_ID.match(a) else None) for a in f.atlas],
         "owasp": [(o, OWASP_ML.get(o.upper()[:4], "")) for o in f.owasp],
@@ -183,88 +181,46 @@ def _finding_view(f: Finding) -> dict[str, Any]:
     }
 
 
-def _figure(title: str, make: Callable[[], str], caption: str, errors: list[str]) -> dict[str, str] | None:
-    try:
-        return {"title": title, "uri": make(), "caption": caption}
-    except Exception as exc:  # noqa: BLE001 - artifacts are free-form JSON; a bad one must not sink the report
-        log.warning("could not draw %s: %s", title, exc)
-        errors.append(f"{title}: could not be drawn ({exc})")
-        return None
-
-
-def _figures(art: Mapping[str, Any], errors: list[str]) -> list[dict[str, str]]:
-    figs: list[dict[str, str] | None] = []
-    if isinstance(art.get("curves"), list) and art["curves"]:
-        figs.append(_figure("Robustness curve", lambda: plots.robustness_curve(art["curves"]),
-                            "Share of inputs still classified correctly as the attacker's budget ε grows. "
-                            "The dashed line is the accuracy without attack; the lower the curve, "
-                            "the easier the model is to fool.", errors))
-    if isinstance(art.get("examples"), dict):
-        ex = art["examples"]
-        eps = ex.get("eps")
-        at = f" at ε = {format_number(eps)}" if isinstance(eps, int | float) else ""
-        figs.append(_figure(f"Adversarial examples ({ex.get('attack', 'attack')}{at})",
-                            lambda: plots.example_grid(ex),
-                            "Top: original inputs with their true label. Middle: the change the attack made, "
-                            "amplified (red = brighter, blue = darker). Bottom: the modified input and what "
-                            "the model now says (red when it is wrong).", errors))
-    if isinstance(art.get("stages"), list) and art["stages"]:
-        figs.append(_figure("Robust accuracy after each attack stage", lambda: plots.stages_chart(art["stages"]),
-                            "Each stage attacks only the inputs that survived the previous ones.", errors))
-    if isinstance(art.get("query_curves"), list) and art["query_curves"]:
-        figs.append(_figure("Attack success against queries", lambda: plots.query_curves(art["query_curves"]),
-                            "How quickly an attacker who can only query the model succeeds.", errors))
-    for h in art.get("histograms", []) if isinstance(art.get("histograms"), list) else []:
-        if isinstance(h, dict):
-            figs.append(_figure(str(h.get("title") or "Histogram"), lambda h=h: plots.histogram(h), "", errors))
-    return [f for f in figs if f is not None]
-
-
-def _tabular(art: Mapping[str, Any]) -> dict[str, Any] | None:
-    tab = art.get("tabular_examples")
-    if not isinstance(tab, dict) or not isinstance(tab.get("rows"), list):
-        return None
-    rows = []
-    for row in tab["rows"][:_MAX_LIST]:
-        if not isinstance(row, dict):
-            continue
-        changes = []
-        for feat, pair in (row.get("changes") or {}).items():
-            if isinstance(pair, list | tuple) and len(pair) == 2 and all(isinstance(p, int | float) for p in pair):
-                changes.append((str(feat), float(pair[0]), float(pair[1])))
-        # keep the check's order: it knows the feature scales and lists the largest change first
-        rows.append({
-            "label": str(row.get("label", "")),
-            "adv_label": str(row.get("adv_label", "")),
-            "fooled": str(row.get("label", "")) != str(row.get("adv_label", "")),
-            "changes": [(f, format_number(a), format_number(b), f"{b - a:+.3g}") for f, a, b in changes[:5]],
-            "more": max(0, len(changes) - 5),
-        })
-    return {"attack": str(tab.get("attack", "")), "rows": rows} if rows else None
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
-def _query_log(art: Mapping[str, Any]) -> list[tuple[str, str]]:
-    qlog = art.get("query_log")
-    if not isinstance(qlog, dict):
-        return []
+def _fixes(findings: list[Finding]) -> list[dict[str, Any]]:
+    """Each rule once, worst first: its title, its remediation (from the catalogue; a finding's own
+    when the rule is unknown), how many findings and the worst severity."""
+    by_rule: dict[str, list[Finding]] = {}
+    for f in findings:  # already worst first
+        by_rule.setdefault(f.rule_id, []).append(f)
     out = []
-    for k, v in qlog.items():
-        if k.startswith("bytes") and isinstance(v, int | float) and not isinstance(v, bool):
-            text = _human_bytes(float(v))
-        elif k == "seconds" and isinstance(v, int | float):
-            text = f"{float(v):.2f} s"
-        else:
-            text = fmt_value(v, k)
-        out.append((k.replace("_", " "), text))
+    for rule_id, group in by_rule.items():
+        rule = find_rule(rule_id)
+        remediation = rule.remediation if rule else next((f.remediation for f in group if f.remediation), "")
+        out.append({"rule_id": rule_id, "title": rule.title if rule else group[0].title,
+                    "severity": group[0].severity.value, "count": len(group), "remediation": remediation,
+                    "help": rule.help if rule else "", "nist": rule.nist if rule else None,
+                    "checks": sorted({f.check for f in group})})
     return out
+
+
+def _measurement_rows(measurements: list[Measurement]) -> list[tuple[str, str, str]]:
+    return [(m.name, ", ".join(f"{k}={format_number(v)}" for k, v in m.where.items()), format_measured(m.value, m.unit))
+            for m in measurements]
+
+
+def _artifact_blocks(c: CheckResult, errors: list[str]) -> list[dict[str, Any]]:
+    """Each artifact type of the check through its registered renderer (in order of first use)."""
+    groups: dict[str, list[Any]] = {}
+    for a in c.artifacts:
+        groups.setdefault(a.type, []).append(a)
+    blocks: list[dict[str, Any]] = []
+    for kind, arts in groups.items():
+        renderer = RENDERERS.get(kind)
+        if renderer is None:
+            errors.append(f"{kind}: no renderer for this artifact type")
+            continue
+        try:
+            blocks += renderer(arts)
+        except Exception as exc:  # noqa: BLE001 - one bad artifact must not sink the report
+            title = kind.replace("_", " ").capitalize()
+            log.warning("could not draw %s: %s", title, exc)
+            errors.append(f"{title}: could not be drawn ({exc})")
+    return blocks
 
 
 def _check_view(c: CheckResult, index: int) -> dict[str, Any]:
@@ -277,10 +233,9 @@ def _check_view(c: CheckResult, index: int) -> dict[str, Any]:
         "status": c.status,
         "reason": c.reason,
         "seconds": f"{c.seconds:.1f} s",
-        "blocks": metric_blocks(c.metrics),
-        "figures": _figures(c.artifacts, errors),
-        "tabular": _tabular(c.artifacts),
-        "query_log": _query_log(c.artifacts),
+        "artifacts": _artifact_blocks(c, errors),
+        "measurements": _measurement_rows(c.measurements),
+        "details": metric_blocks(c.metrics),
         "figure_errors": errors,
         "severity_counts": [(s.value, sev[s.value]) for s in Severity if sev[s.value]],
     }
@@ -316,9 +271,14 @@ def build_context(result: ScanResult) -> dict[str, Any]:
     anchors: dict[str, str] = {}
     for i, c in enumerate(result.checks):
         anchors.setdefault(c.name, f"check-{i}")
+    state = verdict_state(result)
     return {
         "check_anchors": anchors,
         "r": result,
+        "state": state,
+        "state_word": {"pass": "PASS", "warn": "PASS", "fail": "FAIL"}[state],
+        "state_note": {"pass": "policy met", "warn": "policy met, serious findings",
+                       "fail": "policy not met"}[state],
         "verdict_text": plain_verdict(result),
         "tool": " ".join(v for v in (result.tool.get("name", "bastion"), result.tool.get("version", "")) if v),
         "duration": _duration(result.started_at, result.finished_at),
@@ -327,12 +287,13 @@ def build_context(result: ScanResult) -> dict[str, Any]:
         "target_rows": _spec_rows(result.target),
         "data_rows": _spec_rows(result.data),
         "gates": [
-            {"expression": g.expression, "metric": g.metric, "value": format_number(g.value), "op": g.op,
-             "threshold": format_number(g.threshold), "passed": g.passed, "reason": g.reason}
+            {"expression": g.expression, "sentence": gate_sentence(g, result), "passed": g.passed,
+             "value": format_measured(g.value, g.unit), "op": g.op, "threshold": format_measured(g.threshold, g.unit)}
             for g in result.gates
         ],
         "gates_failed": sum(not g.passed for g in result.gates),
         "findings": [_finding_view(f) for f in findings],
+        "fixes": _fixes(findings),
         "severity_counts": [(s.value, counts[s.value]) for s in Severity],
         "checks": [_check_view(c, i) for i, c in enumerate(result.checks)],
     }

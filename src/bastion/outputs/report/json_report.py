@@ -75,7 +75,8 @@ def json_document(result: ScanResult) -> dict[str, Any]:
     for gate in doc["gates"]:
         gate["value"] = _strict(gate["value"])
     for check in doc["checks"]:
-        check["metrics"], check["artifacts"] = _strict(check["metrics"]), _strict(check["artifacts"])
+        for key in ("metrics", "artifacts", "measurements"):
+            check[key] = _strict(check[key])
     for finding in [f for c in doc["checks"] for f in c["findings"]] + doc["findings"]:
         finding["metrics"] = _strict(finding["metrics"])
     return doc
@@ -86,8 +87,12 @@ def write_json_report(result: ScanResult, path: str | os.PathLike[str]) -> Path:
     return atomic_write_json(path, json_document(result))
 
 
+#: Schema major versions this bastion reads (1.x is upgraded on the fly, see ``migrate``).
+READABLE_MAJORS = ("1", SCHEMA_VERSION.split(".")[0])
+
+
 def read_report(path: str | os.PathLike[str]) -> ScanResult:
-    """Load a ``report.json`` written by any bastion with the same schema major version.
+    """Load a ``report.json`` of this schema major version or of 1.x (upgraded to this one).
 
     Raises :class:`~bastion.errors.DataError` naming the file and the problem when the file is
     missing, is not JSON, has an unsupported ``schema_version`` or does not fit the schema.
@@ -103,12 +108,16 @@ def read_report(path: str | os.PathLike[str]) -> ScanResult:
     if not isinstance(doc, dict):
         raise DataError(f"{path}: a report must be a JSON object, found {type(doc).__name__}")
     version = str(doc.get("schema_version", ""))
-    if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+    if version.split(".")[0] not in READABLE_MAJORS:
         raise DataError(
             f"{path}: schema_version '{version}' is not supported; this bastion reads "
-            f"{SCHEMA_VERSION.split('.')[0]}.x",
+            f"{', '.join(m + '.x' for m in READABLE_MAJORS)}",
             hint="re-run the scan with this version of bastion",
         )
+    if version.split(".")[0] == "1":
+        from bastion.outputs.report.migrate import upgrade
+
+        doc = upgrade(doc)
     try:
         return ScanResult.from_json_dict(doc)
     except ValidationError as exc:

@@ -1,8 +1,10 @@
 """``junit.xml``: the scan as JUnit XML, for CI pages that show test results.
 
-One ``<testcase>`` per gate (classname ``bastion.gates``) and per check (classname
-``bastion.checks.<kind>``). A failed gate is a ``<failure>``; a check that errored or did not
-finish is an ``<error>``, a skipped one ``<skipped>``; findings of severity high or worse are
+One ``<testcase>`` per gate (classname ``bastion.gates``), one for the policy's ``fail_on``
+(classname ``bastion.policy``, a ``<failure>`` listing the findings at or above it) and one per
+check (classname ``bastion.checks.<kind>``). A failed gate is a ``<failure>``; a check that
+errored or did not finish is an ``<error>``, a skipped one ``<skipped>``; a failed verdict with
+no other failure gets a ``bastion.policy`` verdict failure, so a failed scan never shows 0 failures; findings of severity high or worse are
 listed in the check's ``<system-out>``. Layout follows the de-facto schema used by Jenkins,
 GitLab and GitHub test reporters (testsuites > testsuite > testcase).
 """
@@ -46,6 +48,29 @@ def _gate_case(suite: ET.Element, gate: GateResult) -> str | None:
     return "failure"
 
 
+def _fail_on_case(suite: ET.Element, result: ScanResult) -> str | None:
+    sev = result.fail_on
+    if sev is None:
+        return None
+    case = _sub(suite, "testcase", classname="bastion.policy", name=f"fail_on: no finding {sev.value} or worse",
+                time="0")
+    bad = [f for f in result.findings if f.severity.rank >= sev.rank]
+    if not bad:
+        return None
+    message = f"{len(bad)} finding{'s' if len(bad) != 1 else ''} at or above {sev.value}"
+    lines = [f"[{f.severity.value.upper()}] {f.rule_id}: {f.title} (check {f.check}"
+             + (f", {f.location}" if f.location else "") + ")" for f in bad]
+    _sub(case, "failure", "\n".join(lines), message=message, type="FailOn")
+    return "failure"
+
+
+def _verdict_case(suite: ET.Element, result: ScanResult) -> str:
+    case = _sub(suite, "testcase", classname="bastion.policy", name="verdict", time="0")
+    message = result.status_reason or "the scan failed its policy"
+    _sub(case, "failure", plain_verdict(result), message=message, type="VerdictFailed")
+    return "failure"
+
+
 def _check_case(suite: ET.Element, check: CheckResult) -> str | None:
     case = _sub(suite, "testcase", classname=f"bastion.checks.{check.kind}", name=check.name,
                 time=f"{max(check.seconds, 0.0):.3f}")
@@ -83,7 +108,12 @@ def render_junit(result: ScanResult) -> bytes:
                        ("tool", " ".join(result.tool.values()))):
         if value:
             _sub(props, "property", name=key, value=str(value))
-    outcomes = [_gate_case(suite, g) for g in result.gates] + [_check_case(suite, c) for c in result.checks]
+    outcomes = [_gate_case(suite, g) for g in result.gates]
+    if result.fail_on is not None:
+        outcomes.append(_fail_on_case(suite, result))
+    outcomes += [_check_case(suite, c) for c in result.checks]
+    if result.verdict == "fail" and "failure" not in outcomes:
+        outcomes.append(_verdict_case(suite, result))
     counts = {
         "tests": str(len(outcomes)),
         "failures": str(outcomes.count("failure")),

@@ -245,3 +245,37 @@ def query_curves(curves: Sequence[Mapping[str, Any]]) -> str:
         ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
         ax.legend(frameon=False, fontsize=8)
         return figure_to_data_uri(fig, "svg")
+
+
+def line_chart(series: Sequence[tuple[str, Any, Any]], *, xlabel: str, ylabel: str, percent: bool = True,
+               diagonal: bool = False, threshold: float | None = None, log_x: bool = False) -> str:
+    """Lines ``(label, xs, ys)`` on one axis: ROC curves (with the chance diagonal), fidelity
+    curves, drift series (with the alert threshold dashed)."""
+    import matplotlib
+
+    if not series:
+        raise ValueError("nothing to draw")
+    with matplotlib.rc_context(_rc()):
+        fig = _figure(5.0, 3.1)
+        ax = fig.subplots()
+        for i, (label, xs, ys) in enumerate(series):
+            x, y = _floats(xs, "x values"), _floats(ys, "y values")
+            if x.shape != y.shape:
+                raise ValueError(f"'{label}': x and y values differ in length")
+            ax.plot(x, y, lw=2, marker="o" if x.size <= 30 else None, ms=3, color=_COLORS[i % len(_COLORS)],
+                    label=label)
+        if diagonal:
+            ax.plot([0, 1], [0, 1], ls="--", lw=1, color="#6b7280", label="chance")
+        if threshold is not None:
+            ax.axhline(threshold, ls="--", lw=1, color=_COLORS[1], label="alert threshold")
+        if log_x:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _pos: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        if percent:
+            ax.set_ylim(-0.02, 1.05)
+            ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.legend(frameon=False, fontsize=8)
+        return figure_to_data_uri(fig, "svg")

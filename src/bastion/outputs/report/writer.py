@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bastion.core.io import atomic_write_json
+from bastion.core.io import atomic_write_bytes
 from bastion.core.redact import redact_tree
 from bastion.core.results import ScanResult
 from bastion.errors import UsageError
@@ -23,35 +23,41 @@ REPORT_FILES: dict[str, str] = {
 DEFAULT_FORMATS: tuple[str, ...] = ("json", "html", "junit", "sarif")
 
 
-def _write_json(result: ScanResult, path: Path) -> Path:
-    from bastion.outputs.report.json_report import write_json_report
+def _render_json(result: ScanResult) -> bytes:
+    from bastion.outputs.report.json_report import json_document
 
-    return write_json_report(result, path)
-
-
-def _write_html(result: ScanResult, path: Path) -> Path:
-    from bastion.outputs.report.html import write_html_report
-
-    return write_html_report(result, path)
+    return _json_bytes(json_document(result))
 
 
-def _write_junit(result: ScanResult, path: Path) -> Path:
-    from bastion.outputs.report.junit import write_junit_report
+def _render_html(result: ScanResult) -> bytes:
+    from bastion.outputs.report.html import render_html
 
-    return write_junit_report(result, path)
+    return render_html(result).encode("utf-8")
 
 
-def _write_sarif(result: ScanResult, path: Path) -> Path:
+def _render_junit(result: ScanResult) -> bytes:
+    from bastion.outputs.report.junit import render_junit
+
+    return render_junit(result)
+
+
+def _render_sarif(result: ScanResult) -> bytes:
     from bastion.outputs.report.sarif import render_sarif
 
-    return atomic_write_json(path, render_sarif(result))
+    return _json_bytes(render_sarif(result))
 
 
-_WRITERS: dict[str, Callable[[ScanResult, Path], Path]] = {
-    "json": _write_json,
-    "html": _write_html,
-    "junit": _write_junit,
-    "sarif": _write_sarif,
+def _json_bytes(doc: object) -> bytes:
+    import json
+
+    return (json.dumps(doc, indent=2, default=str) + "\n").encode("utf-8")
+
+
+_RENDERERS: dict[str, Callable[[ScanResult], bytes]] = {
+    "json": _render_json,
+    "html": _render_html,
+    "junit": _render_junit,
+    "sarif": _render_sarif,
 }
 
 
@@ -62,21 +68,30 @@ def write_reports(
 ) -> dict[str, Path]:
     """Write the requested reports into ``out_dir`` and return ``{format: path}``.
 
-    ``report.json`` is always written first (it is the source of truth, and what an
-    interrupted scan must leave behind); each file is written to a temp file and renamed.
+    The set in ``out_dir`` is always consistent: every report is rendered in memory first (an
+    error or Ctrl-C there changes nothing on disk), report files of formats not requested (left
+    by an earlier run) are removed, then each file is written to a temp file and renamed,
+    ``report.json`` first. So no report of a previous run is ever left beside a newer one.
     """
     result = redact_tree(result)  # last guard: no registered secret or URL credential in any report
     wanted = [f.lower() for f in formats]
-    unknown = [f for f in wanted if f not in _WRITERS]
+    unknown = [f for f in wanted if f not in _RENDERERS]
     if unknown:
         raise UsageError(
-            f"unknown report format(s): {', '.join(unknown)}; allowed: {', '.join(_WRITERS)}"
+            f"unknown report format(s): {', '.join(unknown)}; allowed: {', '.join(_RENDERERS)}"
         )
     ordered = sorted(dict.fromkeys(wanted), key=lambda f: f != "json")
+    payloads = {fmt: _RENDERERS[fmt](result) for fmt in ordered}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for fmt, name in REPORT_FILES.items():
+        if fmt not in payloads:
+            stale = out_dir / name
+            if stale.is_file() or stale.is_symlink():
+                stale.unlink()
+                log.info("removed %s report of an earlier run: %s", fmt, stale)
     written: dict[str, Path] = {}
-    for fmt in ordered:
-        written[fmt] = _WRITERS[fmt](result, out_dir / REPORT_FILES[fmt])
+    for fmt, data in payloads.items():
+        written[fmt] = atomic_write_bytes(out_dir / REPORT_FILES[fmt], data)
         log.info("wrote %s report: %s", fmt, written[fmt])
     return written

@@ -1,0 +1,68 @@
+"""Rules of the evasion and gradient-masking checks (ids ``BASTION-EV-*``), registered in the
+catalogue of :mod:`bastion.core.rules`. Kept free of heavy imports: reports load it to describe
+findings."""
+
+from __future__ import annotations
+
+from bastion.core.results import Severity
+from bastion.core.rules import Rule
+
+_ADAPTIVE = ("Do not trust white-box robustness numbers for this model until an adaptive attack confirms them: "
+             "evaluate with the 'auto' ensemble (it includes a black-box stage), ")
+_MASKING_HELP = ("Gradient masking makes white-box attacks fail for the wrong reason, so the model looks more "
+                 "robust than it is (Athalye et al. 2018, arXiv:1802.00420).")
+_EVASION_HELP = ("An evasion attack changes each input a little (at most ε, in each feature's own scale) to make "
+                 "the model answer wrongly. Robust accuracy is the share of inputs still answered correctly.")
+
+CATALOGUE: list[Rule] = [
+    Rule(id="BASTION-EV-001", title="Model is fooled by small white-box perturbations", threat="evasion-whitebox",
+         help=_EVASION_HELP + " A white-box attacker knows the model's weights and gradients.",
+         remediation=(
+             "Train the model adversarially (PGD adversarial training or TRADES) at the ε you need to withstand, "
+             "then re-run this scan; input filters (JPEG, smoothing, squeezing) alone do not stop an adaptive "
+             "attacker. Keep the model's weights and gradients private, and gate deployment on robust accuracy.")),
+    Rule(id="BASTION-EV-002", title="Model is fooled through its API (black-box evasion)", threat="evasion-blackbox",
+         help=_EVASION_HELP + " A black-box attacker only sees the model's answers.",
+         remediation=(
+             "An attacker with only API access can fool the model. Train it adversarially, limit and monitor "
+             "query rates per client, and return labels or rounded scores instead of full probabilities.")),
+    Rule(id="BASTION-EV-003", title="Adversarial inputs transfer from another model", threat="evasion-transfer",
+         help=_EVASION_HELP + " A transfer attacker crafts the inputs on a model of their own.",
+         remediation=(
+             "Adversarial inputs crafted on another model fool this one. Adversarial training and ensembles of "
+             "diverse models reduce transferability; do not rely on keeping the model secret.")),
+    Rule(id="BASTION-EV-010", title="Smallest perturbation that fools the model", threat="evasion-whitebox",
+         default_severity=Severity.info,
+         help=("A minimal-perturbation attack searches, for each input, the smallest change that makes the "
+               "model wrong; the distribution of those sizes shows how close the inputs lie to a decision "
+               "boundary."),
+         remediation=("Compare the typical smallest perturbation with the change an attacker can make unnoticed; "
+                       "if it is smaller, train adversarially at that ε.")),
+    Rule(id="BASTION-EV-101", title="Randomised model outputs: a sign of gradient masking",
+         threat="evasion-whitebox", default_severity=Severity.medium, help=_MASKING_HELP,
+         remediation=_ADAPTIVE + "and average gradients over the randomness with Expectation over Transformation "
+                     "(APGD/auto parameter eot_iter, e.g. 20). Report robustness on the expected prediction."),
+    Rule(id="BASTION-EV-102",
+         title="Model outputs are not logits (probabilities or saturated): a sign of gradient masking",
+         threat="evasion-whitebox", default_severity=Severity.medium, help=_MASKING_HELP,
+         remediation=_ADAPTIVE + "expose the logits (remove the final softmax, declare output='probabilities' "
+                     "only when the model truly returns them), and prefer margin/DLR losses (apgd-dlr, apgd-t), "
+                     "which are scale invariant."),
+    Rule(id="BASTION-EV-103", title="Zero or non-finite input gradients: a sign of gradient masking",
+         threat="evasion-whitebox", default_severity=Severity.high, help=_MASKING_HELP,
+         remediation=_ADAPTIVE + "and replace non-differentiable steps (rounding, quantisation, JPEG, thresholding) "
+                     "by a differentiable approximation on the backward pass (BPDA), or rely on black-box "
+                     "attacks (square)."),
+    Rule(id="BASTION-EV-104", title="A black-box attack succeeds where the white-box attack failed: gradient masking",
+         threat="evasion-whitebox", default_severity=Severity.high, help=_MASKING_HELP,
+         remediation=_ADAPTIVE + "treat the black-box robust accuracy as the upper bound, and look for the masking "
+                     "cause (non-differentiable or randomised components) to attack it with BPDA or EOT."),
+]
+
+#: Evasion rule of each attack family.
+EVASION_RULE = {"evasion-whitebox": "BASTION-EV-001", "evasion-blackbox": "BASTION-EV-002",
+                "evasion-transfer": "BASTION-EV-003"}
+MINIMAL_RULE = "BASTION-EV-010"
+#: Gradient-masking rule of each sanity check.
+MASKING_RULE = {"randomized-outputs": "BASTION-EV-101", "output-kind": "BASTION-EV-102",
+                "zero-gradients": "BASTION-EV-103", "blackbox-beats-whitebox": "BASTION-EV-104"}

@@ -1,0 +1,151 @@
+"""One HTML renderer per artifact type.
+
+A renderer takes every artifact of its type from one check (so curves of several attacks share
+one chart) and returns display blocks for the template: ``figure`` (an inline image with a
+caption), ``tabular`` (adversarial records) or ``kv`` (a small table). :data:`RENDERERS` maps
+each ``Artifact.type`` to its renderer; a type without one is listed as "not drawn", never
+guessed at from names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bastion.core.results import (
+    DriftSeries,
+    ExampleGrid,
+    FidelityCurve,
+    Histogram,
+    QueryCurve,
+    QueryLog,
+    RobustnessCurve,
+    RocCurve,
+    StageChart,
+    TabularExamples,
+)
+from bastion.outputs.report import plots
+from bastion.outputs.report.summary import format_number
+
+Block = dict[str, Any]
+Renderer = Callable[[Sequence[Any]], list[Block]]
+_MAX_ROWS = 12
+
+
+def _figure(title: str, uri: str, caption: str, wide: bool = False) -> Block:
+    return {"kind": "figure", "title": title, "uri": uri, "caption": caption, "wide": wide}
+
+
+def robustness_curves(arts: Sequence[RobustnessCurve]) -> list[Block]:
+    return [_figure("Robustness curve", plots.robustness_curve([a.model_dump() for a in arts]),
+                    "Share of inputs still classified correctly as the attacker's budget ε grows. The dashed line "
+                    "is the accuracy without attack; the lower the curve, the easier the model is to fool.")]
+
+
+def example_grids(arts: Sequence[ExampleGrid]) -> list[Block]:
+    out = []
+    for a in arts:
+        at = f" at ε = {format_number(a.eps)}" if a.eps is not None else ""
+        out.append(_figure(a.title or f"Adversarial examples ({a.attack or 'attack'}{at})",
+                           plots.example_grid(a.model_dump()),
+                           "Top: original inputs with their true label. Middle: the change the attack made, "
+                           "amplified (red = brighter, blue = darker). Bottom: the modified input and what the "
+                           "model now says (red when it is wrong).", wide=True))
+    return out
+
+
+def stage_charts(arts: Sequence[StageChart]) -> list[Block]:
+    return [_figure(a.title or "Robust accuracy after each attack stage",
+                    plots.stages_chart([s.model_dump() for s in a.stages]),
+                    "Each stage attacks only the inputs that survived the previous ones.") for a in arts]
+
+
+def query_curves(arts: Sequence[QueryCurve]) -> list[Block]:
+    return [_figure("Attack success against queries", plots.query_curves([a.model_dump() for a in arts]),
+                    "How quickly an attacker who can only query the model succeeds.")]
+
+
+def histograms(arts: Sequence[Histogram]) -> list[Block]:
+    return [_figure(a.title or "Histogram", plots.histogram(a.model_dump()), "") for a in arts]
+
+
+def roc_curves(arts: Sequence[RocCurve]) -> list[Block]:
+    series = [(f"{a.attack or 'attack'}" + (f" (AUC {a.auc:.3f})" if a.auc is not None else ""), a.fpr, a.tpr)
+              for a in arts]
+    return [_figure("ROC curve", plots.line_chart(series, xlabel="false positive rate", ylabel="true positive rate",
+                                                  diagonal=True),
+                    "How well the attack tells records used in training from others; the dashed diagonal is "
+                    "guessing. The further above it, the more the model leaks about its training data.")]
+
+
+def fidelity_curves(arts: Sequence[FidelityCurve]) -> list[Block]:
+    series = [(a.attack or "extraction", a.queries, a.fidelity) for a in arts]
+    return [_figure("Fidelity of the stolen copy", plots.line_chart(series, xlabel="queries to the model",
+                                                                    ylabel="agreement with the model"),
+                    "Share of inputs on which a copy trained from the model's answers agrees with it.")]
+
+
+def drift_series(arts: Sequence[DriftSeries]) -> list[Block]:
+    out = []
+    for a in arts:
+        xs = list(range(len(a.values)))
+        out.append(_figure(a.title or f"Drift: {a.metric}", plots.line_chart(
+            [(a.metric, xs, a.values)], xlabel="window", ylabel=a.metric, percent=False, threshold=a.threshold),
+            f"{a.metric} per time window ({len(a.windows)} windows); above the dashed line an alert is raised."))
+    return out
+
+
+def tabular_examples(arts: Sequence[TabularExamples]) -> list[Block]:
+    out = []
+    for a in arts:
+        rows = []
+        for row in a.rows[:_MAX_ROWS]:
+            changes = [(f, v[0], v[1]) for f, v in row.changes.items() if v[0] is not None and v[1] is not None]
+            rows.append({"label": row.label, "adv_label": row.adv_label, "fooled": row.label != row.adv_label,
+                         "changes": [(f, format_number(x), format_number(y), f"{y - x:+.3g}") for f, x, y in changes[:5]],
+                         "more": max(0, len(changes) - 5)})
+        if rows:
+            out.append({"kind": "tabular", "title": a.title or "Largest feature changes", "attack": a.attack,
+                        "rows": rows})
+    return out
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def query_logs(arts: Sequence[QueryLog]) -> list[Block]:
+    out = []
+    for a in arts:
+        rows = []
+        for k, v in a.counters.items():
+            if k.startswith("bytes") and isinstance(v, int | float) and not isinstance(v, bool):
+                text = _human_bytes(float(v))
+            elif k == "seconds" and isinstance(v, int | float):
+                text = f"{float(v):.2f} s"
+            elif isinstance(v, dict):
+                text = ", ".join(f"{kk}: {format_number(vv)}" for kk, vv in v.items())
+            else:
+                text = format_number(v)
+            rows.append((k.replace("_", " "), text))
+        out.append({"kind": "kv", "title": a.title or "Queries sent to the model", "rows": rows})
+    return out
+
+
+#: Artifact type -> renderer.
+RENDERERS: dict[str, Renderer] = {
+    "robustness_curve": robustness_curves,
+    "example_grid": example_grids,
+    "stage_chart": stage_charts,
+    "query_curve": query_curves,
+    "histogram": histograms,
+    "roc_curve": roc_curves,
+    "fidelity_curve": fidelity_curves,
+    "drift_series": drift_series,
+    "tabular_examples": tabular_examples,
+    "query_log": query_logs,
+}
