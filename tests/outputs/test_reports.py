@@ -440,15 +440,22 @@ def test_html_deterministic(result: ScanResult, html: str) -> None:
     assert render_html(result) == html
 
 
-@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="chromium not installed")
+CHROMIUM = Path("/usr/bin/chromium")
+needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="chromium not installed (.ci/install-chromium.sh)")
+
+
+def _chromium(tmp_path: Path, *args: str) -> str:
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run",
+           f"--user-data-dir={tmp_path / 'profile'}", *args]
+    return subprocess.run(cmd, check=True, capture_output=True, timeout=90, text=True).stdout
+
+
+@needs_chromium
 def test_html_renders_in_chromium(tmp_path: Path, result: ScanResult) -> None:
     path = write_reports(result, tmp_path, formats=("html",))["html"]
     shot = tmp_path / "shot.png"
-    cmd = ["/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run",
-           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,2000",
-           path.as_uri()]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=90)
+    _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,2000", path.as_uri())
     data = shot.read_bytes()
     assert data.startswith(b"\x89PNG")
     from matplotlib.image import imread
@@ -456,6 +463,37 @@ def test_html_renders_in_chromium(tmp_path: Path, result: ScanResult) -> None:
     img = imread(str(shot))
     assert img.shape[:2] == (2000, 1280)
     assert img[..., :3].std() > 0.05  # not a blank page
+
+
+#: Measures, inside a 390 px wide frame (an iPhone's CSS width), how wide the page and its tables are.
+_PHONE_PROBE = """<!DOCTYPE html><html><head><title>probe</title></head><body style="margin:0">
+<iframe id="f" style="border:0;width:390px;height:2000px" srcdoc="{doc}"></iframe>
+<script>
+const f = document.getElementById("f");
+f.addEventListener("load", () => {{
+  const d = f.contentDocument, right = el => Math.ceil(el.getBoundingClientRect().right);
+  const tables = [...d.querySelectorAll("#gates table, #findings table, #fixes .fix")].map(right);
+  document.title = JSON.stringify({{viewport: f.contentWindow.innerWidth, page: d.documentElement.scrollWidth,
+                                    tables: tables}});
+}});
+</script></body></html>"""
+
+
+@needs_chromium
+def test_html_tables_fit_a_phone(tmp_path: Path) -> None:
+    """Gates and findings read at 390 px: the page never scrolls sideways (headless Chromium has a
+    500 px minimum window, so the report is measured inside a 390 px frame)."""
+    import html as htmllib
+
+    res = make_result()
+    res.checks[0].findings[0].location = "models/" + "very-long-directory-name/" * 6 + "weights.pt"
+    probe = tmp_path / "probe.html"
+    probe.write_text(_PHONE_PROBE.format(doc=htmllib.escape(render_html(res), quote=True)), encoding="utf-8")
+    out = _chromium(tmp_path, "--window-size=500,900", "--virtual-time-budget=10000", "--dump-dom", probe.as_uri())
+    found = json.loads(htmllib.unescape(re.search(r"<title>(.*?)</title>", out, re.S).group(1)))
+    assert found["viewport"] == 390
+    assert len(found["tables"]) == 2 + len({f.rule_id for f in res.findings})
+    assert found["page"] <= 390 and max(found["tables"]) <= 390, found
 
 
 # ----------------------------------------------------------------------------- junit.xml
