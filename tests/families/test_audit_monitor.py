@@ -104,3 +104,16 @@ def test_detector_contract_is_enforced() -> None:
 
     with pytest.raises(BastionRuntimeError, match="below its threshold"):
         Weak().fit(np.zeros((10, 3))).update(np.zeros((4, 3)))
+
+
+def test_detectors_are_reachable_by_name_and_names_are_unique() -> None:
+    from bastion.core.registry import DuplicateNameError
+    from bastion.monitor import DETECTORS
+
+    DETECTORS.add("mean-shift", MeanShift)
+    try:
+        assert DETECTORS.get_object("mean-shift") is MeanShift
+        with pytest.raises(DuplicateNameError, match="two detectors named 'mean-shift'"):
+            DETECTORS.add("mean-shift", Duplicates)
+    finally:
+        DETECTORS.remove("mean-shift")

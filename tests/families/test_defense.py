@@ -205,3 +205,15 @@ def test_output_hardening_and_black_box_targets() -> None:
     wb = TopOne().wrap(linear_target())
     np.testing.assert_allclose(torch.softmax(wb.logits(torch.from_numpy(x)), 1).numpy(), wb.predict_proba(x),
                                atol=1e-6)
+
+
+def test_defenses_are_reachable_by_name() -> None:
+    from bastion.core.defense import DEFENSES
+
+    DEFENSES.add("bit-depth", BitDepth)
+    try:
+        assert DEFENSES.get_object("bit-depth")().wrap(linear_target()).white_box
+        with pytest.raises(UsageError, match="unknown defense 'bit-dept'"):
+            DEFENSES.get_object("bit-dept")
+    finally:
+        DEFENSES.remove("bit-depth")

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from bastion.core.capability import Configurable
+from bastion.core.registry import Registry
 from bastion.core.targets.base import DifferentiableTarget, Target, check_probabilities
 from bastion.errors import BastionRuntimeError, DataError, UsageError
 
@@ -245,3 +246,8 @@ class TrainingDefense(Configurable, ABC):
     """Base of defenses that change how a model is trained (adversarial training, DP-SGD, ...)."""
 
     family: ClassVar[str] = "defense"
+
+
+DEFENSES: Registry[type[TargetDefense] | type[TrainingDefense]] = Registry("defense", {})
+"""Defenses by name: bastion's own (added by the defenses issue) and those of the
+``bastion.defenses`` entry points."""

@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from bastion.core.capability import Configurable
+from bastion.core.registry import Registry
 from bastion.errors import BastionRuntimeError, DataError, UsageError
 
 
@@ -99,3 +100,8 @@ class Detector(Configurable, ABC):
     def _update(self, window: np.ndarray, state: Any) -> list[Alert]:
         """Alerts for ``window`` (n, features), updating ``state`` in place; ``self.reference_`` is
         the fit. Leave ``detector`` and ``window`` of the alerts to the base."""
+
+
+DETECTORS: Registry[type[Detector]] = Registry("detector", {})
+"""Detectors by name: bastion's own (added by the production issue) and those of the
+``bastion.detectors`` entry points."""
