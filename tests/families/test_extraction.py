@@ -94,6 +94,26 @@ def test_base_enforces_budget_and_surrogate_shape(victim) -> None:
         WrongShape().run(target, pool)
 
 
+def test_budget_and_interrupt_keep_the_last_surrogate(victim) -> None:
+    target, pool = victim
+    target.query_budget = target.queries + 250  # the target's own hard limit: spent in round 3
+    try:
+        res = FitLogistic().run(target, pool)
+    finally:
+        target.query_budget = None
+    assert not res.complete and "query budget exhausted" in res.reason
+    assert res.curve.queries == [100, 200] and res.fidelity == res.curve.fidelity[-1]
+
+    class Interrupted(FitLogistic):
+        def _extract(self, target, pool, threat, ctx):
+            gen = super()._extract(target, pool, threat, ctx)
+            yield next(gen)
+            raise KeyboardInterrupt
+
+    res = Interrupted().run(target, pool)
+    assert res.interrupted and not res.complete and res.curve.queries == [100]
+
+
 def test_pool_and_parameters_are_checked(victim) -> None:
     target, pool = victim
     with pytest.raises(DataError, match="too small"):

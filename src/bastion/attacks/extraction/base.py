@@ -13,6 +13,7 @@ Networks", USENIX Security).
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -24,7 +25,9 @@ from bastion.core.capability import BaseParams, Configurable, Tally, rng_of
 from bastion.core.data import check_label_indices
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
-from bastion.errors import BastionRuntimeError, DataError
+from bastion.errors import BastionRuntimeError, DataError, QueryBudgetExceeded
+
+log = logging.getLogger(__name__)
 
 
 class ExtractionParams(BaseParams):
@@ -41,7 +44,9 @@ class FidelityCurve(BaseModel):
 
 
 class ExtractionResult(BaseModel):
-    """The last surrogate (a Target; not serialised) and its fidelity curve."""
+    """The last surrogate (a Target; not serialised) and its fidelity curve. When the query budget
+    ran out or the run was interrupted, the last surrogate finished before is kept and
+    ``complete`` is False, with the ``reason``."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -53,6 +58,9 @@ class ExtractionResult(BaseModel):
     target_accuracy: float | None = None
     queries: int
     seconds: float
+    complete: bool = True
+    reason: str | None = None
+    interrupted: bool = False
 
 
 class ModelExtraction(Configurable, ABC):
@@ -80,24 +88,37 @@ class ModelExtraction(Configurable, ABC):
         tally = Tally.start(target)
         curve = FidelityCurve(queries=[], fidelity=[], accuracy=None if y is None else [])
         surrogate: Target | None = None
-        for surrogate in self._extract(target, x[query], threat, ctx):
-            spent = tally.spent()
-            if budget is not None and spent > budget:
-                raise BastionRuntimeError(f"extraction attack '{self.label}' spent {spent} queries, over the "
-                                          f"threat's budget of {budget}")
-            self._check_surrogate(target, surrogate)
-            pred = surrogate.predict(x[hold])
-            curve.queries.append(spent)
-            curve.fidelity.append(float(np.mean(pred == ref)))
-            if curve.accuracy is not None and y is not None:
-                curve.accuracy.append(float(np.mean(pred == y[hold])))
+        complete, reason, interrupted = True, None, False
+        try:
+            for candidate in self._extract(target, x[query], threat, ctx):
+                spent = tally.spent()
+                if budget is not None and spent > budget:
+                    raise BastionRuntimeError(f"extraction attack '{self.label}' spent {spent} queries, over the "
+                                              f"threat's budget of {budget}")
+                self._check_surrogate(target, candidate)
+                surrogate = candidate
+                pred = surrogate.predict(x[hold])
+                curve.queries.append(spent)
+                curve.fidelity.append(float(np.mean(pred == ref)))
+                if curve.accuracy is not None and y is not None:
+                    curve.accuracy.append(float(np.mean(pred == y[hold])))
+        except QueryBudgetExceeded as exc:  # keep the last surrogate built within the budget
+            complete, reason = False, f"query budget exhausted: {exc}"
+        except KeyboardInterrupt:
+            complete, reason, interrupted = False, "interrupted", True
         tally.stop()
         if surrogate is None:
-            raise BastionRuntimeError(f"extraction attack '{self.label}' produced no surrogate")
+            if interrupted:
+                raise KeyboardInterrupt
+            raise BastionRuntimeError(f"extraction attack '{self.label}' produced no surrogate"
+                                      + (f" ({reason})" if reason else ""))
+        if not complete:
+            log.warning("%s: %s; keeping the surrogate of %d queries", self.label, reason, curve.queries[-1])
         return ExtractionResult(attack=self.label, surrogate=surrogate, curve=curve, fidelity=curve.fidelity[-1],
                                 accuracy=curve.accuracy[-1] if curve.accuracy else None,
                                 target_accuracy=None if y is None else float(np.mean(ref == y[hold])),
-                                queries=tally.queries, seconds=tally.seconds)
+                                queries=tally.queries, seconds=tally.seconds, complete=complete, reason=reason,
+                                interrupted=interrupted)
 
     def _check_surrogate(self, target: Target, surrogate: Any) -> None:
         if not isinstance(surrogate, Target):
