@@ -5,7 +5,8 @@ format) and ``bastion-manifest.json.sig``, an Ed25519 signature (RFC 8032) over 
 the manifest file. ``verify_directory`` checks the signature with a public key, re-hashes the
 directory and reports files added, removed, changed, unreadable, and a bad signature, each
 distinctly. Keys are PEM files (PKCS#8 private key, optionally passphrase-encrypted;
-SubjectPublicKeyInfo public key), as written by :func:`generate_keypair`.
+SubjectPublicKeyInfo public key), as written by :func:`generate_keypair`; ECDSA keys made there sign
+OpenSSF model-signing bundles instead (:mod:`bastion.supply.oms`).
 
 Example::
 
