@@ -116,13 +116,14 @@ def _ignored(rel: str, ignore_paths: Sequence[str]) -> bool:
     return any(rel == p or rel.startswith(p + "/") for p in ignore_paths)
 
 
-def _scan_files(root: Path, ignore_paths: Sequence[str]) -> tuple[list[tuple[str, int]], list[str], list[str]]:
-    """(files with sizes, symlinks, other problems) under ``root`` after ``ignore_paths``."""
+def _scan_files(root: Path, ignore_paths: Sequence[str]
+                ) -> tuple[list[tuple[str, int]], list[str], list[tuple[str, str]]]:
+    """(files with sizes, symlinks, (path, problem) pairs) under ``root`` after ``ignore_paths``."""
     walk = walk_directory(root, [])
     files = [(p, n) for p, n in walk.files if not _ignored(p, ignore_paths)]
     links = [p for p, _ in walk.symlinks if not _ignored(p, ignore_paths)]
-    problems = [f"{p}: special file (FIFO, socket or device)" for p in walk.special if not _ignored(p, ignore_paths)]
-    problems += [f"{p}: {why}" for p, why in walk.unreadable if not _ignored(p, ignore_paths)]
+    problems = [(p, "special file (FIFO, socket or device)") for p in walk.special if not _ignored(p, ignore_paths)]
+    problems += [(p, why) for p, why in walk.unreadable if not _ignored(p, ignore_paths)]
     # walk_directory always skips bastion's manifest files at the top; OMS must see them unless ignored
     for name in (MANIFEST_NAME, SIGNATURE_NAME):
         if (root / name).is_file() and not _ignored(name, ignore_paths):
@@ -160,7 +161,8 @@ def sign_oms(
     private = key if isinstance(key, ec.EllipticCurvePrivateKey) else load_private_key(key, passphrase, kind="ecdsa")
     sig_path = Path(signature_path) if signature_path is not None else root / OMS_SIGNATURE_NAME
     ignore_paths = _relative_ignores(root, sig_path, ignore)
-    files, links, problems = _scan_files(root, ignore_paths)
+    files, links, found = _scan_files(root, ignore_paths)
+    problems = [f"{p}: {why}" for p, why in found]
     problems += [f"{p}: symbolic link (OMS signatures are made without symlinks)" for p in links]
     digests, errors, nbytes = _digests(root, files)
     problems += [f"{p}: {why}" for p, why in sorted(errors.items())]
@@ -279,7 +281,7 @@ def verify_oms(
     report.ignore_rules = ignore_paths
     expected = {str(r["name"]): str(r["digest"]) for r in statement["predicate"]["resources"]}
     files, links, problems = _scan_files(root, ignore_paths)
-    report.unreadable += [Change(p.split(": ", 1)[0], p.split(": ", 1)[1]) for p in problems]
+    report.unreadable += [Change(p, why) for p, why in problems]
     present = {p for p, _ in files} | set(links)
     report.added = sorted(p for p in present if p not in expected)
     report.removed = sorted(p for p in expected if p not in present)
