@@ -59,7 +59,7 @@ def _cancer_split() -> tuple[Any, ...]:
     d = load_breast_cancer()
     parts = train_test_split(d.data.astype(np.float32), d.target, test_size=CANCER_RECIPE["test_size"],
                              random_state=CANCER_RECIPE["split_seed"], stratify=d.target)
-    return (*parts, [str(n) for n in d.feature_names])
+    return (*parts, [str(n) for n in d.feature_names], [str(n) for n in d.target_names])
 
 
 def demo_data(name: str) -> Dataset:
@@ -69,9 +69,10 @@ def demo_data(name: str) -> Dataset:
         x, y = (xtr, ytr) if name.endswith("train") else (xte, yte)
         return Dataset(x, y, name=f"demo:{name}", meta={"kind": "image"})
     if name in ("breast-cancer", "breast-cancer-train"):
-        xtr, xte, ytr, yte, names = _cancer_split()
+        xtr, xte, ytr, yte, names, classes = _cancer_split()
         x, y = (xtr, ytr) if name.endswith("train") else (xte, yte)
-        return Dataset(x, y, name=f"demo:{name}", feature_names=names, meta={"kind": "tabular"})
+        return Dataset(x, y, name=f"demo:{name}", feature_names=names,
+                       meta={"kind": "tabular", "class_names": {str(i): c for i, c in enumerate(classes)}})
     raise UsageError(f"unknown demo dataset '{name}'; available: {', '.join(DEMO_DATA)}")
 
 
@@ -133,7 +134,7 @@ def digits_cnn(**kwargs: Any) -> Any:
 
 
 def _cancer_spec() -> InputSpec:
-    xtr, _, _, _, names = _cancer_split()
+    xtr, _, _, _, names, _ = _cancer_split()
     return tabular_spec(xtr, names, lower=np.zeros(xtr.shape[1]), upper=xtr.max(axis=0) * 2.0)
 
 
@@ -152,7 +153,7 @@ def breast_cancer(**kwargs: Any) -> Any:
         from sklearn.preprocessing import StandardScaler
 
         r = CANCER_RECIPE
-        xtr, _, ytr, _, _ = _cancer_split()
+        xtr, _, ytr, _, _, _ = _cancer_split()
         est = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=tuple(r["hidden"]),
                                                             max_iter=r["max_iter"], random_state=r["seed"]))
         est.fit(xtr, ytr)

@@ -6,6 +6,16 @@ from typing import Any
 
 import numpy as np
 
+#: Unit of each number :func:`attack_metrics` returns (``norms`` excepted: see :data:`NORM_UNITS`),
+#: as :class:`bastion.core.results.Measurement` records it.
+METRIC_UNITS: dict[str, str] = {
+    "n": "count", "clean_accuracy": "ratio", "robust_accuracy": "ratio", "success_rate": "ratio",
+    "n_attacked": "count", "n_fooled": "count", "adv_confidence_mean": "ratio", "queries": "queries",
+    "queries_per_sample": "queries", "seconds": "seconds",
+}
+#: Unit of the statistics of each perturbation norm (L0 counts features; L2 and L∞ are in ε units).
+NORM_UNITS: dict[str, str] = {"l0": "count", "l2": "eps", "linf": "eps"}
+
 
 def perturbation_norms(x: np.ndarray, x_adv: np.ndarray, scale: np.ndarray | None = None,
                        tol: float = 1e-6) -> dict[str, np.ndarray]:

@@ -8,30 +8,31 @@ from here, never from a finding's measured title.
 
 Rules live beside the capability that raises them (``bastion.supply.rules`` for the model-file
 scanner, ``bastion.campaign.rules`` for evasion and gradient masking). Core imports none of
-them: :data:`RULE_MODULES` maps an id prefix to ``"module:attr"`` and a module is imported the
-first time one of its rules is looked up. Third-party packages add rule modules through the
-``bastion.rules`` entry-point group (name = id prefix, value = ``"module:attr"``).
+them: :data:`RULE_MODULES`, a lazy :class:`~bastion.core.registry.Registry`, maps an id prefix to
+the ``"module:attr"`` of a list of rules, imported the first time one of its ids is looked up.
+Third-party packages add rule modules through the ``bastion.rules`` entry-point group
+(name = id prefix, value = ``"module:attr"``).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bastion.core.registry import Registry
 from bastion.core.results import Finding, Severity
 from bastion.core.threatmap import THREATS
 
 NistFunction = Literal["Map", "Measure", "Manage"]
 
-#: Id prefix -> "module:attr" of an iterable of :class:`Rule`s (imported on first use).
-RULE_MODULES: dict[str, str] = {
+#: Id prefix -> "module:attr" of an iterable of :class:`Rule`s (imported on first use);
+#: entry-point group ``bastion.rules``.
+RULE_MODULES: Registry[Iterable[Rule]] = Registry("rule module", {
     "BASTION-EV-": "bastion.campaign.rules:CATALOGUE",
     "BASTION-SC-": "bastion.supply.rules:CATALOGUE",
-}
-ENTRY_POINT_GROUP = "bastion.rules"
+}, group="bastion.rules")
 
 
 class Rule(BaseModel):
@@ -79,27 +80,15 @@ class UnknownRule(LookupError):
 _LOADED: dict[str, dict[str, Rule]] = {}   # id prefix -> {id: rule}, filled lazily
 
 
-def _modules() -> dict[str, str]:
-    from importlib.metadata import entry_points
-
-    mods = dict(RULE_MODULES)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in mods and mods[ep.name] != ep.value:
-            raise ValueError(f"rule prefix '{ep.name}' is defined twice: {mods[ep.name]} and {ep.value}")
-        mods[ep.name] = ep.value
-    return mods
-
-
-def _load(prefix: str, spec: str) -> dict[str, Rule]:
+def _load(prefix: str) -> dict[str, Rule]:
     if prefix not in _LOADED:
-        module, _, attr = spec.partition(":")
-        rules: Iterable[Rule] = getattr(importlib.import_module(module), attr)
         table: dict[str, Rule] = {}
-        for r in rules:
+        for r in RULE_MODULES.get_object(prefix):
+            where = RULE_MODULES.ref(prefix)
             if not r.id.startswith(prefix):
-                raise ValueError(f"rule {r.id} from {spec} does not start with its prefix '{prefix}'")
+                raise ValueError(f"rule {r.id} from {where} does not start with its prefix '{prefix}'")
             if r.id in table:
-                raise ValueError(f"rule {r.id} is defined twice in {spec}")
+                raise ValueError(f"rule {r.id} is defined twice in {where}")
             if r.threat not in THREATS:
                 raise ValueError(f"rule {r.id}: unknown threat '{r.threat}'; known: {', '.join(THREATS)}")
             table[r.id] = r
@@ -109,9 +98,9 @@ def _load(prefix: str, spec: str) -> dict[str, Rule]:
 
 def get_rule(rule_id: str) -> Rule:
     """The rule ``rule_id``; :class:`UnknownRule` when no rule module defines it."""
-    for prefix, spec in _modules().items():
+    for prefix in RULE_MODULES.names():
         if rule_id.startswith(prefix):
-            rules = _load(prefix, spec)
+            rules = _load(prefix)
             if rule_id in rules:
                 return rules[rule_id]
     raise UnknownRule(f"no rule '{rule_id}' in the catalogue")
@@ -127,4 +116,4 @@ def find_rule(rule_id: str) -> Rule | None:
 
 def all_rules() -> list[Rule]:
     """Every rule of every rule module (imports them all; they are small)."""
-    return [r for prefix, spec in _modules().items() for r in _load(prefix, spec).values()]
+    return [r for prefix in RULE_MODULES.names() for r in _load(prefix).values()]

@@ -26,20 +26,14 @@ from bastion.core.results import (
     StageChart,
     TabularExamples,
     TabularRow,
-    Unit,
 )
+from bastion.core.metrics import METRIC_UNITS, NORM_UNITS
 from bastion.core.rules import get_rule
 from bastion.core.threatmap import THREATS
 from bastion.errors import UsageError
 
 NORM_SYMBOL = {"linf": "L∞", "l2": "L2"}
 _NOISE = {"eps", "batch_size", "seed", "targeted"}
-#: Unit of each per-ε number of AttackResult.metrics() (norm statistics are in ε units).
-_UNITS: dict[str, Unit] = {"n": "count", "clean_accuracy": "ratio", "robust_accuracy": "ratio",
-                           "success_rate": "ratio", "n_attacked": "count", "n_fooled": "count",
-                           "adv_confidence_mean": "ratio", "queries": "queries", "queries_per_sample": "queries",
-                           "seconds": "seconds"}
-_NORM_UNITS: dict[str, Unit] = {"l0": "count", "l2": "eps", "linf": "eps"}
 
 
 class EvasionParams(CheckParams):
@@ -130,7 +124,7 @@ class EvasionCheck(Check):
                 res.measure("robust_accuracy", point["robust_accuracy"], "ratio", **where, eps=point["eps"])
             for key, value in stats.items():
                 if key.startswith("min_perturbation_"):
-                    res.measure(key, value, _NORM_UNITS[p.norm], **where)
+                    res.measure(key, value, NORM_UNITS[p.norm], **where)  # type: ignore[arg-type]
             fooled = last.success & (last.clean_pred == last.y)
             res.artifacts.append(Histogram(
                 title=f"Smallest adversarial perturbation ({NORM_SYMBOL[p.norm]}, {attack.name})",
@@ -215,13 +209,13 @@ def _entry(r: AttackResult, norm: str) -> dict[str, Any]:
 def _measure_entry(res: CheckResult, r: AttackResult, where: dict[str, Any], skip: frozenset[str] = frozenset()) -> None:
     """Every number of one attack run as a measurement at ``where``."""
     m = r.metrics()
-    for key, unit in _UNITS.items():
+    for key, unit in METRIC_UNITS.items():
         if key not in skip and m.get(key) is not None:
-            res.measure(key, m[key], unit, **where)
+            res.measure(key, m[key], unit, **where)  # type: ignore[arg-type]
     for norm, stats in m["norms"].items():
         for stat, value in stats.items():
             if value is not None:
-                res.measure(f"{norm}_{stat}", value, _NORM_UNITS.get(norm, "eps"), **where)
+                res.measure(f"{norm}_{stat}", value, NORM_UNITS.get(norm, "eps"), **where)  # type: ignore[arg-type]
 
 
 def _minimal_stats(r: AttackResult, norm: str, eps: list[float]) -> dict[str, Any]:

@@ -210,12 +210,11 @@ def _artifact_blocks(c: CheckResult, errors: list[str]) -> list[dict[str, Any]]:
         groups.setdefault(a.type, []).append(a)
     blocks: list[dict[str, Any]] = []
     for kind, arts in groups.items():
-        renderer = RENDERERS.get(kind)
-        if renderer is None:
+        if kind not in RENDERERS:
             errors.append(f"{kind}: no renderer for this artifact type")
             continue
         try:
-            blocks += renderer(arts)
+            blocks += RENDERERS.get_object(kind)(arts)
         except Exception as exc:  # noqa: BLE001 - one bad artifact must not sink the report
             title = kind.replace("_", " ").capitalize()
             log.warning("could not draw %s: %s", title, exc)

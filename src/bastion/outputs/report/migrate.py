@@ -15,15 +15,13 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from bastion.core.metrics import METRIC_UNITS
 from bastion.core.results import SCHEMA_VERSION, Artifact
 
 log = logging.getLogger(__name__)
 
 #: Units of the numbers bastion 1.x wrote (a fixed table of its metric names).
-V1_UNITS = {"clean_accuracy": "ratio", "robust_accuracy": "ratio", "success_rate": "ratio",
-            "adv_confidence_mean": "ratio", "n": "count", "n_attacked": "count", "n_fooled": "count",
-            "queries": "queries", "queries_per_sample": "queries", "seconds": "seconds",
-            "files_scanned": "count", "errors": "count", "findings": "count", "n_samples": "count"}
+V1_UNITS = {**METRIC_UNITS, "files_scanned": "count", "errors": "count", "findings": "count", "n_samples": "count"}
 _WHERE_KEYS = ("attack", "norm", "eps", "stage")
 _ARTIFACT = TypeAdapter(Artifact)
 

@@ -2,9 +2,9 @@
 
 A renderer takes every artifact of its type from one check (so curves of several attacks share
 one chart) and returns display blocks for the template: ``figure`` (an inline image with a
-caption), ``tabular`` (adversarial records) or ``kv`` (a small table). :data:`RENDERERS` maps
-each ``Artifact.type`` to its renderer; a type without one is listed as "not drawn", never
-guessed at from names.
+caption), ``tabular`` (adversarial records) or ``kv`` (a small table). :data:`RENDERERS`, a lazy
+registry (entry-point group ``bastion.renderers``), maps each ``Artifact.type`` to its renderer;
+a type without one is listed as "not drawn", never guessed at from names.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from bastion.core.registry import Registry
 from bastion.core.results import (
     DriftSeries,
     ExampleGrid,
@@ -136,16 +137,17 @@ def query_logs(arts: Sequence[QueryLog]) -> list[Block]:
     return out
 
 
-#: Artifact type -> renderer.
-RENDERERS: dict[str, Renderer] = {
-    "robustness_curve": robustness_curves,
-    "example_grid": example_grids,
-    "stage_chart": stage_charts,
-    "query_curve": query_curves,
-    "histogram": histograms,
-    "roc_curve": roc_curves,
-    "fidelity_curve": fidelity_curves,
-    "drift_series": drift_series,
-    "tabular_examples": tabular_examples,
-    "query_log": query_logs,
-}
+_HERE = __name__
+#: Artifact type -> renderer (entry-point group ``bastion.renderers``).
+RENDERERS: Registry[Renderer] = Registry("renderer", {
+    "robustness_curve": f"{_HERE}:robustness_curves",
+    "example_grid": f"{_HERE}:example_grids",
+    "stage_chart": f"{_HERE}:stage_charts",
+    "query_curve": f"{_HERE}:query_curves",
+    "histogram": f"{_HERE}:histograms",
+    "roc_curve": f"{_HERE}:roc_curves",
+    "fidelity_curve": f"{_HERE}:fidelity_curves",
+    "drift_series": f"{_HERE}:drift_series",
+    "tabular_examples": f"{_HERE}:tabular_examples",
+    "query_log": f"{_HERE}:query_logs",
+})

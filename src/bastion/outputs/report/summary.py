@@ -101,7 +101,7 @@ def gate_sentence(g: GateResult, result: ScanResult) -> str:
     name, value = g.metric, format_measured(g.value, g.unit)
     if g.value is None:
         why = f" ({g.reason})" if g.reason else ""
-        return f"'{g.expression}' could not be measured{why}, so it counts as not met; {_requires(g)}."
+        return f"{g.metric} could not be measured{why}, so the requirement counts as not met; {_requires(g)}."
     if name == "robust_accuracy":
         return (f"Under {_change_phrase(g, result)} the model was right on {value} of inputs; "
                 f"{_requires(g)}.")
