@@ -58,6 +58,12 @@ def test_certified_accuracy_falls_with_the_radius(linear) -> None:
     assert curve == sorted(curve, reverse=True) and curve[-1] == 0.0
     assert curve[0] == pytest.approx(np.mean((res.prediction == y) & ~res.abstained))
     assert res.model_dump(mode="json")["norm"] == "l2"
+    from bastion.core.results import CheckResult
+
+    check = CheckResult(name="cert", kind="certification")
+    res.record(check, [0.0, 0.1])
+    assert check.values("certified_accuracy", radius=0.1) == [pytest.approx(curve[2])]
+    assert check.values("abstain_rate") == [pytest.approx(np.mean(res.abstained))]
 
 
 @pytest.mark.parametrize("pred,radius,msg", [

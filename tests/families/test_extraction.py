@@ -52,7 +52,20 @@ def test_surrogate_is_a_target_with_a_rising_fidelity_curve(victim) -> None:
     assert res.accuracy is not None and res.target_accuracy is not None
     assert abs(res.accuracy - res.target_accuracy) < 0.1
     assert "surrogate" not in res.model_dump(mode="json")  # a model, not report data
+    assert len(res.accuracy_curve) == 4 and res.curve.type == "fidelity_curve"
     assert res.surrogate.predict_proba(pool.x[:5]).shape == (5, 2)  # usable as any target
+
+
+def test_result_records_into_a_check(victim) -> None:
+    from bastion.core.results import CheckResult
+
+    target, pool = victim
+    res = FitLogistic().run(target, pool)
+    check = CheckResult(name="theft", kind="extraction")
+    res.record(check)
+    assert check.values("fidelity", attack="fit-logistic") == [res.fidelity]
+    assert check.values("queries") == [400.0]
+    assert CheckResult.model_validate_json(check.model_dump_json()).artifacts[0].fidelity == res.curve.fidelity
 
 
 def test_the_held_out_inputs_never_reach_the_attack(victim) -> None:

@@ -57,6 +57,11 @@ def test_attribute_inference_beats_the_majority_baseline(leaky) -> None:
     assert res.baseline == pytest.approx(max(np.mean(x[:, 0]), 1 - np.mean(x[:, 0])))
     assert res.value > 0.85 and res.advantage > 0.3
     assert res.queries == 2 * len(x)  # one query per candidate per record
+    from bastion.core.results import CheckResult
+
+    check = CheckResult(name="privacy", kind="attribute")
+    res.record(check)
+    assert check.values("attribute_advantage", attribute=0) == [pytest.approx(res.advantage)]
 
 
 def test_the_attack_never_sees_the_attribute(leaky) -> None:

@@ -55,6 +55,19 @@ def test_loss_threshold_separates_members_of_an_overfitted_model(overfit) -> Non
     assert len(doc["member_scores"]) == 60 and doc["roc"]["thresholds"][0] is None  # +inf: JSON has none
 
 
+def test_result_records_measurements_and_a_roc_artifact_into_a_check(overfit) -> None:
+    from bastion.core.results import CheckResult
+
+    target, members, non_members = overfit
+    res = LossThreshold().run(target, splits_of(members, non_members))
+    check = CheckResult(name="privacy", kind="membership")
+    res.record(check)
+    assert check.values("membership_auc", attack="loss-threshold") == [res.auc]
+    assert check.values("tpr_at_fpr", fpr=0.1) == [res.tpr_at(0.1)]
+    again = CheckResult.model_validate_json(check.model_dump_json())  # report.json round trip
+    assert again.artifacts[0].type == "roc_curve" and again.artifacts[0].tpr == res.roc.tpr.tolist()
+
+
 def test_roc_and_auc_match_scikit_learn(overfit) -> None:
     from sklearn.metrics import roc_auc_score
     from sklearn.metrics import roc_curve as sk_roc

@@ -50,6 +50,11 @@ def test_label_flip_poisons_exactly_its_fraction() -> None:
     np.testing.assert_array_equal(changed, res.poison_indices)
     np.testing.assert_array_equal(res.x, train.x)
     assert res.dataset().y.shape == (200,)
+    from bastion.core.results import CheckResult
+
+    check = CheckResult(name="poison", kind="poisoning")
+    res.record(check)
+    assert check.values("poison_fraction") == [0.1] and check.values("poisoned_records") == [20.0]
 
 
 def test_backdoor_trigger_controls_a_model_trained_on_the_poisoned_set() -> None:

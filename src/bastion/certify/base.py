@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from bastion.core.arrays import Array
 from bastion.core.capability import Configurable, Tally
 from bastion.core.data import check_label_indices
+from bastion.core.results import CheckResult
 from bastion.core.targets.base import Target
 from bastion.core.threat import Norm
 from bastion.errors import BastionRuntimeError
@@ -47,6 +48,12 @@ class CertificationResult(BaseModel):
 
     def curve(self, radii: list[float]) -> list[float]:
         return [self.certified_accuracy(r) for r in radii]
+
+    def record(self, check: CheckResult, radii: list[float]) -> None:
+        """Add the certified accuracy at each of ``radii`` and the abstention rate to ``check``."""
+        for r, acc in zip(radii, self.curve(radii)):
+            check.measure("certified_accuracy", acc, "ratio", certifier=self.certifier, norm=self.norm, radius=r)
+        check.measure("abstain_rate", float(np.mean(self.abstained)), "ratio", certifier=self.certifier)
 
 
 class Certifier(Configurable, ABC):

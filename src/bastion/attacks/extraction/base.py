@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bastion.core.capability import BaseParams, Configurable, Tally, rng_of
 from bastion.core.data import check_label_indices
+from bastion.core.results import CheckResult, FidelityCurve
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
 from bastion.errors import BastionRuntimeError, DataError, QueryBudgetExceeded
@@ -34,17 +35,10 @@ class ExtractionParams(BaseParams):
     holdout: float = Field(0.2, gt=0.0, lt=1.0, description="share of the pool kept to measure fidelity")
 
 
-class FidelityCurve(BaseModel):
-    """Fidelity (and accuracy, when the pool has labels) of each surrogate the attack produced,
-    against the queries spent when it was produced."""
-
-    queries: list[int]
-    fidelity: list[float]
-    accuracy: list[float] | None = None
-
-
 class ExtractionResult(BaseModel):
-    """The last surrogate (a Target; not serialised) and its fidelity curve. When the query budget
+    """The last surrogate (a Target; not serialised), its fidelity curve (fidelity against queries
+    spent, one point per surrogate the attack produced) and, when the pool has labels, the
+    surrogates' accuracy at the same points. When the query budget
     ran out or the run was interrupted, the last surrogate finished before is kept and
     ``complete`` is False, with the ``reason``."""
 
@@ -53,6 +47,7 @@ class ExtractionResult(BaseModel):
     attack: str
     surrogate: Target = Field(exclude=True)
     curve: FidelityCurve
+    accuracy_curve: list[float] | None = None
     fidelity: float
     accuracy: float | None = None
     target_accuracy: float | None = None
@@ -61,6 +56,14 @@ class ExtractionResult(BaseModel):
     complete: bool = True
     reason: str | None = None
     interrupted: bool = False
+
+    def record(self, check: CheckResult) -> None:
+        """Add this result's measurements (what gates read) and its fidelity curve to ``check``."""
+        check.measure("fidelity", self.fidelity, "ratio", attack=self.attack)
+        if self.accuracy is not None:
+            check.measure("surrogate_accuracy", self.accuracy, "ratio", attack=self.attack)
+        check.measure("queries", self.queries, "queries", attack=self.attack)
+        check.artifacts.append(self.curve)
 
 
 class ModelExtraction(Configurable, ABC):
@@ -86,7 +89,8 @@ class ModelExtraction(Configurable, ABC):
             ref = target.predict(x[hold])
         budget = threat.query_budget
         tally = Tally.start(target)
-        curve = FidelityCurve(queries=[], fidelity=[], accuracy=None if y is None else [])
+        curve = FidelityCurve(attack=self.label, queries=[], fidelity=[])
+        accuracy: list[float] | None = None if y is None else []
         surrogate: Target | None = None
         complete, reason, interrupted = True, None, False
         try:
@@ -100,8 +104,8 @@ class ModelExtraction(Configurable, ABC):
                 pred = surrogate.predict(x[hold])
                 curve.queries.append(spent)
                 curve.fidelity.append(float(np.mean(pred == ref)))
-                if curve.accuracy is not None and y is not None:
-                    curve.accuracy.append(float(np.mean(pred == y[hold])))
+                if accuracy is not None and y is not None:
+                    accuracy.append(float(np.mean(pred == y[hold])))
         except QueryBudgetExceeded as exc:  # keep the last surrogate built within the budget
             complete, reason = False, f"query budget exhausted: {exc}"
         except KeyboardInterrupt:
@@ -113,9 +117,9 @@ class ModelExtraction(Configurable, ABC):
             raise BastionRuntimeError(f"extraction attack '{self.label}' produced no surrogate"
                                       + (f" ({reason})" if reason else ""))
         if not complete:
-            log.warning("%s: %s; keeping the surrogate of %d queries", self.label, reason, curve.queries[-1])
+            log.warning("%s: %s; keeping the surrogate of %d queries", self.label, reason, int(curve.queries[-1]))
         return ExtractionResult(attack=self.label, surrogate=surrogate, curve=curve, fidelity=curve.fidelity[-1],
-                                accuracy=curve.accuracy[-1] if curve.accuracy else None,
+                                accuracy_curve=accuracy, accuracy=accuracy[-1] if accuracy else None,
                                 target_accuracy=None if y is None else float(np.mean(ref == y[hold])),
                                 queries=tally.queries, seconds=tally.seconds, complete=complete, reason=reason,
                                 interrupted=interrupted)

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from bastion.core.arrays import Array
 from bastion.core.capability import Configurable, Tally
 from bastion.core.data import Dataset
+from bastion.core.results import CheckResult
 from bastion.core.threat import ThreatModel
 from bastion.errors import BastionRuntimeError, UsageError
 
@@ -50,6 +51,10 @@ class PoisonResult(BaseModel):
 
     def dataset(self, name: str = "poisoned") -> Dataset:
         return Dataset(self.x, self.y, name=name)
+
+    def record(self, check: CheckResult) -> None:
+        check.measure("poison_fraction", self.fraction, "ratio", attack=self.attack)
+        check.measure("poisoned_records", len(self.poison_indices), "count", attack=self.attack)
 
 
 class PoisoningAttack(Configurable, ABC):

@@ -3,8 +3,8 @@
 from bastion.attacks.privacy.inference import (
     AttributeData, AttributeInference, AttributeResult, InversionResult, ModelInversion)
 from bastion.attacks.privacy.membership import (
-    MembershipInference, MembershipResult, MembershipSplits, OperatingPoint, RocCurve, roc_curve, tpr_at_fpr)
+    MembershipInference, MembershipResult, MembershipSplits, OperatingPoint, Roc, roc_curve, tpr_at_fpr)
 
 __all__ = ["AttributeData", "AttributeInference", "AttributeResult", "InversionResult", "ModelInversion",
-           "MembershipInference", "MembershipResult", "MembershipSplits", "OperatingPoint", "RocCurve",
+           "MembershipInference", "MembershipResult", "MembershipSplits", "OperatingPoint", "Roc",
            "roc_curve", "tpr_at_fpr"]

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from bastion.core.arrays import Array
 from bastion.core.capability import Configurable, Tally
 from bastion.core.data import check_label_indices
+from bastion.core.results import CheckResult
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
 from bastion.errors import BastionRuntimeError, DataError
@@ -56,6 +57,14 @@ class AttributeResult(BaseModel):
     advantage: float
     queries: int
     seconds: float
+
+    def record(self, check: CheckResult) -> None:
+        """Add the attack's metric, the baseline's and the advantage to ``check``."""
+        unit = "ratio" if self.metric == "accuracy" else ""
+        where = {"attack": self.attack, "attribute": self.attribute}
+        check.measure(f"attribute_{self.metric}", self.value, unit, **where)
+        check.measure(f"baseline_{self.metric}", self.baseline, unit, **where)
+        check.measure("attribute_advantage", self.advantage, unit, **where)
 
 
 class AttributeInference(Configurable, ABC):
@@ -120,6 +129,12 @@ class InversionResult(BaseModel):
     advantage: float
     queries: int
     seconds: float
+
+    def record(self, check: CheckResult) -> None:
+        """Add the reconstructions' distance, the baseline's and the advantage to ``check``."""
+        check.measure("inversion_distance", self.distance, "eps", attack=self.attack)
+        check.measure("baseline_distance", self.baseline, "eps", attack=self.attack)
+        check.measure("inversion_advantage", self.advantage, "eps", attack=self.attack)
 
 
 class ModelInversion(Configurable, ABC):

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from bastion.core.arrays import Array
 from bastion.core.capability import Configurable, Tally
 from bastion.core.data import check_label_indices
+from bastion.core.results import CheckResult, RocCurve
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
 from bastion.errors import BastionRuntimeError, DataError, UsageError
@@ -45,7 +46,7 @@ class MembershipSplits:
                 raise DataError(f"{part}: {len(x)} records but {len(y)} labels")
 
 
-class RocCurve(BaseModel):
+class Roc(BaseModel):
     """Receiver operating characteristic: ``fpr[i]``, ``tpr[i]`` when predicting "member" for
     scores >= ``thresholds[i]`` (the first point, threshold +inf, predicts nobody; null in JSON)."""
 
@@ -69,7 +70,7 @@ class MembershipResult(BaseModel):
     attack: str
     member_scores: Array
     non_member_scores: Array
-    roc: RocCurve
+    roc: Roc
     auc: float
     advantage: float
     tpr_at_low_fpr: list[OperatingPoint]
@@ -79,8 +80,18 @@ class MembershipResult(BaseModel):
     def tpr_at(self, fpr: float) -> float:
         return tpr_at_fpr(self.roc, fpr).tpr
 
+    def record(self, check: CheckResult) -> None:
+        """Add this result's measurements (what gates read) and its ROC artifact to ``check``."""
+        check.measure("membership_auc", self.auc, "score", attack=self.attack)
+        check.measure("membership_advantage", self.advantage, "ratio", attack=self.attack)
+        for p in self.tpr_at_low_fpr:
+            check.measure("tpr_at_fpr", p.tpr, "ratio", attack=self.attack, fpr=p.fpr)
+        check.measure("queries", self.queries, "queries", attack=self.attack)
+        check.artifacts.append(RocCurve(attack=self.attack, fpr=self.roc.fpr.tolist(), tpr=self.roc.tpr.tolist(),
+                                        auc=self.auc))
 
-def roc_curve(member_scores: np.ndarray, non_member_scores: np.ndarray) -> RocCurve:
+
+def roc_curve(member_scores: np.ndarray, non_member_scores: np.ndarray) -> Roc:
     """The ROC of scores where members are positives, with tied scores sharing one point; the AUC
     by the trapezoid rule (equal to the Mann-Whitney probability, ties counting one half)."""
     pos, neg = np.asarray(member_scores, np.float64), np.asarray(non_member_scores, np.float64)
@@ -92,10 +103,10 @@ def roc_curve(member_scores: np.ndarray, non_member_scores: np.ndarray) -> RocCu
     tps = np.cumsum(lab)[last]
     fps = (last + 1) - tps
     tpr, fpr = np.r_[0.0, tps / len(pos)], np.r_[0.0, fps / len(neg)]
-    return RocCurve(fpr=fpr, tpr=tpr, thresholds=np.r_[np.inf, s[last]], auc=float(np.trapezoid(tpr, fpr)))
+    return Roc(fpr=fpr, tpr=tpr, thresholds=np.r_[np.inf, s[last]], auc=float(np.trapezoid(tpr, fpr)))
 
 
-def tpr_at_fpr(roc: RocCurve, fpr: float) -> OperatingPoint:
+def tpr_at_fpr(roc: Roc, fpr: float) -> OperatingPoint:
     """The highest TPR among ROC points whose FPR is at most ``fpr`` (never interpolated)."""
     if not 0.0 <= fpr <= 1.0:
         raise UsageError(f"fpr must be in [0, 1], got {fpr}")
