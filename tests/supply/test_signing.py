@@ -432,3 +432,10 @@ def test_oms_signature_faults_are_named(tmp_path: Path, model: Path, oms_keys, k
     res = runner.invoke(app, ["sign", str(model), "--key", str(keys.private_path), "--format", "oms"])
     assert isinstance(res.exception, KeyFileError) and res.exception.exit_code == 2
     assert "keygen --algorithm ecdsa-p256" in str(res.exception)
+
+
+def test_cli_refuses_bastion_manifest_options_with_oms(model: Path, oms_keys) -> None:
+    for extra in (["--no-default-ignores"], ["--chunk-size", str(CHUNK)]):
+        res = runner.invoke(app, ["sign", str(model), "--key", str(oms_keys.private_path), "--format", "oms", *extra])
+        assert isinstance(res.exception, UsageError) and "not --format oms" in str(res.exception)
+    assert not (model / "model.sig").exists()

@@ -126,7 +126,12 @@ def sign(
     if fmt not in ("bastion", "oms"):
         raise UsageError(f"--format must be 'bastion' or 'oms', got {fmt!r}")
     if fmt == "oms":
-        _sign_oms(model_dir, key, ignore, signature, passphrase_env, as_json)
+        unused = [opt for opt, used in (("--no-default-ignores", no_default_ignores),
+                                        ("--chunk-size", chunk_size != 16 * 1024 * 1024)) if used]
+        if unused:
+            raise UsageError(f"{', '.join(unused)} is for bastion manifests, not --format oms",
+                             hint="OMS leaves out git metadata and the bundle itself; add paths with --ignore")
+        _sign_oms(model_dir, key, ignore, signature, passphrase_env, workers, as_json)
         return
     if signature is not None:
         raise UsageError("--signature is for --format oms; a bastion manifest is always written into MODEL_DIR")
@@ -147,11 +152,11 @@ def sign(
 
 
 def _sign_oms(model_dir: Path, key: Path, ignore: list[str], signature: Path | None, passphrase_env: str,
-              as_json: bool) -> None:
+              workers: int, as_json: bool) -> None:
     from bastion.supply.oms import sign_oms
 
     result = sign_oms(model_dir, key, passphrase=_passphrase(passphrase_env, required=False), ignore=ignore,
-                      signature_path=signature)
+                      signature_path=signature, workers=workers or None)
     if as_json:
         _print_json(result.to_dict())
         return
@@ -188,7 +193,7 @@ def verify(
 
         if ignore:
             raise UsageError("--ignore is not used with --format oms: the signed bundle lists its ignore paths")
-        report = verify_oms(model_dir, key, signature_path=signature)
+        report = verify_oms(model_dir, key, signature_path=signature, workers=workers or None)
     else:
         if signature is not None:
             raise UsageError("--signature is for --format oms; a bastion manifest is read from MODEL_DIR")

@@ -131,10 +131,11 @@ def _scan_files(root: Path, ignore_paths: Sequence[str]
     return files, links, problems
 
 
-def _digests(root: Path, files: list[tuple[str, int]]) -> tuple[dict[str, str], dict[str, str], int]:
-    """Plain SHA-256 (hex) of each whole file: (digests, errors, bytes hashed)."""
+def _digests(root: Path, files: list[tuple[str, int]], workers: int | None
+             ) -> tuple[dict[str, str], dict[str, str], int]:
+    """Plain SHA-256 (hex) of each whole file, files spread over threads: (digests, errors, bytes hashed)."""
     chunk = max([MIN_CHUNK_SIZE] + [n for _, n in files])  # one piece per file: the plain SHA-256
-    outcome = hash_files(root, files, chunk_size=chunk)
+    outcome = hash_files(root, files, chunk_size=chunk, workers=workers)
     digests = {p: str(e.digest).split(":", 1)[1] for p, e in outcome.entries.items()}
     return digests, outcome.errors, outcome.bytes_hashed
 
@@ -150,6 +151,7 @@ def sign_oms(
     passphrase: bytes | None = None,
     ignore: Sequence[str] = (),
     signature_path: str | os.PathLike[str] | None = None,
+    workers: int | None = None,
 ) -> OmsSignResult:
     """Sign ``root`` in the OMS format; write the bundle to ``signature_path`` (default ``root/model.sig``).
 
@@ -164,7 +166,7 @@ def sign_oms(
     files, links, found = _scan_files(root, ignore_paths)
     problems = [f"{p}: {why}" for p, why in found]
     problems += [f"{p}: symbolic link (OMS signatures are made without symlinks)" for p in links]
-    digests, errors, nbytes = _digests(root, files)
+    digests, errors, nbytes = _digests(root, files, workers)
     problems += [f"{p}: {why}" for p, why in sorted(errors.items())]
     if problems:
         shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
@@ -255,6 +257,7 @@ def verify_oms(
     key: ec.EllipticCurvePublicKey | str | os.PathLike[str],
     *,
     signature_path: str | os.PathLike[str] | None = None,
+    workers: int | None = None,
 ) -> VerifyReport:
     """Verify ``root`` against an OMS bundle (bastion's or ``model_signing``'s); never raises for tampering.
 
@@ -286,7 +289,7 @@ def verify_oms(
     report.added = sorted(p for p in present if p not in expected)
     report.removed = sorted(p for p in expected if p not in present)
     report.changed += [Change(p, "is now a symbolic link") for p in sorted(set(links) & set(expected))]
-    digests, errors, report.bytes_hashed = _digests(root, [(p, n) for p, n in files if p in expected])
+    digests, errors, report.bytes_hashed = _digests(root, [(p, n) for p, n in files if p in expected], workers)
     report.unreadable += [Change(p, why) for p, why in sorted(errors.items())]
     report.changed += [Change(p, "content differs (different SHA-256)") for p, d in sorted(digests.items())
                        if d != expected[p]]
