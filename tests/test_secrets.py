@@ -185,7 +185,8 @@ def test_no_secret_leaks_on_any_http_failure_path(hostile: int, tmp_path: Path) 
     np.savez(tmp_path / "data.npz", x=rng.random((4, 3)).astype(np.float32), y=np.array([0, 1, 0, 1]))
     runs: list[dict[str, Any]] = []
     for mode in SCAN_MODES:
-        runs.append({"mode": mode, "args": ["-v", "scan", str(_policy(tmp_path, hostile, mode))],
+        json_out = ["--json"] if mode == "html" else []  # report.json on stdout too
+        runs.append({"mode": mode, "args": ["-v", "scan", str(_policy(tmp_path, hostile, mode)), *json_out],
                      "out": str(tmp_path / mode)})
     for mode in (*ATTACK_MODES, "ok"):
         target = f"http:http://user:{PASSWORD}@127.0.0.1:{hostile}/{mode}?api_key={QUERY_TOKEN}"
@@ -216,6 +217,8 @@ def test_no_secret_leaks_on_any_http_failure_path(hostile: int, tmp_path: Path) 
             assert probe["status"] == "error", (mode, probe)
             assert SCAN_MODES[mode] in probe["reason"], (mode, probe["reason"])
             assert "api_key=***" in report["target"]["spec"] and "api_key=***" in files["stderr"]
+            if mode == "html":
+                assert json.loads(files["stdout"])["checks"][0]["status"] == "error"
 
 
 def test_the_console_script_keeps_an_echoed_authorization_header_out(hostile: int, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from bastion.campaign.policy import LoadedPolicy, load_policy
 from bastion.campaign.preflight import scan_model_file
 from bastion.core.data import Dataset, align_labels
 from bastion.core.loader import load_data, load_target
-from bastion.core.redact import redact
+from bastion.core.redact import redact, redact_tree
 from bastion.core.results import CheckResult, ScanResult
 from bastion.core.targets.base import Target
 from bastion.errors import BastionError, UsageError
@@ -98,7 +98,7 @@ def scan(policy: str | Path | dict[str, Any] | LoadedPolicy, *, out_dir: str | P
         write_reports(result, out, formats=tuple(dict.fromkeys(["json", *pol.output.formats])))
     if interrupted:
         raise KeyboardInterrupt
-    return result
+    return redact_tree(result)  # what callers print (scan --json) is as clean as the reports
 
 
 def _load(loaded: LoadedPolicy, limit: int | None) -> tuple[Target | None, Dataset | None, Any]:
