@@ -41,7 +41,7 @@ def test_unknown_attack_name_lists_the_available_ones() -> None:
 
 def test_register_attack_needs_a_name_and_makes_the_attack_reachable() -> None:
     class Nameless(Attack):
-        def _attack_batch(self, target, x, goal, rows):  # noqa: ANN001, ANN202
+        def _attack_batch(self, target, x, goal, rows, run):  # noqa: ANN001, ANN202
             return x
 
     with pytest.raises(ValueError):
@@ -52,7 +52,7 @@ def test_register_attack_needs_a_name_and_makes_the_attack_reachable() -> None:
         name = "identity-test"
         needs_gradients = False
 
-        def _attack_batch(self, target, x, goal, rows):  # noqa: ANN001, ANN202
+        def _attack_batch(self, target, x, goal, rows, run):  # noqa: ANN001, ANN202
             return x
 
     try:
@@ -188,10 +188,10 @@ def test_interrupt_keeps_finished_batches(small) -> None:
     class InterruptedFGSM(FGSM):
         name = "fgsm"  # behaves like FGSM until the third batch
 
-        def _attack_batch(self, target, x, goal, rows):  # noqa: ANN001, ANN202
+        def _attack_batch(self, target, x, goal, rows, run):  # noqa: ANN001, ANN202
             if rows[0] >= 20:
                 raise KeyboardInterrupt
-            return super()._attack_batch(target, x, goal, rows)
+            return super()._attack_batch(target, x, goal, rows, run)
 
     target, x, y = small
     res = InterruptedFGSM(eps=0.5, batch_size=10).run(target, x, y)

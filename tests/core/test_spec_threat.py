@@ -85,13 +85,16 @@ def test_to_dict_is_json_with_infinite_bounds_as_null() -> None:
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"norm": "l1"}, "norm must be one of linf, l2"),
-    ({"eps": -0.1}, "eps must be a finite number >= 0"),
-    ({"eps": float("nan")}, "eps"),
-    ({"eps": float("inf")}, "eps"),
-    ({"eps": "big"}, "eps must be a number"),
-    ({"query_budget": 0}, "query_budget must be positive"),
-    ({"poisoning_fraction": 1.0}, "poisoning_fraction"),
+    ({"norm": "l1"}, "norm='l1' is not allowed: input should be 'linf' or 'l2'"),
+    ({"eps": -0.1}, "eps=-0.1 is not allowed: must be a finite number >= 0"),
+    ({"eps": float("nan")}, "eps=nan is not allowed"),
+    ({"eps": float("inf")}, "eps=inf is not allowed"),
+    ({"eps": "big"}, "eps='big' is not allowed: must be a number"),
+    ({"eps": [0.1, 0.2]}, "eps=.* must be a single number"),
+    ({"query_budget": 0}, "query_budget=0 is not allowed: input should be greater than 0"),
+    ({"poisoning_fraction": 1.0}, "poisoning_fraction=1.0 is not allowed"),
+    ({"knowledge": "grey-ish"}, "knowledge='grey-ish' is not allowed: input should be 'white', 'grey' or 'black'"),
+    ({"radius": 1}, "unknown parameter 'radius'"),
 ])
 def test_threat_model_validation(kwargs: dict, match: str) -> None:
     with pytest.raises(UsageError, match=match):
@@ -101,3 +104,12 @@ def test_threat_model_validation(kwargs: dict, match: str) -> None:
 def test_threat_model_defaults() -> None:
     t = ThreatModel()
     assert (t.knowledge, t.norm, t.eps, t.query_budget, t.targeted) == ("white", "linf", 0.1, None, False)
+
+
+def test_threat_model_reads_yaml_style_numbers_and_is_frozen() -> None:
+    t = ThreatModel(eps="3e-2")  # YAML 1.1 reads `eps: 3e-2` as a string
+    assert t.eps == 0.03
+    with pytest.raises(Exception):
+        t.eps = 0.5  # type: ignore[misc]
+    with pytest.raises(UsageError, match="True is not allowed"):
+        ThreatModel(eps=True)

@@ -1,12 +1,18 @@
-"""The Attack contract: ``run(target, x, y, threat) -> AttackResult``, and the name registry.
+"""The evasion contract: ``EvasionAttack.run(target, x, y, threat, ctx) -> AttackResult``, and the
+name registry.
 
-An attack is a small object holding its parameters (Foolbox style); the target, data and threat
-model are arguments. Inputs are processed in batches: an interrupt (Ctrl-C) or an exhausted query
-budget keeps every finished batch and marks the result incomplete.
+An attack is a small object holding its parameters (Foolbox style), validated by one pydantic model
+(``Params``) that the constructor, the policy and the docs share; the target, data, threat model
+and run context are arguments, and everything a run owns lives in an :class:`AttackRun` (never on
+the attack, so one instance is safe to reuse and to share). Inputs are processed in batches: an
+interrupt (Ctrl-C, a cancelled run) or an exhausted query budget keeps every finished batch and
+marks the result incomplete. Random numbers come from per-sample streams of the run context, so a
+fixed seed gives the same result whatever the batch size.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -15,19 +21,24 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import Field
 
 from bastion.core.data import check_label_indices
 from bastion.core.metrics import attack_metrics, perturbation_norms
+from bastion.core.params import Eps, Norm, Params
 from bastion.core.registry import Registry
+from bastion.core.run import QueryLedger, RunContext, SampleStreams, metered
 from bastion.core.targets.base import Target
-from bastion.core.threat import ThreatModel, check_eps, check_norm
+from bastion.core.threat import ThreatModel
 from bastion.errors import BastionRuntimeError, QueryBudgetExceeded, TargetError, UsageError
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int], None]
-
-
+MAX_BATCH = 1_000_000
+MAX_STEPS = 100_000  # caps that keep a typo (restarts=1000000000) from running for ever
+MAX_RESTARTS = 1_000
+MAX_QUERIES = 10_000_000
 @dataclass
 class AttackResult:
     """Outcome of one attack at one ε: adversarial inputs and what they achieved."""
@@ -68,31 +79,66 @@ class AttackResult:
         return m
 
 
-class Attack(ABC):
-    """Base class. Subclasses set ``name`` and ``family`` and implement ``_attack_batch``."""
+class AttackParams(Params):
+    """Parameters every evasion attack has."""
+
+    eps: Eps = Field(0.1, description="Perturbation budget ε, in each feature's scale.")
+    norm: Norm = Field("linf", description="Norm of the perturbation: linf or l2.")
+    targeted: bool = Field(False, description="Aim at a chosen class (random other class unless given).")
+    batch_size: int = Field(256, ge=1, le=MAX_BATCH, description="Inputs attacked together (no effect on results).")
+    seed: int = Field(0, ge=0, lt=2 ** 63, description="Extra key for the attack's random numbers.")
+
+
+@dataclass
+class AttackRun:
+    """Everything one run of an attack owns: its context (random streams, ledger, cancellation), the
+    full inputs and goals, a stop reason for later batches, notes, extras and the attack's own state."""
+
+    ctx: RunContext
+    ledger: QueryLedger
+    x: np.ndarray
+    goal: np.ndarray
+    stop: str | None = None
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    state: Any = None
+
+    def streams(self, rows: np.ndarray, *names: str) -> SampleStreams:
+        """Per-sample random streams of the inputs ``rows`` (independent of the batch they are in)."""
+        return self.ctx.streams(rows, *names)
+
+    def derive(self, name: str) -> AttackRun:
+        """A run for a sub-attack (an ensemble stage, an inner attack): own random numbers and state,
+        same ledger, inputs and cancellation."""
+        return AttackRun(self.ctx.spawn(name, ledger=self.ledger), self.ledger, self.x, self.goal)
+
+
+class EvasionAttack(ABC):
+    """Base class of evasion attacks. Subclasses set ``name``, ``family``, ``Params`` and implement
+    ``_attack_batch``; ``_begin`` and ``_end`` set up per-run state and add to the result."""
 
     name: ClassVar[str] = ""
     family: ClassVar[str] = "evasion-whitebox"
     needs_gradients: ClassVar[bool] = True
     minimal: ClassVar[bool] = False  # True for attacks that search for the smallest perturbation
+    Params: ClassVar[type[AttackParams]] = AttackParams
 
-    def __init__(self, *, eps: float = 0.1, norm: str = "linf", targeted: bool = False, batch_size: int = 256,
-                 seed: int = 0) -> None:
-        self.eps = check_eps(eps)
-        self.norm = check_norm(norm)
-        self.targeted = bool(targeted)
-        if batch_size <= 0:
-            raise UsageError(f"batch_size must be positive, got {batch_size}")
-        self.batch_size = int(batch_size)
-        self.seed = int(seed)
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=f.default)
+             for n, f in cls.Params.model_fields.items()])
+
+    def __init__(self, **params: Any) -> None:
+        self.params = self.Params.build(f"attack '{self.name or type(self).__name__}'", params)
+        for key, value in self.params:
+            setattr(self, key, value)
 
     # --- parameters (scikit-learn style) ------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
-        import inspect
+        return dict(self.params)
 
-        return {n: getattr(self, n) for n in _param_names(type(self)) if hasattr(self, n)}
-
-    def clone(self, **changes: Any) -> Attack:
+    def clone(self, **changes: Any) -> EvasionAttack:
         return type(self)(**{**self.get_params(), **changes})
 
     def __repr__(self) -> str:
@@ -100,84 +146,110 @@ class Attack(ABC):
         return f"{type(self).__name__}({args})"
 
     # --- running --------------------------------------------------------------------------------
-    def run(self, target: Target, x: np.ndarray, y: np.ndarray, threat: ThreatModel | None = None, *,
-            y_target: np.ndarray | None = None, progress: ProgressFn | None = None) -> AttackResult:
-        """Attack ``x`` (labels ``y`` as class indices). A ``threat`` overrides ε, norm and targeting."""
-        attack = self if threat is None else self.clone(eps=threat.eps, norm=threat.norm, targeted=threat.targeted)
-        return attack._run(target, x, y, y_target=y_target, progress=progress,
-                           query_budget=threat.query_budget if threat else None)
+    def run(self, target: Target, x: np.ndarray, y: np.ndarray, threat: ThreatModel | None = None,
+            ctx: RunContext | None = None, *, y_target: np.ndarray | None = None,
+            progress: ProgressFn | None = None) -> AttackResult:
+        """Attack ``x`` (labels ``y`` as class indices). A ``threat`` overrides ε, norm and targeting and
+        adds its query budget; ``ctx`` is the run (seed, ledger, progress, cancellation), a fresh one
+        with seed 0 by default."""
+        attack = self
+        if threat is not None:
+            if self.needs_gradients and not threat.allows_gradients:
+                raise UsageError(f"attack '{self.name}' needs gradients, but the threat model's knowledge is "
+                                 f"'{threat.knowledge}' (only 'white' gives gradients)",
+                                 hint="use a black-box attack (square, hopskipjump) or a transfer attack")
+            attack = self.clone(eps=threat.eps, norm=threat.norm, targeted=threat.targeted)
+        ctx = ctx if ctx is not None else RunContext()
+        budget = threat.query_budget if threat is not None else None
+        return attack._execute(target, x, y, ctx, ctx.ledger.limit(budget, "threat model's"), y_target,
+                               progress or ctx.progress)
 
-    def _run(self, target: Target, x: np.ndarray, y: np.ndarray, *, y_target: np.ndarray | None,
-             progress: ProgressFn | None, query_budget: int | None) -> AttackResult:
-        if self.needs_gradients and not target.white_box:
+    def gradient_target(self, target: Target) -> Target:
+        """The model a white-box attack takes its gradients through: the one place where it is chosen
+        (a defended target's adaptive view belongs here)."""
+        if not target.white_box:
             raise TargetError(f"attack '{self.name}' needs gradients but target '{target.name}' is a black box",
                               hint="use a black-box attack (e.g. square, hopskipjump) or a transfer attack")
+        return target
+
+    def _execute(self, target: Target, x: np.ndarray, y: np.ndarray, ctx: RunContext, ledger: QueryLedger,
+                 y_target: np.ndarray | None, progress: ProgressFn | None) -> AttackResult:
+        work = self.gradient_target(target) if self.needs_gradients else target
         x = target.input_spec.validate(x)
         y = _check_labels(y, len(x), target.n_classes)
+        rctx = ctx.spawn(f"{self.name}#{self.seed}", ledger=ledger)
         if self.targeted and y_target is None:
-            rng = np.random.default_rng(self.seed)
-            y_target = (y + rng.integers(1, target.n_classes, size=len(y))) % target.n_classes
-        goal = y_target if self.targeted else y
-        start_q, t0 = target.queries, time.perf_counter()
-        saved_budget = target.query_budget
-        if query_budget is not None:  # the threat's budget never lifts the target's own hard limit
-            limit = start_q + query_budget
-            target.query_budget = limit if saved_budget is None else min(limit, saved_budget)
+            y_target = (y + rctx.rng("targets").integers(1, target.n_classes, size=len(y))) % target.n_classes
+        goal = np.asarray(y_target, np.int64) if self.targeted else y
+        run = AttackRun(rctx, ledger, x, goal)
+        self._begin(run, target)
+        t0 = time.perf_counter()
         x_adv, complete, reason, interrupted = x.copy(), True, None, False
         clean_pred: np.ndarray | None = None
-        try:
-            clean_pred = _predict(target, x, self.batch_size)
-            for s in range(0, len(x), self.batch_size):
-                sl = slice(s, s + self.batch_size)
-                todo = np.flatnonzero((clean_pred[sl] == y[sl]) if not self.targeted else
-                                      (clean_pred[sl] != goal[sl]))
-                if len(todo):
-                    rows = s + todo
-                    x_adv[rows] = target.input_spec.enforce(x[rows], self._attack_batch(target, x[rows], goal[rows], rows))
-                if progress:
-                    progress(min(self.batch_size, len(x) - s))
-        except QueryBudgetExceeded as exc:
-            if query_budget is not None and target.query_budget == start_q + query_budget:
-                exc = f"the threat model's budget of {query_budget} queries is spent"  # not the target's total
-            complete, reason = False, f"query budget exhausted: {exc}"
-            log.warning("%s: %s", self.name, reason)
-        except KeyboardInterrupt:
-            complete, reason, interrupted = False, "interrupted", True
-            log.warning("%s interrupted; keeping the batches finished so far", self.name)
-        except BastionRuntimeError as exc:  # e.g. an endpoint that failed mid-attack
-            complete, reason = False, f"stopped early: {exc}"
-            log.warning("%s: %s; keeping the batches finished so far", self.name, reason)
-        finally:
-            target.query_budget = saved_budget
-        seconds = time.perf_counter() - t0
-        queries = target.queries - start_q
-        with target.uncounted():  # bastion's own measurement, not the attacker's queries
-            probs = target.predict_proba(x_adv)
-            if clean_pred is None:
+        with metered(target, work, ledger=ledger, log=ctx.query_log):
+            try:
                 clean_pred = _predict(target, x, self.batch_size)
+                for s in range(0, len(x), self.batch_size):
+                    rctx.check_cancelled()
+                    sl = slice(s, s + self.batch_size)
+                    todo = np.flatnonzero((clean_pred[sl] == y[sl]) if not self.targeted else
+                                          (clean_pred[sl] != goal[sl]))
+                    if len(todo):
+                        rows = s + todo
+                        x_adv[rows] = target.input_spec.enforce(
+                            x[rows], self._attack_batch(work, x[rows], goal[rows], rows, run))
+                    if progress:
+                        progress(min(self.batch_size, len(x) - s))
+            except QueryBudgetExceeded as exc:
+                complete, reason = False, f"query budget exhausted: {exc}"
+                log.warning("%s: %s", self.name, reason)
+            except KeyboardInterrupt:
+                complete, reason, interrupted = False, "interrupted", True
+                log.warning("%s interrupted; keeping the batches finished so far", self.name)
+            except BastionRuntimeError as exc:  # e.g. an endpoint that failed mid-attack
+                complete, reason = False, f"stopped early: {exc}"
+                log.warning("%s: %s; keeping the batches finished so far", self.name, reason)
+            if run.stop and complete:
+                complete, reason = False, run.stop
+            seconds = time.perf_counter() - t0
+            with target.uncounted():  # bastion's own measurement, not the attacker's queries
+                probs = target.predict_proba(x_adv)
+                if clean_pred is None:
+                    clean_pred = _predict(target, x, self.batch_size)
         adv_pred = probs.argmax(axis=1)
         success = (adv_pred == goal) if self.targeted else (adv_pred != y)
         norms = perturbation_norms(x, x_adv, target.input_spec.scale_array())
-        return AttackResult(attack=self.name, x_adv=x_adv, success=success, norms=norms, queries=queries,
-                            seconds=seconds, y=y, clean_pred=clean_pred, adv_pred=adv_pred,
-                            adv_confidence=probs.max(axis=1), eps=None if self.minimal else self.eps,
-                            norm=self.norm, targeted=self.targeted, complete=complete, reason=reason,
-                            interrupted=interrupted)
+        res = AttackResult(attack=self.name, x_adv=x_adv, success=success, norms=norms, queries=ledger.spent,
+                           seconds=seconds, y=y, clean_pred=clean_pred, adv_pred=adv_pred,
+                           adv_confidence=probs.max(axis=1), eps=None if self.minimal else self.eps,
+                           norm=self.norm, targeted=self.targeted, complete=complete, reason=reason,
+                           interrupted=interrupted, extra=run.extra)
+        res.extra["query_log"] = {**ctx.query_log.summary(), "budget": ledger.budget}
+        self._end(run, res)
+        if run.notes:
+            res.extra.setdefault("notes", []).extend(dict.fromkeys(run.notes))
+        return res
+
+    def _begin(self, run: AttackRun, target: Target) -> None:
+        """Set up the run's own state (``run.state``) before the first batch."""
+
+    def _end(self, run: AttackRun, res: AttackResult) -> None:
+        """Add what the run measured to the result (``res.extra``)."""
 
     @abstractmethod
-    def _attack_batch(self, target: Target, x: np.ndarray, goal: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    def _attack_batch(self, target: Target, x: np.ndarray, goal: np.ndarray, rows: np.ndarray,
+                      run: AttackRun) -> np.ndarray:
         """Adversarial versions of ``x`` (float32, inside bounds). ``goal`` holds the true labels
-        (untargeted) or the target labels (targeted); ``rows`` are the indices in the full input."""
+        (untargeted) or the target labels (targeted); ``rows`` are the indices in the full input
+        (key of each sample's random stream: ``run.streams(rows)``)."""
 
 
-def _param_names(cls: type) -> list[str]:
-    """Named parameters of the ``__init__`` methods along the MRO (no self, *args, **kwargs)."""
-    import inspect
+Attack = EvasionAttack  # the v1 name
 
-    names = [name for c in cls.__mro__ if c is not object
-             for name, p in inspect.signature(c.__init__).parameters.items()
-             if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    return list(dict.fromkeys(names))
+
+def _param_names(cls: type[EvasionAttack]) -> list[str]:
+    """The attack's parameter names (its ``Params`` model)."""
+    return list(cls.Params.model_fields)
 
 
 def _predict(target: Target, x: np.ndarray, batch_size: int) -> np.ndarray:

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from bastion.attacks.base import Attack, AttackResult, ProgressFn
+from bastion.attacks.base import AttackResult, EvasionAttack, ProgressFn
 from bastion.core.metrics import perturbation_norms
+from bastion.core.run import RunContext
 from bastion.core.targets.base import Target
+from bastion.core.threat import ThreatModel
 
 
-def robustness_curve(attack: Attack, target: Target, x: np.ndarray, y: np.ndarray, epsilons: list[float], *,
-                     progress: ProgressFn | None = None) -> list[AttackResult]:
+def robustness_curve(attack: EvasionAttack, target: Target, x: np.ndarray, y: np.ndarray, epsilons: list[float],
+                     *, progress: ProgressFn | None = None, ctx: RunContext | None = None,
+                     threat: ThreatModel | None = None) -> list[AttackResult]:
     """Run ``attack`` for each ε in increasing order. An adversarial input found at a smaller ε is
-    also one at every larger ε, so each ε only attacks the inputs still classified correctly."""
+    also one at every larger ε, so each ε only attacks the inputs still classified correctly.
+    All ε share one run context (``ctx``: one ledger, one seed); ``threat`` sets the norm, the
+    targeting and a query budget for the whole curve."""
+    ctx = ctx if ctx is not None else RunContext()
+    if threat is not None and threat.query_budget is not None:
+        ctx = ctx.spawn("curve", ledger=ctx.ledger.limit(threat.query_budget, "threat model's"))
     results: list[AttackResult] = []
     x = target.input_spec.validate(x)
     x_best, fooled = x.copy(), np.zeros(len(x), bool)
@@ -22,7 +30,8 @@ def robustness_curve(attack: Attack, target: Target, x: np.ndarray, y: np.ndarra
             prev = results[-1]
             results.append(AttackResult(**{**prev.__dict__, "eps": eps, "queries": 0, "seconds": 0.0}))
             continue
-        res = attack.clone(eps=eps).run(target, x[todo], y[todo], progress=progress)
+        step = None if threat is None else threat.model_copy(update={"eps": eps, "query_budget": None})
+        res = attack.clone(eps=eps).run(target, x[todo], y[todo], step, ctx, progress=progress)
         x_best[todo] = res.x_adv
         fooled[todo] = res.success
         base = results[-1] if results else None

@@ -1,48 +1,38 @@
-"""ThreatModel: what the attacker knows and may do."""
+"""ThreatModel: what the attacker knows and may do — the one home of knowledge, norm and ε, query
+budget, targeting and poison fraction. What the attacker may change (which features, within which
+bounds) is the target's input spec."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from bastion.errors import UsageError
+from pydantic import Field, ValidationError
 
-Norm = Literal["linf", "l2"]
-NORMS = ("linf", "l2")
+from bastion.core.params import NORMS, Eps, Norm, Number, Params, param_error
 
-
-@dataclass(frozen=True)
-class ThreatModel:
-    """Knowledge (white/grey/black box), norm and ε (in each feature's own scale), query budget,
-    targeted or not, and the poisoning fraction for training-time threats."""
-
-    knowledge: Literal["white", "grey", "black"] = "white"
-    norm: Norm = "linf"
-    eps: float = 0.1
-    query_budget: int | None = None
-    targeted: bool = False
-    poisoning_fraction: float = 0.0
-
-    def __post_init__(self) -> None:
-        check_norm(self.norm)
-        check_eps(self.eps)
-        if self.query_budget is not None and self.query_budget <= 0:
-            raise UsageError(f"query_budget must be positive, got {self.query_budget}")
-        if not 0.0 <= self.poisoning_fraction < 1.0:
-            raise UsageError(f"poisoning_fraction must be in [0, 1), got {self.poisoning_fraction}")
+Knowledge = Literal["white", "grey", "black"]
+__all__ = ["NORMS", "Knowledge", "Norm", "ThreatModel"]
 
 
-def check_norm(norm: str) -> str:
-    if norm not in NORMS:
-        raise UsageError(f"norm must be one of {', '.join(NORMS)}, got '{norm}'")
-    return norm
+class ThreatModel(Params):
+    """Knowledge (white: weights and gradients; grey: scores; black: labels or scores through an API),
+    norm and ε (in each feature's own scale), query budget (inputs the attacker may send), targeted
+    or not, and the fraction of the training data a poisoning attacker controls."""
 
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise param_error("threat model", ThreatModel, exc) from None
 
-def check_eps(eps: float) -> float:
-    try:
-        eps = float(eps)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"eps must be a number, got {eps!r}") from exc
-    if not eps >= 0 or eps == float("inf"):
-        raise UsageError(f"eps must be a finite number >= 0, got {eps}")
-    return eps
+    knowledge: Knowledge = Field("white", description="What the attacker knows: white, grey or black box.")
+    norm: Norm = Field("linf", description="Norm of the perturbation: linf or l2.")
+    eps: Eps = Field(0.1, description="Perturbation budget ε, in each feature's scale.")
+    query_budget: int | None = Field(None, gt=0, description="Inputs the attacker may send (None: no limit).")
+    targeted: bool = Field(False, description="The attacker aims at a chosen class.")
+    poisoning_fraction: Number = Field(0.0, ge=0.0, lt=1.0,
+                                       description="Fraction of the training data the attacker controls.")
+
+    @property
+    def allows_gradients(self) -> bool:
+        return self.knowledge == "white"

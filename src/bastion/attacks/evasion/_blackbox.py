@@ -4,15 +4,16 @@ curve, budget exhaustion inside a batch, and the geometry of a target's inputs i
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any
+from abc import abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NoReturn
 
 import numpy as np
+from pydantic import Field
 
-from bastion.attacks.base import Attack, AttackResult, ProgressFn
+from bastion.attacks.base import MAX_QUERIES, AttackParams, AttackResult, AttackRun, EvasionAttack
 from bastion.core.targets.base import Target
-from bastion.core.targets.http_target import EndpointError
-from bastion.errors import QueryBudgetExceeded
+from bastion.errors import BastionRuntimeError, QueryBudgetExceeded
 
 log = logging.getLogger(__name__)
 
@@ -52,64 +53,74 @@ def margins(probs: np.ndarray, goal: np.ndarray, targeted: bool) -> np.ndarray:
     return best_other - own if targeted else own - best_other
 
 
-class QueryAttack(Attack):
+class QueryAttackParams(AttackParams):
+    max_queries: int = Field(1000, ge=1, le=MAX_QUERIES, description="Queries per sample.")
+
+
+@dataclass
+class QueryState:
+    """Per run: when each attacked sample was first fooled (query number) and the queries it spent."""
+
+    fooled_at: list[np.ndarray] = field(default_factory=list)
+    spent: list[np.ndarray] = field(default_factory=list)
+
+
+class QueryAttack(EvasionAttack):
     """Base of the score- and decision-based attacks: ``max_queries`` per sample, the queries each
     sample spent, the query curve in ``extra["query_curve"]``, and a partial result when the
-    target's hard budget runs out mid-batch."""
+    budget runs out or the target fails mid-batch (the batch keeps its best points; later batches
+    are not attacked)."""
 
     family = "evasion-blackbox"
     needs_gradients = False
+    Params: ClassVar[type[AttackParams]] = QueryAttackParams
 
-    def __init__(self, *, max_queries: int = 1000, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        from bastion.errors import UsageError
+    def _begin(self, run: AttackRun, target: Target) -> None:
+        run.state = QueryState()
 
-        if int(max_queries) < 1:
-            raise UsageError(f"max_queries must be >= 1, got {max_queries}")
-        self.max_queries = int(max_queries)
-        self._fooled_at: list[np.ndarray] = []
-        self._spent: list[np.ndarray] = []
-        self._budget_reason: str | None = None
+    def _attack_batch(self, target: Target, x: np.ndarray, goal: np.ndarray, rows: np.ndarray,
+                      run: AttackRun) -> np.ndarray:
+        fooled_at, spent = np.full(len(x), np.inf), np.zeros(len(x), np.int64)
+        out = x
+        if run.stop is None:  # budget spent or target failing: later batches are left as they are
+            try:
+                out = self._search(target, x, goal, rows, run, fooled_at, spent)
+            except _Halt as halt:
+                out = halt.best
+        run.state.fooled_at.append(fooled_at)
+        run.state.spent.append(spent)
+        return out
 
-    def _query(self, target: Target, x: np.ndarray) -> np.ndarray:
-        """One batched query: probabilities for ``x`` (float64 in, float32 sent)."""
-        return target.predict_proba(np.asarray(x, np.float32))
+    @abstractmethod
+    def _search(self, target: Target, x: np.ndarray, goal: np.ndarray, rows: np.ndarray, run: AttackRun,
+                fooled_at: np.ndarray, spent: np.ndarray) -> np.ndarray:
+        """The attack on one batch; fills ``fooled_at`` (query at which each sample was first fooled)
+        and ``spent``; on a failed query calls :meth:`halt` with the best points so far."""
 
-    def _record(self, fooled_at: np.ndarray, spent: np.ndarray) -> None:
-        self._fooled_at.append(np.asarray(fooled_at, np.float64))
-        self._spent.append(np.asarray(spent, np.int64))
+    def halt(self, run: AttackRun, exc: BastionRuntimeError, best: np.ndarray) -> NoReturn:
+        """Stop querying (budget spent or target failing), keeping ``best`` for this batch."""
+        if run.stop is None:
+            what = "query budget exhausted" if isinstance(exc, QueryBudgetExceeded) else "the target failed"
+            run.stop = f"{what}: {exc}"
+            log.warning("%s: %s; keeping the best points found so far", self.name, run.stop)
+        raise _Halt(best)
 
-    def _budget_hit(self, exc: QueryBudgetExceeded | EndpointError) -> None:
-        """Stop querying (budget spent or endpoint failing); the batch keeps its best points and
-        later batches are not attacked."""
-        if self._budget_reason is None:
-            what = "query budget exhausted" if isinstance(exc, QueryBudgetExceeded) else "the endpoint failed"
-            self._budget_reason = f"{what}: {exc}"
-            log.warning("%s: %s; keeping the best points found so far", self.name, self._budget_reason)
-
-    @property
-    def halted(self) -> bool:
-        """True once the budget ran out or the endpoint failed during this run."""
-        return self._budget_reason is not None
-
-    def _run(self, target: Target, x: np.ndarray, y: np.ndarray, *, y_target: np.ndarray | None,
-             progress: ProgressFn | None, query_budget: int | None) -> AttackResult:
-        self._fooled_at, self._spent, self._budget_reason = [], [], None
-        res = super()._run(target, x, y, y_target=y_target, progress=progress, query_budget=query_budget)
-        if self._budget_reason and (res.complete or "interrupted" not in (res.reason or "")):
-            res.complete, res.reason = False, self._budget_reason
-        fooled_at = np.concatenate(self._fooled_at) if self._fooled_at else np.zeros(0)
-        spent = np.concatenate(self._spent) if self._spent else np.zeros(0, np.int64)
+    def _end(self, run: AttackRun, res: AttackResult) -> None:
+        st: QueryState = run.state
+        fooled_at = np.concatenate(st.fooled_at) if st.fooled_at else np.zeros(0)
+        spent = np.concatenate(st.spent) if st.spent else np.zeros(0, np.int64)
         res.extra["query_curve"] = query_curve(fooled_at, self.max_queries)
         res.extra["queries_per_sample"] = {
             "attacked": int(len(spent)),
             "median": float(np.median(spent)) if len(spent) else None,
             "max": int(spent.max()) if len(spent) else None,
         }
-        qlog = getattr(target, "query_log", None)
-        if isinstance(qlog, dict):
-            res.extra["query_log"] = dict(qlog)
-        return res
+
+
+class _Halt(Exception):
+    def __init__(self, best: np.ndarray) -> None:
+        super().__init__("halted")
+        self.best = best
 
 
 def query_curve(fooled_at: np.ndarray, max_queries: int) -> dict[str, list[Any]]:

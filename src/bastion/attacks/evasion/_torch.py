@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bastion.core.run import SampleStreams
 from bastion.core.spec import DiscreteLayout, InputSpec
 from bastion.core.targets.base import DifferentiableTarget
 
@@ -218,14 +219,19 @@ def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
     return grad / _view(flat_norm(grad, "l2").clamp_min(1e-12), grad)
 
 
-def random_start(shape: tuple[int, ...], eps: float, norm: str, gen: torch.Generator, device: str) -> torch.Tensor:
-    """Uniform sample of the ε-ball (L∞: per coordinate; L2: direction times eps * u^(1/d))."""
+def random_start(streams: SampleStreams, shape: tuple[int, ...], eps: float, norm: str, device: str) -> torch.Tensor:
+    """Uniform sample of the ε-ball (L∞: per coordinate; L2: direction times eps * u^(1/d)), one
+    sample per stream (so each input's start does not depend on its batch)."""
+    per = tuple(shape[1:])
     if norm == "linf":
-        return (torch.rand(shape, generator=gen, device=device) * 2 - 1) * eps
-    g = torch.randn(shape, generator=gen, device=device)
-    d = int(np.prod(shape[1:]))
-    r = eps * torch.rand(shape[0], generator=gen, device=device) ** (1.0 / d)
-    return g / _view(flat_norm(g, "l2").clamp_min(1e-12), g) * _view(r, g)
+        delta = (streams.uniform(per) * 2 - 1) * eps
+    else:
+        g = streams.normal(per)
+        d = int(np.prod(per))
+        r = eps * streams.uniform() ** (1.0 / d)
+        flat = np.linalg.norm(g.reshape(len(g), -1), axis=1).clip(1e-12)
+        delta = g / flat.reshape(-1, *([1] * len(per))) * r.reshape(-1, *([1] * len(per)))
+    return torch.as_tensor(delta, dtype=torch.float32, device=device)
 
 
 def attack_loss(logits: torch.Tensor, goal: torch.Tensor, loss: str, targeted: bool) -> torch.Tensor:

@@ -16,13 +16,14 @@ sample counts as fooled only when its discrete projection inside the ε-ball is 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
-from bastion.attacks.base import Attack, register_attack
+from bastion.attacks.base import MAX_RESTARTS, MAX_STEPS, AttackParams, AttackRun, EvasionAttack, register_attack
 from bastion.attacks.evasion._torch import (
     Geometry,
     ascent_direction,
@@ -30,10 +31,8 @@ from bastion.attacks.evasion._torch import (
     random_start,
     to_tensor,
 )
+from bastion.core.run import SampleStreams
 from bastion.core.targets.base import DifferentiableTarget
-from bastion.errors import UsageError
-
-LOSSES = ("ce", "dlr")
 
 
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor | None) -> torch.Tensor:
@@ -83,9 +82,10 @@ class APGDRun:
 
 def apgd_optimise(target: DifferentiableTarget, geo: Geometry, run: APGDRun, *, eps: float, norm: str, steps: int,
                   loss: str, rho: float = 0.75, momentum: float = 0.75, eot_iter: int = 1,
-                  gen: torch.Generator | None = None, random_init: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                  start: SampleStreams | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One APGD run (no restarts) on a batch. Returns the best adversarial inputs found and the
-    per-sample success mask; unsuccessful samples come back unchanged."""
+    per-sample success mask; unsuccessful samples come back unchanged. ``start``: one random stream
+    per sample for a random initial point (None: start at the input)."""
     x0 = run.x
     n = len(x0)
     dev = x0.device
@@ -129,8 +129,8 @@ def apgd_optimise(target: DifferentiableTarget, geo: Geometry, run: APGDRun, *, 
 
     idx = torch.arange(n, device=dev)
     xs, yy, tt = x0, run.y, run.t
-    if random_init:
-        delta = random_start(tuple(xs.shape), eps, norm, gen or torch.Generator(device=dev), str(dev)) * geo.mask
+    if start is not None:
+        delta = random_start(start, tuple(xs.shape), eps, norm, str(dev)) * geo.mask
     else:
         delta = torch.zeros_like(xs)
     delta = proj(xs, delta)
@@ -192,8 +192,19 @@ def apgd_optimise(target: DifferentiableTarget, geo: Geometry, run: APGDRun, *, 
     return out, fooled
 
 
+class APGDParams(AttackParams):
+    loss: Literal["ce", "dlr"] = Field("ce", description="Cross-entropy or Difference-of-Logits-Ratio loss.")
+    steps: int = Field(100, ge=1, le=MAX_STEPS, description="Iterations per run.")
+    restarts: int = Field(1, ge=1, le=MAX_RESTARTS, description="Random restarts, on points still robust.")
+    n_target_classes: int = Field(0, ge=0, le=1000, description="APGD-T: targeted runs towards the top-k classes.")
+    rho: float = Field(0.75, gt=0, le=1, description="Checkpoint condition on the share of loss increases.")
+    momentum: float = Field(0.75, gt=0, le=1, description="Momentum α.")
+    eot_iter: int = Field(1, ge=1, le=10_000, description="Gradients averaged per step (EOT for randomised models).")
+    random_init: bool = Field(True, description="Start from a uniform point of the ε-ball.")
+
+
 @register_attack
-class APGD(Attack):
+class APGD(EvasionAttack):
     """Auto-PGD: parameter-free PGD with momentum and an adaptive step size.
 
     ``loss``: ``"ce"`` or ``"dlr"``. ``n_target_classes`` > 0 runs APGD-T: for each of the top-k
@@ -208,29 +219,15 @@ class APGD(Attack):
 
     name = "apgd"
 
-    def __init__(self, *, eps: float = 0.1, norm: str = "linf", loss: str = "ce", steps: int = 100,
-                 restarts: int = 1, n_target_classes: int = 0, rho: float = 0.75, momentum: float = 0.75,
-                 eot_iter: int = 1, random_init: bool = True, targeted: bool = False, batch_size: int = 256,
-                 seed: int = 0) -> None:
-        super().__init__(eps=eps, norm=norm, targeted=targeted, batch_size=batch_size, seed=seed)
-        if loss not in LOSSES:
-            raise UsageError(f"loss must be one of {', '.join(LOSSES)}, got '{loss}'")
-        if steps < 1 or restarts < 1 or eot_iter < 1:
-            raise UsageError(f"steps, restarts and eot_iter must be >= 1, got {steps}, {restarts}, {eot_iter}")
-        if n_target_classes < 0:
-            raise UsageError(f"n_target_classes must be >= 0, got {n_target_classes}")
-        if not 0 < rho <= 1 or not 0 < momentum <= 1:
-            raise UsageError(f"rho and momentum must be in (0, 1], got rho={rho}, momentum={momentum}")
-        self.loss, self.steps, self.restarts = loss, int(steps), int(restarts)
-        self.n_target_classes, self.rho, self.momentum = int(n_target_classes), float(rho), float(momentum)
-        self.eot_iter, self.random_init = int(eot_iter), bool(random_init)
+    Params = APGDParams
 
-    def _attack_batch(self, target: DifferentiableTarget, x: np.ndarray, goal: np.ndarray,
-                      rows: np.ndarray) -> np.ndarray:
+    def _attack_batch(self, target: DifferentiableTarget, x: np.ndarray, goal: np.ndarray, rows: np.ndarray,
+                      run: AttackRun) -> np.ndarray:
         dev = target.device
         geo = Geometry.of(target)
         x0, g0 = to_tensor(x, dev), to_tensor(goal, dev, torch.long)
-        gen = torch.Generator(device=dev).manual_seed(self.seed + int(rows[0]))
+        streams = run.streams(rows, "start")
+        attempt = 0
         best = x0.clone()
         fooled = torch.zeros(len(x0), dtype=torch.bool, device=dev)
         if self.targeted:
@@ -249,12 +246,14 @@ class APGD(Attack):
                 if len(idx) == 0:
                     return best.cpu().numpy()
                 if self.targeted:
-                    run = APGDRun(x0[idx], None, g0[idx], True)
+                    batch = APGDRun(x0[idx], None, g0[idx], True)
                 else:
-                    run = APGDRun(x0[idx], g0[idx], None if plan is None else plan[idx], False)
-                adv, ok = apgd_optimise(target, geo, run, eps=self.eps, norm=self.norm, steps=self.steps,
+                    batch = APGDRun(x0[idx], g0[idx], None if plan is None else plan[idx], False)
+                start = streams.at(attempt).subset(idx.cpu().numpy()) if self.random_init else None
+                attempt += 1
+                adv, ok = apgd_optimise(target, geo, batch, eps=self.eps, norm=self.norm, steps=self.steps,
                                         loss=self.loss, rho=self.rho, momentum=self.momentum,
-                                        eot_iter=self.eot_iter, gen=gen, random_init=self.random_init)
+                                        eot_iter=self.eot_iter, start=start)
                 best[idx[ok]], fooled[idx[ok]] = adv[ok], True
         return best.cpu().numpy()
 

@@ -20,15 +20,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field, field_validator
 
 from bastion.attacks.base import (
-    Attack,
+    MAX_QUERIES,
+    MAX_RESTARTS,
+    MAX_STEPS,
+    AttackParams,
     AttackResult,
+    AttackRun,
+    EvasionAttack,
     available_attacks,
     get_attack,
     register_attack,
@@ -37,16 +43,36 @@ from bastion.attacks.evasion._torch import Geometry, to_tensor
 from bastion.attacks.evasion.apgd import APGD
 from bastion.attacks.evasion.deepfool import deepfool_optimise
 from bastion.core.targets.base import DifferentiableTarget, Target
-from bastion.errors import QueryBudgetExceeded, UsageError
+from bastion.errors import QueryBudgetExceeded
 
 log = logging.getLogger(__name__)
 
 STAGES = ("apgd-ce", "apgd-t", "deepfool", "square")
-StageFn = Callable[[Target, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+class AutoParams(AttackParams):
+    steps: int = Field(100, ge=1, le=MAX_STEPS, description="APGD iterations per run.")
+    restarts: int = Field(1, ge=1, le=MAX_RESTARTS, description="APGD restarts, on points still robust.")
+    n_target_classes: int = Field(9, ge=1, le=1000, description="Target classes of the APGD-T stage.")
+    eot_iter: int = Field(1, ge=1, le=10_000, description="Gradients averaged per APGD step (EOT).")
+    stages: list[Literal["apgd-ce", "apgd-t", "deepfool", "square"]] = Field(
+        default_factory=lambda: list(STAGES), min_length=1, description="Stages to run (in the fixed order).")
+    blackbox: str = Field("square", description="The black-box stage's attack.")
+    blackbox_queries: int = Field(5000, ge=1, le=MAX_QUERIES, description="Per-sample queries of that stage.")
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _default(cls, v: Any) -> Any:
+        return list(STAGES) if v is None else v
+
+    @field_validator("stages")
+    @classmethod
+    def _ordered(cls, v: list[str]) -> list[str]:
+        return [s for s in STAGES if s in v]
 
 
 @register_attack
-class AutoAttack(Attack):
+class AutoAttack(EvasionAttack):
     """The ``auto`` ensemble: APGD-CE → APGD-T → ε-constrained DeepFool → Square, each on the points
     still robust. ``stages`` picks a subset (in that order); ``blackbox_queries`` is Square's
     per-sample query budget (5000 as in AutoAttack).
@@ -57,121 +83,107 @@ class AutoAttack(Attack):
 
     name = "auto"
 
-    def __init__(self, *, eps: float = 0.1, norm: str = "linf", steps: int = 100, restarts: int = 1,
-                 n_target_classes: int = 9, eot_iter: int = 1, stages: list[str] | None = None,
-                 blackbox: str = "square", blackbox_queries: int = 5000, targeted: bool = False,
-                 batch_size: int = 256, seed: int = 0) -> None:
-        super().__init__(eps=eps, norm=norm, targeted=targeted, batch_size=batch_size, seed=seed)
-        chosen = list(STAGES if stages is None else stages)
-        unknown = [s for s in chosen if s not in STAGES]
-        if unknown or not chosen:
-            raise UsageError(f"unknown auto stage(s) {unknown or chosen}; allowed: {', '.join(STAGES)}")
-        if steps < 1 or restarts < 1 or n_target_classes < 1 or blackbox_queries < 1:
-            raise UsageError("steps, restarts, n_target_classes and blackbox_queries must be >= 1")
-        self.stages = [s for s in STAGES if s in chosen]
-        self.steps, self.restarts, self.n_target_classes = int(steps), int(restarts), int(n_target_classes)
-        self.eot_iter, self.blackbox, self.blackbox_queries = int(eot_iter), blackbox, int(blackbox_queries)
-        self._reset()
-
-    def _reset(self) -> None:
-        self._notes: list[str] = []
-        self._plan: list[tuple[str, StageFn | None]] = []
-        self._seconds: list[float] = []
-        self._queries: list[int] = []
-        self._preds: np.ndarray = np.zeros((0, 0), np.int64)
-        self._stop: str | None = None
+    Params = AutoParams
 
     # --- the stages ---------------------------------------------------------------------------
-    def _build_plan(self, target: Target) -> list[tuple[str, StageFn | None]]:
+    def _begin(self, run: AttackRun, target: Target) -> None:
         common = {"eps": self.eps, "norm": self.norm, "steps": self.steps, "restarts": self.restarts,
                   "eot_iter": self.eot_iter, "targeted": self.targeted, "seed": self.seed}
-        plan: list[tuple[str, StageFn | None]] = []
+        plan: list[_Stage] = []
         for stage in self.stages:
-            fn: StageFn | None = None
+            attack: EvasionAttack | None = None
             if stage == "apgd-ce":
-                fn = APGD(loss="ce", **common)._attack_batch
+                attack = APGD(loss="ce", **common)
             elif stage == "apgd-t":
                 k = min(self.n_target_classes, target.n_classes - 1)
                 # targeted runs already have their target class: plain targeted APGD-DLR towards it
-                fn = APGD(loss="dlr", n_target_classes=0 if self.targeted else k, **common)._attack_batch
+                attack = APGD(loss="dlr", n_target_classes=0 if self.targeted else k, **common)
             elif stage == "deepfool":
                 if self.targeted:
-                    self._notes.append("deepfool stage skipped: DeepFool is untargeted")
+                    run.notes.append("deepfool stage skipped: DeepFool is untargeted")
                 else:
-                    fn = self._deepfool
+                    attack = _EpsDeepFool(eps=self.eps, norm=self.norm)
             elif stage == "square":
-                fn = self._blackbox_stage()
-            plan.append((stage, fn))
-        return plan
+                if self.blackbox not in available_attacks():
+                    run.notes.append(f"{self.blackbox} stage skipped: no attack named '{self.blackbox}' is registered")
+                else:
+                    attack = get_attack(self.blackbox, eps=self.eps, norm=self.norm, targeted=self.targeted,
+                                        seed=self.seed, max_queries=self.blackbox_queries)
+            sub = run.derive(stage)
+            if attack is not None:
+                attack._begin(sub, target)
+            plan.append(_Stage(stage, attack, sub))
+        run.state = _AutoState(plan, np.full((len(plan), len(run.x)), -1, np.int64))
 
-    def _deepfool(self, target: Target, x: np.ndarray, goal: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    def _end(self, run: AttackRun, res: AttackResult) -> None:
+        st: _AutoState = run.state
+        stages = []
+        for i, s in enumerate(st.plan):
+            if s.attack is None:
+                continue
+            pred = np.where(st.preds[i] >= 0, st.preds[i], res.clean_pred)
+            stages.append({"stage": s.name, "robust_accuracy": float(np.mean(pred == res.y)),
+                           "seconds": round(s.seconds, 4), "queries": int(s.queries)})
+        res.extra["stages"] = stages
+
+    def _attack_batch(self, target: Target, x: np.ndarray, goal: np.ndarray, rows: np.ndarray,
+                      run: AttackRun) -> np.ndarray:
+        st: _AutoState = run.state
+        if run.stop:
+            raise QueryBudgetExceeded(run.stop)
+        spec = target.input_spec
+        x_adv = x.copy()
+        pred = target.predict_proba(x).argmax(1)
+        robust = (pred != goal) if self.targeted else (pred == goal)
+        for i, s in enumerate(st.plan):
+            todo = np.flatnonzero(robust)
+            if s.attack is not None and len(todo) and not run.stop:
+                t0, q0 = time.perf_counter(), run.ledger.spent
+                try:
+                    adv = spec.enforce(x[todo], s.attack._attack_batch(target, x[todo], goal[todo], rows[todo],
+                                                                        s.run))
+                    p = target.predict_proba(adv).argmax(1)
+                    ok = (p == goal[todo]) if self.targeted else (p != goal[todo])
+                    x_adv[todo[ok]], pred[todo[ok]], robust[todo[ok]] = adv[ok], p[ok], False
+                except QueryBudgetExceeded as exc:
+                    run.stop = f"query budget exhausted during the {s.name} stage: {exc}"
+                    log.warning("auto: %s", run.stop)
+                finally:
+                    s.seconds += time.perf_counter() - t0
+                    s.queries += run.ledger.spent - q0
+                if s.run.stop and not run.stop:  # the black-box stage keeps its partial result; stop here
+                    run.stop = s.run.stop
+                log.debug("auto stage %s: %d of %d still robust", s.name, int(robust.sum()), len(x))
+            st.preds[i, rows] = pred
+        return x_adv
+
+
+@dataclass
+class _Stage:
+    name: str
+    attack: EvasionAttack | None
+    run: AttackRun
+    seconds: float = 0.0
+    queries: int = 0
+
+
+@dataclass
+class _AutoState:
+    plan: list[_Stage]
+    preds: np.ndarray  # per stage, each input's prediction after it (-1: not reached)
+
+
+class _EpsDeepFool(EvasionAttack):
+    """The ε-constrained DeepFool stage: the accumulated perturbation projected onto the ε-ball at
+    every step, 10 iterations, the 10 most likely other classes."""
+
+    name = "deepfool-eps"
+
+    def _attack_batch(self, target: Target, x: np.ndarray, goal: np.ndarray, rows: np.ndarray,
+                      run: AttackRun) -> np.ndarray:
         assert isinstance(target, DifferentiableTarget)
         geo = Geometry.of(target)
         x0, y0 = to_tensor(x, target.device), to_tensor(goal, target.device, torch.long)
         adv, _ = deepfool_optimise(target, geo, x0, y0, norm=self.norm, overshoot=0.02, max_iter=10,
                                    candidates=10, eps=self.eps)
         return adv.cpu().numpy()
-
-    def _blackbox_stage(self) -> StageFn | None:
-        if self.blackbox not in available_attacks():
-            self._notes.append(f"{self.blackbox} stage skipped: no attack named '{self.blackbox}' is registered")
-            return None
-        bb = get_attack(self.blackbox, eps=self.eps, norm=self.norm, targeted=self.targeted, seed=self.seed,
-                        max_queries=self.blackbox_queries)
-
-        def run(target: Target, x: np.ndarray, goal: np.ndarray, rows: np.ndarray) -> np.ndarray:
-            out = bb._attack_batch(target, x, goal, rows)
-            reason = getattr(bb, "_budget_reason", None)
-            if reason:  # the black-box attack keeps its partial result; stop the ensemble here
-                self._stop = reason
-            return out
-
-        return run
-
-    # --- running ------------------------------------------------------------------------------
-    def _run(self, target: Target, x: np.ndarray, y: np.ndarray, **kwargs: Any) -> AttackResult:
-        self._reset()
-        self._plan = self._build_plan(target)
-        self._seconds = [0.0] * len(self._plan)
-        self._queries = [0] * len(self._plan)
-        self._preds = np.full((len(self._plan), len(x)), -1, np.int64)
-        res = super()._run(target, x, y, **kwargs)
-        if self._stop and res.complete:
-            res.complete, res.reason = False, self._stop
-        stages = []
-        for i, (stage, fn) in enumerate(self._plan):
-            if fn is None:
-                continue
-            pred = np.where(self._preds[i] >= 0, self._preds[i], res.clean_pred)
-            stages.append({"stage": stage, "robust_accuracy": float(np.mean(pred == res.y)),
-                           "seconds": round(self._seconds[i], 4), "queries": int(self._queries[i])})
-        res.extra["stages"] = stages
-        if self._notes:
-            res.extra["notes"] = list(dict.fromkeys(self._notes))
-        return res
-
-    def _attack_batch(self, target: Target, x: np.ndarray, goal: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        if self._stop:
-            raise QueryBudgetExceeded(self._stop)
-        spec = target.input_spec
-        x_adv = x.copy()
-        pred = target.predict_proba(x).argmax(1)
-        robust = (pred != goal) if self.targeted else (pred == goal)
-        for i, (stage, fn) in enumerate(self._plan):
-            todo = np.flatnonzero(robust)
-            if fn is not None and len(todo) and not self._stop:
-                t0, q0 = time.perf_counter(), target.queries
-                try:
-                    adv = spec.enforce(x[todo], fn(target, x[todo], goal[todo], rows[todo]))
-                    p = target.predict_proba(adv).argmax(1)
-                    ok = (p == goal[todo]) if self.targeted else (p != goal[todo])
-                    x_adv[todo[ok]], pred[todo[ok]], robust[todo[ok]] = adv[ok], p[ok], False
-                except QueryBudgetExceeded as exc:
-                    self._stop = f"query budget exhausted during the {stage} stage: {exc}"
-                    log.warning("auto: %s", self._stop)
-                finally:
-                    self._seconds[i] += time.perf_counter() - t0
-                    self._queries[i] += target.queries - q0
-                log.debug("auto stage %s: %d of %d still robust", stage, int(robust.sum()), len(x))
-            self._preds[i, rows] = pred
-        return x_adv

@@ -12,13 +12,17 @@ early abort) reach c up to 10⁶, so the attack works out of the box on models w
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 
-from bastion.attacks.base import Attack, register_attack
+from pydantic import Field
+
+from bastion.attacks.base import MAX_STEPS, AttackParams, AttackRun, EvasionAttack, register_attack
 from bastion.attacks.evasion._torch import Geometry, to_tensor
+from bastion.core.params import Eps
 from bastion.core.targets.base import DifferentiableTarget
-from bastion.errors import UsageError
 
 
 def _margin(logits: torch.Tensor, goal: torch.Tensor, targeted: bool, kappa: float) -> torch.Tensor:
@@ -28,8 +32,19 @@ def _margin(logits: torch.Tensor, goal: torch.Tensor, targeted: bool, kappa: flo
     return (other - z_goal + kappa) if targeted else (z_goal - other + kappa)
 
 
+class CWParams(AttackParams):
+    eps: Eps = Field(0.0, description="Ignored: a minimal-perturbation attack.")
+    norm: Literal["l2"] = Field("l2", description="cw is an L2 attack (for L∞ use deepfool or min-eps).")
+    confidence: float = Field(0.0, ge=0, description="Margin κ the adversarial class must win by.")
+    initial_const: float = Field(1e-2, gt=0, description="First constant c of the binary search.")
+    binary_steps: int = Field(9, ge=1, le=100, description="Rounds of the binary search on c.")
+    max_iter: int = Field(1000, ge=1, le=MAX_STEPS, description="Adam steps per round.")
+    learning_rate: float = Field(1e-2, gt=0, description="Adam learning rate.")
+    abort_early: bool = Field(True, description="Stop a round when the loss stops falling.")
+
+
 @register_attack
-class CarliniWagnerL2(Attack):
+class CarliniWagnerL2(EvasionAttack):
     """C&W L2 with a binary search on the constant, minimal-perturbation (``eps`` is ignored).
 
     >>> import bastion
@@ -39,24 +54,10 @@ class CarliniWagnerL2(Attack):
     name = "cw"
     minimal = True
 
-    def __init__(self, *, eps: float = 0.0, norm: str = "l2", confidence: float = 0.0, initial_const: float = 1e-2,
-                 binary_steps: int = 9, max_iter: int = 1000, learning_rate: float = 1e-2, abort_early: bool = True,
-                 targeted: bool = False, batch_size: int = 256, seed: int = 0) -> None:
-        super().__init__(eps=eps, norm=norm, targeted=targeted, batch_size=batch_size, seed=seed)
-        if self.norm != "l2":
-            raise UsageError(f"cw is an L2 attack; norm must be 'l2', got '{norm}'",
-                             hint="for L∞ minimal perturbations use deepfool or min-eps")
-        if initial_const <= 0 or learning_rate <= 0 or confidence < 0:
-            raise UsageError("initial_const and learning_rate must be positive and confidence >= 0; got "
-                             f"{initial_const}, {learning_rate}, {confidence}")
-        if binary_steps < 1 or max_iter < 1:
-            raise UsageError(f"binary_steps and max_iter must be >= 1, got {binary_steps}, {max_iter}")
-        self.confidence, self.initial_const = float(confidence), float(initial_const)
-        self.binary_steps, self.max_iter = int(binary_steps), int(max_iter)
-        self.learning_rate, self.abort_early = float(learning_rate), bool(abort_early)
+    Params = CWParams
 
-    def _attack_batch(self, target: DifferentiableTarget, x: np.ndarray, goal: np.ndarray,
-                      rows: np.ndarray) -> np.ndarray:
+    def _attack_batch(self, target: DifferentiableTarget, x: np.ndarray, goal: np.ndarray, rows: np.ndarray,
+                      run: AttackRun) -> np.ndarray:
         dev = target.device
         geo = Geometry.of(target)
         x0, y0 = to_tensor(x, dev), to_tensor(goal, dev, torch.long)

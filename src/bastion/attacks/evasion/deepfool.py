@@ -10,13 +10,17 @@ the result is the distance ``|w·x + b| / ||w||`` (dual norm for L∞) times ``1
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 
-from bastion.attacks.base import Attack, register_attack
+from pydantic import Field
+
+from bastion.attacks.base import MAX_STEPS, AttackParams, AttackRun, EvasionAttack, register_attack
 from bastion.attacks.evasion._torch import Geometry, project_ball, to_tensor
+from bastion.core.params import Eps, Norm
 from bastion.core.targets.base import DifferentiableTarget
-from bastion.errors import UsageError
 
 
 def deepfool_optimise(target: DifferentiableTarget, geo: Geometry, x0: torch.Tensor, y: torch.Tensor, *, norm: str,
@@ -77,8 +81,17 @@ def deepfool_optimise(target: DifferentiableTarget, geo: Geometry, x0: torch.Ten
     return out, fooled
 
 
+class DeepFoolParams(AttackParams):
+    eps: Eps = Field(0.0, description="Ignored: a minimal-perturbation attack.")
+    norm: Norm = Field("l2", description="Norm of the perturbation: l2 or linf.")
+    targeted: Literal[False] = Field(False, description="DeepFool is untargeted (use cw or apgd for targets).")
+    overshoot: float = Field(0.02, ge=0, description="Final perturbation is (1 + overshoot) times the one found.")
+    max_iter: int = Field(50, ge=1, le=MAX_STEPS, description="Linearisation steps.")
+    candidates: int = Field(10, ge=1, le=1000, description="Most likely other classes considered per step.")
+
+
 @register_attack
-class DeepFool(Attack):
+class DeepFool(EvasionAttack):
     """DeepFool: iterate to the nearest linearised boundary, then overshoot by ``overshoot``.
 
     A minimal-perturbation attack (``eps`` is ignored; the result's norms are the measurement).
@@ -90,18 +103,10 @@ class DeepFool(Attack):
     name = "deepfool"
     minimal = True
 
-    def __init__(self, *, eps: float = 0.0, norm: str = "l2", overshoot: float = 0.02, max_iter: int = 50,
-                 candidates: int = 10, targeted: bool = False, batch_size: int = 256, seed: int = 0) -> None:
-        super().__init__(eps=eps, norm=norm, targeted=targeted, batch_size=batch_size, seed=seed)
-        if self.targeted:
-            raise UsageError("deepfool is an untargeted attack; use cw or apgd for targeted attacks")
-        if overshoot < 0 or max_iter < 1 or candidates < 1:
-            raise UsageError(f"overshoot must be >= 0 and max_iter, candidates >= 1; got {overshoot}, {max_iter}, "
-                             f"{candidates}")
-        self.overshoot, self.max_iter, self.candidates = float(overshoot), int(max_iter), int(candidates)
+    Params = DeepFoolParams
 
-    def _attack_batch(self, target: DifferentiableTarget, x: np.ndarray, goal: np.ndarray,
-                      rows: np.ndarray) -> np.ndarray:
+    def _attack_batch(self, target: DifferentiableTarget, x: np.ndarray, goal: np.ndarray, rows: np.ndarray,
+                      run: AttackRun) -> np.ndarray:
         geo = Geometry.of(target)
         x0, y0 = to_tensor(x, target.device), to_tensor(goal, target.device, torch.long)
         adv, _ = deepfool_optimise(target, geo, x0, y0, norm=self.norm, overshoot=self.overshoot,

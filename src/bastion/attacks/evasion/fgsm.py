@@ -6,25 +6,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bastion.attacks.base import Attack, register_attack
+from bastion.attacks.base import AttackRun, EvasionAttack, register_attack
 from bastion.attacks.evasion._torch import Geometry, ascent_direction, attack_loss, to_tensor
 from bastion.core.targets.base import DifferentiableTarget
 
 
 @register_attack
-class FGSM(Attack):
+class FGSM(EvasionAttack):
     """One step of size ε along the sign of the loss gradient (L∞) or its unit direction (L2). On
     tables with integer or one-hot features the step is then projected to a valid point of the
     ε-ball (``Geometry.project``, one-hot ties and the L2 budget decided by the gradient)."""
 
     name = "fgsm"
 
-    def __init__(self, *, eps: float = 0.1, norm: str = "linf", targeted: bool = False, batch_size: int = 256,
-                 seed: int = 0) -> None:
-        super().__init__(eps=eps, norm=norm, targeted=targeted, batch_size=batch_size, seed=seed)
-
-    def _attack_batch(self, target: DifferentiableTarget, x: np.ndarray, goal: np.ndarray,
-                      rows: np.ndarray) -> np.ndarray:
+    def _attack_batch(self, target: DifferentiableTarget, x: np.ndarray, goal: np.ndarray, rows: np.ndarray,
+                      run: AttackRun) -> np.ndarray:
         geo = Geometry.of(target)
         xs = to_tensor(x, target.device).requires_grad_(True)
         ys = to_tensor(goal, target.device, torch.long)

@@ -13,13 +13,32 @@ from __future__ import annotations
 
 import numpy as np
 
-from bastion.attacks.base import register_attack
-from bastion.attacks.evasion._blackbox import Box, QueryAttack
+from pydantic import Field, ValidationInfo, field_validator
+
+from bastion.attacks.base import MAX_QUERIES, AttackRun, register_attack
+from bastion.attacks.evasion._blackbox import Box, QueryAttack, QueryAttackParams
+from bastion.core.params import Eps, Norm
+from bastion.core.run import SampleStreams
 from bastion.core.targets.base import Target
-from bastion.core.targets.http_target import EndpointError
-from bastion.errors import QueryBudgetExceeded, UsageError
+from bastion.errors import BastionRuntimeError
 
 _CHUNK = 1 << 23  # floats per gradient-estimation chunk (memory bound)
+
+
+class HopSkipJumpParams(QueryAttackParams):
+    eps: Eps = Field(0.0, description="Ignored: a minimal-perturbation attack.")
+    norm: Norm = Field("l2", description="Norm of the perturbation: l2 or linf.")
+    init_evals: int = Field(100, ge=1, le=MAX_QUERIES, description="Probes of the first gradient estimate.")
+    max_evals: int = Field(10000, ge=1, le=MAX_QUERIES, description="Most probes of one gradient estimate.")
+    gamma: float = Field(1.0, gt=0, description="Binary-search precision θ = γ/d^{3/2} (L2) or γ/d² (L∞).")
+    init_trials: int = Field(50, ge=1, le=10_000, description="Random draws to find a first adversarial point.")
+
+    @field_validator("max_evals")
+    @classmethod
+    def _evals(cls, v: int, info: ValidationInfo) -> int:
+        if v < info.data.get("init_evals", 1):
+            raise ValueError(f"need init_evals <= max_evals (init_evals={info.data['init_evals']})")
+        return v
 
 
 @register_attack
@@ -38,19 +57,7 @@ class HopSkipJump(QueryAttack):
     name = "hopskipjump"
     minimal = True
 
-    def __init__(self, *, norm: str = "l2", max_queries: int = 1000, init_evals: int = 100, max_evals: int = 10000,
-                 gamma: float = 1.0, init_trials: int = 50, eps: float = 0.0, targeted: bool = False,
-                 batch_size: int = 256, seed: int = 0) -> None:
-        super().__init__(max_queries=max_queries, eps=eps, norm=norm, targeted=targeted, batch_size=batch_size,
-                         seed=seed)
-        if init_evals < 1 or max_evals < init_evals:
-            raise UsageError(f"need 1 <= init_evals <= max_evals, got init_evals={init_evals}, max_evals={max_evals}")
-        if gamma <= 0:
-            raise UsageError(f"gamma must be positive, got {gamma}")
-        if init_trials < 1:
-            raise UsageError(f"init_trials must be >= 1, got {init_trials}")
-        self.init_evals, self.max_evals, self.gamma = int(init_evals), int(max_evals), float(gamma)
-        self.init_trials = int(init_trials)
+    Params = HopSkipJumpParams
 
     # --- helpers in ε units (z = x / scale) ------------------------------------------------------
     def _dist(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -65,11 +72,9 @@ class HopSkipJump(QueryAttack):
             return (1 - a) * z0 + a * z
         return np.clip(z, z0 - a, z0 + a)
 
-    def _attack_batch(self, target: Target, x: np.ndarray, goal: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        if self.halted:  # budget spent or endpoint down: later batches are left as they are
-            self._record(np.full(len(x), np.inf), np.zeros(len(x), np.int64))
-            return x
-        rng = np.random.default_rng(self.seed + int(rows[0]))
+    def _search(self, target: Target, x: np.ndarray, goal: np.ndarray, rows: np.ndarray, run: AttackRun,
+                fooled_at: np.ndarray, spent: np.ndarray) -> np.ndarray:
+        init, probes = run.streams(rows, "init"), run.streams(rows, "probes")
         box, spec = Box.of(target), target.input_spec
         sc, mask = box.scale, box.mask
         zlo, zhi = box.lo / sc, box.hi / sc
@@ -77,8 +82,6 @@ class HopSkipJump(QueryAttack):
         n, shape = len(z0), z0.shape[1:]
         d = int(np.prod(shape))
         theta = self.gamma / (d ** 1.5 if self.norm == "l2" else d ** 2)
-        spent = np.zeros(n, np.int64)
-        fooled_at = np.full(n, np.inf)
         best = z0.copy()
         found = np.zeros(n, bool)
 
@@ -90,12 +93,12 @@ class HopSkipJump(QueryAttack):
             if len(z) == 0:
                 return np.zeros(0, bool)
             xq = spec.enforce(x[owner], np.clip(z, zlo, zhi) * sc)  # decide on the point actually sent
-            pred = self._query(target, xq).argmax(axis=1)
+            pred = target.predict_proba(np.asarray(xq, np.float32)).argmax(axis=1)
             np.add.at(spent, owner, 1)
             return (pred == goal[owner]) if self.targeted else (pred != goal[owner])
 
         try:
-            found, best = self._initialise(z0, zlo, zhi, mask, rng, is_adv, left, spent)
+            found, best = self._initialise(z0, zlo, zhi, mask, init, is_adv, left, run.x / sc)
             fooled_at[found] = spent[found]
             idx = np.flatnonzero(found)
             if len(idx):
@@ -113,7 +116,7 @@ class HopSkipJump(QueryAttack):
                     break
                 zb, dz = best[idx], dist[idx]
                 delta = (np.sqrt(d) if self.norm == "l2" else d) * theta * dz
-                grad = self._gradient(zb, delta, k, idx, zlo, zhi, mask, rng, is_adv)
+                grad = self._gradient(zb, delta, k, idx, zlo, zhi, mask, probes.at(t).subset(idx), is_adv)
                 update = grad if self.norm == "l2" else np.sign(grad)
                 step = dz / np.sqrt(t)
                 cand = zb.copy()
@@ -135,14 +138,13 @@ class HopSkipJump(QueryAttack):
                     nd = self._dist(new, z0[mi])
                     better = nd < dist[mi]
                     best[mi[better]], dist[mi[better]] = new[better], nd[better]
-        except (QueryBudgetExceeded, EndpointError) as exc:
-            self._budget_hit(exc)
-        self._record(fooled_at, spent)
+        except BastionRuntimeError as exc:
+            self.halt(run, exc, spec.enforce(x, np.clip(best, zlo, zhi) * sc))
         return spec.enforce(x, np.clip(best, zlo, zhi) * sc)
 
-    def _initialise(self, z0, zlo, zhi, mask, rng, is_adv, left, spent):  # noqa: ANN001, ANN202
+    def _initialise(self, z0, zlo, zhi, mask, rng, is_adv, left, pool):  # noqa: ANN001, ANN202
         """A first adversarial point per sample: uniform noise in the bounds, or another input of
-        the batch (blended with noise), whichever is classified adversarially first."""
+        the run (``pool``, blended with noise), whichever is classified adversarially first."""
         n = len(z0)
         found = np.zeros(n, bool)
         start = z0.copy()
@@ -152,10 +154,11 @@ class HopSkipJump(QueryAttack):
             idx = np.flatnonzero(~found & (left(np.arange(n)) > 0))
             if len(idx) == 0:
                 break
-            noise = lo[idx] + (hi - lo)[idx] * rng.random((len(idx), *z0.shape[1:]))
-            if trial % 2 == 1 and n > 1:
-                other = z0[rng.integers(0, n, size=len(idx))]
-                w = rng.uniform(0.0, 0.3, size=(len(idx), *([1] * (z0.ndim - 1))))
+            draw = rng.at(trial).subset(idx)
+            noise = lo[idx] + (hi - lo)[idx] * draw.uniform(z0.shape[1:])
+            if trial % 2 == 1 and len(pool) > 1:
+                other = pool[draw.integers(len(pool))]
+                w = 0.3 * draw.uniform((*([1] * (z0.ndim - 1)),))
                 noise = (1 - w) * other + w * noise
             cand = np.where(mask > 0, noise, z0[idx])
             ok = is_adv(cand, idx)
@@ -205,8 +208,8 @@ class HopSkipJump(QueryAttack):
             sl = slice(s, s + per)
             kk, K = k[sl], int(k[sl].max())
             m = len(kk)
-            rv = (rng.standard_normal((m, K, *shape)) if self.norm == "l2"
-                  else rng.uniform(-1, 1, size=(m, K, *shape))) * mask
+            draw = rng.subset(np.arange(s, s + m))
+            rv = (draw.normal((K, *shape)) if self.norm == "l2" else draw.uniform((K, *shape)) * 2 - 1) * mask
             rv /= np.linalg.norm(rv.reshape(m, K, -1), axis=2).clip(1e-12).reshape(m, K, *([1] * len(shape)))
             dl = delta[sl].reshape(m, 1, *([1] * len(shape)))
             probe = np.clip(zb[sl, None] + dl * rv, zlo, zhi)

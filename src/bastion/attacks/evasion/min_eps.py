@@ -10,17 +10,35 @@ attacks every input once.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydantic import Field, field_validator
 
-from bastion.attacks.base import Attack, get_attack, register_attack
+from bastion.attacks.base import AttackParams, AttackResult, AttackRun, EvasionAttack, get_attack, register_attack
+from bastion.core.params import Eps, ParamError
 from bastion.core.targets.base import Target
-from bastion.errors import UsageError
+
+
+class MinimalEpsParams(AttackParams):
+    attack: str = Field("pgd", description="The fixed-budget attack searched over ε (by name).")
+    attack_params: dict[str, Any] = Field(default_factory=dict, description="Its parameters (not eps, norm, targeted).")
+    eps_max: float = Field(1.0, gt=0, description="Largest ε tried.")
+    search_steps: int = Field(8, ge=1, le=60, description="Bisection steps (resolution eps_max / 2^steps).")
+    eps: Eps = Field(0.0, description="Ignored: a minimal-perturbation attack.")
+
+    @field_validator("attack_params")
+    @classmethod
+    def _no_overrides(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key in ("eps", "norm", "targeted"):
+            if key in v:
+                raise ValueError(f"must not set '{key}'; min-eps sets it")
+        return v
 
 
 @register_attack
-class MinimalEps(Attack):
+class MinimalEps(EvasionAttack):
     """Smallest successful ε per input for a fixed-budget attack (``attack`` by name, with ``attack_params``).
 
     The result's ``extra["min_eps"]`` holds each input's bracket upper bound (``inf`` where the
@@ -35,37 +53,36 @@ class MinimalEps(Attack):
     name = "min-eps"
     minimal = True
 
-    def __init__(self, *, attack: str = "pgd", attack_params: dict[str, Any] | None = None, eps_max: float = 1.0,
-                 search_steps: int = 8, eps: float = 0.0, norm: str = "linf", targeted: bool = False,
-                 batch_size: int = 256, seed: int = 0) -> None:
-        super().__init__(eps=eps, norm=norm, targeted=targeted, batch_size=batch_size, seed=seed)
-        if eps_max <= 0 or search_steps < 1:
-            raise UsageError(f"eps_max must be > 0 and search_steps >= 1, got {eps_max}, {search_steps}")
-        self.attack, self.attack_params = attack, dict(attack_params or {})
-        for key in ("eps", "norm", "targeted"):
-            if key in self.attack_params:
-                raise UsageError(f"attack_params must not set '{key}'; min-eps sets it")
-        self.eps_max, self.search_steps = float(eps_max), int(search_steps)
-        self._inner = get_attack(attack, **{"seed": self.seed, **self.attack_params, "eps": self.eps_max,
-                                            "norm": self.norm, "targeted": self.targeted})
+    Params = MinimalEpsParams
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._inner = get_attack(self.attack, **{"seed": self.seed, **self.attack_params, "eps": self.eps_max,
+                                                 "norm": self.norm, "targeted": self.targeted})
         if self._inner.minimal:
-            raise UsageError(f"min-eps needs a fixed-budget attack; '{attack}' is already a minimal attack")
+            raise ParamError(f"min-eps needs a fixed-budget attack; '{self.attack}' is already a minimal attack",
+                             field="attack")
         self.needs_gradients = self._inner.needs_gradients  # type: ignore[misc]
         self.family = self._inner.family  # type: ignore[misc]
-        self._bounds: dict[int, tuple[float, float]] = {}
 
-    def _try(self, target: Target, x: np.ndarray, goal: np.ndarray, rows: np.ndarray, eps: float
+    def _begin(self, run: AttackRun, target: Target) -> None:
+        run.state = _Search(run.derive(self._inner.name))
+        self._inner._begin(run.state.inner, target)
+
+    def _try(self, target: Target, x: np.ndarray, goal: np.ndarray, rows: np.ndarray, eps: float, run: AttackRun
              ) -> tuple[np.ndarray, np.ndarray]:
         """Run the inner attack at ``eps`` on these inputs; return (x_adv, success)."""
-        x_adv = target.input_spec.enforce(x, self._inner.clone(eps=eps)._attack_batch(target, x, goal, rows))
+        inner = self._inner.clone(eps=eps)
+        x_adv = target.input_spec.enforce(x, inner._attack_batch(target, x, goal, rows, run.state.inner))
         pred = target.predict_proba(x_adv).argmax(1)
         return x_adv, (pred == goal) if self.targeted else (pred != goal)
 
-    def _attack_batch(self, target: Target, x: np.ndarray, goal: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    def _attack_batch(self, target: Target, x: np.ndarray, goal: np.ndarray, rows: np.ndarray,
+                      run: AttackRun) -> np.ndarray:
         best = x.copy()
         lo = np.zeros(len(x))
         hi = np.full(len(x), np.inf)
-        adv, ok = self._try(target, x, goal, rows, self.eps_max)
+        adv, ok = self._try(target, x, goal, rows, self.eps_max, run)
         best[ok], hi[ok] = adv[ok], self.eps_max
         lo[~ok] = self.eps_max
         active = np.flatnonzero(ok)
@@ -75,26 +92,31 @@ class MinimalEps(Attack):
             mid = (lo[active] + hi[active]) / 2
             for m in np.unique(mid):
                 sel = active[mid == m]
-                adv, ok = self._try(target, x[sel], goal[sel], rows[sel], float(m))
+                adv, ok = self._try(target, x[sel], goal[sel], rows[sel], float(m), run)
                 best[sel[ok]], hi[sel[ok]] = adv[ok], m
                 lo[sel[~ok]] = m
         for r, a, b in zip(rows, lo, hi, strict=True):
-            self._bounds[int(r)] = (float(a), float(b))
+            run.state.bounds[int(r)] = (float(a), float(b))
+        run.stop = run.stop or run.state.inner.stop  # e.g. a black-box inner attack out of budget
         return best
 
-    def _run(self, target: Target, x: np.ndarray, y: np.ndarray, **kwargs: Any) -> Any:
-        self._bounds = {}
-        res = super()._run(target, x, y, **kwargs)
+    def _end(self, run: AttackRun, res: AttackResult) -> None:
+        bounds = run.state.bounds
         upper = np.zeros(len(res.y))
         lower = np.zeros(len(res.y))
-        for r, (a, b) in self._bounds.items():
+        for r, (a, b) in bounds.items():
             lower[r], upper[r] = a, b
         attacked = np.zeros(len(res.y), bool)
-        attacked[list(self._bounds)] = True
+        attacked[list(bounds)] = True
         upper[~attacked & ~res.success] = np.inf  # never attacked (interrupted) and not fooled
         res.extra["min_eps"] = upper.tolist()
         res.extra["min_eps_lower"] = lower.tolist()
         resolution = self.eps_max / 2 ** self.search_steps
         res.extra["notes"] = [(f"per-sample binary search over eps in [0, {self.eps_max}] with '{self.attack}', "
                                f"{self.search_steps} bisection steps (resolution {resolution:.3g})")]
-        return res
+
+
+@dataclass
+class _Search:
+    inner: AttackRun
+    bounds: dict[int, tuple[float, float]] = field(default_factory=dict)

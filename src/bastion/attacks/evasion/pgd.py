@@ -9,15 +9,27 @@ import math
 import numpy as np
 import torch
 
-from bastion.attacks.base import Attack, register_attack
+from typing import Literal
+
+from pydantic import Field
+
+from bastion.attacks.base import MAX_RESTARTS, MAX_STEPS, AttackParams, AttackRun, EvasionAttack, register_attack
 from bastion.attacks.evasion._torch import (
     Geometry, ascent_direction, attack_loss, is_fooled, project_ball, random_start, to_tensor)
 from bastion.core.targets.base import DifferentiableTarget
-from bastion.errors import UsageError
+
+
+class PGDParams(AttackParams):
+    steps: int = Field(20, ge=1, le=MAX_STEPS, description="Gradient steps per restart.")
+    step_size: float | None = Field(None, gt=0, description="Step size in ε units (default 2.5·ε/steps).")
+    restarts: int = Field(1, ge=1, le=MAX_RESTARTS, description="Random restarts, run on samples still robust.")
+    random_start: bool = Field(True, description="Start from a uniform point of the ε-ball.")
+    schedule: Literal["constant", "cosine"] = Field("constant", description="Step-size schedule.")
+    loss: Literal["ce", "margin"] = Field("ce", description="Cross-entropy or Carlini-Wagner margin.")
 
 
 @register_attack
-class PGD(Attack):
+class PGD(EvasionAttack):
     """PGD: ``steps`` gradient-ascent steps of size ``step_size`` (default 2.5·ε/steps), each
     projected back onto the ε-ball and the input bounds. A sample stops as soon as it is fooled;
     ``restarts`` random restarts run only on samples still robust. On tables with integer or one-hot
@@ -30,20 +42,7 @@ class PGD(Attack):
 
     name = "pgd"
 
-    def __init__(self, *, eps: float = 0.1, norm: str = "linf", steps: int = 20, step_size: float | None = None,
-                 restarts: int = 1, random_start: bool = True, schedule: str = "constant", loss: str = "ce",
-                 targeted: bool = False, batch_size: int = 256, seed: int = 0) -> None:
-        super().__init__(eps=eps, norm=norm, targeted=targeted, batch_size=batch_size, seed=seed)
-        if steps < 1 or restarts < 1:
-            raise UsageError(f"steps and restarts must be >= 1, got steps={steps}, restarts={restarts}")
-        if schedule not in ("constant", "cosine"):
-            raise UsageError(f"schedule must be 'constant' or 'cosine', got '{schedule}'")
-        if loss not in ("ce", "margin"):
-            raise UsageError(f"loss must be 'ce' or 'margin', got '{loss}'")
-        if step_size is not None and step_size <= 0:
-            raise UsageError(f"step_size must be positive, got {step_size}")
-        self.steps, self.restarts, self.random_start = int(steps), int(restarts), bool(random_start)
-        self.step_size, self.schedule, self.loss = step_size, schedule, loss
+    Params = PGDParams
 
     def _alpha(self, t: int) -> float:
         base = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
@@ -55,20 +54,21 @@ class PGD(Attack):
         (grad,) = torch.autograd.grad(attack_loss(logits, goal, self.loss, self.targeted).sum(), x_adv)
         return grad
 
-    def _attack_batch(self, target: DifferentiableTarget, x: np.ndarray, goal: np.ndarray,
-                      rows: np.ndarray) -> np.ndarray:
+    def _attack_batch(self, target: DifferentiableTarget, x: np.ndarray, goal: np.ndarray, rows: np.ndarray,
+                      run: AttackRun) -> np.ndarray:
         dev = target.device
         geo = Geometry.of(target)
         x0, y0 = to_tensor(x, dev), to_tensor(goal, dev, torch.long)
         best = x0.clone()
         fooled = torch.zeros(len(x0), dtype=torch.bool, device=dev)
-        gen = torch.Generator(device=dev).manual_seed(self.seed + int(rows[0]))
+        streams = run.streams(rows, "start")
         for restart in range(self.restarts):
             idx = torch.nonzero(~fooled).squeeze(1)
             if len(idx) == 0:
                 break
             xs, ys = x0[idx], y0[idx]
-            delta = (random_start(tuple(xs.shape), self.eps, self.norm, gen, dev) * geo.mask
+            start = streams.at(restart).subset(idx.cpu().numpy())
+            delta = (random_start(start, tuple(xs.shape), self.eps, self.norm, dev) * geo.mask
                      if self.random_start and self.eps > 0 else torch.zeros_like(xs))
             delta = geo.delta_of(xs, geo.apply(xs, delta))
             for t in range(self.steps + 1):

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from bastion.attacks.base import register_attack
-from bastion.attacks.evasion._blackbox import Box, QueryAttack, margins
+from pydantic import Field
+
+from bastion.attacks.base import AttackRun, register_attack
+from bastion.attacks.evasion._blackbox import Box, QueryAttack, QueryAttackParams, margins
+from bastion.core.run import SampleStreams
 from bastion.core.targets.base import Target
-from bastion.core.targets.http_target import EndpointError
-from bastion.errors import QueryBudgetExceeded, TargetError, UsageError
+from bastion.errors import BastionRuntimeError, TargetError
 
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
@@ -44,6 +46,10 @@ def l2_square_pattern(s: int) -> np.ndarray:
     return out / np.linalg.norm(out)
 
 
+class SquareParams(QueryAttackParams):
+    p_init: float = Field(0.8, gt=0, le=1, description="Initial fraction of features changed per step.")
+
+
 @register_attack
 class Square(QueryAttack):
     """Square Attack: score-based black-box attack, L∞ or L2 ball of radius ``eps`` (ε units).
@@ -57,13 +63,7 @@ class Square(QueryAttack):
 
     name = "square"
 
-    def __init__(self, *, eps: float = 0.1, norm: str = "linf", max_queries: int = 1000, p_init: float = 0.8,
-                 targeted: bool = False, batch_size: int = 256, seed: int = 0) -> None:
-        super().__init__(max_queries=max_queries, eps=eps, norm=norm, targeted=targeted, batch_size=batch_size,
-                         seed=seed)
-        if not 0 < p_init <= 1:
-            raise UsageError(f"p_init must be in (0, 1], got {p_init}")
-        self.p_init = float(p_init)
+    Params = SquareParams
 
     # --- geometry of one update -----------------------------------------------------------------
     def _layout(self, shape: tuple[int, ...]) -> tuple[int, int, int] | None:
@@ -75,10 +75,10 @@ class Square(QueryAttack):
         return None
 
     @staticmethod
-    def _window(n: int, c: int, h: int, w: int, s: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    def _window(n: int, c: int, h: int, w: int, s: int, rng: SampleStreams) -> tuple[np.ndarray, ...]:
         """A random s×s window per sample: boolean mask (n, c, h, w) and its corners."""
-        r0 = rng.integers(0, h - s + 1, size=n)
-        c0 = rng.integers(0, w - s + 1, size=n)
+        r0 = rng.integers(h - s + 1)
+        c0 = rng.integers(w - s + 1)
         rows, cols = np.arange(h), np.arange(w)
         in_r = (rows >= r0[:, None]) & (rows < r0[:, None] + s)
         in_c = (cols >= c0[:, None]) & (cols < c0[:, None] + s)
@@ -97,30 +97,26 @@ class Square(QueryAttack):
         return np.where(inside, vals, 0.0)
 
     # --- the attack ------------------------------------------------------------------------------
-    def _attack_batch(self, target: Target, x: np.ndarray, goal: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    def _search(self, target: Target, x: np.ndarray, goal: np.ndarray, rows: np.ndarray, run: AttackRun,
+                fooled_at: np.ndarray, spent: np.ndarray) -> np.ndarray:
         if getattr(target, "label_only", False):
             raise TargetError(f"the square attack needs class scores but target '{target.name}' returns labels only",
                               hint="use a decision-based attack: hopskipjump")
-        if self.halted:  # budget spent or endpoint down: later batches are left as they are
-            self._record(np.full(len(x), np.inf), np.zeros(len(x), np.int64))
-            return x
-        rng = np.random.default_rng(self.seed + int(rows[0]))
+        streams = run.streams(rows, "square")
         box, spec = Box.of(target), target.input_spec
         x0 = x.astype(np.float64)
         n, shape = len(x0), x0.shape[1:]
         layout = self._layout(shape)
         eps = self.eps
-        fooled_at = np.full(n, np.inf)
-        spent = np.zeros(n, np.int64)
 
         def evaluate(delta: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             xa = spec.enforce(x0[idx], box.apply(x0[idx], delta)).astype(np.float64)
             spent[idx] += 1
-            return xa, margins(self._query(target, xa), goal[idx], self.targeted)
+            return xa, margins(target.predict_proba(xa.astype(np.float32)), goal[idx], self.targeted)
 
         best_x = x0.copy()
         try:
-            delta = self._init_delta(n, shape, layout, eps, box.mask, rng)
+            delta = self._init_delta(n, shape, layout, eps, box.mask, streams.at(0))
             best_delta = delta
             best_x, best_m = evaluate(delta, np.arange(n))
             fooled_at[best_m < 0] = 1
@@ -129,25 +125,25 @@ class Square(QueryAttack):
                 if len(idx) == 0:
                     break
                 p = p_schedule(self.p_init, it, self.max_queries)
-                cand = self._propose(best_delta[idx], x0[idx], best_x[idx], box, layout, p, eps, rng)
+                cand = self._propose(best_delta[idx], x0[idx], best_x[idx], box, layout, p, eps,
+                                     streams.at(it).subset(idx))
                 xa, m = evaluate(cand, idx)
                 better = m < best_m[idx]
                 keep = idx[better]
                 best_delta[keep], best_x[keep], best_m[keep] = cand[better], xa[better], m[better]
                 fooled_at[keep[m[better] < 0]] = it + 1
-        except (QueryBudgetExceeded, EndpointError) as exc:
-            self._budget_hit(exc)
-        self._record(fooled_at, spent)
+        except BastionRuntimeError as exc:
+            self.halt(run, exc, best_x.astype(np.float32))
         return best_x.astype(np.float32)
 
     def _init_delta(self, n: int, shape: tuple[int, ...], layout: tuple[int, int, int] | None, eps: float,
-                    mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+                    mask: np.ndarray, rng: SampleStreams) -> np.ndarray:
         if self.norm == "linf":
             if layout is not None:  # vertical stripes of ±eps, as in the paper
                 c, h, w = layout
-                stripes = rng.choice([-eps, eps], size=(n, c, 1, w))
+                stripes = rng.signs((c, 1, w)) * eps
                 return np.broadcast_to(stripes, (n, c, h, w)).reshape(n, *shape) * mask
-            return rng.choice([-eps, eps], size=(n, *shape)) * mask
+            return rng.signs(shape) * eps * mask
         if layout is not None:  # a grid of pseudo-Gaussian bumps with random signs
             c, h, w = layout
             s = max(h // 5, 1)
@@ -155,16 +151,16 @@ class Square(QueryAttack):
             bump = _pseudo_gaussian(s, s)
             for r in range(0, h - s + 1, s):
                 for q in range(0, w - s + 1, s):
-                    delta[:, :, r:r + s, q:q + s] += bump * rng.choice([-1.0, 1.0], size=(n, c, 1, 1))
+                    delta[:, :, r:r + s, q:q + s] += bump * rng.signs((c, 1, 1))
             delta = delta.reshape(n, *shape)
         else:
-            delta = rng.standard_normal((n, *shape))
+            delta = rng.normal(shape)
         delta = delta * mask
         norm = np.linalg.norm(delta.reshape(n, -1), axis=1).clip(1e-12)
         return delta / norm.reshape(-1, *([1] * len(shape))) * eps
 
     def _propose(self, delta: np.ndarray, x0: np.ndarray, xb: np.ndarray, box: Box,
-                 layout: tuple[int, int, int] | None, p: float, eps: float, rng: np.random.Generator) -> np.ndarray:
+                 layout: tuple[int, int, int] | None, p: float, eps: float, rng: SampleStreams) -> np.ndarray:
         n, shape = len(delta), delta.shape[1:]
         d = int(np.prod(shape))
         # the perturbation actually applied (after clipping to the bounds), in ε units
@@ -175,15 +171,15 @@ class Square(QueryAttack):
                 s = int(np.clip(round(np.sqrt(p * d / c)), 1, min(h, w) - 1))
                 win, _, _ = self._window(n, c, h, w, s, rng)
                 cur4 = cur.reshape(n, c, h, w)
-                signs = rng.choice([-eps, eps], size=(n, c, 1, 1))
+                signs = rng.signs((c, 1, 1)) * eps
                 same = np.all(np.where(win, np.isclose(cur4, signs), True), axis=(1, 2, 3))
                 signs[same] = -signs[same]  # a window that would not change gets the opposite signs
                 new = np.where(win, signs, cur4).reshape(n, *shape)
             else:
                 k = int(np.clip(round(p * d), 1, d))
-                pick = np.argsort(rng.random((n, d)), axis=1)[:, :k]
+                pick = np.argsort(rng.uniform((d,)), axis=1)[:, :k]
                 flat = cur.reshape(n, d).copy()
-                flat[np.arange(n)[:, None], pick] = rng.choice([-eps, eps], size=(n, k))
+                flat[np.arange(n)[:, None], pick] = rng.signs((k,)) * eps
                 new = flat.reshape(n, *shape)
             return new * box.mask
         # L2: move mass from a second window into a fresh pseudo-Gaussian update on the first
@@ -196,22 +192,22 @@ class Square(QueryAttack):
             win2, _, _ = self._window(n, c, h, w, s, rng)
             cur4 = cur.reshape(n, c, h, w)
             pat = np.stack([l2_square_pattern(s)] * n)
-            flip = rng.random(n) < 0.5
+            flip = rng.uniform() < 0.5
             pat[flip] = pat[flip].transpose(0, 2, 1)
-            placed = self._place(pat, r1, c1, h, w)[:, None] * rng.choice([-1.0, 1.0], size=(n, c, 1, 1))
+            placed = self._place(pat, r1, c1, h, w)[:, None] * rng.signs((c, 1, 1))
             axes: tuple[int, ...] = (2, 3)
             old_w1 = np.where(win1, cur4, 0.0)
             both = win1 | win2
             full, ch = cur4, c
         else:
             k = int(np.clip(round(p * d), 1, d))
-            pick1 = np.argsort(rng.random((n, d)), axis=1)[:, :k]
-            pick2 = np.argsort(rng.random((n, d)), axis=1)[:, :k]
+            pick1 = np.argsort(rng.uniform((d,)), axis=1)[:, :k]
+            pick2 = np.argsort(rng.uniform((d,)), axis=1)[:, :k]
             win1 = np.zeros((n, d), bool)
             win1[np.arange(n)[:, None], pick1] = True
             win2 = np.zeros((n, d), bool)
             win2[np.arange(n)[:, None], pick2] = True
-            placed = np.where(win1, rng.standard_normal((n, d)), 0.0)
+            placed = np.where(win1, rng.normal((d,)), 0.0)
             placed /= np.linalg.norm(placed, axis=1, keepdims=True).clip(1e-12)
             axes, full, ch = (1,), flat_cur, 1
             old_w1 = np.where(win1, flat_cur, 0.0)

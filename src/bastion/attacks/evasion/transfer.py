@@ -12,23 +12,50 @@ Dong et al. 2018, arXiv:1710.06081): no early stop, since transfer improves with
 from __future__ import annotations
 
 import logging
-import weakref
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydantic import ConfigDict, Field, field_validator
 
-from bastion.attacks.base import Attack, AttackResult, ProgressFn, get_attack, register_attack
+from bastion.attacks.base import (
+    MAX_QUERIES, MAX_STEPS, AttackParams, AttackResult, AttackRun, EvasionAttack, get_attack, register_attack)
+from bastion.core.params import ParamError
 from bastion.core.targets.base import DifferentiableTarget, Target
-from bastion.errors import TargetError, UsageError
+from bastion.errors import TargetError
 
 log = logging.getLogger(__name__)
 
-# surrogates trained on a target, reused across the ε values of a robustness curve
-_CACHE: weakref.WeakKeyDictionary[Target, dict[tuple[Any, ...], DifferentiableTarget]] = weakref.WeakKeyDictionary()
+
+@dataclass
+class _TransferState:
+    model: DifferentiableTarget | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class TransferParams(AttackParams):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    surrogate: Any = Field(None, description="A model spec, a white-box Target, or None to train one on queries.")
+    attack: str = Field("pgd", description="The white-box attack crafted on the surrogate (by name).")
+    attack_params: dict[str, Any] = Field(default_factory=dict, description="Its parameters.")
+    steps: int = Field(50, ge=1, le=MAX_STEPS, description="Momentum-PGD steps (the default crafting attack).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Momentum of the default crafting attack.")
+    train_queries: int = Field(2000, ge=1, le=MAX_QUERIES, description="Most target queries to train a surrogate.")
+    augment_rounds: int = Field(2, ge=0, le=100, description="Jacobian-augmentation rounds.")
+    augment_step: float = Field(0.1, gt=0, description="Augmentation step λ, in ε units.")
+    epochs: int = Field(30, ge=1, le=10_000, description="Surrogate training epochs.")
+
+    @field_validator("attack")
+    @classmethod
+    def _not_itself(cls, v: str) -> str:
+        if v == "transfer":
+            raise ValueError("the transfer attack cannot craft with itself")
+        return v
 
 
 @register_attack
-class Transfer(Attack):
+class Transfer(EvasionAttack):
     """Transfer attack from a surrogate. Works on any target (black box included).
 
     ``surrogate``: a model spec string, a white-box Target, or None to train one on queries
@@ -44,70 +71,47 @@ class Transfer(Attack):
     family = "evasion-transfer"
     needs_gradients = False
 
-    def __init__(self, *, eps: float = 0.1, norm: str = "linf", surrogate: Any = None, attack: str = "pgd",
-                 attack_params: dict[str, Any] | None = None, steps: int = 50, momentum: float = 0.9,
-                 train_queries: int = 2000, augment_rounds: int = 2, augment_step: float = 0.1, epochs: int = 30,
-                 targeted: bool = False, batch_size: int = 256, seed: int = 0) -> None:
-        super().__init__(eps=eps, norm=norm, targeted=targeted, batch_size=batch_size, seed=seed)
-        if steps < 1 or epochs < 1 or augment_rounds < 0 or train_queries < 1:
-            raise UsageError("steps, epochs and train_queries must be >= 1 and augment_rounds >= 0")
-        if not 0 <= momentum < 1:
-            raise UsageError(f"momentum must be in [0, 1), got {momentum}")
-        if attack == self.name:
-            raise UsageError("the transfer attack cannot craft with itself")
-        self.surrogate, self.attack, self.attack_params = surrogate, attack, dict(attack_params or {})
-        self.steps, self.momentum = int(steps), float(momentum)
-        self.train_queries, self.augment_rounds = int(train_queries), int(augment_rounds)
-        self.augment_step, self.epochs = float(augment_step), int(epochs)
-        self._pool: np.ndarray | None = None
-        self._model: DifferentiableTarget | None = None
-        self._info: dict[str, Any] = {}
+    Params = TransferParams
 
-    def _run(self, target: Target, x: np.ndarray, y: np.ndarray, *, y_target: np.ndarray | None,
-             progress: ProgressFn | None, query_budget: int | None) -> AttackResult:
-        self._pool, self._model, self._info = target.input_spec.validate(x), None, {}
-        res = super()._run(target, x, y, y_target=y_target, progress=progress, query_budget=query_budget)
-        if self._model is not None:
-            with self._model.uncounted(), target.uncounted():
-                sp = self._model.predict_proba(res.x_adv).argmax(1)
-            goal = y_target if self.targeted and y_target is not None else res.y
+    def _begin(self, run: AttackRun, target: Target) -> None:
+        run.state = _TransferState()
+
+    def _end(self, run: AttackRun, res: AttackResult) -> None:
+        st: _TransferState = run.state
+        if st.model is not None:
+            with st.model.uncounted():
+                sp = st.model.predict_proba(res.x_adv).argmax(1)
             ok = res.clean_pred == res.y
-            fooled_s = (sp == goal) if self.targeted else (sp != res.y)
-            self._info["surrogate_success_rate"] = float(fooled_s[ok].mean()) if ok.any() else None
-        res.extra["surrogate"] = dict(self._info)
+            fooled_s = (sp == run.goal) if self.targeted else (sp != res.y)
+            st.info["surrogate_success_rate"] = float(fooled_s[ok].mean()) if ok.any() else None
+        res.extra["surrogate"] = dict(st.info)
         res.extra.setdefault("notes", []).append(
-            f"crafted on a {self._info.get('source', 'surrogate')} surrogate with '{self.attack}'; success is "
+            f"crafted on a {st.info.get('source', 'surrogate')} surrogate with '{self.attack}'; success is "
             "measured on the target")
-        qlog = getattr(target, "query_log", None)
-        if isinstance(qlog, dict):
-            res.extra["query_log"] = dict(qlog)
-        return res
 
     # --- the surrogate ---------------------------------------------------------------------------
-    def _surrogate(self, target: Target) -> DifferentiableTarget:
-        if self._model is not None:
-            return self._model
+    def _surrogate(self, target: Target, run: AttackRun) -> DifferentiableTarget:
+        st: _TransferState = run.state
+        if st.model is not None:
+            return st.model
         if self.surrogate is not None:
-            self._model = self._given(target)
-            self._info.update({"source": "given", "name": self._model.name})
-            return self._model
-        key = (self.seed, self.train_queries, self.augment_rounds, self.augment_step, self.epochs)
-        hit = _CACHE.get(target, {}).get(key)
-        if hit is not None:
-            self._model = hit
-            self._info.update(getattr(hit, "_bastion_info", {}), reused=True)
-            return hit
-        from bastion.attacks.evasion._surrogate import train_surrogate
+            st.model = self._given(target)
+            st.info.update({"source": "given", "name": st.model.name})
+            return st.model
+        key = ("transfer-surrogate", id(target), self.seed, self.train_queries, self.augment_rounds,
+               self.augment_step, self.epochs)
+        fresh = key not in run.ctx.memo
 
-        assert self._pool is not None
-        model, info = train_surrogate(target, self._pool, train_queries=self.train_queries,
-                                      augment_rounds=self.augment_rounds, augment_step=self.augment_step,
-                                      epochs=self.epochs, seed=self.seed)
-        model._bastion_info = info  # type: ignore[attr-defined]
-        _CACHE.setdefault(target, {})[key] = model
-        self._model = model
-        self._info.update(info)
-        return model
+        def train() -> tuple[DifferentiableTarget, dict[str, Any]]:
+            from bastion.attacks.evasion._surrogate import train_surrogate
+
+            return train_surrogate(target, run.x, train_queries=self.train_queries,
+                                   augment_rounds=self.augment_rounds, augment_step=self.augment_step,
+                                   epochs=self.epochs, seed=self.seed)
+
+        st.model, info = run.ctx.remember(key, train)  # reused across the ε of a curve, within one run
+        st.info.update(info, **({} if fresh else {"reused": True}))
+        return st.model
 
     def _given(self, target: Target) -> DifferentiableTarget:
         from bastion.core.loader import load_target
@@ -124,20 +128,23 @@ class Transfer(Attack):
         return model
 
     # --- crafting --------------------------------------------------------------------------------
-    def _attack_batch(self, target: Target, x: np.ndarray, goal: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        surrogate = self._surrogate(target)
+    def _attack_batch(self, target: Target, x: np.ndarray, goal: np.ndarray, rows: np.ndarray,
+                      run: AttackRun) -> np.ndarray:
+        surrogate = self._surrogate(target, run)
         with surrogate.uncounted():
             if self.attack == "pgd" and not self.attack_params:
-                return self._momentum_pgd(surrogate, target, x, goal, rows)
+                return self._momentum_pgd(surrogate, target, x, goal, rows, run)
             inner = get_attack(self.attack, eps=self.eps, norm=self.norm, targeted=self.targeted, seed=self.seed,
                                **self.attack_params)
             if inner.minimal:
-                raise UsageError(f"'{self.attack}' is a minimal-perturbation attack; craft transfers with a "
-                                 "fixed-ε attack such as pgd or apgd-ce")
-            return inner._attack_batch(surrogate, x, goal, rows)
+                raise ParamError(f"'{self.attack}' is a minimal-perturbation attack; craft transfers with a "
+                                 "fixed-ε attack such as pgd or apgd-ce", field="attack")
+            sub = run.derive(inner.name)
+            inner._begin(sub, surrogate)
+            return inner._attack_batch(surrogate, x, goal, rows, sub)
 
     def _momentum_pgd(self, surrogate: DifferentiableTarget, target: Target, x: np.ndarray, goal: np.ndarray,
-                      rows: np.ndarray) -> np.ndarray:
+                      rows: np.ndarray, run: AttackRun) -> np.ndarray:
         """PGD with momentum on the surrogate, every step run (no early stop), in the target's
         geometry (bounds, per-feature ε scale, immutable features)."""
         import torch
@@ -157,8 +164,7 @@ class Transfer(Attack):
         t = lambda a: torch.as_tensor(np.asarray(a, np.float32), device=dev)  # noqa: E731
         geo = Geometry(t(lo), t(hi), t(spec.scale_array()), t(spec.mutable_mask()))
         x0, y0 = to_tensor(x, dev), to_tensor(goal, dev, torch.long)
-        gen = torch.Generator(device=dev).manual_seed(self.seed + int(rows[0]))
-        delta = random_start(tuple(x0.shape), self.eps, self.norm, gen, dev) * geo.mask * 0.5
+        delta = random_start(run.streams(rows, "start"), tuple(x0.shape), self.eps, self.norm, dev) * geo.mask * 0.5
         delta = geo.delta_of(x0, geo.apply(x0, delta))
         g_acc = torch.zeros_like(x0)
         alpha = 2.5 * self.eps / self.steps

@@ -29,6 +29,7 @@ from bastion.core.results import (
 )
 from bastion.core.metrics import METRIC_UNITS, NORM_UNITS
 from bastion.core.rules import get_rule
+from bastion.core.run import QueryLedger, RunContext
 from bastion.core.threatmap import THREATS
 from bastion.errors import UsageError
 
@@ -48,7 +49,7 @@ class EvasionParams(CheckParams):
     @field_validator("eps", mode="before")
     @classmethod
     def _listify(cls, v: Any) -> Any:
-        return [v] if isinstance(v, (int, float)) else v
+        return [v] if isinstance(v, (int, float, str)) else v  # YAML reads `eps: 3e-2` as a string
 
     @field_validator("eps")
     @classmethod
@@ -84,22 +85,15 @@ class EvasionCheck(Check):
     def run(self, ctx: CheckContext) -> CheckResult:
         target, data, y = ctx.require_model(self.name)
         p, attack = self.params, self.attack
-        if hasattr(attack, "seed"):
-            attack = attack.clone(seed=ctx.seed)
         t0 = time.perf_counter()
-        budget = p.query_budget
-        saved_budget = target.query_budget
-        if budget is not None:
-            target.query_budget = target.queries + budget
-        try:
-            if attack.minimal:
-                with ctx.bar(f"{self.name}: {attack.name}", len(y)) as advance:
-                    results = [attack.run(target, data.x, y, progress=advance)]
-            else:
-                with ctx.bar(f"{self.name}: {attack.name} × {len(p.eps)} ε", len(y) * len(p.eps)) as advance:
-                    results = robustness_curve(attack, target, data.x, y, p.eps, progress=advance)
-        finally:
-            target.query_budget = saved_budget
+        # the check's random numbers come from the policy seed and its name; its budget is its own ledger
+        run = RunContext(seed=ctx.seed).spawn(self.name, ledger=QueryLedger(p.query_budget, label="check's"))
+        if attack.minimal:
+            with ctx.bar(f"{self.name}: {attack.name}", len(y)) as advance:
+                results = [attack.run(target, data.x, y, None, run, progress=advance)]
+        else:
+            with ctx.bar(f"{self.name}: {attack.name} × {len(p.eps)} ε", len(y) * len(p.eps)) as advance:
+                results = robustness_curve(attack, target, data.x, y, p.eps, progress=advance, ctx=run)
         result = self._result(ctx, attack, results, time.perf_counter() - t0)
         if any(r.interrupted for r in results):
             raise Interrupted(result)

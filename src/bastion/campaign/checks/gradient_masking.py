@@ -30,6 +30,7 @@ from bastion.campaign.checks.base import (
 from bastion.campaign.rules import MASKING_RULE
 from bastion.core.results import CheckResult
 from bastion.core.rules import get_rule
+from bastion.core.run import RunContext
 from bastion.core.targets.base import DifferentiableTarget
 
 class GradientMaskingParams(CheckParams):
@@ -68,10 +69,11 @@ class GradientMaskingCheck(Check):
             results.append(check_gradients(target, x, yy))
             attacks = available_attacks()
             if p.blackbox in attacks and p.whitebox in attacks and p.eps > 0:
-                white = get_attack(p.whitebox, eps=p.eps, norm=p.norm, seed=ctx.seed).run(target, x, yy)
-                bb_params: dict[str, Any] = {"max_queries": p.blackbox_queries} if "max_queries" in _params(
-                    attacks[p.blackbox]) else {}
-                black = get_attack(p.blackbox, eps=p.eps, norm=p.norm, seed=ctx.seed, **bb_params).run(target, x, yy)
+                run = RunContext(seed=ctx.seed).spawn(self.name)
+                white = get_attack(p.whitebox, eps=p.eps, norm=p.norm).run(target, x, yy, None, run)
+                bb_params: dict[str, Any] = ({"max_queries": p.blackbox_queries}
+                                             if "max_queries" in attacks[p.blackbox].Params.model_fields else {})
+                black = get_attack(p.blackbox, eps=p.eps, norm=p.norm, **bb_params).run(target, x, yy, None, run)
                 results.append(check_blackbox_vs_whitebox(white, black))
             else:
                 notes.append(f"black-box vs white-box comparison skipped: needs registered attacks "
@@ -97,8 +99,3 @@ class GradientMaskingCheck(Check):
             res.metrics["notes"] = notes
         return res
 
-
-def _params(cls: type) -> set[str]:
-    import inspect
-
-    return {p for c in cls.__mro__ if c is not object for p in inspect.signature(c.__init__).parameters}

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from bastion.core.run import charge_queries, unmetered
 from bastion.core.spec import InputSpec
 from bastion.errors import QueryBudgetExceeded, TargetError
 
@@ -61,6 +62,7 @@ class Target(ABC):
         if self.query_budget is not None and self.queries + n > self.query_budget:
             raise QueryBudgetExceeded(
                 f"query budget of {self.query_budget} exhausted ({self.queries} spent, {n} more asked)")
+        charge_queries(self, n)  # the active run's ledger (bastion.core.run.metered), if any
         self.queries += n
 
     def reset_queries(self) -> None:
@@ -73,7 +75,8 @@ class Target(ABC):
         saved = (self.queries, self.query_budget)
         self.query_budget = None
         try:
-            yield
+            with unmetered(self):
+                yield
         finally:
             self.queries, self.query_budget = saved
 

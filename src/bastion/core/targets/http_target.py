@@ -12,6 +12,7 @@ budget, and a log of every request (``request_log``) with its summary (``query_l
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import email.utils
 import json
@@ -28,6 +29,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import numpy as np
 
 from bastion.core.redact import install_log_redaction, redact, redact_snippet, redact_url, register_secret
+from bastion.core.run import log_request, log_retry
 from bastion.core.spec import InputSpec
 from bastion.core.targets import _deadline
 from bastion.core.targets.base import Target, looks_like_probabilities
@@ -187,7 +189,8 @@ class HttpTarget(Target):
         if self.max_concurrency == 1 or len(batches) == 1:
             return np.concatenate([self._request(b) for b in batches])
         with ThreadPoolExecutor(min(self.max_concurrency, len(batches)), thread_name_prefix="bastion-http") as pool:
-            futures = [pool.submit(self._request, b) for b in batches]
+            # each request runs in the caller's context, so the active run (bastion.core.run) logs it
+            futures = [pool.submit(contextvars.copy_context().run, self._request, b) for b in batches]
             try:
                 return np.concatenate([f.result() for f in futures])
             except BaseException:
@@ -336,10 +339,12 @@ class HttpTarget(Target):
             delay = max(delay, ra)
         with self._lock:
             self._summary["retries"] += 1
+        log_retry()
         log.info("%s: %s; retry %d/%d in %.2fs", url, why, attempt, self.retries, delay)
         time.sleep(delay)
 
     def _log(self, n: int, sent: int, received: int, status: int | None, seconds: float) -> None:
+        log_request(inputs=n, seconds=seconds, bytes_sent=sent, bytes_received=received, status=status)
         with self._lock:
             s = self._summary
             s["requests"] += 1
