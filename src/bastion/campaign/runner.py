@@ -33,9 +33,10 @@ CheckCallback = Callable[[CheckResult], None]
 
 def scan(policy: str | Path | dict[str, Any] | LoadedPolicy, *, out_dir: str | Path | None = None,
          progress: ProgressFactory | None = None, on_check: CheckCallback | None = None,
-         limit: int | None = None, write: bool = True) -> ScanResult:
+         limit: int | None = None, write: bool = True, workers: int | None = None) -> ScanResult:
     """Run every check of a policy and return the ScanResult (reports written to ``out_dir``,
-    default: the policy's ``output.dir`` relative to the current directory)."""
+    default: the policy's ``output.dir`` relative to the current directory). ``workers``: worker
+    processes for checks that split into units (``ctx.options["workers"]``; default the CPU count)."""
     loaded = policy if isinstance(policy, LoadedPolicy) else load_policy(policy)
     pol = loaded.policy
     out = Path(out_dir) if out_dir is not None else Path(pol.output.dir)
@@ -60,7 +61,7 @@ def scan(policy: str | Path | dict[str, Any] | LoadedPolicy, *, out_dir: str | P
     if data is not None:
         result.data.update(data.describe(), spec=data_spec)
     ctx = CheckContext(target=target, data=data, y=y, seed=pol.seed, out_dir=out, progress=progress,
-                       policy_dir=loaded.base_dir)
+                       policy_dir=loaded.base_dir, options={"workers": workers})
     result.status, result.status_reason = "incomplete", "scan in progress"
     save()
     interrupted = False

@@ -94,6 +94,9 @@ def register(app: typer.Typer) -> None:
         limit: int | None = typer.Option(None, "--limit", help="Use at most N samples of the data (seeded)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary; exit code only."),
         as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout."),
+        workers: int | None = typer.Option(None, "--workers", min=1,
+                                           help="Worker processes for checks that split into units "
+                                                "(default: the CPU count; 1 runs them in this process)."),
     ) -> None:
         """Run the campaign a policy file describes and write the reports.
 
@@ -104,7 +107,7 @@ def register(app: typer.Typer) -> None:
 
         loaded = load_policy(policy)
         out_dir = out if out is not None else Path(loaded.policy.output.dir)
-        result = _run_scan(run_scan, loaded, out_dir, limit, quiet or as_json)
+        result = _run_scan(run_scan, loaded, out_dir, limit, quiet or as_json, workers)
         _emit(result, out_dir, quiet, as_json)
         raise typer.Exit(EXIT_OK if result.verdict == "pass" else EXIT_FAIL)
 
@@ -233,11 +236,12 @@ def attack_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def _run_scan(run_scan: Any, loaded: Any, out_dir: Path, limit: int | None, quiet: bool) -> ScanResult:
+def _run_scan(run_scan: Any, loaded: Any, out_dir: Path, limit: int | None, quiet: bool,
+              workers: int | None = None) -> ScanResult:
     with ProgressUI(quiet) as ui:
         try:
             return run_scan(loaded, out_dir=out_dir, progress=ui.bar, limit=limit,
-                            on_check=lambda r: _print_check(r, quiet))
+                            on_check=lambda r: _print_check(r, quiet), workers=workers)
         except KeyboardInterrupt:
             console.print(f"[yellow]interrupted[/]: partial report (status: incomplete) in {out_dir}")
             raise typer.Exit(130) from None

@@ -21,7 +21,7 @@ from bastion.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-DIGITS_RECIPE = {"model": "digits-cnn", "version": 1, "epochs": 30, "lr": 3e-3, "batch": 64, "seed": 0,
+DIGITS_RECIPE = {"model": "digits-cnn", "version": 2, "epochs": 30, "lr": 3e-3, "batch": 64, "seed": 0,
                  "test_size": 0.2, "split_seed": 0, "arch": "conv16-conv32-pool-fc64"}
 CANCER_RECIPE = {"model": "breast-cancer-mlp", "version": 1, "hidden": [32], "max_iter": 600, "seed": 0,
                  "test_size": 0.2, "split_seed": 0}
@@ -89,24 +89,13 @@ def digits_cnn_module() -> Any:
 
 
 def _train_digits_cnn() -> Any:
-    import torch
-    import torch.nn.functional as F
+    from bastion.core.training import TorchTrainingProcedure, TrainRequest, adam
 
     r = DIGITS_RECIPE
-    torch.manual_seed(r["seed"])
     xtr, _, ytr, _ = _digits_split()
-    model = digits_cnn_module()
-    opt = torch.optim.Adam(model.parameters(), lr=r["lr"])
-    x, y = torch.from_numpy(xtr), torch.from_numpy(ytr).long()
-    gen = torch.Generator().manual_seed(r["seed"])
-    for _ in range(r["epochs"]):
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), r["batch"]):
-            idx = perm[i:i + r["batch"]]
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return model.eval()
+    procedure = TorchTrainingProcedure(model=digits_cnn_module, optimizer=adam(r["lr"]), epochs=r["epochs"],
+                                       batch_size=r["batch"])
+    return procedure.fit(TrainRequest(xtr, ytr, seed=r["seed"]))
 
 
 def digits_cnn(**kwargs: Any) -> Any:
@@ -152,11 +141,13 @@ def breast_cancer(**kwargs: Any) -> Any:
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
+        from bastion.core.training import TrainRequest, fit_estimator
+
         r = CANCER_RECIPE
         xtr, _, ytr, _, _, _ = _cancer_split()
-        est = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=tuple(r["hidden"]),
-                                                            max_iter=r["max_iter"], random_state=r["seed"]))
-        est.fit(xtr, ytr)
+        est = fit_estimator(make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=tuple(r["hidden"]),
+                                                                          max_iter=r["max_iter"])),
+                            TrainRequest(xtr, ytr, seed=r["seed"]))
         atomic_write_bytes(path, skops.io.dumps(est))
     return sklearn_target(est, _cancer_spec(), name="demo:breast-cancer", **kwargs)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import multiprocessing.sharedctypes  # noqa: F401 - registers its reducers before any pickler is made
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,9 +41,10 @@ class Cancelled(KeyboardInterrupt):
 class QueryLedger:
     """Counts the inputs a run sends to its targets and refuses to go past ``budget``.
 
-    The counter lives in shared memory behind a lock, so a ledger handed to worker processes when
-    they start (an executor does this) is one budget for all of them. ``limit(budget)`` gives a
-    sub-ledger (one check, one attack run under a threat model's budget): a charge must fit both.
+    The counter is an integer behind a lock; when the ledger is handed to worker processes as they
+    start (an executor does this), it moves into shared memory first (:meth:`share`), so all of
+    them charge one budget. ``limit(budget)`` gives a sub-ledger (one check, one attack run under a
+    threat model's budget): a charge must fit both.
     """
 
     def __init__(self, budget: int | None = None, *, label: str = "run", parent: QueryLedger | None = None) -> None:
@@ -52,7 +54,22 @@ class QueryLedger:
         self.budget = None if budget is None else int(budget)
         self.label = label
         self.parent = parent
-        self._spent = multiprocessing.Value("q", 0)  # one shared counter, with its own lock
+        self._spent: Any = _LocalCounter()
+
+    def share(self) -> QueryLedger:
+        """Move the counter (and its parents') into shared memory, usable by worker processes however
+        they are started. Done automatically when the ledger is sent to a starting process."""
+        if self.parent is not None:
+            self.parent.share()
+        local = self._spent
+        with local.get_lock():
+            if isinstance(local, _LocalCounter):
+                self._spent = multiprocessing.get_context("spawn").Value("q", local.value)
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        self.share()
+        return dict(self.__dict__)
 
     @property
     def spent(self) -> int:
@@ -68,17 +85,33 @@ class QueryLedger:
 
     def charge(self, n: int) -> None:
         """Charge ``n`` inputs, or raise QueryBudgetExceeded (nothing charged) if any budget would be passed."""
-        with self._spent.get_lock():
-            if self.budget is not None and self._spent.value + n > self.budget:
-                raise QueryBudgetExceeded(f"the {self.label} budget of {self.budget} queries is spent "
-                                          f"({self._spent.value} spent, {n} more asked)")
-            if self.parent is not None:
-                self.parent.charge(n)
-            self._spent.value += n
+        while True:
+            counter = self._spent
+            with counter.get_lock():
+                if counter is not self._spent:  # moved to shared memory meanwhile: charge there
+                    continue
+                if self.budget is not None and counter.value + n > self.budget:
+                    raise QueryBudgetExceeded(f"the {self.label} budget of {self.budget} queries is spent "
+                                              f"({counter.value} spent, {n} more asked)")
+                if self.parent is not None:
+                    self.parent.charge(n)
+                counter.value += n
+                return
 
     def limit(self, budget: int | None = None, label: str = "") -> QueryLedger:
         """A sub-ledger (of at most ``budget`` inputs, if given) whose charges also count here."""
         return QueryLedger(budget, label=label or self.label, parent=self)
+
+
+class _LocalCounter:
+    """The counter of a ledger not (yet) shared with other processes."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def get_lock(self) -> threading.Lock:
+        return self._lock
 
 
 # --- the query log --------------------------------------------------------------------------------

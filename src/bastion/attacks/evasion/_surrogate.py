@@ -2,7 +2,8 @@
 Black-Box Attacks against Machine Learning", arXiv:1602.02697): label the attack inputs with the
 target, then grow the set by Jacobian-based augmentation, ``x + λ·sign(∂F_label/∂x)``, querying the
 target for each new point, all within a query budget. Small torch models: a CNN for images, an MLP
-otherwise. Soft labels (the target's probabilities) are used unless the target returns labels only.
+otherwise, trained with bastion's TorchTrainingProcedure (warm-started between augmentation rounds).
+Soft labels (the target's probabilities) are used unless the target returns labels only.
 """
 
 from __future__ import annotations
@@ -43,34 +44,13 @@ def surrogate_module(shape: tuple[int, ...], n_classes: int, mean: np.ndarray, s
                          nn.Linear(128, n_classes))
 
 
-def _fit(module: Any, x: np.ndarray, soft: np.ndarray, epochs: int, seed: int) -> None:
-    import torch
-    import torch.nn.functional as F
-
-    torch.manual_seed(seed)
-    module.train()
-    for p in module.parameters():
-        p.requires_grad_(True)
-    opt = torch.optim.Adam(module.parameters(), lr=2e-3)
-    xt, st = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(soft.astype(np.float32))
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        perm = torch.randperm(len(xt), generator=gen)
-        for i in range(0, len(xt), 128):
-            idx = perm[i:i + 128]
-            opt.zero_grad()
-            loss = -(st[idx] * F.log_softmax(module(xt[idx]), dim=1)).sum(1).mean()
-            loss.backward()
-            opt.step()
-    module.eval()
-
-
 def train_surrogate(target: Target, pool: np.ndarray, *, train_queries: int, augment_rounds: int,
                     augment_step: float, epochs: int, seed: int) -> tuple[Any, dict[str, Any]]:
     """A white-box TorchTarget imitating ``target``, and what its training cost and achieved."""
     import torch
 
     from bastion.core.targets.torch_target import TorchTarget
+    from bastion.core.training import TorchTrainingProcedure, TrainRequest, adam
 
     t0 = time.perf_counter()
     spec = target.input_spec
@@ -94,10 +74,11 @@ def train_surrogate(target: Target, pool: np.ndarray, *, train_queries: int, aug
     std = np.where(x.std(axis=0) > 1e-6, x.std(axis=0), 1.0)
     if spec.kind == "image" or len(shape) == 3:  # images: one scalar statistic, not per pixel
         mean, std = np.full(shape, x.mean(), np.float32), np.full(shape, max(float(x.std()), 1e-6), np.float32)
-    torch.manual_seed(seed)  # reproducible initial weights, whatever ran before
-    module = surrogate_module(shape, target.n_classes, mean, std)
+    procedure = TorchTrainingProcedure(model=lambda: surrogate_module(shape, target.n_classes, mean, std),
+                                       optimizer=adam(2e-3), epochs=epochs, batch_size=128)
+    module = None
     for r in range(augment_rounds):
-        _fit(module, x, soft, max(epochs // 2, 1), seed + r)
+        module = procedure.fit(TrainRequest(x, soft, seed=seed + r), module, epochs=max(epochs // 2, 1))
         room = train_queries - spent
         if room <= 0:
             break
@@ -112,7 +93,7 @@ def train_surrogate(target: Target, pool: np.ndarray, *, train_queries: int, aug
         new = np.clip(base + sign * augment_step * scale * mask * np.sign(grad.numpy()), lo, hi).astype(np.float32)
         soft = np.concatenate([soft, ask(new)])
         x = np.concatenate([x, new])
-    _fit(module, x, soft, epochs, seed + augment_rounds)
+    module = procedure.fit(TrainRequest(x, soft, seed=seed + augment_rounds), module)
     surrogate = TorchTarget(module, spec, classes=target.classes, name="surrogate (trained on target queries)")
     with surrogate.uncounted():
         agree = float((surrogate.predict_proba(x).argmax(1) == soft.argmax(1)).mean())

@@ -1,0 +1,236 @@
+"""The training contract: ``TrainFn(TrainRequest) -> Target``.
+
+Everything bastion trains — shadow models, poisoned and backdoored models, label-noise audits,
+hardened models, surrogates, the demo models — goes through one contract:
+
+- a :class:`TrainRequest` says what to train on (data, seed, optional validation data and sample
+  weights, device, the input spec and classes of the resulting Target);
+- a TrainFn is any callable taking it and returning a Target: the user's own function
+  (``python:train.py:fit`` in a policy), a scikit-learn estimator (:func:`sklearn_train_fn` clones
+  and fits it), or bastion's :class:`TorchTrainingProcedure`, whose batch and step hooks training
+  defenses change (adversarial training rewrites batches, DP-SGD rewrites gradients).
+
+Random numbers come from the request's seed through ``torch.Generator`` objects (weights, shuffling);
+torch's global generator is never seeded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from bastion.core.spec import InputSpec
+from bastion.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
+
+    from bastion.core.targets.base import Target
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What to train: inputs ``x`` and labels ``y`` (class indices, or rows of class probabilities
+    for soft labels), a seed, optional validation data and per-sample weights, the device, and the
+    resulting Target's input spec and classes (default: the shape of ``x``, unbounded; 0..k-1)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    seed: int = 0
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+    sample_weight: np.ndarray | None = None
+    device: str = "cpu"
+    input_spec: InputSpec | None = None
+    classes: list[Any] | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.x)
+        if n == 0 or len(self.y) != n:
+            raise DataError(f"training data: {n} inputs and {len(self.y)} labels (need the same number, > 0)")
+        if self.sample_weight is not None and len(self.sample_weight) != n:
+            raise DataError(f"training data: {n} inputs but {len(self.sample_weight)} sample weights")
+        if (self.x_val is None) != (self.y_val is None):
+            raise DataError("validation data needs both x_val and y_val")
+
+    @property
+    def spec(self) -> InputSpec:
+        return self.input_spec or InputSpec(shape=tuple(np.asarray(self.x).shape[1:]), lower=-np.inf, upper=np.inf)
+
+    @property
+    def class_list(self) -> list[Any]:
+        if self.classes is not None:
+            return list(self.classes)
+        y = np.asarray(self.y)
+        k = y.shape[1] if y.ndim == 2 else int(y.max()) + 1
+        return list(range(max(k, 2)))
+
+
+class TrainFn(Protocol):
+    """Train a model on a request and return it as a Target."""
+
+    def __call__(self, request: TrainRequest) -> Target: ...
+
+
+# --- scikit-learn ---------------------------------------------------------------------------------
+def fit_estimator(estimator: Any, request: TrainRequest) -> Any:
+    """A fitted clone of ``estimator`` (its ``random_state``, where it has one, set from the seed;
+    sample weights passed when given). The caller's estimator is never changed."""
+    from sklearn.base import clone
+
+    est = clone(estimator)
+    seeds = {k: request.seed for k in est.get_params() if k == "random_state" or k.endswith("__random_state")}
+    if seeds:
+        est.set_params(**seeds)
+    x = np.asarray(request.x).reshape(len(request.x), -1)
+    kwargs = {} if request.sample_weight is None else {"sample_weight": np.asarray(request.sample_weight)}
+    if kwargs and hasattr(est, "steps"):  # a pipeline routes the weights to its last step
+        kwargs = {f"{est.steps[-1][0]}__sample_weight": kwargs["sample_weight"]}
+    return est.fit(x, np.asarray(request.y), **kwargs)
+
+
+def sklearn_train_fn(estimator: Any, *, name: str = "") -> TrainFn:
+    """A scikit-learn estimator as a TrainFn: each call fits a clone and wraps it in a Target."""
+
+    def train(request: TrainRequest) -> Target:
+        from bastion.core.targets.sklearn_target import sklearn_target
+
+        return sklearn_target(fit_estimator(estimator, request), request.spec, name=name)
+
+    return train
+
+
+# --- torch ----------------------------------------------------------------------------------------
+@dataclass
+class TrainStep:
+    """One optimisation step, as hooks see it: the module (in training mode), the batch, its
+    per-sample losses (step hooks only), the epoch and step numbers and the run's generator."""
+
+    module: Any
+    x: Any
+    y: Any
+    epoch: int
+    step: int
+    generator: Any
+    losses: Any = None
+
+
+BatchHook = Callable[[TrainStep], tuple[Any, Any]]  # returns the batch to train on, e.g. adversarial inputs
+StepHook = Callable[[TrainStep], None]  # after backward, before optimizer.step(): may rewrite .grad
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross-entropy; ``y`` class indices or rows of probabilities (soft labels)."""
+    import torch.nn.functional as F
+
+    if y.dim() == 2:
+        return -(y * F.log_softmax(logits, dim=1)).sum(dim=1)
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def adam(lr: float = 1e-3) -> Callable[[Any], Any]:
+    """An optimiser factory: Adam with learning rate ``lr``."""
+
+    def make(params: Any) -> Any:
+        import torch
+
+        return torch.optim.Adam(params, lr=lr)
+
+    return make
+
+
+@dataclass(frozen=True)
+class TorchTrainingProcedure:
+    """Mini-batch training of a torch module; itself a TrainFn (returns a TorchTarget).
+
+    ``model`` builds the untrained module; Linear and Conv layers are initialised from the request's
+    seed (PyTorch's default rule, drawn from a ``torch.Generator``). ``optimizer`` builds the
+    optimiser from the parameters, ``loss`` gives per-sample losses (weighted by the request's
+    sample weights). ``batch_hooks`` may replace each batch (adversarial training), ``step_hooks``
+    run between backward and the optimiser step (DP-SGD: clip and noise the gradients).
+    """
+
+    model: Callable[[], Any]
+    optimizer: Callable[[Any], Any] = field(default_factory=adam)
+    loss: Callable[[Any, Any], Any] = cross_entropy
+    epochs: int = 10
+    batch_size: int = 64
+    batch_hooks: Sequence[BatchHook] = ()
+    step_hooks: Sequence[StepHook] = ()
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1:
+            raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
+
+    def with_hooks(self, *, batch: Sequence[BatchHook] = (), step: Sequence[StepHook] = ()
+                   ) -> TorchTrainingProcedure:
+        """The same procedure with more hooks (how a training defense changes it)."""
+        return dataclasses.replace(self, batch_hooks=(*self.batch_hooks, *batch),
+                                   step_hooks=(*self.step_hooks, *step))
+
+    def __call__(self, request: TrainRequest) -> Target:
+        from bastion.core.targets.torch_target import TorchTarget
+
+        module = self.fit(request)
+        return TorchTarget(module, request.spec, classes=request.class_list, device=request.device,
+                           name=self.name or type(module).__name__)
+
+    def fit(self, request: TrainRequest, module: Any = None, *, epochs: int | None = None) -> Any:
+        """Train and return the module (in eval mode). ``module`` continues training an existing one
+        (warm start); ``epochs`` overrides the procedure's."""
+        import torch
+
+        gen = torch.Generator().manual_seed(int(request.seed))
+        if module is None:
+            with torch.random.fork_rng(devices=[]):  # layers draw their default weights from the global
+                module = self.model()               # generator: leave its state as it was, then redraw
+            init_weights(module, gen)
+        module = module.to(request.device)
+        module.train()
+        for p in module.parameters():
+            p.requires_grad_(True)
+        opt = self.optimizer(module.parameters())
+        x = torch.as_tensor(np.asarray(request.x, np.float32), device=request.device)
+        y_np = np.asarray(request.y)
+        y = torch.as_tensor(y_np.astype(np.float32) if y_np.ndim == 2 else y_np.astype(np.int64),
+                            device=request.device)
+        w = (None if request.sample_weight is None else
+             torch.as_tensor(np.asarray(request.sample_weight, np.float32), device=request.device))
+        shuffle = torch.Generator().manual_seed(int(request.seed))
+        step = 0
+        for epoch in range(self.epochs if epochs is None else epochs):
+            perm = torch.randperm(len(x), generator=shuffle)
+            for i in range(0, len(x), self.batch_size):
+                idx = perm[i:i + self.batch_size].to(request.device)
+                xb, yb = x[idx], y[idx]
+                for hook in self.batch_hooks:
+                    xb, yb = hook(TrainStep(module, xb, yb, epoch, step, gen))
+                opt.zero_grad()
+                losses = self.loss(module(xb), yb)
+                loss = (losses * w[idx]).sum() / w[idx].sum().clamp_min(1e-12) if w is not None else losses.mean()
+                loss.backward()
+                for shook in self.step_hooks:
+                    shook(TrainStep(module, xb, yb, epoch, step, gen, losses.detach()))
+                opt.step()
+                step += 1
+        return module.eval()
+
+
+def init_weights(module: Any, gen: torch.Generator) -> None:
+    """PyTorch's default initialisation of Linear and Conv layers, drawn from ``gen``: the same
+    weights for the same seed, whatever ran before (torch's global generator is not touched)."""
+    import torch.nn as nn
+
+    for m in module.modules():
+        if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=gen)
+            if m.bias is not None:
+                fan_in = m.weight[0].numel()
+                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+                nn.init.uniform_(m.bias, -bound, bound, generator=gen)
