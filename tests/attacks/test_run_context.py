@@ -186,3 +186,25 @@ def test_bad_parameters_name_the_parameter_the_value_and_what_is_allowed(attack:
 
 def test_scalar_string_eps_from_yaml_is_a_number() -> None:
     assert PGD(eps="3e-2").eps == 0.03
+
+
+def test_white_box_attacks_take_gradients_through_the_adaptive_view(small) -> None:
+    """The one place the gradient target is chosen: ``target.adaptive_view()``; predictions stay the target's."""
+    white, black, x, y = small
+    calls: list[int] = []
+
+    class Spy(TorchTarget):
+        def logits(self, z):  # noqa: ANN001, ANN201
+            calls.append(len(z))
+            return super().logits(z)
+
+    spy = Spy(white.module, white.input_spec)
+
+    class Viewed(CallableTarget):  # a black box to predict with, whose adaptive view has gradients
+        def adaptive_view(self) -> TorchTarget:
+            return spy
+
+    target = Viewed(lambda z: black.predict_proba(z), [0, 1, 2], black.input_spec)
+    res = PGD(eps=0.2, steps=3).run(target, x, y, ctx=RunContext())
+    assert calls and res.success.any()
+    assert res.queries >= sum(calls)  # the view's queries are charged to the run's ledger too

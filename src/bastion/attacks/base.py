@@ -165,12 +165,14 @@ class EvasionAttack(ABC):
                                progress or ctx.progress)
 
     def gradient_target(self, target: Target) -> Target:
-        """The model a white-box attack takes its gradients through: the one place where it is chosen
-        (a defended target's adaptive view belongs here)."""
-        if not target.white_box:
+        """The model a white-box attack takes its gradients through — the one place where it is
+        chosen: the target's adaptive view (a defended target's BPDA/EOT path; the target itself
+        otherwise). Predictions and success are always measured on the target."""
+        view = target.adaptive_view()
+        if not view.white_box:
             raise TargetError(f"attack '{self.name}' needs gradients but target '{target.name}' is a black box",
                               hint="use a black-box attack (e.g. square, hopskipjump) or a transfer attack")
-        return target
+        return view
 
     def _execute(self, target: Target, x: np.ndarray, y: np.ndarray, ctx: RunContext, ledger: QueryLedger,
                  y_target: np.ndarray | None, progress: ProgressFn | None) -> AttackResult:

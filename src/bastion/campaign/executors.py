@@ -198,6 +198,19 @@ def _stop(pool: Any, cancel: Any, pending: set[Any]) -> None:
         p.join(timeout=GRACE_SECONDS)
 
 
+def evasion_unit(ctx: RunContext, target: str, attack: str, params: dict[str, Any], x: Any, y: Any,
+                 target_options: dict[str, Any] | None = None) -> Any:
+    """A unit running one evasion attack on one batch of inputs: the target is loaded from its spec
+    (a model spec string) in the worker, scanned first like every model file bastion opens."""
+    from bastion.attacks import get_attack
+    from bastion.campaign.preflight import scan_model_file
+    from bastion.core.loader import load_target
+
+    scan_model_file(target)
+    model = load_target(target, **(target_options or {}))
+    return get_attack(attack, **params).run(model, x, y, None, ctx)
+
+
 def make_executor(workers: int | None = None) -> Executor:
     """The default executor: local worker processes (``workers``, default the CPU count); serial for 1."""
     ex = LocalExecutor(workers)
