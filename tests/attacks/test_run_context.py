@@ -208,3 +208,25 @@ def test_white_box_attacks_take_gradients_through_the_adaptive_view(small) -> No
     res = PGD(eps=0.2, steps=3).run(target, x, y, ctx=RunContext())
     assert calls and res.success.any()
     assert res.queries >= sum(calls)  # the view's queries are charged to the run's ledger too
+
+
+def test_v1_subclasses_keep_working(small) -> None:
+    """A v1 plug-in: parameters in its own __init__, _attack_batch without the run."""
+    white, black, x, y = small
+
+    class Shift(EvasionAttack):
+        name = "v1-shift"
+        needs_gradients = False
+
+        def __init__(self, *, eps: float = 0.1, strength: float = 1.0, **kw) -> None:  # noqa: ANN003
+            super().__init__(eps=eps, **kw)
+            self.strength = strength
+
+        def _attack_batch(self, target, x, goal, rows):  # noqa: ANN001, ANN202
+            return np.clip(x + self.eps * self.strength, 0.0, 1.0).astype(np.float32)
+
+    attack = Shift(eps=0.05, strength=0.5)
+    assert attack.clone(eps=0.2).get_params()["strength"] == 0.5
+    res = attack.run(black, x, y, ThreatModel(eps=0.2, knowledge="black"))
+    moved = res.x_adv[res.clean_pred == y] - x[res.clean_pred == y]
+    assert abs(moved.max() - 0.1) < 1e-6 and moved.min() >= 0  # eps from the threat, strength kept

@@ -119,15 +119,22 @@ class EvasionAttack(ABC):
 
     name: ClassVar[str] = ""
     family: ClassVar[str] = "evasion-whitebox"
+    _init_params: ClassVar[tuple[str, ...]] = ()
+    _legacy_batch: ClassVar[bool] = False
     needs_gradients: ClassVar[bool] = True
     minimal: ClassVar[bool] = False  # True for attacks that search for the smallest perturbation
     Params: ClassVar[type[AttackParams]] = AttackParams
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-            [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=f.default)
-             for n, f in cls.Params.model_fields.items()])
+        # v1 subclasses (third-party plug-ins) may take parameters in their own __init__ and
+        # implement _attack_batch(target, x, goal, rows) without the run: both keep working
+        cls._init_params = tuple(_own_init_params(cls))
+        cls._legacy_batch = "run" not in inspect.signature(cls._attack_batch).parameters
+        if not cls._init_params:
+            cls.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+                [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=f.default)
+                 for n, f in cls.Params.model_fields.items()])
 
     def __init__(self, **params: Any) -> None:
         self.params = self.Params.build(f"attack '{self.name or type(self).__name__}'", params)
@@ -136,7 +143,8 @@ class EvasionAttack(ABC):
 
     # --- parameters (scikit-learn style) ------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
-        return dict(self.params)
+        own = {n: getattr(self, n) for n in self._init_params if hasattr(self, n)}
+        return {**dict(self.params), **own}
 
     def clone(self, **changes: Any) -> EvasionAttack:
         return type(self)(**{**self.get_params(), **changes})
@@ -198,8 +206,9 @@ class EvasionAttack(ABC):
                                           (clean_pred[sl] != goal[sl]))
                     if len(todo):
                         rows = s + todo
-                        x_adv[rows] = target.input_spec.enforce(
-                            x[rows], self._attack_batch(work, x[rows], goal[rows], rows, run))
+                        batch = ((work, x[rows], goal[rows], rows) if self._legacy_batch else
+                                 (work, x[rows], goal[rows], rows, run))
+                        x_adv[rows] = target.input_spec.enforce(x[rows], self._attack_batch(*batch))
                     if progress:
                         progress(min(self.batch_size, len(x) - s))
             except QueryBudgetExceeded as exc:
@@ -250,8 +259,15 @@ Attack = EvasionAttack  # the v1 name
 
 
 def _param_names(cls: type[EvasionAttack]) -> list[str]:
-    """The attack's parameter names (its ``Params`` model)."""
-    return list(cls.Params.model_fields)
+    """The attack's parameter names (its ``Params`` model, and those of a v1 ``__init__``)."""
+    return list(dict.fromkeys([*cls.Params.model_fields, *cls._init_params]))
+
+
+def _own_init_params(cls: type) -> list[str]:
+    """Named keyword parameters of the ``__init__`` methods subclasses define themselves."""
+    return [name for c in cls.__mro__ if "__init__" in c.__dict__ and c is not EvasionAttack and c is not object
+            for name, p in inspect.signature(c.__init__).parameters.items()
+            if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
 def _predict(target: Target, x: np.ndarray, batch_size: int) -> np.ndarray:
