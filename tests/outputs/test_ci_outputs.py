@@ -152,3 +152,20 @@ def test_interrupt_while_rendering_changes_nothing(tmp_path: Path, monkeypatch: 
     with pytest.raises(KeyboardInterrupt):
         write_reports(make_result(verdict="pass", status="complete"), tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # the old set, whole
+
+
+def test_report_names_the_classes_of_the_data(tmp_path: Path) -> None:
+    """The demo breast-cancer data labels 0/1; the report says malignant/benign, and the verdict
+    speaks of records and standard deviations, not gate syntax."""
+    policy = {"version": 1, "target": {"model": "demo:breast-cancer"},
+              "data": {"source": "demo:breast-cancer", "limit": 24},
+              "checks": [{"name": "pgd", "kind": "evasion", "attack": "pgd", "eps": [0.5], "examples": 4,
+                          "params": {"steps": 5}}],
+              "gates": ["robust_accuracy[pgd, eps=0.5] >= 0.99"], "output": {"dir": str(tmp_path)}}
+    result = scan(policy)
+    (tab,) = [a for a in result.checks[0].artifacts if a.type == "tabular_examples"]
+    assert tab.rows and {r.label for r in tab.rows} | {r.adv_label for r in tab.rows} <= {"malignant", "benign"}
+    html = (tmp_path / "report.html").read_text()
+    assert "malignant" in html and "benign" in html
+    assert ("Under a small change to each record (each feature moved by at most 0.5 of its standard deviation; "
+            "pgd attack) the model was right on") in result.summary
