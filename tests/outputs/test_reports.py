@@ -318,6 +318,34 @@ def test_html_structure(html: str, result: ScanResult) -> None:
     assert "2.3 MiB" in text  # query log bytes, human-readable
 
 
+def test_html_for_a_non_specialist(html: str) -> None:
+    fixes = html[html.index('<section id="fixes">'):html.index('<section id="checks">')]
+    findings = html[html.index('<section id="findings">'):html.index('<section id="fixes">')]
+    import html as htmllib
+
+    shared = htmllib.escape(get_rule("BASTION-EV-001").remediation).replace("&#x27;", "&#39;")  # two findings share it
+    assert fixes.count(shared) == 1 and shared not in findings  # each remediation once per rule
+    assert "findings_" not in html  # the derived counters are not shown
+    checks = html[html.index('<section id="checks">'):]
+    assert "<details>" in checks and "<summary>Measurements (7)</summary>" in checks  # raw tables folded
+    gates = html[html.index('<section id="gates">'):html.index('<section id="findings">')]
+    assert "the model was right on 12.5% of inputs; the policy requires at least 60%" in gates
+
+
+@pytest.mark.parametrize(("verdict", "serious", "state", "note"), [
+    ("fail", True, "fail", "policy not met"),
+    ("pass", True, "warn", "policy met, serious findings"),   # amber: a pass with high findings
+    ("pass", False, "pass", "policy met"),
+])
+def test_html_verdict_states(verdict: str, serious: bool, state: str, note: str) -> None:
+    res = make_result(verdict=verdict, status="complete")
+    if not serious:
+        for c in res.checks:
+            c.findings = [f for f in c.findings if f.severity.rank < Severity.high.rank]
+    doc = render_html(res)
+    assert f'<section class="hero {state}" id="verdict">' in doc and f"<small>{note}</small>" in doc
+
+
 def test_html_is_self_contained(html: str) -> None:
     p = _parse(html)
     assert p.imgs, "expected inline figures"
