@@ -230,3 +230,14 @@ def test_v1_subclasses_keep_working(small) -> None:
     res = attack.run(black, x, y, ThreatModel(eps=0.2, knowledge="black"))
     moved = res.x_adv[res.clean_pred == y] - x[res.clean_pred == y]
     assert abs(moved.max() - 0.1) < 1e-6 and moved.min() >= 0  # eps from the threat, strength kept
+
+
+def test_policy_scalar_eps_written_as_3e_2(tmp_path) -> None:  # noqa: ANN001
+    """YAML 1.1 reads `eps: 3e-2` as the string '3e-2': it is a number all the same (issue 7)."""
+    from bastion.campaign.policy import load_policy
+
+    path = tmp_path / "p.yaml"
+    path.write_text("name: p\ntarget: {model: 'demo:digits-cnn'}\ndata: {source: 'demo:digits'}\n"
+                    "checks:\n  - {name: pgd, kind: evasion, attack: pgd, eps: 3e-2}\n")
+    check = load_policy(path).checks[0]
+    assert check.params.eps == [0.03] and check.attack.eps == 0.03  # type: ignore[attr-defined]
