@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import os
 import re
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bastion.core.io import atomic_write_text
 from bastion.core.results import CheckResult, Finding, Measurement, ScanResult, Severity
 from bastion.core.rules import find_rule
 from bastion.outputs.report.renderers import RENDERERS
@@ -29,7 +27,7 @@ from bastion.outputs.report.summary import format_measured, format_number, gate_
 
 log = logging.getLogger(__name__)
 
-__all__ = ["plain_verdict", "render_html", "write_html_report"]
+__all__ = ["plain_verdict", "render_html"]
 
 ATLAS_URL = "https://atlas.mitre.org/techniques/{}"
 _ATLAS_ID = re.compile(r"^AML\.T\d{4}(\.\d{3})?$")
@@ -56,16 +54,16 @@ _MAX_FINDING_METRICS = 6
 # ----------------------------------------------------------------------------- values
 
 
-def fmt_value(value: Any, path: str = "") -> str:
+def fmt_value(value: Any) -> str:
     """Format one raw detail value for a table (numbers as they are: a detail has no unit)."""
     if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
         text = "; ".join(value)
         return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 1] + "…"
     if isinstance(value, list | tuple):
-        shown = ", ".join(fmt_value(v, path) for v in value[:_MAX_LIST])
+        shown = ", ".join(fmt_value(v) for v in value[:_MAX_LIST])
         return f"[{shown}{', …' if len(value) > _MAX_LIST else ''}]"
     if isinstance(value, dict):
-        text = ", ".join(f"{k}: {fmt_value(v, f'{path} › {k}')}" for k, v in value.items())
+        text = ", ".join(f"{k}: {fmt_value(v)}" for k, v in value.items())
         return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 1] + "…"
     text = format_number(value)
     return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 1] + "…"
@@ -94,14 +92,14 @@ def metric_blocks(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
                 table_rows = []
                 for k, v in value.items():
                     by_name = {str(name): x for name, x in v.items()}
-                    cells = [fmt_value(by_name[c], f"{prefix} › {c}") if c in by_name else "—" for c in columns]
+                    cells = [fmt_value(by_name[c]) if c in by_name else "—" for c in columns]
                     table_rows.append((str(k), cells))
                 blocks.append({"type": "matrix", "title": prefix, "columns": columns, "rows": table_rows})
                 return
             for k, v in value.items():
                 flatten(f"{prefix} › {k}" if prefix else str(k), v)
         else:
-            rows.append((prefix, fmt_value(value, prefix)))
+            rows.append((prefix, fmt_value(value)))
 
     for key, value in metrics.items():
         flatten(str(key), value)
@@ -127,11 +125,11 @@ def _records_block(title: str, records: list[dict[str, Any]]) -> dict[str, Any]:
                          None)
         columns = ([f"ε = {format_number(r[label_key])}" if label_key in ("eps", "epsilon") else str(r[label_key])
                     for r in by_name] if label_key else [f"#{i + 1}" for i in range(len(records))])
-        rows = [(k, [fmt_value(r[k], f"{title} › {k}") if k in r else "—" for r in by_name])
+        rows = [(k, [fmt_value(r[k]) if k in r else "—" for r in by_name])
                 for k in keys if k != label_key]
         return {"type": "matrix", "title": title, "columns": columns, "rows": rows}
     shown = by_name[:_MAX_RECORD_ROWS]
-    rows = [(f"#{i + 1}", [fmt_value(r[k], f"{title} › {k}") if k in r else "—" for k in keys])
+    rows = [(f"#{i + 1}", [fmt_value(r[k]) if k in r else "—" for k in keys])
             for i, r in enumerate(shown)]
     more = f" (first {len(shown)} of {len(records)})" if len(records) > len(shown) else ""
     return {"type": "matrix", "title": title + more, "columns": keys, "rows": rows}
@@ -175,7 +173,7 @@ def _finding_view(f: Finding) -> dict[str, Any]:
         "location": f.location + (f" (offset {f.offset})" if f.offset is not None else "") if f.location else None,
         "atlas": [(a, ATLAS_URL.format(a) if _ATLAS_ID.match(a) else None) for a in f.atlas],
         "owasp": [(o, OWASP_ML.get(o.upper()[:4], "")) for o in f.owasp],
-        "metrics": [(str(k), fmt_value(v, str(k))) for k, v in f.metrics.items()
+        "metrics": [(str(k), fmt_value(v)) for k, v in f.metrics.items()
                     if _scalar(v) or (isinstance(v, list) and len(v) <= _MAX_LIST and all(_scalar(x) for x in v))
                     ][:_MAX_FINDING_METRICS],
     }
@@ -313,8 +311,3 @@ def _environment():
 def render_html(result: ScanResult) -> str:
     """The complete, self-contained HTML document for ``result``."""
     return _environment().get_template("report.html.j2").render(**build_context(result))
-
-
-def write_html_report(result: ScanResult, path: str | os.PathLike[str]) -> Path:
-    """Render ``result`` and write it to ``path`` atomically."""
-    return atomic_write_text(path, render_html(result))

@@ -82,11 +82,6 @@ def json_document(result: ScanResult) -> dict[str, Any]:
     return doc
 
 
-def write_json_report(result: ScanResult, path: str | os.PathLike[str]) -> Path:
-    """Write ``result`` to ``path`` atomically (temp file + rename)."""
-    return atomic_write_json(path, json_document(result))
-
-
 #: Schema major versions this bastion reads (1.x is upgraded on the fly, see ``migrate``).
 READABLE_MAJORS = ("1", SCHEMA_VERSION.split(".")[0])
 

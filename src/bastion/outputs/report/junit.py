@@ -12,12 +12,9 @@ GitLab and GitHub test reporters (testsuites > testsuite > testcase).
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import re
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
-from bastion.core.io import atomic_write_bytes
 from bastion.core.results import CheckResult, GateResult, ScanResult, Severity
 from bastion.outputs.report.summary import format_number, plain_verdict
 
@@ -137,8 +134,3 @@ def _timestamp(started_at: str) -> str:
     if ts.tzinfo is not None:
         ts = ts.astimezone(_dt.UTC)
     return ts.strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def write_junit_report(result: ScanResult, path: str | os.PathLike[str]) -> Path:
-    """Write ``junit.xml`` atomically."""
-    return atomic_write_bytes(path, render_junit(result))
