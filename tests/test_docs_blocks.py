@@ -30,6 +30,9 @@ def test_markers_are_well_formed() -> None:
             continue
         problems += [f"{b.where}: installs packages; mark it <!-- no-test: reason -->" for b in blocks
                      if b.runnable and re.search(r"\b(pip|apt-get|apt|conda)\s+install\b", b.code)]
+        problems += [f"{path.name}:{n}: a code fence indented 4+ spaces is not run; indent it at most 3"
+                     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                     if re.match(r"^\s{4,}(```|~~~)", line)]
     assert not problems, problems
 
 
