@@ -89,10 +89,11 @@ def test_bpda_fools_what_the_defended_gradients_cannot() -> None:
 
     attack = PGD(eps=0.35, steps=20, random_start=False)
     blind = attack.run(NonAdaptive(linear_target(), BitDepth()), x, y)  # the defended model's own gradients
-    adaptive = attack.run(defended.adaptive_view(), x, y)
+    adaptive = attack.run(defended, x, y)  # the attack takes its gradients from adaptive_view()
     assert blind.success.mean() == 0.0
     assert adaptive.success.mean() == 1.0
     assert np.array_equal(adaptive.adv_pred, defended.predict(adaptive.x_adv))  # judged by the real defense
+    assert adaptive.queries > len(x)  # the view's gradient queries are charged to the run, as the target's
 
 
 class NonAdaptive(DifferentiableDefendedTarget):

@@ -122,16 +122,29 @@ def test_an_attack_that_trains_needs_a_trainer(overfit) -> None:
 def test_parameters_are_one_pydantic_model_and_bad_ones_name_themselves() -> None:
     from pydantic import Field
 
-    from bastion.core.capability import BaseParams
+    from bastion.core.params import Params
 
-    class ShadowParams(BaseParams):
+    class ShadowParams(Params):
         shadows: int = Field(4, ge=1)
 
     class WithParams(LossThreshold):
         Params = ShadowParams
 
     assert WithParams(shadows=8).params.shadows == 8
-    with pytest.raises(UsageError, match=r"membership 'loss-threshold': parameter 'shadows' = 0: .*greater than"):
+    with pytest.raises(UsageError, match=r"membership 'loss-threshold': shadows=0 is not allowed: .*greater than"):
         WithParams(shadows=0)
-    with pytest.raises(UsageError, match="unknown parameter 'shadow'; allowed: shadows"):
+    with pytest.raises(UsageError, match="unknown parameter 'shadow'\n.*allowed: shadows"):
         WithParams(shadow=3)
+
+
+def test_queries_are_charged_to_the_run_within_the_threat_budget(overfit) -> None:
+    from bastion.core.run import RunContext
+    from bastion.core.threat import ThreatModel
+    from bastion.errors import QueryBudgetExceeded
+
+    target, members, non_members = overfit
+    ctx = RunContext(seed=0)
+    LossThreshold().run(target, splits_of(members, non_members), ctx=ctx)
+    assert ctx.ledger.spent == 120 and ctx.query_log.queries == 120
+    with pytest.raises(QueryBudgetExceeded, match="budget of 100"):
+        LossThreshold().run(target, splits_of(members, non_members), ThreatModel(query_budget=100), ctx)

@@ -8,7 +8,6 @@ import pytest
 from family_helpers import blobs
 
 from bastion.attacks.poisoning import PoisoningAttack, Trigger
-from bastion.core.capability import rng_of
 from bastion.core.data import Dataset
 from bastion.core.threat import ThreatModel
 from bastion.errors import BastionRuntimeError, UsageError
@@ -20,7 +19,7 @@ class LabelFlip(PoisoningAttack):
     name = "label-flip"
 
     def _poison(self, x, y, n_poison, threat, ctx):
-        idx = rng_of(ctx).choice(len(y), n_poison, replace=False)
+        idx = ctx.rng("records").choice(len(y), n_poison, replace=False)
         y[idx] = 1 - y[idx]
         return x, y, idx, None
 
@@ -34,7 +33,7 @@ class Patch(PoisoningAttack):
     def _poison(self, x, y, n_poison, threat, ctx):
         trigger = Trigger(mask=np.r_[0, 0, 0, 1.0], pattern=np.r_[0, 0, 0, 1.0], target_class=0)
         k = int(n_poison * len(x) / (len(x) + n_poison))  # injected records count in the final set
-        src = rng_of(ctx).choice(len(x), k, replace=False)
+        src = ctx.rng("records").choice(len(x), k, replace=False)
         xp = np.r_[x, trigger.apply(x[src])]
         return xp, np.r_[y, np.zeros(k, y.dtype)], np.arange(len(x), len(x) + k), trigger
 
@@ -55,6 +54,16 @@ def test_label_flip_poisons_exactly_its_fraction() -> None:
     check = CheckResult(name="poison", kind="poisoning")
     res.record(check)
     assert check.values("poison_fraction") == [0.1] and check.values("poisoned_records") == [20.0]
+
+
+def test_randomness_comes_from_the_run_seed() -> None:
+    from bastion.core.run import RunContext
+
+    train = Dataset(*blobs(200, 0))
+    a = LabelFlip().poison(train, THREAT, RunContext(seed=1)).poison_indices
+    b = LabelFlip().poison(train, THREAT, RunContext(seed=1)).poison_indices
+    c = LabelFlip().poison(train, THREAT, RunContext(seed=2)).poison_indices
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
 def test_backdoor_trigger_controls_a_model_trained_on_the_poisoned_set() -> None:

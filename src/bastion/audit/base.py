@@ -10,14 +10,15 @@ worst first.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 from pydantic import BaseModel, Field
 
-from bastion.core.capability import Configurable, Tally
+from bastion.core.capability import Configurable, metering
 from bastion.core.data import Dataset
 from bastion.core.results import Severity
+from bastion.core.run import RunContext
 from bastion.errors import BastionRuntimeError
 
 
@@ -54,11 +55,11 @@ class DataAudit(Configurable, ABC):
 
     family: ClassVar[str] = "audit"
 
-    def audit(self, data: Dataset, ctx: Any = None) -> AuditResult:
+    def audit(self, data: Dataset, ctx: RunContext | None = None) -> AuditResult:
         columns = column_names(data)
-        tally = Tally.start(None)
-        findings = list(self._audit(data, columns, ctx))
-        tally.stop()
+        rctx = self.run_context(ctx)
+        with metering(rctx) as meter:
+            findings = list(self._audit(data, columns, rctx))
         name = self.label
         out = []
         for f in findings:
@@ -73,8 +74,8 @@ class DataAudit(Configurable, ABC):
                 raise BastionRuntimeError(f"audit '{name}': finding '{f.rule_id}' names unknown columns {unknown}")
             out.append(f.model_copy(update={"records": records}))
         out.sort(key=lambda f: -f.severity.rank)
-        return AuditResult(audit=name, n_records=len(data), columns=columns, findings=out, seconds=tally.seconds)
+        return AuditResult(audit=name, n_records=len(data), columns=columns, findings=out, seconds=meter.seconds)
 
     @abstractmethod
-    def _audit(self, data: Dataset, columns: list[str], ctx: Any) -> list[AuditFinding]:
+    def _audit(self, data: Dataset, columns: list[str], ctx: RunContext) -> list[AuditFinding]:
         """The findings about ``data`` (``columns``: its column names, for the findings to cite)."""

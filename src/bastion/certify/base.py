@@ -11,15 +11,16 @@ Robustness via Randomized Smoothing", arXiv:1902.02918).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 from pydantic import BaseModel
 
 from bastion.core.arrays import Array
-from bastion.core.capability import Configurable, Tally
+from bastion.core.capability import Configurable, metering
 from bastion.core.data import check_label_indices
 from bastion.core.results import CheckResult
+from bastion.core.run import RunContext
 from bastion.core.targets.base import Target
 from bastion.core.threat import Norm
 from bastion.errors import BastionRuntimeError
@@ -62,12 +63,13 @@ class Certifier(Configurable, ABC):
     family: ClassVar[str] = "certification"
     norm: ClassVar[Norm] = "l2"
 
-    def certify(self, target: Target, x: np.ndarray, y: np.ndarray, ctx: Any = None) -> CertificationResult:
+    def certify(self, target: Target, x: np.ndarray, y: np.ndarray, ctx: RunContext | None = None
+                ) -> CertificationResult:
         x = target.input_spec.validate(x)
         y = check_label_indices(y, len(x), target.n_classes)
-        tally = Tally.start(target)
-        pred, radius = self._certify(target, x, ctx)
-        tally.stop()
+        rctx = self.run_context(ctx)
+        with metering(rctx, target) as meter:
+            pred, radius = self._certify(target, x, rctx)
         pred, radius = np.asarray(pred).reshape(-1), np.asarray(radius, np.float64).reshape(-1)
         name = self.label
         if pred.shape != (len(x),) or radius.shape != (len(x),):
@@ -80,8 +82,8 @@ class Certifier(Configurable, ABC):
         if np.any(radius[pred == ABSTAIN] != 0):
             raise BastionRuntimeError(f"certifier '{name}' abstained with a non-zero radius")
         return CertificationResult(certifier=name, norm=self.norm, y=y, prediction=pred.astype(np.int64),
-                                   radius=radius, queries=tally.queries, seconds=tally.seconds)
+                                   radius=radius, queries=meter.queries, seconds=meter.seconds)
 
     @abstractmethod
-    def _certify(self, target: Target, x: np.ndarray, ctx: Any) -> tuple[np.ndarray, np.ndarray]:
+    def _certify(self, target: Target, x: np.ndarray, ctx: RunContext) -> tuple[np.ndarray, np.ndarray]:
         """Per input: a class index or ``ABSTAIN`` (-1), and a certified radius (0 when abstaining)."""

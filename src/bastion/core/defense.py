@@ -37,6 +37,8 @@ from bastion.errors import BastionRuntimeError, DataError, UsageError
 if TYPE_CHECKING:
     import torch
 
+    from bastion.core.training import TorchTrainingProcedure, TrainStep
+
 Bpda = Literal["exact", "identity", "approximation"]
 
 
@@ -243,9 +245,43 @@ class AdaptiveView(DifferentiableTarget):
 
 
 class TrainingDefense(Configurable, ABC):
-    """Base of defenses that change how a model is trained (adversarial training, DP-SGD, ...)."""
+    """Base of defenses that change how a model is trained (adversarial training, noise
+    augmentation, DP-SGD, ...). Override ``batch_hook`` (replace each batch before the forward
+    pass), ``step_hook`` (between backward and the optimiser step: rewrite ``module``'s gradients)
+    or both; ``apply`` returns a new :class:`~bastion.core.training.TorchTrainingProcedure` with
+    them (the given procedure is not changed). The base checks that a replaced batch keeps the
+    per-sample shape and pairs every input with a label."""
 
     family: ClassVar[str] = "defense"
+
+    def batch_hook(self, step: TrainStep) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch to train on instead of ``(step.x, step.y)``."""
+        raise NotImplementedError
+
+    def step_hook(self, step: TrainStep) -> None:
+        """Change the gradients of ``step.module`` (``step.losses``: the per-sample losses)."""
+        raise NotImplementedError
+
+    def apply(self, procedure: Any) -> TorchTrainingProcedure:
+        from bastion.core.training import TorchTrainingProcedure
+
+        if not isinstance(procedure, TorchTrainingProcedure):
+            raise UsageError(f"training defense '{self.label}' changes a TorchTrainingProcedure; the trainer is a "
+                             f"{type(procedure).__name__}",
+                             hint="train with bastion.core.training.TorchTrainingProcedure to use training defenses")
+        batch = type(self).batch_hook is not TrainingDefense.batch_hook
+        step = type(self).step_hook is not TrainingDefense.step_hook
+        if not (batch or step):
+            raise UsageError(f"training defense '{self.label}' defines neither batch_hook nor step_hook")
+        return procedure.with_hooks(batch=[self._checked_batch] if batch else [],
+                                    step=[self.step_hook] if step else [])
+
+    def _checked_batch(self, step: TrainStep) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.batch_hook(step)
+        if tuple(x.shape[1:]) != tuple(step.x.shape[1:]) or len(x) != len(y) or len(x) == 0:
+            raise BastionRuntimeError(f"training defense '{self.label}' returned a batch of {tuple(x.shape)} inputs "
+                                      f"and {len(y)} labels for inputs of shape {tuple(step.x.shape[1:])}")
+        return x, y
 
 
 DEFENSES: Registry[type[TargetDefense] | type[TrainingDefense]] = Registry("defense", {})

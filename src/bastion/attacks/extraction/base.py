@@ -21,9 +21,11 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from bastion.core.capability import BaseParams, Configurable, Tally, rng_of
+from bastion.core.capability import Configurable, metering
 from bastion.core.data import check_label_indices
 from bastion.core.results import CheckResult, FidelityCurve
+from bastion.core.params import Params
+from bastion.core.run import RunContext
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
 from bastion.errors import BastionRuntimeError, DataError, QueryBudgetExceeded
@@ -31,7 +33,7 @@ from bastion.errors import BastionRuntimeError, DataError, QueryBudgetExceeded
 log = logging.getLogger(__name__)
 
 
-class ExtractionParams(BaseParams):
+class ExtractionParams(Params):
     holdout: float = Field(0.2, gt=0.0, lt=1.0, description="share of the pool kept to measure fidelity")
 
 
@@ -70,12 +72,15 @@ class ModelExtraction(Configurable, ABC):
     """Base of extraction attacks. Subclasses implement ``_extract`` as a generator of surrogates."""
 
     family: ClassVar[str] = "extraction"
-    Params: ClassVar[type[BaseParams]] = ExtractionParams
+    Params: ClassVar[type[Params]] = ExtractionParams
 
-    def run(self, target: Target, pool: Any, threat: ThreatModel | None = None, ctx: Any = None) -> ExtractionResult:
+    def run(self, target: Target, pool: Any, threat: ThreatModel | None = None,
+            ctx: RunContext | None = None) -> ExtractionResult:
         """``pool``: inputs the attacker may query (an array), or a Dataset-like object with ``x``
-        and class-index ``y`` (then the surrogate's accuracy is reported too)."""
-        threat = threat or ThreatModel()
+        and class-index ``y`` (then the surrogate's accuracy is reported too). Queries are charged
+        to the run's ledger within ``threat.query_budget``; when it is spent, or on Ctrl-C, the last
+        surrogate finished before is the result (``complete=False``)."""
+        threat, rctx = threat or ThreatModel(), self.run_context(ctx)
         x = target.input_spec.validate(getattr(pool, "x", pool), what="extraction pool")
         y = getattr(pool, "y", None)
         y = None if y is None else check_label_indices(y, len(x), target.n_classes, what="pool labels")
@@ -83,34 +88,29 @@ class ModelExtraction(Configurable, ABC):
         if n_hold < 1 or n_hold >= len(x):
             raise DataError(f"the extraction pool of {len(x)} inputs is too small to hold out {self.params.holdout:.0%} "
                             f"for measuring fidelity", hint="give a larger pool")
-        order = rng_of(ctx).permutation(len(x))
+        order = rctx.rng("holdout").permutation(len(x))
         hold, query = order[:n_hold], order[n_hold:]
         with target.uncounted():  # bastion's own measurement, not the attacker's queries
             ref = target.predict(x[hold])
-        budget = threat.query_budget
-        tally = Tally.start(target)
         curve = FidelityCurve(attack=self.label, queries=[], fidelity=[])
         accuracy: list[float] | None = None if y is None else []
         surrogate: Target | None = None
         complete, reason, interrupted = True, None, False
-        try:
-            for candidate in self._extract(target, x[query], threat, ctx):
-                spent = tally.spent()
-                if budget is not None and spent > budget:
-                    raise BastionRuntimeError(f"extraction attack '{self.label}' spent {spent} queries, over the "
-                                              f"threat's budget of {budget}")
-                self._check_surrogate(target, candidate)
-                surrogate = candidate
-                pred = surrogate.predict(x[hold])
-                curve.queries.append(spent)
-                curve.fidelity.append(float(np.mean(pred == ref)))
-                if accuracy is not None and y is not None:
-                    accuracy.append(float(np.mean(pred == y[hold])))
-        except QueryBudgetExceeded as exc:  # keep the last surrogate built within the budget
-            complete, reason = False, f"query budget exhausted: {exc}"
-        except KeyboardInterrupt:
-            complete, reason, interrupted = False, "interrupted", True
-        tally.stop()
+        with metering(rctx, target, threat=threat) as meter:
+            try:
+                for candidate in self._extract(target, x[query], threat, rctx):
+                    self._check_surrogate(target, candidate)
+                    surrogate = candidate
+                    pred = surrogate.predict(x[hold])
+                    curve.queries.append(meter.queries)
+                    curve.fidelity.append(float(np.mean(pred == ref)))
+                    if accuracy is not None and y is not None:
+                        accuracy.append(float(np.mean(pred == y[hold])))
+                    rctx.check_cancelled()
+            except QueryBudgetExceeded as exc:  # keep the last surrogate built within the budget
+                complete, reason = False, f"query budget exhausted: {exc}"
+            except KeyboardInterrupt:  # Ctrl-C, or the run cancelled
+                complete, reason, interrupted = False, "interrupted", True
         if surrogate is None:
             if interrupted:
                 raise KeyboardInterrupt
@@ -121,7 +121,7 @@ class ModelExtraction(Configurable, ABC):
         return ExtractionResult(attack=self.label, surrogate=surrogate, curve=curve, fidelity=curve.fidelity[-1],
                                 accuracy_curve=accuracy, accuracy=accuracy[-1] if accuracy else None,
                                 target_accuracy=None if y is None else float(np.mean(ref == y[hold])),
-                                queries=tally.queries, seconds=tally.seconds, complete=complete, reason=reason,
+                                queries=meter.queries, seconds=meter.seconds, complete=complete, reason=reason,
                                 interrupted=interrupted)
 
     def _check_surrogate(self, target: Target, surrogate: Any) -> None:
@@ -134,6 +134,6 @@ class ModelExtraction(Configurable, ABC):
                 f"{surrogate.input_spec.shape}; the target has {target.n_classes} and {target.input_spec.shape}")
 
     @abstractmethod
-    def _extract(self, target: Target, pool: np.ndarray, threat: ThreatModel, ctx: Any) -> Iterator[Target]:
+    def _extract(self, target: Target, pool: np.ndarray, threat: ThreatModel, ctx: RunContext) -> Iterator[Target]:
         """Query the target on inputs of ``pool`` and yield a surrogate after each round; the last
-        one is the result. Stay within ``threat.query_budget``."""
+        one is the result. A query past ``threat.query_budget`` raises QueryBudgetExceeded."""

@@ -17,9 +17,10 @@ import numpy as np
 from pydantic import BaseModel
 
 from bastion.core.arrays import Array
-from bastion.core.capability import Configurable, Tally
+from bastion.core.capability import Configurable, metering
 from bastion.core.data import Dataset
 from bastion.core.results import CheckResult
+from bastion.core.run import RunContext
 from bastion.core.threat import ThreatModel
 from bastion.errors import BastionRuntimeError, UsageError
 
@@ -65,19 +66,21 @@ class PoisoningAttack(Configurable, ABC):
     clean_label: ClassVar[bool] = False
     backdoor: ClassVar[bool] = False
 
-    def poison(self, train: Dataset, threat: ThreatModel | None = None, ctx: Any = None) -> PoisonResult:
+    def poison(self, train: Dataset, threat: ThreatModel | None = None, ctx: RunContext | None = None
+               ) -> PoisonResult:
         threat = threat or ThreatModel()
         if threat.poisoning_fraction <= 0:
             raise UsageError(f"poisoning attack '{self.label}' needs a threat with poisoning_fraction > 0",
                              hint="set threat.poisoning_fraction, e.g. 0.05")
         x0, y0 = np.asarray(train.x), np.asarray(train.y)
-        tally = Tally.start(None)
-        x, y, idx, trigger = self._poison(x0.copy(), y0.copy(), int(threat.poisoning_fraction * len(x0)), threat, ctx)
-        tally.stop()
+        rctx = self.run_context(ctx)
+        with metering(rctx) as meter:
+            x, y, idx, trigger = self._poison(x0.copy(), y0.copy(), int(threat.poisoning_fraction * len(x0)), threat,
+                                              rctx)
         x, y, idx = np.asarray(x), np.asarray(y).reshape(-1), np.unique(np.asarray(idx, np.int64))
         self._check(x0, y0, x, y, idx, threat.poisoning_fraction, trigger)
         return PoisonResult(attack=self.label, x=x, y=y, poison_indices=idx, fraction=len(idx) / len(x),
-                            trigger=trigger, seconds=tally.seconds)
+                            trigger=trigger, seconds=meter.seconds)
 
     def _check(self, x0: np.ndarray, y0: np.ndarray, x: np.ndarray, y: np.ndarray, idx: np.ndarray,
                fraction: float, trigger: Trigger | None) -> None:
@@ -103,7 +106,7 @@ class PoisoningAttack(Configurable, ABC):
 
     @abstractmethod
     def _poison(self, x: np.ndarray, y: np.ndarray, n_poison: int, threat: ThreatModel,
-                ctx: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, Trigger | None]:
+                ctx: RunContext) -> tuple[np.ndarray, np.ndarray, np.ndarray, Trigger | None]:
         """The poisoned inputs and labels (copies, safe to change), the poison indices (at most
         ``n_poison`` records changed in place, or injected after the originals within the same
         fraction) and the trigger of a backdoor (None otherwise)."""

@@ -21,9 +21,10 @@ import numpy as np
 from pydantic import BaseModel
 
 from bastion.core.arrays import Array
-from bastion.core.capability import Configurable, Tally
+from bastion.core.capability import Configurable, metering
 from bastion.core.data import check_label_indices
 from bastion.core.results import CheckResult
+from bastion.core.run import RunContext
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
 from bastion.errors import BastionRuntimeError, DataError
@@ -73,7 +74,7 @@ class AttributeInference(Configurable, ABC):
     family: ClassVar[str] = "attribute-inference"
 
     def run(self, target: Target, data: AttributeData, threat: ThreatModel | None = None,
-            ctx: Any = None) -> AttributeResult:
+            ctx: RunContext | None = None) -> AttributeResult:
         x = target.input_spec.validate(data.x, what="records")
         y = check_label_indices(data.y, len(x), target.n_classes, what="record labels")
         flat = x.reshape(len(x), -1)
@@ -85,10 +86,9 @@ class AttributeInference(Configurable, ABC):
             candidates = np.unique(truth if data.candidates is None else np.asarray(data.candidates, np.float64))
         hidden = flat.copy()
         hidden[:, data.attribute] = np.nan  # the attack never sees the value it infers
-        tally = Tally.start(target)
-        inferred = self._infer(target, hidden.reshape(x.shape), y, data.attribute, candidates,
-                               threat or ThreatModel(), ctx)
-        tally.stop()
+        threat, rctx = threat or ThreatModel(), self.run_context(ctx)
+        with metering(rctx, target, threat=threat) as meter:
+            inferred = self._infer(target, hidden.reshape(x.shape), y, data.attribute, candidates, threat, rctx)
         inferred = np.asarray(inferred, np.float64)
         if inferred.shape != truth.shape or not np.all(np.isfinite(inferred)):
             raise BastionRuntimeError(f"attribute attack '{self.label}' must return {len(truth)} finite values, "
@@ -106,11 +106,11 @@ class AttributeInference(Configurable, ABC):
             metric, advantage = "rmse", baseline - value
         return AttributeResult(attack=self.label, attribute=data.attribute, inferred=inferred, truth=truth,
                                metric=metric, value=value, baseline=baseline, advantage=advantage,
-                               queries=tally.queries, seconds=tally.seconds)
+                               queries=meter.queries, seconds=meter.seconds)
 
     @abstractmethod
     def _infer(self, target: Target, x: np.ndarray, y: np.ndarray, attribute: int, candidates: np.ndarray | None,
-               threat: ThreatModel, ctx: Any) -> np.ndarray:
+               threat: ThreatModel, ctx: RunContext) -> np.ndarray:
         """One inferred value per record; ``x`` holds NaN in column ``attribute``; categorical values
         must come from ``candidates`` (None for a continuous attribute)."""
 
@@ -144,14 +144,15 @@ class ModelInversion(Configurable, ABC):
 
     family: ClassVar[str] = "inversion"
 
-    def run(self, target: Target, data: Any, threat: ThreatModel | None = None, ctx: Any = None) -> InversionResult:
+    def run(self, target: Target, data: Any, threat: ThreatModel | None = None,
+            ctx: RunContext | None = None) -> InversionResult:
         """Reconstruct a representative input of every class; ``data`` (a Dataset-like object with
         ``x`` and class-index ``y``) holds the private records the reconstructions are compared with."""
         x = target.input_spec.validate(data.x, what="private records")
         y = check_label_indices(data.y, len(x), target.n_classes, what="private labels")
-        tally = Tally.start(target)
-        rec = self._invert(target, threat or ThreatModel(), ctx)
-        tally.stop()
+        threat, rctx = threat or ThreatModel(), self.run_context(ctx)
+        with metering(rctx, target, threat=threat) as meter:
+            rec = self._invert(target, threat, rctx)
         try:
             rec = target.input_spec.validate(rec, what=f"reconstructions of '{self.label}'")
         except DataError as exc:  # the algorithm's fault, not the user's
@@ -172,9 +173,9 @@ class ModelInversion(Configurable, ABC):
         with target.uncounted():  # bastion's own measurement
             conf = target.predict_proba(rec)[np.arange(len(rec)), np.arange(len(rec))]
         return InversionResult(attack=self.label, reconstructions=rec, confidence=conf, distance=distance,
-                               baseline=baseline, advantage=baseline - distance, queries=tally.queries,
-                               seconds=tally.seconds)
+                               baseline=baseline, advantage=baseline - distance, queries=meter.queries,
+                               seconds=meter.seconds)
 
     @abstractmethod
-    def _invert(self, target: Target, threat: ThreatModel, ctx: Any) -> np.ndarray:
+    def _invert(self, target: Target, threat: ThreatModel, ctx: RunContext) -> np.ndarray:
         """One input per class (shape (n_classes, *input shape)), inside the target's bounds."""

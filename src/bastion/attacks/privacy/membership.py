@@ -17,9 +17,10 @@ import numpy as np
 from pydantic import BaseModel
 
 from bastion.core.arrays import Array
-from bastion.core.capability import Configurable, Tally
+from bastion.core.capability import Configurable, metering
 from bastion.core.data import check_label_indices
 from bastion.core.results import CheckResult, RocCurve
+from bastion.core.run import RunContext
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
 from bastion.errors import BastionRuntimeError, DataError, UsageError
@@ -122,8 +123,8 @@ class MembershipInference(Configurable, ABC):
     family: ClassVar[str] = "membership"
     needs_trainer: ClassVar[bool] = False
 
-    def run(self, target: Target, splits: MembershipSplits, threat: ThreatModel | None = None, ctx: Any = None,
-            trainer: Any = None) -> MembershipResult:
+    def run(self, target: Target, splits: MembershipSplits, threat: ThreatModel | None = None,
+            ctx: RunContext | None = None, trainer: Any = None) -> MembershipResult:
         """Score every record of ``splits`` and measure how well the scores separate members."""
         if self.needs_trainer and trainer is None:
             raise UsageError(f"membership attack '{self.label}' trains reference models and needs a trainer",
@@ -134,15 +135,15 @@ class MembershipInference(Configurable, ABC):
         ym = check_label_indices(splits.members_y, len(xm), target.n_classes, what="member labels")
         yn = check_label_indices(splits.non_members_y, len(xn), target.n_classes, what="non-member labels")
         checked = MembershipSplits(members_x=xm, members_y=ym, non_members_x=xn, non_members_y=yn)
-        tally = Tally.start(target)
-        sm, sn = self._score(target, checked, threat or ThreatModel(), ctx, trainer)
-        tally.stop()
+        threat, rctx = threat or ThreatModel(), self.run_context(ctx)
+        with metering(rctx, target, threat=threat) as meter:
+            sm, sn = self._score(target, checked, threat, rctx, trainer)
         sm, sn = self._check_scores(sm, len(xm), "members"), self._check_scores(sn, len(xn), "non-members")
         roc = roc_curve(sm, sn)
         return MembershipResult(attack=self.label, member_scores=sm, non_member_scores=sn, roc=roc, auc=roc.auc,
                                 advantage=float(np.max(roc.tpr - roc.fpr)),
                                 tpr_at_low_fpr=[tpr_at_fpr(roc, f) for f in LOW_FPRS],
-                                queries=tally.queries, seconds=tally.seconds)
+                                queries=meter.queries, seconds=meter.seconds)
 
     def _check_scores(self, scores: Any, n: int, part: str) -> np.ndarray:
         s = np.asarray(scores, np.float64)
@@ -153,6 +154,6 @@ class MembershipInference(Configurable, ABC):
         return s
 
     @abstractmethod
-    def _score(self, target: Target, splits: MembershipSplits, threat: ThreatModel, ctx: Any,
+    def _score(self, target: Target, splits: MembershipSplits, threat: ThreatModel, ctx: RunContext,
                trainer: Any) -> tuple[np.ndarray, np.ndarray]:
         """Scores of the members and of the non-members (higher = more likely a member)."""
