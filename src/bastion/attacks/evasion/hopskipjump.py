@@ -18,7 +18,6 @@ from pydantic import Field, ValidationInfo, field_validator
 from bastion.attacks.base import MAX_QUERIES, AttackRun, register_attack
 from bastion.attacks.evasion._blackbox import Box, QueryAttack, QueryAttackParams
 from bastion.core.params import Eps, Norm
-from bastion.core.run import SampleStreams
 from bastion.core.targets.base import Target
 from bastion.errors import BastionRuntimeError
 
