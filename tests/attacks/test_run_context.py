@@ -241,3 +241,17 @@ def test_policy_scalar_eps_written_as_3e_2(tmp_path) -> None:  # noqa: ANN001
                     "checks:\n  - {name: pgd, kind: evasion, attack: pgd, eps: 3e-2}\n")
     check = load_policy(path).checks[0]
     assert check.params.eps == [0.03] and check.attack.eps == 0.03  # type: ignore[attr-defined]
+
+
+def test_every_attack_parameter_is_documented() -> None:
+    """One parameter model per attack, shared with the docs: every field appears in the attack pages."""
+    from pathlib import Path
+
+    from bastion.attacks.base import ATTACKS
+
+    root = Path(__file__).resolve().parents[2] / "docs"
+    docs = "".join((root / p).read_text() for p in ("api.md", "attacks-whitebox.md", "attacks-blackbox.md"))
+    builtin = [ATTACKS[n] for n in ATTACKS if ATTACKS[n].__module__.startswith("bastion.")]
+    missing = {cls.name: [f for f in cls.Params.model_fields if f"`{f}`" not in docs and f"{f}=" not in docs]
+               for cls in builtin}
+    assert not {k: v for k, v in missing.items() if v}
