@@ -102,3 +102,20 @@ def test_reads_a_committed_1x_report(tmp_path: Path) -> None:
     assert [f.rule_id for f in res.findings] == [f["rule_id"] for f in doc["findings"]]
     paths = write_reports(res, tmp_path)   # and renders in every format
     assert read_report(paths["json"]) == res
+
+
+def test_gates_read_an_upgraded_1x_scan_as_1x_did() -> None:
+    """A real 1.x scan report (bastion 0.1, demo breast-cancer, pgd and deepfool): its gates,
+    re-evaluated on the upgraded measurements, measure what 1.x measured."""
+    from bastion.campaign.gates import parse_gate
+
+    doc = json.loads((DATA / "report-1.0-scan.json").read_text())
+    res = read_report(DATA / "report-1.0-scan.json")
+    for old in doc["gates"]:
+        new = parse_gate(old["expression"]).evaluate(res.checks)
+        assert (new.value, new.passed) == (old["value"], old["passed"]), old["expression"]
+    pgd = res.checks[0]
+    assert {a.type for a in pgd.artifacts} == {"robustness_curve", "tabular_examples"}
+    assert sorted(pgd.values("robust_accuracy", eps=0.1)) == [r["robust_accuracy"] for r in
+                                                              doc["checks"][0]["metrics"]["results"] if r["eps"] == 0.1]
+    assert [a.type for a in res.checks[1].artifacts] == ["histogram"]
