@@ -167,5 +167,6 @@ def test_report_names_the_classes_of_the_data(tmp_path: Path) -> None:
     assert tab.rows and {r.label for r in tab.rows} | {r.adv_label for r in tab.rows} <= {"malignant", "benign"}
     html = (tmp_path / "report.html").read_text()
     assert "malignant" in html and "benign" in html
+    assert "<dt>classes</dt><dd>0 (malignant), 1 (benign)</dd>" in html
     assert ("Under a small change to each record (each feature moved by at most 0.5 of its standard deviation; "
             "pgd attack) the model was right on") in result.summary

@@ -163,6 +163,14 @@ def _spec_rows(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
+def _named_classes(target: dict[str, Any], names: Any) -> dict[str, Any]:
+    """The target's classes with the data's names for them ("0 (malignant)") where it has them."""
+    classes = target.get("classes")
+    if not isinstance(names, dict) or not isinstance(classes, list) or len(classes) > _MAX_LIST:
+        return target
+    return {**target, "classes": [f"{c} ({names[str(c)]})" if str(c) in names else c for c in classes]}
+
+
 def _finding_view(f: Finding) -> dict[str, Any]:
     return {
         "severity": f.severity.value,
@@ -281,7 +289,7 @@ def build_context(result: ScanResult) -> dict[str, Any]:
         "duration": _duration(result.started_at, result.finished_at),
         "started": _when(result.started_at),
         "finished": _when(result.finished_at),
-        "target_rows": _spec_rows(result.target),
+        "target_rows": _spec_rows(_named_classes(result.target, result.data.get("class_names"))),
         "data_rows": _spec_rows(result.data),
         "gates": [
             {"expression": g.expression, "sentence": gate_sentence(g, result), "passed": g.passed,
