@@ -101,3 +101,14 @@ def test_tree_and_log_filter(caplog: pytest.LogCaptureFixture) -> None:
     finally:
         logger.removeFilter(flt)
     assert caplog.records[-1].getMessage() == f"token {MASK} at https://h/p?key={MASK}"
+
+
+def test_http_target_registers_credentials_not_ordinary_parameters() -> None:
+    from bastion.core.spec import InputSpec
+    from bastion.core.targets.http_target import HttpTarget
+
+    HttpTarget("https://bob:pw-Zr81Lq@h.example/p?model=classification-v2&api_key=k-Tq71Wz",
+               classes=[0, 1], input_spec=InputSpec(shape=(2,)), probabilities_path="p",
+               headers={"X-Session-Id": "sess-Pq83Nb", "X-Model": "resnet-variant"})
+    out = redact("echo pw-Zr81Lq k-Tq71Wz sess-Pq83Nb | classification-v2 resnet-variant")
+    assert out == f"echo {MASK} {MASK} {MASK} | classification-v2 resnet-variant"

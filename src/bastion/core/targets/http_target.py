@@ -58,7 +58,7 @@ class ResponseTooLarge(MalformedResponse):
     """The endpoint's answer is larger than ``max_response_bytes``."""
 
 
-AUTH_LIKE = re.compile(r"auth|key|token|secret|passw|pwd|cookie|session|credential|sig", re.IGNORECASE)
+AUTH_LIKE = re.compile(r"auth|key|token|secret|passw|pwd|cookie|session|credential|sig|code", re.IGNORECASE)
 
 
 class HttpTarget(Target):
@@ -370,7 +370,7 @@ def _register_url_secrets(parts: Any) -> None:
     elif parts.username:  # https://TOKEN@host
         register_secret(unquote(parts.username))
     for key, value in parse_qsl(parts.query, keep_blank_values=False):
-        if AUTH_LIKE.search(key) or len(value) >= 12:  # not `?model=digits`: that would mask every "digits"
+        if AUTH_LIKE.search(key):  # not `?model=digits`: that would mask every "digits" in a report
             register_secret(value)
 
 
