@@ -80,15 +80,15 @@ class Server:
                     time.sleep(1.5)
                 if path == "/retry-later":
                     return self._send(429, b"come back in two minutes", {"Retry-After": "120"})
-                if path == "/trickle":  # a valid answer's first 25 bytes, one every 0.2 s
+                if path == "/trickle":  # a valid answer's first 50 bytes, one every 0.2 s
                     self.send_response(200)
                     self.send_header("Content-Length", "100")
                     self.end_headers()
-                    return trickle(self.wfile, b" " * 25)
+                    return trickle(self.wfile, b" " * 50)
                 if path == "/trickle-headers":  # the headers themselves, one byte every 0.2 s
                     self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
                     self.close_connection = True
-                    return trickle(self.wfile, b"z" * 25)
+                    return trickle(self.wfile, b"z" * 50)
                 if path in ("/huge", "/huge-declared"):  # 200 MB, with or without a Content-Length
                     self.send_response(200)
                     if path == "/huge-declared":
@@ -352,7 +352,7 @@ def test_backoff_is_jittered(server: Server, model: Model, secret_env: None, cap
     with pytest.raises(EndpointError):
         make(server, path="/down", retries=8, backoff=0.04, max_backoff=0.04, jitter=1.0).predict_proba(model.x[:1])
     delays = _logged_delays(caplog)
-    assert len(delays) == 8 and all(0.0 <= d <= 0.04 for d in delays) and len(set(delays)) > 2
+    assert len(delays) == 8 and all(0.0 <= d <= 0.04 for d in delays) and len(set(delays)) >= 4  # ms resolution
 
 
 def test_retry_after_beyond_max_backoff_is_reported(server: Server, model: Model, secret_env: None) -> None:
@@ -360,7 +360,7 @@ def test_retry_after_beyond_max_backoff_is_reported(server: Server, model: Model
     t0 = time.perf_counter()
     with pytest.raises(EndpointError, match=r"retry after 120s \(Retry-After\), longer than max_backoff=2s") as err:
         t.predict_proba(model.x[:2])
-    assert time.perf_counter() - t0 < 1.0 and server.calls["/retry-later"] == 1  # no pointless short retries
+    assert time.perf_counter() - t0 < 10.0 and server.calls["/retry-later"] == 1  # no pointless short retries
     assert "raise max_backoff" in str(err.value)
 
 
@@ -370,7 +370,7 @@ def test_timeout_bounds_the_whole_request(server: Server, model: Model, secret_e
     t0 = time.perf_counter()
     with pytest.raises(EndpointUnreachable, match="timed out.*0.6s for the whole request"):
         t.predict_proba(model.x[:2])
-    assert time.perf_counter() - t0 < 2.0  # the trickle lasts 5 s
+    assert time.perf_counter() - t0 < 4.0  # the trickle lasts 10 s
     make(server, path="/ok", timeout=0.6).predict_proba(model.x[:2])  # a prompt answer is unaffected
 
 

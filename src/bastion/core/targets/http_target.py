@@ -340,7 +340,7 @@ class HttpTarget(Target):
         with self._lock:
             self._summary["retries"] += 1
         log_retry()
-        log.info("%s: %s; retry %d/%d in %.2fs", url, why, attempt, self.retries, delay)
+        log.info("%s: %s; retry %d/%d in %.3fs", url, why, attempt, self.retries, delay)
         time.sleep(delay)
 
     def _log(self, n: int, sent: int, received: int, status: int | None, seconds: float) -> None:
