@@ -18,7 +18,9 @@ def test_every_malicious_file_is_flagged_high_or_critical(malicious_corpus) -> N
     missed = []
     for item in items:
         res = scan_paths([root / item.name])
-        assert not res.errors, (item.name, res.errors)
+        # malicious files may be partly "not analysed" (limits, encryption), but never unread or a reader crash
+        assert not [e for e in res.errors if e.kind == "error" or "reader failure" in e.message], (item.name,
+                                                                                                  res.errors)
         if not res.failed(Severity.high):
             missed.append((item.name, item.technique, [(f.severity.value, f.title) for f in res.findings]))
     assert not missed, missed
@@ -48,7 +50,7 @@ def test_formats_are_recognised_by_content(benign_corpus, name, fmt) -> None:
 def test_directory_scan_reports_each_malicious_file(malicious_corpus) -> None:
     root, items = malicious_corpus
     res = scan_paths([root])
-    assert not res.errors
+    assert not [e for e in res.errors if e.kind == "error"]
     flagged = {f.location for f in res.findings if f.severity.rank >= Severity.high.rank}
     for item in items:
         if (root / item.name).is_file():

@@ -119,7 +119,8 @@ def test_zip_without_central_directory(tmp_path: Path) -> None:
     data = _zip([("a.pkl", p2(b"}"))])
     (tmp_path / "x.zip").write_bytes(data[: data.rindex(b"PK\x01\x02")])
     res = scan_paths([tmp_path / "x.zip"])
-    assert res.worst() is Severity.high and not res.errors
+    assert res.worst() is Severity.high
+    assert [e.kind for e in res.errors] == ["not-analysed"] and res.exit_code(Severity.critical) == 2
 
 
 # ---------------------------------------------------------------- 7z (py7zr) and HDF5 (h5py), optional
@@ -185,7 +186,7 @@ def test_7z_corrupt_stream_header_and_trailing_bytes(tmp_path: Path) -> None:
     bad[40] ^= 0xFF                            # inside the LZMA2 packed stream
     (tmp_path / "packed.7z").write_bytes(bytes(bad))
     res = scan_paths([tmp_path / "packed.7z"])
-    assert res.worst() is Severity.high and not res.errors
+    assert res.worst() is Severity.high and {e.kind for e in res.errors} == {"not-analysed"}
     bad = bytearray(good)
     bad[-3] ^= 0xFF                            # inside the next header: its CRC no longer matches
     (tmp_path / "hdr.7z").write_bytes(bytes(bad))
@@ -206,7 +207,7 @@ def test_7z_without_py7zr_is_reported_not_analysed(tmp_path: Path, monkeypatch: 
     (tmp_path / "x.7z").write_bytes(data)
     res = scan_paths([tmp_path / "x.7z"])
     assert [(f.rule_id, f.severity) for f in res.findings] == [("BASTION-SC-050", Severity.medium)]
-    assert not res.errors
+    assert [e.kind for e in res.errors] == ["not-analysed"] and res.exit_code() == 2   # never clean
 
 
 def _h5(tmp_path: Path, name: str, cfg: dict | None, training: dict | None = None,

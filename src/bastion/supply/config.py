@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -11,7 +12,8 @@ from bastion.supply.allowlist import Policy, load_policy_file
 
 _LIMIT_KEYS = ("max_pickle_bytes", "max_opcodes", "max_memo", "max_stack", "max_member_bytes",
                "max_total_unpacked", "max_ratio", "max_members", "max_depth", "max_file_seconds",
-               "max_header_bytes", "max_onnx_bytes", "follow_symlinks")
+               "max_header_bytes", "max_onnx_bytes", "max_findings_per_rule", "max_parser_memory",
+               "follow_symlinks")
 
 
 @dataclass
@@ -34,6 +36,8 @@ class InspectConfig:
     max_file_seconds: float = 60.0             # wall time per top-level file
     max_header_bytes: int = 100 * 1024**2      # safetensors / npy / json header size
     max_onnx_bytes: int = 2 * 1024**3          # ONNX protobuf size parsed
+    max_findings_per_rule: int = 100           # findings listed per rule and file; the rest are counted
+    max_parser_memory: int = 512 * 1024**2     # extra memory a C-library parser (HDF5) may take, in a child
     follow_symlinks: bool = False              # walk into symlinked directories
     policy: Policy = field(default_factory=Policy.default)
 
@@ -65,8 +69,10 @@ class InspectConfig:
                                   field=f"limits.{key}")
             want = bool if key == "follow_symlinks" else (float if "float" in str(types[key]) else int)
             if isinstance(value, bool) != (want is bool) or not isinstance(value, (int, float)) or \
-                    (want is int and not isinstance(value, int)) or (want is not bool and value <= 0):
-                raise PolicyError(f"must be a positive {want.__name__}", file=source, field=f"limits.{key}")
+                    (want is int and not isinstance(value, int)) or \
+                    (want is not bool and not (math.isfinite(value) and value > 0)):
+                raise PolicyError(f"must be a positive finite {want.__name__}, got {value!r}", file=source,
+                                  field=f"limits.{key}")
             setattr(cfg, key, want(value))
         cfg.policy.extend(doc, source=source)
         return cfg

@@ -40,7 +40,12 @@ class ScanContext:
     unpacked: list[int] = field(default_factory=lambda: [0])  # bytes decompressed (shared)
     deadline: float = 0.0
     formats: list[str] = field(default_factory=list)
+    not_analysed: list[str] = field(default_factory=list)   # why (part of) the file was not analysed
+    data_files: list[str] = field(default_factory=list)     # files read as raw data (ONNX external data)
     _seen: set[tuple[Any, ...]] = field(default_factory=set)
+    # findings per rule beyond config.max_findings_per_rule: rule id -> [count, worst severity, member]
+    suppressed: dict[str, list[Any]] = field(default_factory=dict)
+    per_rule: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.deadline:
@@ -56,10 +61,10 @@ class ScanContext:
         depth = self.depth + 1
         if depth > self.config.max_depth:
             raise LimitExceeded("max_depth", f"nesting deeper than {self.config.max_depth} levels")
-        sub = ScanContext(self.config, self.path, self.findings, member if self.member is None
-                          else f"{self.member}/{member}", depth, self.unpacked, self.deadline, self.formats,
-                          self._seen)
-        return sub
+        return ScanContext(self.config, self.path, self.findings, member if self.member is None
+                           else f"{self.member}/{member}", depth, self.unpacked, self.deadline, self.formats,
+                           self.not_analysed, self.data_files, self._seen, self.suppressed,
+                           self.per_rule)
 
     def count_unpacked(self, n: int) -> None:
         self.unpacked[0] += n
@@ -69,13 +74,36 @@ class ScanContext:
 
     def add(self, rule_id: str, severity: Severity, title: str, *, offset: int | None = None,
             description: str = "", **metrics: Any) -> None:
-        """Record a finding once per (rule, member, title)."""
+        """Record a finding once per (rule, member, title); past ``max_findings_per_rule`` findings of one
+        rule in this file, only count them (:meth:`summarise_suppressed` reports the count and worst)."""
         key = (rule_id, self.member, title)
         if key in self._seen:
             return
         self._seen.add(key)
+        n = self.per_rule.get(rule_id, 0)
+        self.per_rule[rule_id] = n + 1
+        if n >= self.config.max_findings_per_rule:
+            entry = self.suppressed.setdefault(rule_id, [0, severity, self.member])
+            entry[0] += 1
+            if severity.rank > entry[1].rank:
+                entry[1] = severity
+            return
         self.findings.append(make_finding(rule_id, severity, title, location=str(self.path), offset=offset,
                                           description=description, member=self.member, **metrics))
+
+    def not_understood(self, reason: str) -> None:
+        """Record that this file (or the current member) was not analysed, and why: never reported clean."""
+        self.not_analysed.append(f"[{self.member}] {reason}" if self.member else reason)
+
+    def summarise_suppressed(self) -> None:
+        """One finding per rule whose findings were capped: how many were left out and the worst severity."""
+        for rule_id, (count, worst, member) in sorted(self.suppressed.items()):
+            self.findings.append(make_finding(
+                rule_id, worst, f"{count} more {rule_id} finding(s) in this file not listed "
+                f"(max_findings_per_rule = {self.config.max_findings_per_rule})", location=str(self.path),
+                description="Findings of one rule past the cap are grouped here; the worst of them has this "
+                "severity.", member=member, suppressed=count))
+        self.suppressed.clear()
 
     @property
     def where(self) -> str:

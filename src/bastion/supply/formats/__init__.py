@@ -16,6 +16,7 @@ NPY_MAGIC = b"\x93NUMPY"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 SEVENZ_MAGIC = b"7z\xbc\xaf\x27\x1c"
 _COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz", b"\x5d\x00\x00": "lzma"}
+UNKNOWN_FORMAT = "unknown format: not a model format bastion reads (a tool that reads it may still load it)"
 _ONNX_FIRST = {0x08, 0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42}
 
 
@@ -38,8 +39,7 @@ def detect(head: bytes, size: int) -> str:
         return "zlib"
     if len(head) >= 9 and head[8:9] == b"{":
         n = int.from_bytes(head[:8], "little")
-        if 2 <= n <= size - 8:
-            return "safetensors"
+        return "safetensors" if 2 <= n <= size - 8 else "safetensors?"
     if head[:1] == b"\x80" and len(head) > 1 and head[1] <= 5:
         return "pickle"
     if head.lstrip()[:1] == b"{":
@@ -50,7 +50,12 @@ def detect(head: bytes, size: int) -> str:
 
 
 def scan_stream(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
-    """Analyse the data in ``fh`` (seekable, positioned at 0) whatever its format."""
+    """Analyse the data in ``fh`` (seekable, positioned at 0) whatever its format.
+
+    A reader that fails in an unexpected way does not lose the findings already made: the data is
+    recorded as not analysed (:meth:`ScanContext.not_understood`) and the scan of the enclosing
+    archive goes on. Malformed data and exceeded limits propagate (callers report them).
+    """
     ctx.check_time()
     head = fh.read(4096)
     fh.seek(0)
@@ -58,6 +63,18 @@ def scan_stream(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
     ctx.formats.append(kind)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("%s: detected %s", ctx.where, kind)
+    try:
+        _dispatch(ctx, fh, size, kind, head)
+        if kind != "zip" and size > 22:
+            _check_polyglot_zip(ctx, fh, size)
+    except (LimitExceeded, Malformed, RecursionError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a reader bug or a library error on crafted data
+        log.debug("%s: %s reader failed", ctx.where, kind, exc_info=True)
+        ctx.not_understood(f"reader failure ({kind}): {type(exc).__name__}: {exc}")
+
+
+def _dispatch(ctx: ScanContext, fh: BinaryIO, size: int, kind: str, head: bytes) -> None:
     if kind == "zip":
         from bastion.supply.formats.zip import scan_zip
         scan_zip(ctx, fh, size)
@@ -92,21 +109,42 @@ def scan_stream(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
                 scan_onnx(ctx, fh, size)
                 return
         ctx.formats[-1] = "pickle?"
-        scan_pickle(ctx, fh, size, trial=True)
-    if kind != "zip" and size > 22:
-        _check_polyglot_zip(ctx, fh, size)
+        if scan_pickle(ctx, fh, size, trial=True):
+            return
+        if kind == "safetensors?":
+            ctx.formats[-1] = "unknown"
+            ctx.not_understood(f"safetensors header length {int.from_bytes(head[:8], 'little')} is impossible "
+                               f"for a {size}-byte file")
+        elif is_text(head):
+            ctx.formats[-1] = "text"
+        else:
+            ctx.formats[-1] = "unknown"
+            ctx.not_understood(UNKNOWN_FORMAT)
+
+
+def is_text(head: bytes) -> bool:
+    """True for UTF-8 text without NUL bytes (a cut multi-byte character at the end is allowed)."""
+    if b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start >= len(head) - 3 and exc.reason == "unexpected end of data"
+    return True
 
 
 def scan_bytes(ctx: ScanContext, data: bytes) -> None:
     scan_stream(ctx, io.BytesIO(data), len(data))
 
 
-def scan_pickle(ctx: ScanContext, fh: BinaryIO, size: int, *, trial: bool = False) -> None:
-    """Walk a pickle stream. In ``trial`` mode (no PROTO opcode) a parse failure means 'not a pickle'
-    unless a code-execution primitive was already seen (pickle runs opcodes before STOP)."""
+def scan_pickle(ctx: ScanContext, fh: BinaryIO, size: int, *, trial: bool = False) -> bool:
+    """Walk a pickle stream; returns False when, in ``trial`` mode (no PROTO opcode), the data is not a
+    pickle: a parse failure with no code-execution primitive seen before it (pickle runs opcodes
+    before STOP, so a primitive before the failure still counts)."""
     from bastion.supply.pickle_scan import scan_pickle_stream
 
     mark = len(ctx.findings)
+    not_analysed = len(ctx.not_analysed)
     try:
         scan_pickle_stream(ctx, fh, multi=True)
         if trial:
@@ -115,9 +153,10 @@ def scan_pickle(ctx: ScanContext, fh: BinaryIO, size: int, *, trial: bool = Fals
         found = ctx.findings[mark:]
         if trial and not any(f.severity is Severity.critical for f in found):
             del ctx.findings[mark:]
-            ctx.formats[-1] = "unknown"
-            return
+            del ctx.not_analysed[not_analysed:]
+            return False
         ctx.add("BASTION-SC-007", Severity.medium, f"Malformed pickle: {exc}", offset=exc.offset)
+    return True
 
 
 def _check_polyglot_zip(ctx: ScanContext, fh: BinaryIO, size: int) -> None:

@@ -119,6 +119,13 @@ def scan_hdf5(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
     except ImportError:
         _scan_hdf5_bytes(ctx, fh, size)
         return
+    from bastion.supply.isolate import run_isolated
+
+    # the HDF5 C library can take unbounded memory or time on a crafted file: parse in a bounded child
+    run_isolated(ctx, lambda sub: _scan_hdf5_h5py(sub, h5py, fh, size), "HDF5")
+
+
+def _scan_hdf5_h5py(ctx: ScanContext, h5py: Any, fh: BinaryIO, size: int) -> None:
     fh.seek(0)
     try:
         f = h5py.File(fh, "r")
@@ -138,7 +145,15 @@ def scan_hdf5(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
                 keras_like = analyse_config_bytes(ctx, text, root=f"{key}$", hdf5_reader="h5py",
                                                  attribute=key)
                 found |= keras_like and key == "model_config"
-        _check_links(ctx, f)
+        try:
+            _check_links(ctx, f)
+        except (LimitExceeded, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the HDF5 library's errors on corrupt link or heap messages
+            ctx.add("BASTION-SC-007", Severity.medium, f"HDF5 links cannot be read: {exc}", hdf5_reader="h5py",
+                    description="The file's group structure is corrupt; external links and storage were not "
+                    "all checked.")
+            ctx.not_understood(f"HDF5 links cannot be read: {exc}")
     if found:
         ctx.formats[-1] = "keras-h5"
     else:

@@ -198,7 +198,7 @@ def scan_onnx(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
     for t in _tensors(model):
         if t.data_location != 1:   # TensorProto.EXTERNAL
             continue
-        entries = {e.key: e.value for e in t.external_data}
+        entries = {_text(e.key): _text(e.value) for e in t.external_data}
         loc = entries.get("location", "")
         _check_location(ctx, t.name, loc, model_dir, real_dir)
     domains = {op.domain for op in model.opset_import} | {n.domain for g in _graphs(model.graph) for n in g.node}
@@ -208,6 +208,11 @@ def scan_onnx(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
         ctx.add("BASTION-SC-031", Severity.medium, f"ONNX model uses custom operator domain {dom!r}",
                 description="Running it needs a custom-operator shared library registered with the runtime: "
                 "native code that bastion cannot analyse.", domain=dom)
+
+
+def _text(value: str | bytes) -> str:
+    """A protobuf string field (invalid UTF-8 comes back as bytes): as a str, undecodable bytes escaped."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
 def _check_location(ctx: ScanContext, tensor: str, loc: str, model_dir: Path, real_dir: str) -> None:
@@ -230,6 +235,8 @@ def _check_location(ctx: ScanContext, tensor: str, loc: str, model_dir: Path, re
                 description="A symbolic link inside the model directory sends the runtime outside it.",
                 external_location=loc, tensor=tensor)
         return
+    if ctx.member is None:
+        ctx.data_files.append(real)   # raw tensor bytes: not a format to analyse, not "not analysed"
     try:
         st = os.stat(target)
     except OSError:

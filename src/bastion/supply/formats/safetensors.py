@@ -19,6 +19,19 @@ DTYPE_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0"
               "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "C64": 64}
 
 
+_MAX_ELEMENTS = 1 << 64
+
+
+def _short(shape: list[int]) -> str:
+    """A shape for a message: at most 8 dimensions, each at most 20 digits."""
+    dims = ", ".join(_short_int(d) for d in shape[:8])
+    return f"[{dims}{', ...' if len(shape) > 8 else ''}] ({len(shape)} dims)" if len(shape) > 8 else f"[{dims}]"
+
+
+def _short_int(v: int) -> str:
+    return str(v) if -10**20 < v < 10**20 else f"{'-' if v < 0 else ''}~2^{abs(v).bit_length() - 1}"
+
+
 def _no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     keys = [k for k, _ in pairs]
     if len(keys) != len(set(keys)):
@@ -59,12 +72,19 @@ def validate_header(header: bytes, buffer_len: int) -> list[str]:
         n = 1
         for d in shape:
             n *= d
-        nbytes = (n * DTYPE_BITS[dtype] + 7) // 8
-        if begin < 0 or end < begin:
-            problems.append(f"tensor {name!r}: invalid offsets [{begin}, {end}]")
+            if n >= _MAX_ELEMENTS:   # the reference reader computes sizes in 64 bits and refuses overflow
+                break
+        shown = _short(shape)
+        if begin < 0 or end < begin or end >= _MAX_ELEMENTS:
+            problems.append(f"tensor {name!r}: invalid offsets [{_short_int(begin)}, {_short_int(end)}]")
             continue
+        if n >= _MAX_ELEMENTS:
+            problems.append(f"tensor {name!r}: shape {shown} has more elements than a 64-bit size can count")
+            spans.append((begin, end, name))
+            continue
+        nbytes = (n * DTYPE_BITS[dtype] + 7) // 8
         if end - begin != nbytes:
-            problems.append(f"tensor {name!r}: {end - begin} bytes for shape {shape} x {dtype} ({nbytes} bytes)")
+            problems.append(f"tensor {name!r}: {end - begin} bytes for shape {shown} x {dtype} ({nbytes} bytes)")
         if end > buffer_len:
             problems.append(f"tensor {name!r}: ends at {end}, past the {buffer_len}-byte buffer")
         spans.append((begin, end, name))

@@ -51,6 +51,7 @@ def scan_7z(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
         ctx.add("BASTION-SC-050", Severity.medium, "7z archive not analysed (py7zr is not installed)",
                 description="Install py7zr (pip install 'bastion[formats]') to let bastion inspect the members "
                 "of 7z archives.")
+        ctx.not_understood("7z archive: py7zr is not installed (pip install 'bastion[formats]')")
         return
     fh.seek(0)
     try:
@@ -59,6 +60,7 @@ def scan_7z(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
         ctx.add("BASTION-SC-010", Severity.high, "7z archive header is encrypted (password): members unknown",
                 description="Neither the member list nor the content can be analysed without the password; a "
                 "loader given the password reads what no scanner saw.", encrypted="header")
+        ctx.not_understood("7z archive header is encrypted")
         return
     except (LimitExceeded, MemoryError):
         raise
@@ -66,6 +68,7 @@ def scan_7z(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
         ctx.add("BASTION-SC-010", Severity.high, f"Broken 7z archive: {type(exc).__name__}: {exc}",
                 description="The 7z header cannot be read; other 7z readers may still read it, so its "
                 "content is unknown.")
+        ctx.not_understood(f"7z header cannot be read: {type(exc).__name__}: {exc}")
         return
     with archive:
         _scan_archive(ctx, py7zr, archive)
@@ -91,6 +94,7 @@ def _scan_archive(ctx: ScanContext, py7zr: Any, archive: Any) -> None:
         ctx.add("BASTION-SC-010", Severity.high, "7z archive content is encrypted (password)",
                 description="Encrypted members cannot be analysed; a loader given the password reads what no "
                 "scanner saw. Members stored unencrypted are still analysed.", encrypted="content")
+        ctx.not_understood("7z archive content is encrypted")
     seen: set[str] = set()
     skip: set[str] = set()
     for info in infos:
@@ -226,6 +230,7 @@ class _MemberFactory:
             self.ctx.add("BASTION-SC-010", Severity.high, f"{why}; {left} member(s) not analysed",
                          description="7z readers stop at this error or skip the data, so part of the content "
                          "is unknown.")
+            self.ctx.not_understood(f"{why}; {left} member(s) not analysed")
 
 
 class _BoundedWriter:

@@ -50,10 +50,30 @@ def scan_tar(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
                 continue
             if m.name == "storages" or m.name.endswith("/storages"):
                 continue       # legacy torch tar: raw tensor bytes
-            f = tf.extractfile(m)
-            if f is None:
-                continue
-            data = f.read()
+            data, error = _read(tf, fh, m)
             ctx.count_unpacked(len(data))
             sub = ctx.child(m.name)
-            scan_stream(sub, io.BytesIO(data), len(data))
+            if error:
+                sub.add("BASTION-SC-010", Severity.high, f"Member {m.name!r} is truncated: {error}",
+                        offset=m.offset, description="The archive ends inside this member; the bytes that are "
+                        "there were analysed.")
+            if data:
+                scan_stream(sub, io.BytesIO(data), len(data))
+            if error:
+                return
+
+
+def _read(tf: tarfile.TarFile, fh: BinaryIO, m: tarfile.TarInfo) -> tuple[bytes, str | None]:
+    """The member's bytes, and an error when the archive ends before the member does (the bytes up to
+    the cut are returned: a pickle there still runs when loaded)."""
+    if m.issparse():
+        f = tf.extractfile(m)
+        try:
+            return (f.read() if f else b""), None
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            return b"", str(exc) or type(exc).__name__
+    fh.seek(m.offset_data)
+    data = fh.read(m.size)
+    if len(data) < m.size:
+        return data, f"{m.size - len(data)} of its {m.size} bytes are missing"
+    return data, None

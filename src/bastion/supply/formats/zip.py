@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bz2
 import io
+import lzma
 import posixpath
 import stat
 import struct
@@ -27,6 +28,8 @@ _PEEK = 4096
 
 def _read_local(fh: BinaryIO, info: zipfile.ZipInfo) -> tuple[int, str, int, int]:
     """Return (data offset, local name, local flags, local method) of a member."""
+    if info.header_offset < 0:
+        raise Malformed(f"local header offset {info.header_offset} is before the start of the file", 0)
     fh.seek(info.header_offset)
     raw = fh.read(_LOCAL.size)
     if len(raw) < _LOCAL.size:
@@ -66,10 +69,11 @@ def read_member(ctx: ScanContext, fh: BinaryIO, info: zipfile.ZipInfo, data_offs
 def scan_zip(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
     try:
         zf = zipfile.ZipFile(fh)
-    except (zipfile.BadZipFile, ValueError, EOFError) as exc:
+    except (zipfile.BadZipFile, ValueError, EOFError, NotImplementedError, OSError) as exc:
         ctx.add("BASTION-SC-010", Severity.high, f"Broken zip archive: {exc}",
                 description="The zip central directory cannot be read; loaders with other zip readers may "
                 "still read it, so its content is unknown.")
+        ctx.not_understood(f"zip central directory cannot be read: {exc}")
         return
     infos = zf.infolist()
     if len(infos) > ctx.config.max_members:
@@ -116,11 +120,12 @@ def scan_zip(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
             ctx.add("BASTION-SC-010", Severity.high, f"Member {name!r}: local and central headers disagree "
                     f"(flags {local_flags:#x}/{info.flag_bits:#x}, method {local_method}/{info.compress_type})",
                     offset=info.header_offset)
-        if info.flag_bits & 0x1:
-            ctx.add("BASTION-SC-010", Severity.high, f"Member {name!r} is encrypted (flag bit 0)",
-                    offset=info.header_offset, description="Encrypted members cannot be analysed; some "
-                    "loaders ignore the flag and read the data anyway.")
-            continue
+        encrypted = bool(info.flag_bits & 0x1)
+        if encrypted:
+            ctx.add("BASTION-SC-010", Severity.high, f"Member {name!r} is flagged as encrypted (flag bit 0)",
+                    offset=info.header_offset, description="Some loaders ignore the flag and read the data "
+                    "anyway; bastion analyses the member when its data inflates to its checksum without a "
+                    "password, and reports it as not analysed otherwise.")
         if info.is_dir():
             continue
         ratio = info.file_size / max(info.compress_size, 1)
@@ -132,20 +137,33 @@ def scan_zip(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
             "/.data/serialization_id") or name == ".data/serialization_id"
         if is_storage:
             continue   # raw tensor bytes: never unpickled, never read in full
-        _scan_member(ctx, fh, info, data_offset, torchscript and name.endswith(".pkl"))
+        _scan_member(ctx, fh, info, data_offset, torchscript and name.endswith(".pkl"), encrypted)
 
 
-def _scan_member(ctx: ScanContext, fh: BinaryIO, info: zipfile.ZipInfo, data_offset: int, torchscript: bool) -> None:
+def _scan_member(ctx: ScanContext, fh: BinaryIO, info: zipfile.ZipInfo, data_offset: int, torchscript: bool,
+                 encrypted: bool = False) -> None:
     from bastion.supply.formats import detect, scan_stream
 
     sub = ctx.child(info.filename)
+    if encrypted:
+        try:
+            data = read_member(sub, fh, info, data_offset, ctx.config.max_member_bytes)
+            readable = len(data) == info.file_size and zlib.crc32(data) == info.CRC
+        except (Malformed, zlib.error, OSError, EOFError, ValueError, NotImplementedError, lzma.LZMAError,
+                zipfile.BadZipFile):
+            readable = False
+        if not readable:
+            sub.not_understood(f"member {info.filename!r} is encrypted")
+            return
     try:
         head = read_member(sub, fh, info, data_offset, _PEEK)
         kind = detect(head, info.file_size)
         if kind == "maybe-pickle" and not info.filename.endswith(".pkl") and info.file_size > 64 * 1024**2:
             return   # large opaque blob, not a pickle by its first opcode: nothing executable
+        # never more than the directory declares (plus one byte to see a liar): bounded memory per member
         data = head if info.file_size <= _PEEK else read_member(sub, fh, info, data_offset,
-                                                                ctx.config.max_member_bytes)
+                                                                min(ctx.config.max_member_bytes,
+                                                                    info.file_size + 1))
         if len(data) != info.file_size:
             sub.add("BASTION-SC-010", Severity.high, f"Member {info.filename!r} inflates to {len(data)} bytes, "
                     f"directory says {info.file_size}", offset=info.header_offset)
@@ -166,9 +184,12 @@ def _scan_member(ctx: ScanContext, fh: BinaryIO, info: zipfile.ZipInfo, data_off
     except Malformed as exc:
         sub.add("BASTION-SC-010", Severity.high, f"Member {info.filename!r} cannot be read: {exc}",
                 offset=info.header_offset)
-    except (zlib.error, OSError, EOFError) as exc:
+    except (zlib.error, OSError, EOFError, ValueError, NotImplementedError, lzma.LZMAError,
+            zipfile.BadZipFile) as exc:
         sub.add("BASTION-SC-010", Severity.high, f"Member {info.filename!r} cannot be inflated: {exc}",
-                offset=info.header_offset)
+                offset=info.header_offset, description="Loaders with other zip readers may still read it, "
+                "so its content is unknown.")
+        sub.not_understood(f"member {info.filename!r} cannot be inflated: {exc}")
 
 
 def _check_name(ctx: ScanContext, info: zipfile.ZipInfo) -> None:
