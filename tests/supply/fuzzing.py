@@ -112,3 +112,10 @@ def seed_files(dirs: list[Path]) -> dict[str, bytes]:
             if p.is_file() and not p.is_symlink() and p.stat().st_size <= 4 * 1024**2:
                 out[f"{d.name}/{p.relative_to(d)}"] = p.read_bytes()
     return out
+
+
+def optional_formats_installed() -> bool:
+    """py7zr and h5py (the ``formats`` extra) present: 7z and HDF5 seeds are in the corpus."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("py7zr", "h5py"))

@@ -120,3 +120,49 @@ def test_load_model_skops_and_safetensors(tmp_path: Path) -> None:
     st.write_bytes(_safetensors({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}},
                                 np.array([1.0, 2.0], dtype="<f4").tobytes()))
     assert load_model(st)["a"].tolist() == [1.0, 2.0]
+
+
+def test_output_pointing_at_a_directory_is_a_usage_error(files, tmp_path: Path) -> None:
+    from bastion.errors import UsageError
+
+    for fmt in ("text", "json", "sarif"):     # main() turns a UsageError into one line and exit 2
+        r = runner.invoke(app, ["inspect", str(files["evil"]), "--format", fmt, "-o", str(tmp_path)])
+        assert isinstance(r.exception, UsageError) and "is a directory" in str(r.exception)
+    r = runner.invoke(app, ["inspect", str(files["evil"]), "-o", str(files["clean"] / "x.json")])
+    assert isinstance(r.exception, UsageError) and "is a file" in str(r.exception)
+
+
+def test_non_utf8_file_names_in_json_and_files(tmp_path: Path) -> None:
+    import os
+
+    d = tmp_path / "models"
+    d.mkdir()
+    name = os.fsdecode(b"evil\xff.pkl")
+    (d / name).write_bytes(RCE_P0)
+    r = runner.invoke(app, ["inspect", str(d), "--format", "json"])
+    assert r.exit_code == 1, r.output
+    doc = json.loads(r.output)
+    assert doc["findings"][0]["location"].endswith("evil\\xff.pkl")
+    for fmt, out in (("json", "r.json"), ("sarif", "r.sarif"), ("text", "r.txt")):
+        r = runner.invoke(app, ["inspect", str(d), "--format", fmt, "-o", str(tmp_path / out)])
+        text = (tmp_path / out).read_text("utf-8")          # valid UTF-8
+        assert r.exit_code == 1
+        if fmt == "json":
+            assert json.loads(text)["findings"][0]["location"].endswith("evil\\xff.pkl")
+        elif fmt == "sarif":
+            assert json.loads(text)["runs"][0]["results"]
+        else:
+            assert "FAIL 1 file(s) scanned" in text        # (the table folds the long file column)
+
+
+def test_nothing_scanned_and_not_analysed_in_text_output(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    r = runner.invoke(app, ["inspect", str(tmp_path / "empty")])
+    assert r.exit_code == 2 and "nothing scanned" in r.output
+    (tmp_path / "blob.bin").write_bytes(bytes(range(256)) * 8)
+    r = runner.invoke(app, ["inspect", str(tmp_path / "blob.bin"), "--format", "json"])
+    doc = json.loads(r.output)
+    assert r.exit_code == 2 and doc["status"] == "incomplete"
+    assert doc["checks"][0]["artifacts"]["errors"][0]["kind"] == "not-analysed"
+    r = runner.invoke(app, ["inspect", str(tmp_path / "blob.bin")])
+    assert "not analysed:" in r.output and "INCOMPLETE" in r.output

@@ -39,8 +39,8 @@ def register(app: typer.Typer) -> None:
         """Scan model files for code that loading them would run (pickle, PyTorch, joblib, NumPy,
         Keras, ONNX, safetensors, zip/tar/7z). Never loads or executes the files.
 
-        Exit codes: 0 clean, 1 a finding at or above --fail-on, 2 a file could not be scanned (or a
-        usage error).
+        Exit codes: 0 clean, 1 a finding at or above --fail-on, 2 a file could not be scanned or
+        analysed, nothing was scanned (no model file), or a usage error.
         """
         from bastion.core.io import atomic_write_json, atomic_write_text
         from bastion.core.results import Severity
@@ -48,6 +48,8 @@ def register(app: typer.Typer) -> None:
         from bastion.supply.inspect import scan_paths
 
         threshold = Severity.parse(fail_on)
+        if output is not None:
+            _check_output(output)
         cfg = InspectConfig.from_file(config) if config else InspectConfig()
         res = scan_paths(paths, config=cfg)
         code = res.exit_code(threshold)
@@ -72,6 +74,19 @@ def register(app: typer.Typer) -> None:
         sys.exit(code)
 
 
+def _check_output(output: Path) -> None:
+    """Refuse an --output that cannot be written as a file, before scanning."""
+    from bastion.errors import UsageError
+
+    if output.is_dir():
+        raise UsageError(f"--output {output} is a directory", hint="give a file path, e.g. "
+                         f"{output / 'inspect.json'}")
+    parent = next((p for p in output.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UsageError(f"--output {output}: {parent} is a file, not a directory", hint="give a file path "
+                         "in an existing directory (missing directories are created)")
+
+
 def _print_text(console: Console, res, threshold) -> None:  # noqa: ANN001 - InspectResult, Severity
     findings = sorted(res.findings, key=lambda f: (-f.severity.rank, f.location or "", f.offset or 0))
     if findings:
@@ -85,10 +100,14 @@ def _print_text(console: Console, res, threshold) -> None:  # noqa: ANN001 - Ins
                           "" if f.offset is None else str(f.offset), escape(f.title))
         console.print(table)
     for e in res.errors:
-        console.print(f"[bold red]error:[/] {escape(e.path)}: {escape(e.message)}")
+        label = "[bold yellow]not analysed:[/]" if e.kind == "not-analysed" else "[bold red]error:[/]"
+        console.print(f"{label} {escape(e.path)}: {escape(e.message)}")
+    if res.nothing_scanned:
+        console.print(f"[bold yellow]nothing scanned:[/] no model file found ({res.files_scanned} file(s) read)")
     worst = res.worst()
     verdict = ("[bold red]FAIL[/]" if res.failed(threshold) else
-               "[bold yellow]INCOMPLETE[/]" if res.errors else "[bold green]PASS[/]")
+               "[bold green]PASS[/]" if res.complete else "[bold yellow]INCOMPLETE[/]")
+    n_err = sum(e.kind == "error" for e in res.errors)
     console.print(f"{verdict} {res.files_scanned} file(s) scanned, {len(res.findings)} finding(s)"
-                  f"{f', worst {worst.value}' if worst else ''}, {len(res.errors)} error(s) "
-                  f"(--fail-on {threshold.value}, {res.seconds:.2f} s)")
+                  f"{f', worst {worst.value}' if worst else ''}, {n_err} error(s), "
+                  f"{len(res.errors) - n_err} not analysed (--fail-on {threshold.value}, {res.seconds:.2f} s)")

@@ -22,7 +22,7 @@ from bastion.core.results import CheckResult, Finding, ScanResult, Severity
 from bastion.supply.config import InspectConfig
 from bastion.supply.context import LimitExceeded, Malformed, ScanContext
 from bastion.supply.formats import UNKNOWN_FORMAT, scan_stream
-from bastion.supply.rules import CHECK_NAME, make_finding
+from bastion.supply.rules import CHECK_NAME, make_finding, safe_text
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,10 @@ class ScanError:
     path: str
     message: str
     kind: str = "error"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", safe_text(self.path))
+        object.__setattr__(self, "message", safe_text(self.message))
 
     def to_dict(self) -> dict[str, str]:
         return {"path": self.path, "message": self.message, "kind": self.kind}
@@ -139,7 +143,7 @@ class InspectResult:
                           finished_at=dt.datetime.now(dt.timezone.utc).isoformat(),
                           verdict="fail" if self.failed(fail_on) else "pass", fail_on=fail_on,
                           status="complete" if self.complete else "incomplete",
-                          status_reason=check.reason, target={"paths": [str(p) for p in paths]},
+                          status_reason=check.reason, target={"paths": [safe_text(str(p)) for p in paths]},
                           checks=[check], summary=_summary(self, fail_on))
 
 
@@ -254,7 +258,7 @@ def scan_paths(paths: Sequence[str | os.PathLike[str]], *, config: InspectConfig
                 res.errors.append(ScanError(str(path), f"cannot read: {exc.strerror or exc}"))
                 continue
             res.findings.extend(scanned.findings)
-            res.formats[str(path)] = scanned.formats
+            res.formats[safe_text(str(path))] = scanned.formats
             res.models_scanned += scanned.model
             data_files.update(scanned.data_files)
             for why in scanned.not_analysed[:5]:

@@ -58,10 +58,27 @@ CATALOGUE: list[Rule] = [
 RULES: dict[str, Rule] = {r.id: r for r in CATALOGUE}
 
 
+def safe_text(s: str) -> str:
+    """``s`` as valid UTF-8 text for reports: the bytes of an undecodable file name (surrogate escapes)
+    shown as ``\\xNN``, any other lone surrogate as ``\\uNNNN``; valid text is returned unchanged."""
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        pass
+    try:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def make_finding(rule_id: str, severity: Severity, title: str, *, location: str | None,
                  offset: int | None = None, description: str = "", **metrics: Any) -> Finding:
-    """Build a Finding for ``rule_id`` with the supply-chain ATLAS/OWASP ids."""
+    """Build a Finding for ``rule_id`` with the supply-chain ATLAS/OWASP ids (text made valid UTF-8:
+    file and member names, and names read from the scanned data, may not be)."""
     rule = RULES[rule_id]
-    return rule.finding(title=title, severity=severity, check=CHECK_NAME, description=description or rule.title,
-                        metrics={k: v for k, v in metrics.items() if v is not None},
-                        location=location, offset=offset)
+    return rule.finding(title=safe_text(title), severity=severity, check=CHECK_NAME,
+                        description=safe_text(description or rule.title),
+                        metrics={k: safe_text(v) if isinstance(v, str) else v for k, v in metrics.items()
+                                 if v is not None},
+                        location=None if location is None else safe_text(location), offset=offset)
