@@ -111,3 +111,34 @@ def test_truncated_benign_pickle_is_medium(tmp_path: Path) -> None:
     assert res.worst() is Severity.medium
     assert res.findings[0].rule_id == "BASTION-SC-007"
     assert not res.errors
+
+
+def _frame(n: int) -> bytes:
+    return b"\x95" + n.to_bytes(8, "little")
+
+
+def test_opcode_crossing_its_frame_end_is_flagged(tmp_path: Path) -> None:
+    hidden = SG("os", "system") + SU("id") + b"\x85R0"     # what a frame-trusting unpickler would run
+    data = b"\x80\x05" + _frame(3) + BY(hidden) + b"0}."  # the frame ends inside BINBYTES' length field
+    res = _scan(tmp_path, data)
+    (f,) = res.findings
+    assert f.severity is Severity.high and "crosses the end of its FRAME" in f.title and f.offset == 11
+
+
+def test_frame_starting_inside_another_frame_is_flagged(tmp_path: Path) -> None:
+    data = b"\x80\x05" + _frame(14) + b"N0" + _frame(3) + b"}0N."
+    res = _scan(tmp_path, data)
+    assert [f.title for f in res.findings] == ["Pickle FRAME starts before the previous frame ends"]
+
+
+def test_frame_longer_than_the_data_is_not_analysed(tmp_path: Path) -> None:
+    res = _scan(tmp_path, b"\x80\x05" + _frame(2**60) + b"}.")
+    assert [e.kind for e in res.errors] == ["not-analysed"] and "declares 1152921504606846976" in res.errors[0].message
+    assert res.exit_code(Severity.critical) == 2
+
+
+@pytest.mark.parametrize("proto", [4, 5])
+def test_real_framed_pickles_are_clean(tmp_path: Path, proto: int) -> None:
+    obj = {"big": b"x" * 200_000, "s": "y" * 70_000, "l": list(range(10_000))}   # frames and large writes
+    res = _scan(tmp_path, pickle.dumps(obj, protocol=proto))
+    assert res.findings == [] and res.complete

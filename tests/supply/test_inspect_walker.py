@@ -215,8 +215,11 @@ def test_default_allow_list_reader_matches_pyyaml() -> None:
 
     from bastion.supply import allowlist
 
-    text = allowlist._default_doc_cached()
-    assert allowlist.parse_plain_lists(text) == yaml.safe_load(text)
+    from importlib import resources
+
+    for name in allowlist._DEFAULT_FILES:
+        text = resources.files("bastion.supply").joinpath(name).read_text("utf-8")
+        assert allowlist.parse_plain_lists(text) == yaml.safe_load(text), name
     for other in ("allow:\n  - yes\n", "allow: [a.b]\n", "allow:\n  a: b\n", "allow:\n  - a\nallow:\n  - b\n",
                   "allow:\n", "allow:\n  - 'a'\n", "allow:\n  - \"a\\x41\"\n", "  - a\n"):
         assert allowlist.parse_plain_lists(other) is None, other   # left to PyYAML

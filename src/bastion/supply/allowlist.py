@@ -8,8 +8,13 @@ pickle imports is classified as:
 * ``allow``   - a constructor model files legitimately use (no finding);
 * ``unknown`` - anything else (suspicious: high when loading calls it, medium otherwise).
 
-Deny rules win over allow rules, so a broad allow pattern (``sklearn.*:[A-Z]*``) can never
-admit ``sklearn.utils.fixes.Popen`` or ``numpy.testing._private.utils.os``.
+Order of precedence: a known-dangerous callable from the public advisories against pickle scanners
+(``known_dangerous.yaml``) is always denied; then an exact deny entry; then an exact allow entry,
+which wins over a deny rule for its whole module (``torch.serialization._get_layout``; PyTorch's
+own ``weights_only`` allow-list, ``torch_weights_only.yaml``, is the reference for torch files);
+then module deny rules, name segments and dunders; allow patterns come last, so a broad pattern
+(``sklearn.*:[A-Z]*``) can never admit ``sklearn.utils.fixes.Popen`` or
+``numpy.testing._private.utils.os``.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ class Policy:
     allow_patterns: list[tuple[str, str]] = field(default_factory=list)
     deny: set[str] = field(default_factory=set)
     deny_segments: set[str] = field(default_factory=set)
+    dangerous: set[str] = field(default_factory=set)   # published gadgets: critical even over an allow entry
     # verdicts already computed (model files repeat the same few globals); emptied by extend()
     _verdicts: dict[tuple[str, str, bool], tuple[Verdict, str]] = field(
         default_factory=dict, init=False, repr=False, compare=False)
@@ -82,20 +88,21 @@ class Policy:
     @classmethod
     def default(cls) -> Policy:
         policy = cls()
-        policy.extend(_default_doc(), source="default_allowlist.yaml")
+        for name in _DEFAULT_FILES:
+            policy.extend(_default_doc(name), source=name)
         return policy
 
     def extend(self, doc: dict[str, Any] | None, *, source: str = "<config>") -> None:
-        """Add the entries of a parsed allow-list document (keys: allow, allow_patterns, deny)."""
+        """Add the entries of a parsed allow-list document (keys: allow, allow_patterns, deny, deny_segments,
+        dangerous)."""
         if not doc:
             return
         if not isinstance(doc, dict):
             raise PolicyError("the allow-list must be a mapping", file=source)
-        unknown = set(doc) - {"allow", "allow_patterns", "deny", "deny_segments"}
+        unknown = set(doc) - set(_KEYS)
         if unknown:
-            raise PolicyError(f"unknown keys {sorted(unknown)}; allowed: allow, allow_patterns, deny, "
-                              "deny_segments", file=source)
-        for key in ("allow", "allow_patterns", "deny", "deny_segments"):
+            raise PolicyError(f"unknown keys {sorted(unknown)}; allowed: {', '.join(_KEYS)}", file=source)
+        for key in _KEYS:
             values = doc.get(key) or []
             if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
                 raise PolicyError("must be a list of non-empty strings", file=source, field=key)
@@ -103,6 +110,7 @@ class Policy:
         self.allow.update(doc.get("allow") or [])
         self.deny.update(doc.get("deny") or [])
         self.deny_segments.update(doc.get("deny_segments") or [])
+        self.dangerous.update(doc.get("dangerous") or [])
         for pat in doc.get("allow_patterns") or []:
             mod, sep, name = pat.partition(":")
             if not sep or not mod or not name:
@@ -127,12 +135,19 @@ class Policy:
         segments = full.split(".")
         if torchscript and segments[0] == _TORCHSCRIPT_ROOT:
             return "allow", "TorchScript class resolved by the TorchScript loader"
-        for i in range(len(segments), 0, -1):
-            prefix = ".".join(segments[:i])
-            if prefix in self.deny:
-                return "deny", _REASONS.get(prefix, _REASONS.get(segments[0], "is a code-execution primitive"))
+        prefixes = [".".join(segments[:i]) for i in range(len(segments), 0, -1)]
+        for prefix in prefixes:
+            if prefix in self.dangerous:
+                return "deny", "is a known code-execution gadget named in public advisories against pickle scanners"
+        # an exact deny entry, then an exact allow entry (it wins over a deny rule for a whole module:
+        # torch.serialization._get_layout), then deny rules for modules
+        if full in self.deny:
+            return "deny", _REASONS.get(full, _REASONS.get(segments[0], "is a code-execution primitive"))
         if full in self.allow:
             return "allow", "on the allow-list"
+        for prefix in prefixes:
+            if prefix in self.deny:
+                return "deny", _REASONS.get(prefix, _REASONS.get(segments[0], "is a code-execution primitive"))
         for seg in segments:
             if seg in self.deny_segments:
                 return "deny", f"reaches '{seg}' ({_REASONS.get(seg, 'a code-execution primitive')})"
@@ -145,9 +160,10 @@ class Policy:
         return "unknown", "is not on the allow-list of constructors used by model files"
 
 
-@functools.lru_cache(maxsize=1)
-def _default_doc_cached() -> str:
-    return resources.files("bastion.supply").joinpath("default_allowlist.yaml").read_text("utf-8")
+_KEYS = ("allow", "allow_patterns", "deny", "deny_segments", "dangerous")
+# Data files of the default policy: bastion's own lists, torch.load(weights_only=True)'s allow-list (the
+# reference for PyTorch files), and the known-dangerous callables of public advisories.
+_DEFAULT_FILES = ("default_allowlist.yaml", "torch_weights_only.yaml", "known_dangerous.yaml")
 
 
 _YAML11_WORDS = {"null", "true", "false", "yes", "no", "on", "off", "y", "n"}  # not strings to PyYAML
@@ -177,9 +193,9 @@ def parse_plain_lists(text: str) -> dict[str, list[str]] | None:
     return doc if all(doc.values()) else None
 
 
-@functools.lru_cache(maxsize=1)
-def _default_parsed() -> dict[str, Any]:
-    text = _default_doc_cached()
+@functools.lru_cache(maxsize=None)
+def _default_parsed(name: str) -> dict[str, Any]:
+    text = resources.files("bastion.supply").joinpath(name).read_text("utf-8")
     doc = parse_plain_lists(text)
     if doc is not None:
         return doc
@@ -189,9 +205,9 @@ def _default_parsed() -> dict[str, Any]:
     return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
-def _default_doc() -> dict[str, Any]:
-    """The parsed default allow-list (parsed once per process; a fresh copy each call)."""
-    return {k: list(v) for k, v in _default_parsed().items()}
+def _default_doc(name: str = "default_allowlist.yaml") -> dict[str, Any]:
+    """A parsed default policy file (parsed once per process; a fresh copy each call)."""
+    return {k: list(v) for k, v in _default_parsed(name).items()}
 
 
 def normalise(module: str, name: str) -> tuple[str, str]:

@@ -126,6 +126,7 @@ UNKNOWN = Unknown()
 _NONE, _TRUE, _FALSE = Const(None), Const(True), Const(False)
 _SMALL = [Const(k) for k in range(256)]   # BININT1 values (constants are never mutated)
 _CHECK_EVERY = 1024
+_NO_FRAME = 1 << 62        # frame end when no FRAME is open (greater than any index)
 
 
 class BoundedReader:
@@ -368,8 +369,16 @@ class PickleWalker:
         arg_of = self._arg
 
         check_at = min(max_ops, nops + _CHECK_EVERY)
+        frame_end = _NO_FRAME         # index in buf where the current FRAME ends (PEP 3154)
+        notes: list[str] = []
+        op_start = i
 
         while True:
+            if i >= frame_end:        # the frame is used up: at its end exactly, or an opcode crossed it
+                if i > frame_end:
+                    self._frame_crossed(op_start - origin, frame_end - origin, pending)
+                frame_end = _NO_FRAME
+            op_start = i
             nops += 1
             if nops > check_at:       # bounds checked every _CHECK_EVERY opcodes, not on each one (speed)
                 if nops > max_ops:
@@ -494,6 +503,8 @@ class PickleWalker:
                         if func.verdict == "unknown":
                             func.invoked = True   # __setstate__ of an unreviewed class runs
                         if func.full == _JOBLIB_WRAPPER:
+                            if i >= frame_end:     # joblib ends the frame before the raw array bytes
+                                frame_end = _NO_FRAME
                             self.pos, self.opcodes = i, nops
                             self._skip_joblib_array(state, pos)
                             i, nops = self.pos, self.opcodes
@@ -581,7 +592,19 @@ class PickleWalker:
             elif c == 0x2E:                                 # STOP
                 self._check_bounds(stack, i)
                 break
-            elif c == 0x80 or c == 0x95:                    # PROTO, FRAME
+            elif c == 0x95:                                 # FRAME
+                n, i = arg_of(c, i, pos, lim)
+                if frame_end != _NO_FRAME:
+                    self._emit(pending, "BASTION-SC-007", Severity.high, "Pickle FRAME starts before the previous "
+                               "frame ends", offset=self.base + pos, description="pickle.py refuses this; "
+                               "unpicklers that do not check it read the bytes differently, so what a scanner "
+                               "walks is not what a loader runs.")
+                frame_end = i + n
+                if frame_end > len(buf):
+                    why = (f"pickle FRAME at offset {self.base + pos} declares {n} bytes, more than the "
+                           f"{len(buf) - i} bytes left (loaders differ on it)")
+                    notes.append(why)    # reported if the pickle reaches STOP (else it is just truncated)
+            elif c == 0x80:                                 # PROTO
                 _, i = arg_of(c, i, pos, lim)
             elif c == 0x98:                                 # READONLY_BUFFER
                 pass
@@ -630,10 +653,18 @@ class PickleWalker:
         self.pos, self.opcodes = i, nops
         for args_, kw in pending or ():
             self.ctx.add(*args_, **kw)
+        for why in notes:
+            self.ctx.not_understood(why)
         if trailing:
             self.globals.extend(sink)
 
     # -- helpers -----------------------------------------------------------------------------
+    def _frame_crossed(self, pos: int, end: int, pending: list[Any] | None) -> None:
+        self._emit(pending, "BASTION-SC-007", Severity.high, f"Pickle opcode at {self.base + pos} crosses the end "
+                   f"of its FRAME (at {self.base + end})", offset=self.base + pos, description="Unpicklers disagree "
+                   "on such data: some (older CPython C unpicklers) read the bytes inside the long argument as "
+                   "opcodes and run what they hide, while an opcode walker sees one harmless value.")
+
     def _nested(self, args: Any, pos: int) -> None:
         payloads = [b for b in (_strip_bytes(a) for a in (args.items if isinstance(args, Seq) else []))
                     if b is not None]
