@@ -163,6 +163,6 @@ def test_nothing_scanned_and_not_analysed_in_text_output(tmp_path: Path) -> None
     r = runner.invoke(app, ["inspect", str(tmp_path / "blob.bin"), "--format", "json"])
     doc = json.loads(r.output)
     assert r.exit_code == 2 and doc["status"] == "incomplete"
-    assert doc["checks"][0]["artifacts"]["errors"][0]["kind"] == "not-analysed"
+    assert doc["checks"][0]["metrics"]["error_files"][0]["kind"] == "not-analysed"
     r = runner.invoke(app, ["inspect", str(tmp_path / "blob.bin")])
     assert "not analysed:" in r.output and "INCOMPLETE" in r.output
