@@ -17,6 +17,7 @@ HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 SEVENZ_MAGIC = b"7z\xbc\xaf\x27\x1c"
 _COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz", b"\x5d\x00\x00": "lzma"}
 UNKNOWN_FORMAT = "unknown format: not a model format bastion reads (a tool that reads it may still load it)"
+_PICKLE_OR_ONNX = {0x28, 0x32, 0x42}     # MARK, DUP, BINBYTES: a protocol 0/1 pickle could start so
 _ONNX_FIRST = {0x08, 0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42}
 
 
@@ -102,15 +103,17 @@ def _dispatch(ctx: ScanContext, fh: BinaryIO, size: int, kind: str, head: bytes)
     elif kind == "pickle":
         scan_pickle(ctx, fh, size)
     else:
-        if kind == "maybe-onnx":
-            from bastion.supply.formats.onnx import looks_like_onnx, scan_onnx
-            if looks_like_onnx(ctx, fh, size):
-                ctx.formats[-1] = "onnx"
-                scan_onnx(ctx, fh, size)
-                return
+        # a first byte that is also a protocol 0/1 pickle opcode (MARK, DUP, BINBYTES): pickle first
+        onnx_first = kind == "maybe-onnx" and head[0] not in _PICKLE_OR_ONNX
+        if onnx_first and _onnx(ctx, fh, size):
+            return
         ctx.formats[-1] = "pickle?"
         if scan_pickle(ctx, fh, size, trial=True):
             return
+        if kind == "maybe-onnx" and not onnx_first:
+            ctx.formats[-1] = kind
+            if _onnx(ctx, fh, size):
+                return
         if kind == "safetensors?":
             ctx.formats[-1] = "unknown"
             ctx.not_understood(f"safetensors header length {int.from_bytes(head[:8], 'little')} is impossible "
@@ -120,6 +123,17 @@ def _dispatch(ctx: ScanContext, fh: BinaryIO, size: int, kind: str, head: bytes)
         else:
             ctx.formats[-1] = "unknown"
             ctx.not_understood(UNKNOWN_FORMAT)
+
+
+def _onnx(ctx: ScanContext, fh: BinaryIO, size: int) -> bool:
+    from bastion.supply.formats.onnx import looks_like_onnx, scan_onnx
+
+    fh.seek(0)
+    if not looks_like_onnx(ctx, fh, size):
+        return False
+    ctx.formats[-1] = "onnx"
+    scan_onnx(ctx, fh, size)
+    return True
 
 
 def is_text(head: bytes) -> bool:

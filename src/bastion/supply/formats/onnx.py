@@ -1,6 +1,8 @@
 """ONNX models: external-data paths, links and custom operator domains.
 
-The protobuf is parsed with the ``onnx`` package without loading external data (ONNX IR spec,
+The protobuf wire format is read by this module (field numbers from onnx/onnx.proto; encoding from
+the Protocol Buffers guide), so the onnx package is imported only for a model the walk cannot judge
+exactly as onnx would; that one is parsed with the ``onnx`` package without loading external data (ONNX IR spec,
 "External Tensor Data": ``location`` is a path relative to the model file's directory). A
 location that is absolute, climbs out with ``..``, or resolves through a symlink outside the
 directory makes the runtime read arbitrary files; hard links can do the same unseen.
@@ -16,7 +18,6 @@ from typing import Any, BinaryIO, Iterator
 from bastion.core.results import Severity
 from bastion.supply.context import ScanContext
 
-_CLEAN = object()   # marks a model the wire-format pre-check found nothing to report in
 STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview.training",
                     "com.microsoft", "com.microsoft.nchwc", "com.ms.internal.nhwc"}
 
@@ -42,12 +43,11 @@ def _parse(fh: BinaryIO, size: int, limit: int) -> Any | None:
 # --------------------------------------------------------------------------- wire-format pre-check
 # Field numbers from onnx/onnx.proto (ModelProto, GraphProto, NodeProto, AttributeProto, TensorProto,
 # SparseTensorProto, OperatorSetIdProto); wire format from the Protocol Buffers encoding guide.
-_MODEL = {7: "graph", 8: "opset", 25: "functions"}
+_MODEL = {7: "graph", 8: "opset", 25: "function"}
 _GRAPH = {1: "node", 5: "tensor", 15: "sparse"}
 _NODE = {5: "attr"}
 _ATTR = {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"}
 _SPARSE = {1: "tensor", 2: "tensor"}
-_PICKLE_FIRST = {0x28, 0x32, 0x42}     # MARK, DUP, BINBYTES: a protocol 0/1 pickle could start so
 _MAX_NESTING = 32
 
 
@@ -93,70 +93,122 @@ def _fields(b: bytes, i: int, end: int) -> Iterator[tuple[int, int, int, int]]:
             raise _Undecided
 
 
-def _walk(b: bytes, i: int, end: int, kind: str, depth: int) -> bool:
-    """Walk one message; raise _Undecided on anything the full parse must judge. Returns True for a
-    graph holding nodes or initializers."""
-    if depth > _MAX_NESTING:
-        raise _Undecided
-    schema = {"graph": _GRAPH, "node": _NODE, "attr": _ATTR, "sparse": _SPARSE}.get(kind, {})
-    content = False
+class _Wire:
+    """What the wire-format walk read: operator domains and the external tensors (name, external_data)."""
+
+    def __init__(self) -> None:
+        self.domains: set[str] = set()
+        self.externals: list[tuple[str, dict[str, str]]] = []
+
+
+_SINGULAR = {("model", 7), ("attr", 5), ("attr", 6), ("attr", 22), ("sparse", 1), ("sparse", 2)}
+_DOMAIN_FIELD = {"opset": 1, "node": 7, "function": 10}
+
+
+def _utf8(b: bytes) -> str:
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Undecided from None    # the onnx package decides what it makes of such a string
+
+
+def _tensor(b: bytes, i: int, end: int, out: _Wire) -> None:
+    """TensorProto: name (8), external_data (13: key 1, value 2), data_location (14; 1 = EXTERNAL)."""
+    name, location_kind, entries = "", 0, {}
     for num, wire, a, z in _fields(b, i, end):
-        if kind == "tensor":
-            if num in (13, 14):        # external_data, data_location: the full scan checks them
-                raise _Undecided
-            continue
-        if (kind == "opset" and num == 1) or (kind == "node" and num == 7):     # operator domain
+        if num == 8 or num == 13:
             if wire != 2:
                 raise _Undecided
-            try:
-                domain = b[a:z].decode("utf-8")
-            except UnicodeDecodeError:
-                raise _Undecided from None
-            if domain not in STANDARD_DOMAINS:
+            if num == 8:
+                name = _utf8(b[a:z])
+                continue
+            key = value = ""
+            for n2, w2, a2, z2 in _fields(b, a, z):
+                if n2 in (1, 2):
+                    if w2 != 2:
+                        raise _Undecided
+                    if n2 == 1:
+                        key = _utf8(b[a2:z2])
+                    else:
+                        value = _utf8(b[a2:z2])
+            entries[key] = value
+        elif num == 14:
+            if wire != 0:
                 raise _Undecided
+            location_kind = a
+    if location_kind == 1:
+        out.externals.append((name, entries))
+
+
+def _walk(b: bytes, i: int, end: int, kind: str, depth: int, out: _Wire) -> bool:
+    """Walk one message, collecting domains and external tensors into ``out``; raise _Undecided on
+    anything the onnx package must judge. Returns True for a graph holding nodes or initializers."""
+    if depth > _MAX_NESTING:
+        raise _Undecided
+    if kind == "tensor":
+        _tensor(b, i, end, out)
+        return False
+    schema = {"graph": _GRAPH, "node": _NODE, "attr": _ATTR, "sparse": _SPARSE}.get(kind, {})
+    content = False
+    seen: set[int] = set()
+    domain_field = _DOMAIN_FIELD.get(kind)
+    for num, wire, a, z in _fields(b, i, end):
+        if num == domain_field:
+            if wire != 2 or num in seen:       # a repeated singular field: protobuf keeps the last one
+                raise _Undecided
+            seen.add(num)
+            out.domains.add(_utf8(b[a:z]))
             continue
         sub = schema.get(num)
         if sub is None:
             continue
         if wire != 2:
             raise _Undecided
+        if (kind, num) in _SINGULAR:
+            if num in seen:                    # protobuf merges repeated singular messages: let it
+                raise _Undecided
+            seen.add(num)
         if kind == "graph" and num in (1, 5):
             content = True
-        _walk(b, a, z, sub, depth + 1)
+        _walk(b, a, z, sub, depth + 1, out)
     return content
 
 
-def plainly_clean(data: bytes) -> bool:
-    """True when ``data`` is an ONNX ModelProto with ir_version > 0 and a non-empty graph, no external
-    tensor data, only standard operator domains and no functions: a model the full scan (which
-    imports the onnx package) would report no finding for. False means "let the full scan decide"."""
-    if not data or data[0] in _PICKLE_FIRST:
-        return False
+def wire_model(data: bytes) -> _Wire | None:
+    """Read an ONNX ModelProto's operator domains and external tensors from the protobuf wire format,
+    without the onnx package. None when ``data`` is not a model with ir_version > 0 and a non-empty
+    graph, or holds anything the walk cannot judge exactly as the onnx package would (the caller then
+    parses it with the onnx package)."""
+    if not data:
+        return None
+    out = _Wire()
     try:
-        ir_version, content = 0, False
+        ir_version, content, graphs = 0, False, 0
         for num, wire, a, z in _fields(data, 0, len(data)):
             kind = _MODEL.get(num)
             if num == 1:
                 if wire != 0:
                     raise _Undecided
                 ir_version = a
-            elif kind == "functions":
-                raise _Undecided
             elif kind is not None:
                 if wire != 2:
                     raise _Undecided
-                content |= _walk(data, a, z, kind, 1) and kind == "graph"
-        return 0 < ir_version < 1 << 63 and content
+                graphs += kind == "graph"
+                if graphs > 1:
+                    raise _Undecided
+                content |= _walk(data, a, z, kind, 1, out) and kind == "graph"
+        return out if 0 < ir_version < 1 << 63 and content else None
     except (_Undecided, RecursionError):
-        return False
+        return None
 
 
 def looks_like_onnx(ctx: ScanContext, fh: BinaryIO, size: int) -> bool:
     if size <= ctx.config.max_onnx_bytes:
         fh.seek(0)
-        if plainly_clean(fh.read()):
+        wire = wire_model(fh.read())
+        if wire is not None:
             fh.seek(0)
-            ctx._onnx_model = _CLEAN  # type: ignore[attr-defined]
+            ctx._onnx_model = wire  # type: ignore[attr-defined]
             return True
     model = _parse(fh, size, ctx.config.max_onnx_bytes)
     fh.seek(0)
@@ -187,23 +239,27 @@ def _tensors(model: Any) -> Iterator[Any]:
                 if attr.HasField("t"):
                     yield attr.t
                 yield from attr.tensors
+                for sp in ([attr.sparse_tensor] if attr.HasField("sparse_tensor") else []) + list(attr.sparse_tensors):
+                    yield sp.values
+                    yield sp.indices
 
 
 def scan_onnx(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
     model = getattr(ctx, "_onnx_model", None) or _parse(fh, size, ctx.config.max_onnx_bytes)
-    if model is None or model is _CLEAN:
+    if model is None:
         return
+    if isinstance(model, _Wire):
+        externals, domains = model.externals, model.domains
+    else:
+        externals = [(_text(t.name), {_text(e.key): _text(e.value) for e in t.external_data})
+                     for t in _tensors(model) if t.data_location == 1]      # TensorProto.EXTERNAL
+        domains = {op.domain for op in model.opset_import} | {n.domain for g in _graphs(model.graph)
+                                                               for n in g.node}
+        domains |= {fn.domain for fn in model.functions}
     model_dir = ctx.path.parent
     real_dir = os.path.realpath(model_dir)
-    for t in _tensors(model):
-        if t.data_location != 1:   # TensorProto.EXTERNAL
-            continue
-        entries = {_text(e.key): _text(e.value) for e in t.external_data}
-        loc = entries.get("location", "")
-        _check_location(ctx, t.name, loc, model_dir, real_dir)
-    domains = {op.domain for op in model.opset_import} | {n.domain for g in _graphs(model.graph) for n in g.node}
-    for fn in model.functions:
-        domains.add(fn.domain)
+    for name, entries in externals:
+        _check_location(ctx, name, entries.get("location", ""), model_dir, real_dir)
     for dom in sorted(domains - STANDARD_DOMAINS):
         ctx.add("BASTION-SC-031", Severity.medium, f"ONNX model uses custom operator domain {dom!r}",
                 description="Running it needs a custom-operator shared library registered with the runtime: "
