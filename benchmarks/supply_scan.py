@@ -210,7 +210,13 @@ def main() -> None:
                     help="a src/ directory of another bastion version to time alongside (before/after), e.g. "
                     "made by: git archive <commit> src/bastion | tar -x -C /tmp/old  ->  /tmp/old/src")
     ap.add_argument("--baseline-label", default="baseline")
+    ap.add_argument("--mixed-only", type=int, default=0, metavar="N",
+                    help="only time the CLIs on a directory of N mixed model files (benign and malicious corpus "
+                    "files of every format, copied round-robin) and write that table to --out")
     args = ap.parse_args()
+    if args.mixed_only:
+        mixed_cli(args)
+        return
 
     work = Path(tempfile.mkdtemp(prefix="bastion-supply-bench-"))
     try:
@@ -338,6 +344,59 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
+    print(text)
+
+
+def mixed_cli(args: argparse.Namespace) -> None:
+    """CLI wall and CPU time of bastion inspect (this tree, and --baseline-src), picklescan and modelscan on
+    one directory of mixed model files: every format of the corpus, malicious files included."""
+    work = Path(tempfile.mkdtemp(prefix="bastion-supply-mixed-"))
+    try:
+        files = [p for root, items in ((work / "mal", corpus.build_malicious(work / "mal")),
+                                       (work / "ben", corpus.build_benign(work / "ben")))
+                 for p in _files(root) if p.is_file() and not p.is_symlink()]
+        mixed = work / "mixed"
+        mixed.mkdir()
+        for k in range(args.mixed_only):
+            src = files[k % len(files)]
+            shutil.copyfile(src, mixed / f"{k:04d}_{src.name}")
+        kinds = sorted({src.suffix or src.name for src in files})
+        py = sys.executable
+        bindir = Path(py).parent
+        argv = {"bastion": [py, "-m", "bastion", "inspect", str(mixed)],
+                "picklescan": [str(bindir / "picklescan"), "-p", str(mixed)],
+                "modelscan": [str(bindir / "modelscan"), "-p", str(mixed)]}
+        runs: dict[str, Callable[[], tuple[float, float]]] = {t: (lambda a=a: _cli(a)) for t, a in argv.items()}
+        base = f"bastion @ {args.baseline_label}"
+        if args.baseline_src:
+            src_dir = args.baseline_src.resolve()
+            runs[base] = lambda: _cli(argv["bastion"], {**os.environ, "PYTHONPATH": str(src_dir)})
+        for run in runs.values():       # warm-up: file cache, .pyc files
+            run()
+        samples = _rounds(runs, args.repeat)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines = [f"## CLI on {args.mixed_only} mixed model files (`--mixed-only {args.mixed_only}`)", "",
+             f"{len(files)} corpus files ({', '.join(kinds)}) copied round-robin into one directory; a fresh "
+             f"process per scan; seconds, median of {args.repeat} alternated rounds (min-max). Machine: "
+             f"{os.cpu_count()} cores shared with other jobs (load average at the end: {load:.1f}). Versions: "
+             f"picklescan {version('picklescan')}, modelscan {version('modelscan')}.", "",
+             "| tool | CLI wall | CLI CPU | wall / picklescan | CPU / picklescan |", "| --- | --- | --- | --- | --- |"]
+    ref_w, ref_c = _median_wall(samples["picklescan"]), _median_cpu(samples["picklescan"])
+    for t, smp in samples.items():
+        w, c = _fmt(smp)
+        lines.append(f"| {t} | {w} | {c} | {_median_wall(smp) / ref_w:.2f} | {_median_cpu(smp) / ref_c:.2f} |")
+    text = "\n".join(lines) + "\n"
+    out = args.out.read_text() if args.out.exists() else ""
+    head = f"## CLI on {args.mixed_only} mixed model files"
+    if head in out:                     # replace the section from an earlier run
+        start = out.index(head)
+        nxt = out.find("\n## ", start + 1)
+        out = out[:start] + text + (out[nxt + 1:] if nxt >= 0 else "")
+    else:
+        out = out.rstrip("\n") + "\n\n" + text
+    args.out.write_text(out)
     print(text)
 
 
