@@ -79,7 +79,7 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
 
 # ---------------------------------------------------------------- seeds beyond the test corpus
 
-def _tar_gz(members: list[tuple[str, bytes]]) -> bytes:
+def tar_gz(members: list[tuple[str, bytes]]) -> bytes:
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w:gz") as tf:
         for name, data in members:
@@ -95,8 +95,8 @@ def extra_seeds(rce: bytes) -> dict[str, bytes]:
 
     shape_header = json.dumps({"t": {"dtype": "F32", "shape": [10**18] * 200, "data_offsets": [0, 4]}}).encode()
     return {
-        "rce_then_padding.tar.gz": _tar_gz([("a/evil.pkl", rce), ("a/pad.bin", bytes(range(256)) * 64)]),
-        "model.tar.gz": _tar_gz([("m/config.json", b'{"a": 1}'), ("m/w.npy", b"\x93NUMPY\x01\x00v\x00"
+        "rce_then_padding.tar.gz": tar_gz([("a/evil.pkl", rce), ("a/pad.bin", bytes(range(256)) * 64)]),
+        "model.tar.gz": tar_gz([("m/config.json", b'{"a": 1}'), ("m/w.npy", b"\x93NUMPY\x01\x00v\x00"
                                  + b"{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }".ljust(117)
                                  + b"\n" + b"\x00" * 8)]),
         "pickle.gz": gzip.compress(rce),

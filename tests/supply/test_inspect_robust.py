@@ -4,13 +4,10 @@ impossible headers, unknown formats, memory and time bombs, capped findings, not
 from __future__ import annotations
 
 import base64
-import gzip
-import io
 import json
 import struct
 import subprocess
 import sys
-import tarfile
 import time
 import zipfile
 import zlib
@@ -21,8 +18,8 @@ import pytest
 from bastion.core.results import Severity
 from bastion.supply import InspectConfig, scan_paths
 from bastion.supply.context import LimitExceeded, ScanContext
-from bastion.supply.inspect import scan_file
 from corpus import RCE_P0, _torch_zip, _zip, p2
+from fuzzing import tar_gz
 
 # A legacy Keras HDF5 file (written by h5py) with a few mutated bytes: the HDF5 library loops forever on it.
 _HDF5_HANG = zlib.decompress(base64.b64decode(
@@ -42,18 +39,8 @@ _HDF5_HANG = zlib.decompress(base64.b64decode(
 ))
 
 
-def _tar_gz(members: list[tuple[str, bytes]]) -> bytes:
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w:gz") as tf:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return raw.getvalue()
-
-
 def test_truncated_tar_gz_keeps_the_pickle_found_before_the_cut(tmp_path: Path) -> None:
-    data = _tar_gz([("a/evil.pkl", RCE_P0), ("a/pad.bin", bytes(range(256)) * 64)])
+    data = tar_gz([("a/evil.pkl", RCE_P0), ("a/pad.bin", bytes(range(256)) * 64)])
     (tmp_path / "m.tar.gz").write_bytes(data[:-40])
     res = scan_paths([tmp_path / "m.tar.gz"])
     rules = {(f.rule_id, f.severity) for f in res.findings}
@@ -171,25 +158,41 @@ def test_hdf5_parse_runs_bounded_in_a_child(tmp_path: Path) -> None:
     assert [e.kind for e in res.errors] == ["not-analysed"]
 
 
+def _greedy(sub: ScanContext, fh: object, size: int) -> None:
+    sub.add("BASTION-SC-020", Severity.critical, "found before the bomb")
+    sub.blob = bytearray(512 * 1024**2)   # type: ignore[attr-defined]
+
+
+def _sleepy(sub: ScanContext, fh: object, size: int) -> None:
+    time.sleep(30)
+
+
+def _fine(sub: ScanContext, fh: object, size: int) -> None:
+    sub.add("BASTION-SC-020", Severity.high, f"read {len(fh.read())} bytes")   # type: ignore[attr-defined]
+
+
 def test_isolated_parser_over_its_memory_limit_is_reported(tmp_path: Path) -> None:
     from bastion.supply.isolate import run_isolated
 
     if not hasattr(__import__("os"), "fork"):
         pytest.skip("no fork on this platform")
-    ctx = ScanContext(InspectConfig(max_parser_memory=32 * 1024**2), tmp_path / "x.h5")
+    (tmp_path / "x.h5").write_bytes(b"12345")
+    cfg = InspectConfig(max_parser_memory=32 * 1024**2)
+    ctx = ScanContext(cfg, tmp_path / "x.h5")
     ctx.formats.append("hdf5")
-
-    def greedy(sub: ScanContext) -> None:
-        sub.add("BASTION-SC-020", Severity.critical, "found before the bomb")
-        sub.blob = bytearray(512 * 1024**2)   # type: ignore[attr-defined]
-
-    run_isolated(ctx, greedy, "HDF5")
-    assert [f.title for f in ctx.findings][0] == "found before the bomb"
-    assert any(f.metrics.get("limit") == "max_parser_memory" for f in ctx.findings)
-    assert ctx.not_analysed == ["HDF5 parser exceeded max_parser_memory"]
-    with pytest.raises(LimitExceeded):
-        slow = ScanContext(InspectConfig(max_file_seconds=0.5), tmp_path / "x.h5")
-        run_isolated(slow, lambda sub: time.sleep(30), "HDF5")
+    with open(tmp_path / "x.h5", "rb") as fh:
+        run_isolated(ctx, fh, 5, _greedy, "HDF5")
+        assert [f.title for f in ctx.findings][0] == "found before the bomb"
+        assert any(f.metrics.get("limit") == "max_parser_memory" for f in ctx.findings)
+        assert ctx.not_analysed == ["HDF5 parser exceeded max_parser_memory"]
+        for _ in range(2):              # the same worker answers again (a fresh one after the bomb)
+            ok = ScanContext(cfg, tmp_path / "x.h5")
+            ok.formats.append("hdf5")
+            run_isolated(ok, fh, 5, _fine, "HDF5")
+            assert [f.title for f in ok.findings] == ["read 5 bytes"] and not ok.not_analysed
+    slow = ScanContext(InspectConfig(max_file_seconds=0.5), tmp_path / "x.h5")
+    with pytest.raises(LimitExceeded), open(tmp_path / "x.h5", "rb") as fh:
+        run_isolated(slow, fh, 5, _sleepy, "HDF5")
 
 
 @pytest.mark.parametrize("value", [".nan", ".inf", "-1", "0"])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import posixpath
 from typing import Any, BinaryIO
 
@@ -114,18 +115,32 @@ _H5_ATTRS = ("model_config", "training_config")   # root attributes keras.saving
 def scan_hdf5(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
     """HDF5: Keras configs in the root attributes, and links or storage outside the file (h5py when
     installed, else a byte search for the config JSON)."""
-    try:
-        import h5py
-    except ImportError:
+    if not _h5py_installed():
         _scan_hdf5_bytes(ctx, fh, size)
         return
     from bastion.supply.isolate import run_isolated
 
-    # the HDF5 C library can take unbounded memory or time on a crafted file: parse in a bounded child
-    run_isolated(ctx, lambda sub: _scan_hdf5_h5py(sub, h5py, fh, size), "HDF5")
+    # the HDF5 C library can take unbounded memory or time on a crafted file: it parses in a bounded
+    # worker process, which alone imports h5py (and NumPy)
+    run_isolated(ctx, fh, size, _scan_hdf5_h5py, "HDF5", setup=_import_h5py)
 
 
-def _scan_hdf5_h5py(ctx: ScanContext, h5py: Any, fh: BinaryIO, size: int) -> None:
+def _h5py_installed() -> bool:
+    """Whether h5py can be imported, without importing it."""
+    if "h5py" in sys.modules:
+        return sys.modules["h5py"] is not None
+    import importlib.util
+
+    return importlib.util.find_spec("h5py") is not None
+
+
+def _import_h5py() -> None:
+    import h5py  # noqa: F401 - imported once in the worker, before its memory limit is set
+
+
+def _scan_hdf5_h5py(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
+    import h5py
+
     fh.seek(0)
     try:
         f = h5py.File(fh, "r")
