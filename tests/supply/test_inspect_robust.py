@@ -4,6 +4,7 @@ impossible headers, unknown formats, memory and time bombs, capped findings, not
 from __future__ import annotations
 
 import base64
+import io
 import json
 import struct
 import subprocess
@@ -218,3 +219,14 @@ def test_reader_failure_keeps_earlier_findings(tmp_path: Path, monkeypatch: pyte
     assert any(f.rule_id == "BASTION-SC-001" for f in res.findings)
     assert [e.kind for e in res.errors] == ["not-analysed"]
     assert "cannot read" not in res.errors[0].message and "parser bug" in res.errors[0].message
+
+
+def test_zip_member_with_an_empty_name_is_a_finding_and_still_scanned(tmp_path: Path) -> None:
+    buf = io.BytesIO()                          # found by benchmarks/supply_fuzz.py (zipfile's is_dir fails)
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr(zipfile.ZipInfo(""), RCE_P0)
+    (tmp_path / "m.zip").write_bytes(buf.getvalue())
+    res = scan_paths([tmp_path / "m.zip"])
+    assert not res.errors, res.errors
+    assert {f.title for f in res.findings} >= {"Member with an empty name",
+                                               "Imports os.system: code-execution primitive"}

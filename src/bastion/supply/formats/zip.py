@@ -126,7 +126,10 @@ def scan_zip(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
                     offset=info.header_offset, description="Some loaders ignore the flag and read the data "
                     "anyway; bastion analyses the member when its data inflates to its checksum without a "
                     "password, and reports it as not analysed otherwise.")
-        if info.is_dir():
+        if not name:
+            ctx.add("BASTION-SC-010", Severity.high, "Member with an empty name", offset=info.header_offset,
+                    description="Readers disagree on such an entry (zipfile's is_dir() fails on it).")
+        elif name.endswith("/"):      # a directory (ZipInfo.is_dir, which fails on an empty name)
             continue
         ratio = info.file_size / max(info.compress_size, 1)
         if info.file_size > 1024**2 and ratio > ctx.config.max_ratio:
