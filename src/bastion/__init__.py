@@ -2,7 +2,7 @@
 
 The top-level API (imported lazily, so ``import bastion`` stays fast)::
 
-    bastion.load_target(spec)       # a Target: the model under test
+    bastion.load_target(spec)       # a Target: the model under test (a model file is scanned first)
     bastion.load_data(spec)         # a Dataset
     bastion.align_labels(data, t)   # labels -> class indices of the target
     bastion.attacks.PGD(eps=0.1)    # attacks, or bastion.attacks.get_attack("pgd")
@@ -18,7 +18,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_target": ("bastion.core.loader", "load_target"),
+    "load_target": ("bastion.campaign.preflight", "load_target"),
     "load_data": ("bastion.core.loader", "load_data"),
     "align_labels": ("bastion.core.data", "align_labels"),
     "Dataset": ("bastion.core.data", "Dataset"),

@@ -47,7 +47,8 @@ def test_torch_target_probabilities_queries_and_logits(mlp_factory, rng: np.rand
     assert target.queries == 7
     target.logits(torch.from_numpy(x[:3]))
     assert target.queries == 10
-    assert not any(q.requires_grad for q in module.parameters())
+    assert not any(q.requires_grad for q in target.module.parameters())  # its private copy is frozen
+    assert all(q.requires_grad for q in module.parameters())  # the caller's module is not
     d = target.describe()
     assert d["kind"] == "pytorch" and d["output"] == "logits" and d["input"]["shape"] == [6]
 

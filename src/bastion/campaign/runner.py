@@ -22,6 +22,7 @@ from bastion.core.data import Dataset, align_labels
 from bastion.core.loader import load_data, load_target
 from bastion.core.redact import redact, redact_tree
 from bastion.core.results import CheckResult, ScanResult
+from bastion.core.schemes import resolve_model_spec
 from bastion.core.targets.base import Target
 from bastion.errors import BastionError, UsageError
 from bastion.outputs.report import write_reports
@@ -116,7 +117,7 @@ def _load(loaded: LoadedPolicy, limit: int | None) -> tuple[Target | None, Datas
         kwargs.update(t.http)
     if t.features:
         kwargs["features"] = t.features
-    model_spec = _rel(t.model, base)
+    model_spec = resolve_model_spec(t.model, base)
     scan_model_file(model_spec)  # never open a model file that could run code
     target = load_target(model_spec, input_shape=tuple(t.input_shape) if t.input_shape else None,
                          bounds=t.bounds, classes=t.classes, output=t.output, data=data,

@@ -1,8 +1,14 @@
 """Turn model and data specs (strings in a policy or on the command line) into Targets and Datasets.
 
-Model specs: ``demo:digits-cnn``, ``demo:breast-cancer``, ``python:pkg.module:factory`` (or
-``python:path/file.py:factory``), ``torchscript:model.pt``, ``onnx:model.onnx``,
-``sklearn:model.skops``, ``http:https://host/predict`` (a JSON prediction API); a bare path is recognised by its suffix. Pickles are refused.
+Model specs (the table is :data:`bastion.core.schemes.MODEL_SCHEMES`): ``demo:digits-cnn``,
+``demo:breast-cancer``, ``python:pkg.module:factory`` (or ``python:path/file.py:factory``),
+``torchscript:model.pt``, ``onnx:model.onnx``, ``sklearn:model.skops``, ``https://host/predict``
+or ``http:https://host/predict`` (a JSON prediction API); a bare path is recognised by its suffix.
+Pickles are refused.
+
+This loader does not scan model files: core cannot call the scanner (a capability). Use
+``bastion.load_target`` (:func:`bastion.campaign.preflight.load_target`), which runs
+``bastion inspect`` on the file first, as the CLI does.
 
 Data specs: ``demo:digits``, ``demo:breast-cancer``, ``npz:data.npz`` (arrays x, y),
 ``npy:x.npy,y.npy``, ``csv:data.csv?label=COLUMN``, ``images:DIR`` (one folder per class),
@@ -22,11 +28,11 @@ import numpy as np
 from bastion.core import demo
 from bastion.core.data import Dataset, load_csv, load_image_folder, load_npy_pair, load_npz
 from bastion.core.safe_load import load_skops, refuse_pickle
+from bastion.core.schemes import model_file, parse_model_spec
 from bastion.core.spec import FeatureSpec, InputSpec, constraints_from_config, tabular_spec
 from bastion.core.targets.base import Target
 from bastion.errors import DataError, TargetError, UsageError
 
-MODEL_SCHEMES = ("demo", "python", "torchscript", "onnx", "sklearn", "http")
 DATA_SCHEMES = ("demo", "npz", "npy", "csv", "images", "python")
 
 
@@ -107,14 +113,12 @@ def _load_target(spec: Any, *, input_shape: tuple[int, ...] | None = None,
     if not isinstance(spec, str):
         return wrap_model(spec, input_shape=input_shape, bounds=bounds, classes=classes, output=output,
                           data=data, **kwargs)
-    scheme, rest = _split(spec, MODEL_SCHEMES, "model")
-    if not scheme:
-        refuse_pickle(rest)
-        suffix = Path(rest).suffix.lower()
-        scheme = {".onnx": "onnx", ".skops": "sklearn", ".pt": "torchscript", ".ts": "torchscript"}.get(suffix, "")
-        if not scheme:
-            raise UsageError(f"cannot tell what kind of model '{spec}' is",
-                             hint=f"prefix it with a scheme: {', '.join(s + ':' for s in MODEL_SCHEMES)}")
+    try:
+        parsed, rest = parse_model_spec(spec)
+    except UsageError:
+        refuse_pickle(spec)  # a bare pickle path: say why it is refused, not just "unknown kind"
+        raise
+    scheme = parsed.name
     if scheme == "demo":
         return demo.demo_target(rest, **_target_kwargs(kwargs))
     if scheme == "http":  # http:https://host/predict — options (request_template, ...) as keyword arguments
@@ -128,7 +132,8 @@ def _load_target(spec: Any, *, input_shape: tuple[int, ...] | None = None,
         return wrap_model(import_object(rest)(), input_shape=input_shape, bounds=bounds, classes=classes,
                           output=output, data=data, name=spec, **kwargs)
     refuse_pickle(rest)
-    if not Path(rest).is_file():
+    path = model_file(spec)  # refuses a directory
+    if path is None or not path.is_file():
         raise TargetError(f"no such model file: {rest}")
     if scheme == "torchscript":
         from bastion.core.targets.torch_target import load_torchscript

@@ -56,7 +56,7 @@ def train_surrogate(target: Target, pool: np.ndarray, *, train_queries: int, aug
     spec = target.input_spec
     rng = np.random.default_rng(seed)
     shape = tuple(spec.shape)
-    label_only = bool(getattr(target, "label_only", False))
+    label_only = target.label_only
     x = pool if len(pool) <= train_queries else pool[rng.choice(len(pool), train_queries, replace=False)]
     x = np.asarray(x, np.float32)
     spent = 0

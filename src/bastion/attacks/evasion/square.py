@@ -99,7 +99,7 @@ class Square(QueryAttack):
     # --- the attack ------------------------------------------------------------------------------
     def _search(self, target: Target, x: np.ndarray, goal: np.ndarray, rows: np.ndarray, run: AttackRun,
                 fooled_at: np.ndarray, spent: np.ndarray) -> np.ndarray:
-        if getattr(target, "label_only", False):
+        if target.label_only:
             raise TargetError(f"the square attack needs class scores but target '{target.name}' returns labels only",
                               hint="use a decision-based attack: hopskipjump")
         streams = run.streams(rows, "square")

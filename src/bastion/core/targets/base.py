@@ -1,8 +1,17 @@
 """The Target contract: the model under test, whatever framework or transport it lives behind.
 
 Every target answers ``predict_proba(x)`` on numpy arrays, declares its ``classes`` and
-``input_spec``, and counts queries. White-box targets also give ``logits(x)`` on torch tensors so
-gradient attacks stay in torch for every step.
+``input_spec``, and counts queries. It declares its :class:`Capabilities`, which attacks read
+instead of testing adapter classes:
+
+- ``white_box``: ``logits(x)`` on torch tensors, differentiable with respect to the input, so
+  gradient attacks stay in torch for every step (:class:`DifferentiableTarget`);
+- ``label_only``: the model answers a label, not scores (``predict_proba`` rows are one-hot), so
+  score-based attacks cannot work and decision-based ones must be used;
+- ``remote``: queries cross a network; they cost, may be rate-limited, and may fail with
+  :class:`TargetUnavailable`, after which an attack stops querying and keeps what it has.
+
+A Target never changes the caller's model in place.
 """
 
 from __future__ import annotations
@@ -11,13 +20,14 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from bastion.core.run import charge_queries, unmetered
 from bastion.core.spec import InputSpec
-from bastion.errors import QueryBudgetExceeded, TargetError
+from bastion.errors import BastionRuntimeError, QueryBudgetExceeded, TargetError
 
 if TYPE_CHECKING:
     import torch
@@ -26,6 +36,20 @@ log = logging.getLogger(__name__)
 
 OutputKind = Literal["logits", "probabilities", "auto"]
 PROB_ATOL = 1e-3
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a target offers an attacker (see the module docstring)."""
+
+    white_box: bool = False
+    label_only: bool = False
+    remote: bool = False
+
+
+class TargetUnavailable(BastionRuntimeError):
+    """A (remote) target failed to answer a query it should have answered: an endpoint down,
+    refusing, or answering garbage after retries. Attacks stop querying and keep partial results."""
 
 
 class Target(ABC):
@@ -40,6 +64,8 @@ class Target(ABC):
     """
 
     white_box: bool = False
+    label_only: bool = False
+    remote: bool = False
     kind: str = "target"
 
     def __init__(self, classes: list[Any], input_spec: InputSpec, *, name: str = "",
@@ -55,6 +81,10 @@ class Target(ABC):
     @property
     def n_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(white_box=self.white_box, label_only=self.label_only, remote=self.remote)
 
     # --- queries -------------------------------------------------------------------------------
     def count_queries(self, n: int) -> None:
@@ -104,7 +134,7 @@ class Target(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "white_box": self.white_box,
-                "classes": [str(c) for c in self.classes], "input": self.input_spec.to_dict()}
+                "label_only": self.label_only, "remote": self.remote, "classes": [str(c) for c in self.classes], "input": self.input_spec.to_dict()}
 
 
 class DifferentiableTarget(Target):

@@ -32,8 +32,8 @@ from bastion.core.redact import install_log_redaction, redact, redact_snippet, r
 from bastion.core.run import log_request, log_retry
 from bastion.core.spec import InputSpec
 from bastion.core.targets import _deadline
-from bastion.core.targets.base import Target, looks_like_probabilities
-from bastion.errors import BastionRuntimeError, UsageError, require
+from bastion.core.targets.base import Target, TargetUnavailable, looks_like_probabilities
+from bastion.errors import UsageError, require
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ MAX_LOG = 100_000  # request records kept in memory
 MAX_RESPONSE_BYTES = 16 * 2**20  # default cap on one answer: far above 64 rows of 1,000 scores
 
 
-class EndpointError(BastionRuntimeError):
+class EndpointError(TargetUnavailable):
     """The prediction API failed: unreachable, timing out, or answering with an error status."""
 
 
@@ -92,6 +92,7 @@ class HttpTarget(Target):
     """
 
     kind = "http"
+    remote = True
 
     def __init__(self, url: str, *, classes: list[Any], input_spec: InputSpec,
                  request_template: dict[str, Any] | str | None = None, probabilities_path: str | None = None,

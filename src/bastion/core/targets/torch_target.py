@@ -14,20 +14,24 @@ from bastion.errors import TargetError, require
 class TorchTarget(DifferentiableTarget):
     """A ``torch.nn.Module`` classifier.
 
-    The module is put in eval mode and its parameters are frozen (``requires_grad=False``) so an
-    attack's backward pass computes input gradients only. ``output`` says whether the module returns
-    logits (default) or probabilities; a mismatch found on a probe batch is refused with a clear
-    error, and ``output="auto"`` decides from that probe instead.
+    The target works on its own copy of the module (``copy=True``), in eval mode with frozen
+    parameters (``requires_grad=False``) so an attack's backward pass computes input gradients only;
+    the caller's module keeps its mode, device and ``requires_grad`` flags. ``copy=False`` uses the
+    module itself, for a module nobody else holds (one bastion loaded from a file). ``output`` says
+    whether the module returns logits (default) or probabilities; a mismatch found on a probe batch
+    is refused with a clear error, and ``output="auto"`` decides from that probe instead.
     """
 
     kind = "pytorch"
 
     def __init__(self, module: Any, input_spec: InputSpec, *, classes: list[Any] | None = None,
                  output: OutputKind = "logits", device: str = "cpu", name: str = "",
-                 query_budget: int | None = None) -> None:
+                 query_budget: int | None = None, copy: bool = True) -> None:
         torch = require("torch", "torch")
         if not isinstance(module, torch.nn.Module):
             raise TargetError(f"expected a torch.nn.Module, got {type(module).__name__}")
+        if copy:
+            module = _private_copy(module)
         self.module = module.to(device).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
@@ -83,6 +87,20 @@ class TorchTarget(DifferentiableTarget):
         return {**super().describe(), "device": self.device, "output": self.output}
 
 
+def _private_copy(module: Any) -> Any:
+    """A deep copy of ``module``, so that eval mode, frozen parameters and the device move never
+    reach the caller's model."""
+    import copy
+
+    try:
+        return copy.deepcopy(module)
+    except Exception as exc:
+        raise TargetError(f"cannot copy the model ({type(exc).__name__}: {exc}); bastion attacks a private copy so "
+                          "that your module's mode and parameters stay as they are",
+                          hint="make the module deep-copyable, or pass copy=False to TorchTarget to let bastion "
+                               "switch it to eval mode and freeze its parameters in place") from exc
+
+
 def load_torchscript(path: str, input_spec: InputSpec, **kwargs: Any) -> TorchTarget:
     """Load a TorchScript archive (``torch.jit.save``) as a white-box target on the CPU."""
     torch = require("torch", "torch")
@@ -90,4 +108,4 @@ def load_torchscript(path: str, input_spec: InputSpec, **kwargs: Any) -> TorchTa
         module = torch.jit.load(path, map_location="cpu")
     except Exception as exc:
         raise TargetError(f"cannot load TorchScript archive '{path}': {exc}") from exc
-    return TorchTarget(module, input_spec, name=kwargs.pop("name", f"torchscript:{path}"), **kwargs)
+    return TorchTarget(module, input_spec, name=kwargs.pop("name", f"torchscript:{path}"), copy=False, **kwargs)
