@@ -225,9 +225,8 @@ def test_onnx_logits_declared_as_probabilities_is_refused_with_a_hint(tmp_path: 
     path = tmp_path / "logits.onnx"
     _onnx_linear(path, rng.normal(size=(3, 5)) * 5, np.zeros(3), softmax=False)
     x = rng.random((4, 5)).astype(np.float32)
-    target = load_target(f"onnx:{path}", data=Dataset(x, np.zeros(4, int)), output="probabilities")
-    with pytest.raises(TargetError, match="not probabilities") as err:
-        target.predict_proba(x)
+    with pytest.raises(TargetError, match="not probabilities") as err:  # found on the probe, when it loads
+        load_target(f"onnx:{path}", data=Dataset(x, np.zeros(4, int)), output="probabilities")
     assert "output='logits'" in err.value.hint
 
 
@@ -255,19 +254,21 @@ def test_callable_target_probabilities_logits_and_queries(rng: np.random.Generat
     assert probs.queries == 6  # a refused batch is not counted
     logits = CallableTarget(lambda a: a @ w, ["a", "b", "c"], spec, output="logits")
     np.testing.assert_allclose(logits.predict_proba(x), _softmax(x @ w), atol=1e-6)
-    undeclared = CallableTarget(lambda a: a @ w * 10, ["a", "b", "c"], spec)
-    with pytest.raises(TargetError, match="not probabilities") as err:
-        undeclared.predict_proba(x)
+    with pytest.raises(TargetError, match="not probabilities") as err:  # found on the probe, when it is built
+        CallableTarget(lambda a: a @ w * 10, ["a", "b", "c"], spec)
     assert "output='logits'" in err.value.hint
 
 
 def test_callable_bad_outputs() -> None:
     spec = InputSpec(shape=(2,))
     x = np.zeros((3, 2), np.float32)
-    with pytest.raises(TargetError, match=r"shape \(3, 3\); expected \(3, 2\)"):
-        CallableTarget(lambda a: np.full((len(a), 3), 1 / 3), [0, 1], spec).predict_proba(x)
+    with pytest.raises(TargetError, match=r"shape \(4, 3\) for a probe batch; expected \(batch, 2\)"):
+        CallableTarget(lambda a: np.full((len(a), 3), 1 / 3), [0, 1], spec)
     with pytest.raises(TargetError, match="NaN"):
-        CallableTarget(lambda a: np.full((len(a), 2), np.nan), [0, 1], spec).predict_proba(x)
+        CallableTarget(lambda a: np.full((len(a), 2), np.nan), [0, 1], spec)
+    later = CallableTarget(lambda a: np.full((len(a), 2), np.nan if len(a) == 3 else 0.5), [0, 1], spec)
+    with pytest.raises(TargetError, match="NaN"):
+        later.predict_proba(x)
     with pytest.raises(TargetError, match="callable"):
         CallableTarget("not callable", [0, 1], spec)  # type: ignore[arg-type]
     with pytest.raises(TargetError, match="output must be"):

@@ -178,40 +178,59 @@ def register(app: typer.Typer) -> None:
             table.add_row(escape(r["name"]), r["family"] or "—", grads, desc)
         out_console.print(table)
 
-    @app.command(epilog="Example: bastion demo --out demo-report/")
+    @app.command(epilog="Example: bastion demo --out demo-report/  (or --json for a machine-readable summary)")
     def demo(
         out: Path = typer.Option(Path("bastion-demo"), "--out", "-o", help="Directory for the demo reports."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (no progress)."),
     ) -> None:
         """Train (first run only, then cached) the demo models, scan them with the default policies,
         and write the reports: a first look at what bastion finds.
 
         Exit code 0 whatever the verdicts (the demo models are meant to fail some gates).
         """
+        from bastion.core.extras import require_all
+
+        require_all("numpy", "sklearn", "skops", "torch", "jinja2", "matplotlib")  # one message for all
         from bastion.campaign import DEMO_POLICIES, packaged_policy
         from bastion.campaign.policy import load_policy
         from bastion.campaign.runner import scan as run_scan
 
+        quiet = quiet or as_json
         t0 = time.perf_counter()
-        summary = Table(title="bastion demo", title_justify="left")
-        for col in ("model", "clean acc", "worst robust acc", "gates", "verdict", "report"):
-            summary.add_column(col)
+        rows = []
         for name in DEMO_POLICIES:
             loaded = load_policy(packaged_policy(name))
             model = loaded.policy.target.model if loaded.policy.target else name
             if not quiet:
                 console.print(f"[bold]{escape(model)}[/] — {escape(loaded.policy.description)}")
             out_dir = out / name.removeprefix("demo-")
-            result = _run_scan(run_scan, loaded, out_dir, None, quiet)
-            accs = [v for c in result.checks for v in c.values("robust_accuracy")]
-            clean = next((v for c in result.checks for v in c.values("clean_accuracy")), None)
-            passed = sum(g.passed for g in result.gates)
-            summary.add_row(model, "—" if clean is None else f"{clean:.1%}",
-                            "—" if not accs else f"{min(accs):.1%}", f"{passed}/{len(result.gates)}",
-                            "[green]pass[/]" if result.verdict == "pass" else "[red]fail[/]",
-                            str(out_dir / "report.html"))
+            rows.append(_demo_row(model, _run_scan(run_scan, loaded, out_dir, None, quiet), out_dir))
+        if as_json:
+            out_console.print_json(json.dumps({"models": rows, "seconds": round(time.perf_counter() - t0, 2)}))
+            return
+        summary = Table(title="bastion demo", title_justify="left")
+        for col in ("model", "clean acc", "worst robust acc", "gates", "verdict", "report"):
+            summary.add_column(col)
+        for r in rows:
+            summary.add_row(r["model"], _pct(r["clean_accuracy"]), _pct(r["worst_robust_accuracy"]),
+                            f"{r['gates_passed']}/{r['gates']}",
+                            "[green]pass[/]" if r["verdict"] == "pass" else "[red]fail[/]", r["report"])
         out_console.print(summary)
         out_console.print(f"Done in {time.perf_counter() - t0:.1f}s. Open the reports in a browser.")
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{v:.1%}"
+
+
+def _demo_row(model: str, result: ScanResult, out_dir: Path) -> dict[str, Any]:
+    """The demo's summary of one scan (shared by the table and --json)."""
+    accs = [v for c in result.checks for v in c.values("robust_accuracy")]
+    clean = next((v for c in result.checks for v in c.values("clean_accuracy")), None)
+    return {"model": model, "clean_accuracy": clean, "worst_robust_accuracy": min(accs) if accs else None,
+            "gates_passed": sum(g.passed for g in result.gates), "gates": len(result.gates),
+            "verdict": result.verdict, "status": result.status, "report": str(out_dir / "report.html")}
 
 
 def attack_rows() -> list[dict[str, Any]]:

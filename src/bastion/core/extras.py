@@ -11,6 +11,7 @@ from bastion.errors import MissingExtraError
 
 # top-level import name -> extra that installs it
 EXTRA_FOR_PACKAGE: dict[str, str] = {
+    "numpy": "scan",
     "torch": "torch",
     "onnxruntime": "onnx",
     "onnx": "onnx",
@@ -48,3 +49,19 @@ def missing_extra(exc: ImportError) -> MissingExtraError | None:
     if package in EXTRA_FOR_PACKAGE:
         return MissingExtraError(package, EXTRA_FOR_PACKAGE[package])
     return None
+
+
+def require_all(*modules: str) -> None:
+    """Import each module or raise one MissingExtraError naming every missing extra at once
+    (``bastion demo`` needs several: better one message than one per attempt)."""
+    import importlib
+
+    missing: dict[str, str] = {}
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            package = failed_module(exc) or module.split(".")[0]
+            missing[package] = EXTRA_FOR_PACKAGE.get(package, "all")
+    if missing:
+        raise MissingExtraError(", ".join(missing), ",".join(dict.fromkeys(missing.values())))

@@ -120,7 +120,8 @@ def _load_target(spec: Any, *, input_shape: tuple[int, ...] | None = None,
         raise
     scheme = parsed.name
     if scheme == "demo":
-        return demo.demo_target(rest, **_target_kwargs(kwargs))
+        return _demo_target(rest, input_shape=input_shape, bounds=bounds, classes=classes, output=output,
+                            **_target_kwargs(kwargs))
     if scheme == "http":  # http:https://host/predict — options (request_template, ...) as keyword arguments
         from bastion.core.targets.http_target import http_target
 
@@ -152,6 +153,32 @@ def _load_target(spec: Any, *, input_shape: tuple[int, ...] | None = None,
         return sklearn_target(est, _spec(input_shape, bounds, data, tabular=True), name=f"sklearn:{rest}",
                               **_target_kwargs(kwargs))
     raise UsageError(f"unsupported model scheme '{scheme}'")  # pragma: no cover
+
+
+def _demo_target(name: str, *, input_shape: tuple[int, ...] | None, bounds: tuple[float, float] | None,
+                 classes: list[Any] | None, output: str | None, **kwargs: Any) -> Target:
+    """A demo model, whose shape, bounds and outputs are fixed: a policy value that differs is an
+    error naming the field (never silently ignored); ``classes`` of the right length rename them."""
+    target = demo.demo_target(name, **kwargs)
+    spec, what = target.input_spec, f"demo:{name}"
+    if input_shape is not None and tuple(input_shape) != tuple(spec.shape):
+        raise UsageError(f"{what} takes inputs of shape {tuple(spec.shape)}, not input_shape {tuple(input_shape)}",
+                         hint="remove input_shape (a demo model's shape is fixed)")
+    if bounds is not None:
+        lo, hi = spec.bounds_arrays()
+        if spec.features is not None or not (np.all(lo == bounds[0]) and np.all(hi == bounds[1])):
+            have = "per-feature bounds" if spec.features is not None else f"[{lo.flat[0]:g}, {hi.flat[0]:g}]"
+            raise UsageError(f"{what} has {have}; bounds {list(bounds)} cannot change them",
+                             hint="remove bounds; for a table, narrow features with 'features' constraints")
+    actual = getattr(target, "output", "probabilities")
+    if output is not None and output not in ("auto", actual):
+        raise UsageError(f"{what} returns {actual}, not output='{output}'", hint=f"remove output or set it to {actual}")
+    if classes is not None:
+        if len(classes) != target.n_classes:
+            raise UsageError(f"{what} has {target.n_classes} classes; 'classes' lists {len(classes)}",
+                             hint=f"give {target.n_classes} class names, in the order of the model's outputs")
+        target.classes = list(classes)
+    return target
 
 
 def _target_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ def load_skops(path: str | Path, *, trust: Callable[[str], bool] | None = None,
     """Load a skops file, trusting only the types ``trust`` accepts (default: scikit-learn, NumPy,
     SciPy and the standard containers); anything else is refused with the list of untrusted types.
     ``trusted_set`` names the trusted types in that message."""
-    sio = require("skops.io", "all")
+    sio = require("skops.io", "sklearn")
     p = Path(path)
     if not p.is_file():
         raise TargetError(f"{p}: no such model file")

@@ -194,6 +194,9 @@ class InputSpec:
         x = np.asarray(x)
         if x.dtype == object or not np.issubdtype(x.dtype, np.number):
             raise DataError(f"{what} have dtype {x.dtype}; numeric arrays are required")
+        if np.iscomplexobj(x):  # a cast to float32 would silently drop the imaginary part
+            raise DataError(f"{what} are complex ({x.dtype}); models under test take real-valued inputs",
+                            hint="pass x.real, or split the real and imaginary parts into separate features")
         if x.ndim == len(self.shape):  # a single sample
             x = x[None]
         if tuple(x.shape[1:]) != self.shape:

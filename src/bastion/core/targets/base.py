@@ -182,3 +182,50 @@ def looks_like_probabilities(p: np.ndarray) -> bool:
     p = np.asarray(p, np.float64)
     return bool(p.ndim == 2 and p.min() >= -PROB_ATOL and p.max() <= 1 + PROB_ATOL
                 and np.abs(p.sum(axis=1) - 1).max() <= PROB_ATOL)
+
+
+def as_score_rows(out: np.ndarray, *, source: str) -> np.ndarray:
+    """Outputs as (batch, k) rows. A model answering (batch, 1, k) (or any shape with one
+    non-singleton axis after the batch) is accepted; anything else is refused naming the shape."""
+    out = np.asarray(out)
+    if out.ndim >= 2 and sum(d != 1 for d in out.shape[1:]) <= 1:
+        return out.reshape(out.shape[0], -1)
+    raise TargetError(f"{source} returned outputs of shape {tuple(out.shape)}; expected one score per class, "
+                      "shape (batch, n_classes)",
+                      hint="make the model return class scores of shape (batch, n_classes)")
+
+
+def resolve_output(output: str | None, probe: np.ndarray) -> str:
+    """The output kind of a model, checked against a probe batch of its (batch, k) outputs:
+    ``auto`` decides; a declared kind the probe contradicts is refused, so that softmax is never
+    applied twice or left out (robust accuracy and severities would silently change)."""
+    if output not in ("logits", "probabilities", "auto"):
+        raise TargetError(f"output must be 'logits', 'probabilities' or 'auto', not {output!r}")
+    if not np.all(np.isfinite(probe)):
+        raise TargetError("the model returned NaN or infinite outputs on a probe batch of valid inputs")
+    probs = looks_like_probabilities(probe)
+    if output == "auto":
+        return "probabilities" if probs else "logits"
+    if output == "logits" and probs:
+        raise TargetError("the model's outputs are already probabilities (each row sums to 1) but output='logits' "
+                          "was declared", hint="declare output='probabilities' (or 'auto')")
+    if output == "probabilities" and not probs:
+        raise TargetError("output='probabilities' was declared but the model's outputs are not probabilities "
+                          "(rows do not sum to 1 or leave [0, 1])", hint="declare output='logits' (or 'auto')")
+    return output
+
+
+def probe_batch(spec: InputSpec, n: int = 4) -> np.ndarray:
+    """``n`` seeded random inputs inside the spec's bounds (in [-1, 1] where a bound is infinite),
+    to check what a model returns before anything is attacked."""
+    lo, hi = spec.bounds_arrays()
+    lo, hi = np.where(np.isfinite(lo), lo, -1.0), np.where(np.isfinite(hi), hi, 1.0)
+    return (lo + (hi - lo) * np.random.default_rng(0).random((n, *spec.shape))).astype(np.float32)
+
+
+def check_width(probe: np.ndarray, n_classes: int, *, source: str) -> None:
+    """Refuse a model whose (batch, k) outputs have another width than its declared classes."""
+    if probe.shape[1] != n_classes:
+        raise TargetError(f"{source} returns outputs of shape {tuple(probe.shape)} for a probe batch; expected "
+                          f"(batch, {n_classes}), one score per declared class",
+                          hint="declare one class per output column")

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from bastion.core.spec import InputSpec
-from bastion.core.targets.base import DifferentiableTarget, Target
+from bastion.core.targets.base import DifferentiableTarget, Target, probe_batch
 from bastion.errors import TargetError
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ class SklearnTarget(Target):
                               hint="use a probabilistic classifier, or wrap it with CalibratedClassifierCV")
         classes = list(getattr(estimator, "classes_", []))
         super().__init__(classes, input_spec, name=name or _estimator_name(estimator), query_budget=query_budget)
+        _check_n_features(estimator, input_spec, self.name)
         self.estimator = estimator
 
     def _predict_proba(self, x: np.ndarray) -> np.ndarray:
@@ -53,10 +54,20 @@ class DifferentiableSklearnTarget(DifferentiableTarget, SklearnTarget):
 
 def sklearn_target(estimator: Any, input_spec: InputSpec, **kwargs: Any) -> SklearnTarget:
     """Wrap an estimator; white-box when a verified torch twin exists, black-box otherwise."""
+    _check_n_features(estimator, input_spec, kwargs.get("name") or _estimator_name(estimator))
     forward = _torch_twin(estimator)
     if forward is not None and _twin_matches(estimator, forward, input_spec):
         return DifferentiableSklearnTarget(estimator, input_spec, forward, **kwargs)
     return SklearnTarget(estimator, input_spec, **kwargs)
+
+
+def _check_n_features(estimator: Any, spec: InputSpec, name: str) -> None:
+    """Refuse inputs with another number of features than the estimator was fitted on."""
+    n_in, n_data = getattr(estimator, "n_features_in_", None), int(np.prod(spec.shape))
+    if n_in is not None and int(n_in) != n_data:
+        raise TargetError(f"{name} was fitted on {int(n_in)} features but the inputs have {n_data} "
+                          f"(per-sample shape {tuple(spec.shape)})",
+                          hint="give data with the same columns, in the same order, as the model's training data")
 
 
 def _estimator_name(est: Any) -> str:
@@ -127,9 +138,7 @@ def _torch_twin(estimator: Any) -> Any | None:
 def _twin_matches(estimator: Any, forward: Any, spec: InputSpec) -> bool:
     import torch
 
-    lo, hi = spec.bounds_arrays()
-    lo, hi = np.where(np.isfinite(lo), lo, -1.0), np.where(np.isfinite(hi), hi, 1.0)
-    x = (lo + (hi - lo) * np.random.default_rng(0).random((16, *spec.shape))).astype(np.float32)
+    x = probe_batch(spec, 16)
     want = estimator.predict_proba(x.reshape(16, -1))
     with torch.no_grad():
         got = torch.softmax(forward(torch.from_numpy(x.reshape(16, -1))), dim=1).double().numpy()

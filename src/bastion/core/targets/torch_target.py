@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from bastion.core.spec import InputSpec
-from bastion.core.targets.base import DifferentiableTarget, OutputKind, looks_like_probabilities
+from bastion.core.targets.base import DifferentiableTarget, OutputKind, as_score_rows, check_width, probe_batch, resolve_output
 from bastion.errors import TargetError, require
 
 
@@ -36,22 +36,17 @@ class TorchTarget(DifferentiableTarget):
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.device = device
-        probe = self._probe(input_spec)
+        probe = as_score_rows(self._probe(input_spec), source="the model")
         if classes is None:
             classes = list(range(probe.shape[1]))
         super().__init__(classes, input_spec, name=name or type(module).__name__, query_budget=query_budget)
-        if probe.ndim != 2 or probe.shape[1] != self.n_classes:
-            raise TargetError(f"the model returns outputs of shape {tuple(probe.shape)} for a batch of inputs "
-                              f"of shape {input_spec.shape}; expected (batch, {self.n_classes})")
-        self.output = self._resolve_output(output, probe)
+        check_width(probe, self.n_classes, source="the model")
+        self.output = resolve_output(output, probe)
 
     def _probe(self, spec: InputSpec) -> np.ndarray:
         import torch
 
-        lo, hi = spec.bounds_arrays()
-        lo, hi = np.where(np.isfinite(lo), lo, -1.0), np.where(np.isfinite(hi), hi, 1.0)
-        rng = np.random.default_rng(0)
-        x = (lo + (hi - lo) * rng.random((4, *spec.shape))).astype(np.float32)
+        x = probe_batch(spec)
         try:
             with torch.no_grad():
                 return self.module(torch.from_numpy(x).to(self.device)).double().cpu().numpy()
@@ -59,32 +54,31 @@ class TorchTarget(DifferentiableTarget):
             raise TargetError(f"the model failed on a probe batch of shape (4, {', '.join(map(str, spec.shape))}): "
                               f"{type(exc).__name__}: {exc}", hint="check the declared input shape") from exc
 
-    @staticmethod
-    def _resolve_output(output: OutputKind, probe: np.ndarray) -> str:
-        probs = looks_like_probabilities(probe)
-        if output == "auto":
-            return "probabilities" if probs else "logits"
-        if output == "logits" and probs:
-            raise TargetError("the model's outputs are already probabilities (each row sums to 1) but output='logits' "
-                              "was declared", hint="declare output='probabilities' (or 'auto')")
-        if output == "probabilities" and not probs:
-            raise TargetError("output='probabilities' was declared but the model's outputs are not probabilities",
-                              hint="declare output='logits' (or 'auto')")
-        if output not in ("logits", "probabilities"):
-            raise TargetError(f"output must be 'logits', 'probabilities' or 'auto', not {output!r}")
-        return output
-
     def logits(self, x: Any) -> Any:
         import torch
 
         self.count_queries(int(x.shape[0]))
         out = self.module(x)
+        if out.ndim > 2:  # (batch, 1, k) and the like: as_score_rows accepted it on the probe
+            out = out.reshape(out.shape[0], -1)
         if self.output == "probabilities":
             out = torch.log(out.clamp_min(1e-12))
         return out
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "device": self.device, "output": self.output}
+
+
+def _is_torch_save_file(path: str) -> bool:
+    """A torch.save zip: ``data.pkl`` without TorchScript's ``constants.pkl`` and ``code/``."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = [n.split("/", 1)[-1] for n in z.namelist()]
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return "data.pkl" in names and "constants.pkl" not in names and not any(n.startswith("code/") for n in names)
 
 
 def _private_copy(module: Any) -> Any:
@@ -107,5 +101,12 @@ def load_torchscript(path: str, input_spec: InputSpec, **kwargs: Any) -> TorchTa
     try:
         module = torch.jit.load(path, map_location="cpu")
     except Exception as exc:
+        if _is_torch_save_file(path):
+            raise TargetError(
+                f"{path} was written by torch.save (a state dict or a pickled module), not torch.jit.save: it is "
+                "not a TorchScript archive",
+                hint="load it with a python: factory that builds the module and calls "
+                     "module.load_state_dict(bastion.core.safe_load.torch_load_weights(path)), or export the model "
+                     "with torch.jit.script(model).save(path)") from exc
         raise TargetError(f"cannot load TorchScript archive '{path}': {exc}") from exc
     return TorchTarget(module, input_spec, name=kwargs.pop("name", f"torchscript:{path}"), copy=False, **kwargs)
