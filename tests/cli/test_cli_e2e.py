@@ -87,8 +87,10 @@ def test_help_everywhere(cli, cmd: list[str]) -> None:
 
 @pytest.mark.timeout(900)
 def test_demo_writes_reports(cli, tmp_path: Path) -> None:
-    r = cli(["demo", "--out", str(tmp_path), "--quiet"], timeout=400)
+    r = cli(["demo", "--out", str(tmp_path), "--json"], timeout=400)
     assert r.returncode == 0, r.stderr
+    summary = {m["model"]: m for m in json.loads(r.stdout)["models"]}  # --json: stdout is only the JSON
+    assert set(summary) == {"demo:digits-cnn", "demo:breast-cancer"}
     for name in ("digits-cnn", "breast-cancer"):
         for f in ("report.json", "report.html", "junit.xml", "report.sarif"):
             assert (tmp_path / name / f).is_file(), f"{name}/{f} missing"
@@ -99,6 +101,9 @@ def test_demo_writes_reports(cli, tmp_path: Path) -> None:
         assert evasion and all(m["value"] > 0.9 for c in evasion for m in c["measurements"]
                                    if m["name"] == "clean_accuracy")
         assert all("passed" in g and "value" in g for g in doc["gates"])
+        row = summary[f"demo:{name}"]
+        assert row["verdict"] == doc["verdict"] and row["gates"] == len(doc["gates"])
+        assert Path(row["report"]) == tmp_path / name / "report.html"
     digits = json.loads((tmp_path / "digits-cnn" / "report.json").read_text())
     types = {a["type"] for c in digits["checks"] for a in c["artifacts"]}
     assert {"example_grid", "histogram", "query_curve"} <= types  # minimal perturbations, black-box vs queries

@@ -153,3 +153,12 @@ def test_a_torch_target_leaves_the_callers_module_as_it_was() -> None:
     assert module.training and all(m.training for m in module.modules())
     assert all(p.requires_grad and p.grad is None for p in module.parameters())
     assert not target.module.training and target.capabilities.white_box
+
+
+def test_the_pre_load_scan_refuses_a_directory_instead_of_walking_it(tmp_path: Path) -> None:
+    """Before, ``bastion scan``'s pre-load scan walked the directory recursively (a home folder: it hung)."""
+    from bastion.campaign.preflight import scan_model_file
+
+    (tmp_path / "models" / "sub").mkdir(parents=True)
+    with pytest.raises(TargetError, match="models is a directory, not a model file"):
+        scan_model_file(f"onnx:{tmp_path / 'models'}")
