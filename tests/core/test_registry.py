@@ -144,3 +144,18 @@ def test_a_plugin_that_reuses_a_builtin_name_is_an_error(plugin_path) -> None:  
     plugin_path("[bastion.attacks]\npgd = bastion_demo_plugin:Shift\n")
     with pytest.raises(DuplicateNameError, match="two attacks named 'pgd'.*bastion-demo-plugin"):
         ATTACKS.refresh()
+
+
+def test_bastion_attacks_lists_a_plugin_with_its_package(tmp_path: Path) -> None:
+    import json
+    import os
+
+    from tests.cli.conftest import run_cli
+
+    path = _plugin(tmp_path, "[bastion.attacks]\nplugin-shift = bastion_demo_plugin:Shift\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(path), os.environ.get("PYTHONPATH")) if p)}
+    proc = run_cli(["attacks", "--json"], env)
+    assert proc.returncode == 0, proc.stderr
+    row = next(r for r in json.loads(proc.stdout) if r["name"] == "plugin-shift")
+    assert row["available"] and row["family"] == "evasion-blackbox" and "bastion-demo-plugin" in row["origin"]
+    assert row["description"] == "Adds eps to every feature (a test plug-in)."
