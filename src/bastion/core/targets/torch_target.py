@@ -7,7 +7,14 @@ from typing import Any
 import numpy as np
 
 from bastion.core.spec import InputSpec
-from bastion.core.targets.base import DifferentiableTarget, OutputKind, as_score_rows, check_width, probe_batch, resolve_output
+from bastion.core.targets.base import (
+    DifferentiableTarget,
+    OutputKind,
+    as_score_rows,
+    check_width,
+    probe_batch,
+    resolve_output,
+)
 from bastion.errors import TargetError, require
 
 
