@@ -72,8 +72,8 @@ def test_outputs_of_shape_batch_1_k_are_read_as_batch_k(tmp_path: Path, w: np.nd
     want = _softmax(x @ w.T)
     fn = CallableTarget(lambda a: _softmax(a @ w.T)[:, None, :], [0, 1, 2], InputSpec(shape=(5,)))
     np.testing.assert_allclose(fn.predict_proba(x), want, atol=1e-6)
-    with pytest.raises(TargetError, match=r"shape \(4, 2, 3\); expected one score per class"):
-        CallableTarget(lambda a: np.stack([_softmax(a @ w.T)] * 2, 1), [0, 1, 2], InputSpec(shape=(5,)))
+    with pytest.raises(TargetError, match=r"shape \(6, 2, 3\); expected one score per class"):
+        CallableTarget(lambda a: np.stack([_softmax(a @ w.T)] * 2, 1), [0, 1, 2], InputSpec(shape=(5,))).predict(x)
     if pytest.importorskip("onnxruntime"):
         path = tmp_path / "3d.onnx"
         _onnx_linear(path, w, out_3d=True)
@@ -92,10 +92,13 @@ def test_outputs_of_shape_batch_1_k_are_read_as_batch_k(tmp_path: Path, w: np.nd
 
 def test_logits_declared_for_a_model_returning_probabilities_is_refused(w: np.ndarray) -> None:
     """Before, softmax was applied to probabilities: every confidence flattened towards 1/k."""
+    x = np.full((3, 5), 0.5, np.float32)
+    wrong = CallableTarget(lambda a: _softmax(a @ w.T), [0, 1, 2], InputSpec(shape=(5,)), output="logits")
     with pytest.raises(TargetError, match="already probabilities") as err:
-        CallableTarget(lambda a: _softmax(a @ w.T), [0, 1, 2], InputSpec(shape=(5,)), output="logits")
+        wrong.predict_proba(x)
     assert "output='probabilities'" in err.value.hint
     auto = CallableTarget(lambda a: a @ w.T, [0, 1, 2], InputSpec(shape=(5,)), output="auto")
+    auto.predict_proba(x)
     assert auto.output == "logits"
 
 

@@ -254,19 +254,21 @@ def test_callable_target_probabilities_logits_and_queries(rng: np.random.Generat
     assert probs.queries == 6  # a refused batch is not counted
     logits = CallableTarget(lambda a: a @ w, ["a", "b", "c"], spec, output="logits")
     np.testing.assert_allclose(logits.predict_proba(x), _softmax(x @ w), atol=1e-6)
-    with pytest.raises(TargetError, match="not probabilities") as err:  # found on the probe, when it is built
-        CallableTarget(lambda a: a @ w * 10, ["a", "b", "c"], spec)
+    undeclared = CallableTarget(lambda a: a @ w * 10, ["a", "b", "c"], spec)
+    with pytest.raises(TargetError, match="not probabilities") as err:
+        undeclared.predict_proba(x)
     assert "output='logits'" in err.value.hint
 
 
 def test_callable_bad_outputs() -> None:
     spec = InputSpec(shape=(2,))
     x = np.zeros((3, 2), np.float32)
-    with pytest.raises(TargetError, match=r"shape \(4, 3\) for a probe batch; expected \(batch, 2\)"):
-        CallableTarget(lambda a: np.full((len(a), 3), 1 / 3), [0, 1], spec)
+    with pytest.raises(TargetError, match=r"shape \(3, 3\); expected \(batch, 2\)"):
+        CallableTarget(lambda a: np.full((len(a), 3), 1 / 3), [0, 1], spec).predict_proba(x)
     with pytest.raises(TargetError, match="NaN"):
-        CallableTarget(lambda a: np.full((len(a), 2), np.nan), [0, 1], spec)
+        CallableTarget(lambda a: np.full((len(a), 2), np.nan), [0, 1], spec).predict_proba(x)
     later = CallableTarget(lambda a: np.full((len(a), 2), np.nan if len(a) == 3 else 0.5), [0, 1], spec)
+    later.predict_proba(x[:2])
     with pytest.raises(TargetError, match="NaN"):
         later.predict_proba(x)
     with pytest.raises(TargetError, match="callable"):

@@ -202,7 +202,7 @@ def resolve_output(output: str | None, probe: np.ndarray) -> str:
     if output not in ("logits", "probabilities", "auto"):
         raise TargetError(f"output must be 'logits', 'probabilities' or 'auto', not {output!r}")
     if not np.all(np.isfinite(probe)):
-        raise TargetError("the model returned NaN or infinite outputs on a probe batch of valid inputs")
+        raise TargetError("the model returned NaN or infinite outputs for valid inputs")
     probs = looks_like_probabilities(probe)
     if output == "auto":
         return "probabilities" if probs else "logits"
@@ -226,6 +226,6 @@ def probe_batch(spec: InputSpec, n: int = 4) -> np.ndarray:
 def check_width(probe: np.ndarray, n_classes: int, *, source: str) -> None:
     """Refuse a model whose (batch, k) outputs have another width than its declared classes."""
     if probe.shape[1] != n_classes:
-        raise TargetError(f"{source} returns outputs of shape {tuple(probe.shape)} for a probe batch; expected "
+        raise TargetError(f"{source} returned outputs of shape {tuple(probe.shape)}; expected "
                           f"(batch, {n_classes}), one score per declared class",
                           hint="declare one class per output column")
