@@ -86,7 +86,7 @@ class HttpTarget(Target):
         max_response_bytes: largest answer accepted (``ResponseTooLarge`` beyond it).
     query_budget: hard limit on inputs sent for the whole run (QueryBudgetExceeded beyond it).
 
-    The auth value, the URL's password and query values, and the values of auth-like ``headers``
+    The auth value, the URL's password and credential-like query values, and auth-like ``headers``
     are registered with :mod:`bastion.core.redact`: every message built from a response is
     redacted before it is cut to length, so none of them reaches a log, an error or a report.
     """
