@@ -5,9 +5,9 @@ Two kinds of secret are masked with ``***``:
 - **registered values** (:func:`register_secret`): an HTTP target's auth header value, the
   password and credential-like query values of its URL, values of auth-like headers. Each is masked
   in every form it takes in text — verbatim, JSON-escaped, URL-encoded, base64 (at each of the three
-  byte alignments) and
-  base64-decoded when it is itself base64 — and so is any piece of one of those forms at least
-  :data:`PARTIAL` characters long (an endpoint echoing half a token, a snippet cut mid-token).
+  byte alignments) and base64-decoded when it is itself base64 — and so is any piece of one of
+  those forms at least :data:`PARTIAL` characters long (an endpoint echoing half a token, a snippet
+  cut mid-token).
 - **URL credentials** (stateless, any text): ``scheme://user:pw@host/p?k=v#f`` becomes
   ``scheme://***@host/p?k=***#f``; the path and the query keys stay readable.
 
