@@ -166,3 +166,13 @@ def test_nothing_scanned_and_not_analysed_in_text_output(tmp_path: Path) -> None
     assert doc["checks"][0]["metrics"]["error_files"][0]["kind"] == "not-analysed"
     r = runner.invoke(app, ["inspect", str(tmp_path / "blob.bin")])
     assert "not analysed:" in r.output and "INCOMPLETE" in r.output
+
+
+def test_text_output_is_one_unfolded_line_per_finding(tmp_path: Path) -> None:
+    d = tmp_path / ("a-rather-long-directory-name-" * 4)
+    d.mkdir()
+    (d / "evil.pkl").write_bytes(RCE_P0)
+    r = runner.invoke(app, ["inspect", str(d), "-o", str(tmp_path / "r.txt")])
+    line = next(x for x in (tmp_path / "r.txt").read_text().splitlines() if "BASTION-SC-001" in x)
+    assert line.startswith("critical") and str(d / "evil.pkl") in line and "Imports os.system" in line
+    assert r.exit_code == 1
