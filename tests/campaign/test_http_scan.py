@@ -70,7 +70,8 @@ def test_http_scan_budget_and_outage(server, tmp_path: Path, monkeypatch) -> Non
             {"name": "after-outage", "kind": "evasion", "attack": "square", "eps": [0.5],
              "params": {"max_queries": 30}},
         ],
-        "gates": ["clean_accuracy[square] >= 0.8"],
+        "gates": ["clean_accuracy[square] >= 0.8", "clean_accuracy[square, check=square] >= 0.8",
+                  "findings_high[after-outage] <= 0"],
         "output": {"dir": str(tmp_path / "out")},
     }
 
@@ -87,7 +88,12 @@ def test_http_scan_budget_and_outage(server, tmp_path: Path, monkeypatch) -> Non
     assert "budget" in (by_name["square-budget"].reason or "")
     assert max(by_name["square-budget"].values("queries")) <= 150
     assert by_name["after-outage"].status == "error" and by_name["after-outage"].reason
-    assert result.status == "incomplete"
-    assert result.gates[0].passed
+    assert result.status == "incomplete" and result.verdict == "fail"
+    # a gate reading every 'square' check cannot pass while one of them errored; nor can a
+    # findings counter of the errored check read 0
+    assert not result.gates[0].passed and "after-outage" in result.gates[0].reason
+    assert result.gates[1].passed
+    assert not result.gates[2].passed and result.gates[2].value is None
+    assert "no measurement" in result.gates[2].reason
     for f in (tmp_path / "out").iterdir():
         assert SECRET not in f.read_text(errors="replace"), f"secret leaked into {f.name}"

@@ -61,3 +61,35 @@ def test_missing_target_for_model_check(tmp_path: Path) -> None:
 def test_packaged_policies_are_valid(name: str) -> None:
     loaded = load_policy(packaged_policy(name))
     assert loaded.checks and loaded.gates
+
+
+# ------------------------------------------------------------------ bad input, clear errors (issue 7)
+def test_policy_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_bytes("version: 1\nname: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(PolicyError, match="not UTF-8") as err:
+        load_policy(path)
+    assert err.value.line == 2 and err.value.file == str(path)
+
+
+@pytest.mark.parametrize("body, field", [
+    ("seed: -1\nchecks:\n  - {name: a, kind: evasion}\n", "seed"),
+    ("data: {source: demo:digits, seed: -5}\nchecks:\n  - {name: a, kind: evasion}\n", "data.seed"),
+])
+def test_negative_seed_is_refused(tmp_path: Path, body: str, field: str) -> None:
+    text = HEAD.replace("data:\n  source: demo:digits\n", "") if body.startswith("data") else HEAD
+    with pytest.raises(PolicyError, match="greater than or equal to 0") as err:
+        load_policy(_write(tmp_path, text + body))
+    assert err.value.field == field
+
+
+def test_duplicate_keys_are_refused(tmp_path: Path) -> None:
+    text = HEAD + "checks:\n  - {name: a, kind: evasion}\nchecks:\n  - {name: b, kind: evasion}\n"
+    with pytest.raises(PolicyError, match="duplicate key 'checks' \\(first on line 6\\)") as err:
+        load_policy(_write(tmp_path, text))
+    assert err.value.line == 8
+
+
+def test_scalar_eps_in_exponent_notation(tmp_path: Path) -> None:
+    loaded = load_policy(_write(tmp_path, HEAD + "checks:\n  - name: a\n    kind: evasion\n    eps: 3e-2\n"))
+    assert loaded.checks[0].params.eps == [0.03]

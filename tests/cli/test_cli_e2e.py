@@ -192,7 +192,11 @@ def test_crash_inside_a_check_keeps_the_others(cli, tmp_path: Path) -> None:
     assert doc["status"] == "incomplete" and "crashes" in doc["status_reason"]
     statuses = {c["name"]: c["status"] for c in doc["checks"]}
     assert statuses["crashes"] == "error" and statuses["first"] == "complete" and "third" in statuses
-    assert r.returncode in (0, 1)
+    # the gate on 'first' passed, but a check that errored is a runtime error: never a pass
+    assert doc["verdict"] == "fail" and r.returncode == 3, r.stderr
+    assert "crashes" in r.stderr and "Traceback" not in r.stderr
+    for f in ("report.html", "junit.xml", "report.sarif"):
+        assert (tmp_path / "out" / f).is_file()
 
 
 def test_ctrl_c_leaves_incomplete_valid_report(cli_env: dict[str, str], bastion_exe: list[str], tmp_path: Path) -> None:

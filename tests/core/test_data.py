@@ -267,3 +267,76 @@ def test_bad_model_specs(spec: str, err: type, match: str) -> None:
 def test_bad_data_specs(spec: str, match: str) -> None:
     with pytest.raises(UsageError, match=match):
         load_data(spec)
+
+
+# ------------------------------------------------------------------ bad input, clear errors (issue 7)
+def test_truncated_npz_is_a_data_error(tmp_path: Path, rng: np.random.Generator) -> None:
+    path = tmp_path / "d.npz"
+    np.savez(path, x=rng.random((50, 4)), y=np.arange(50) % 2)
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(DataError, match="damaged or truncated") as err:
+        load_data(f"npz:{path}")
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("content, words", [
+    (bytes(range(256)) * 4, r"not an \.npz \(zip\) archive"),
+    (b"\x80\x04\x95" + b"\x00" * 20, "a pickle"),
+    (b"", "empty"),
+])
+def test_file_that_is_not_an_npz_says_what_it_is(tmp_path: Path, content: bytes, words: str) -> None:
+    path = tmp_path / "d.npz"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=words) as err:
+        load_data(f"npz:{path}")
+    assert "object arrays" not in str(err.value)
+
+
+def test_npz_scheme_on_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="is a directory"):
+        load_data(f"npz:{tmp_path}")
+
+
+def test_zero_d_npy_inputs(tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", np.array(3.0))
+    np.save(tmp_path / "y.npy", np.array(1))
+    with pytest.raises(DataError, match="0-d array"):
+        load_data(f"npy:{tmp_path / 'x.npy'},{tmp_path / 'y.npy'}")
+
+
+def test_one_hot_labels_are_refused_with_the_fix(rng: np.random.Generator) -> None:
+    with pytest.raises(DataError, match="one-hot") as err:
+        Dataset(rng.random((4, 3)), np.eye(3)[[0, 1, 2, 0]], name="d")
+    assert "argmax" in err.value.hint
+
+
+def test_csv_with_byte_order_mark_and_latin1(tmp_path: Path) -> None:
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("\ufefflabel,größe\ncat,1.5\ndog,2\n".encode("utf-8"))
+    ds = load_data(f"csv:{bom}?label=label")            # the BOM is not part of the label column's name
+    assert ds.feature_names == ["größe"] and list(ds.y) == ["cat", "dog"]
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("taille,étiquette\n1.5,chat\n2,chien\n".encode("latin-1"))
+    ds = load_data(f"csv:{latin}?label=étiquette")
+    assert ds.feature_names == ["taille"] and list(ds.y) == ["chat", "chien"]
+
+
+def test_images_in_0_255_need_declared_bounds(rng: np.random.Generator) -> None:
+    ds = Dataset(rng.integers(0, 256, (6, 1, 4, 4)).astype(np.float32), np.arange(6) % 2, name="pixels")
+
+    def fn(a: np.ndarray) -> np.ndarray:
+        return np.full((len(a), 2), 0.5)
+
+    with pytest.raises(DataError, match=r"\[0, 255\]") as err:
+        load_target(fn, data=ds, classes=[0, 1])
+    assert "bounds" in err.value.hint
+    target = load_target(fn, data=ds, classes=[0, 1], bounds=(0.0, 255.0))
+    assert target.input_spec.bounds_arrays()[1].max() == 255.0
+
+
+def test_label_names_hint_at_classes(rng: np.random.Generator) -> None:
+    ds = Dataset(rng.random((4, 3)), np.array(["cat", "dog", "cat", "dog"]), name="pets")
+    target = CallableTarget(lambda a: np.full((len(a), 2), 0.5), [0, 1], InputSpec(shape=(3,)))
+    with pytest.raises(DataError) as err:
+        align_labels(ds, target)
+    assert "--classes" in err.value.hint

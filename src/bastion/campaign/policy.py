@@ -18,16 +18,22 @@ says what is allowed. Example::
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bastion.campaign.checks.base import Check, CheckParams, check_kinds
-from bastion.campaign.gates import Gate, parse_gate
+from bastion.campaign.checks.base import Check, CheckParams, ParamError, check_kinds
+from bastion.campaign.gates import Gate, parse_gate, resolve_gate
 from bastion.core.results import Severity
-from bastion.errors import PolicyError
+from bastion.errors import BastionError, PolicyError, UsageError
+
+if TYPE_CHECKING:
+    from bastion.core.targets.base import Target
 
 REPORT_FORMATS = ("json", "html", "junit", "sarif")
 
@@ -52,7 +58,7 @@ class TargetSpec(_Strict):
 class DataSpec(_Strict):
     source: str
     limit: int | None = Field(default=None, gt=0)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**63)
     label: str | None = None
     image_size: tuple[int, int] | None = None
 
@@ -78,7 +84,7 @@ class Policy(_Strict):
     version: Literal[1] = 1
     name: str = "bastion scan"
     description: str = ""
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**63, description="Seed of every random choice (a non-negative integer).")
     target: TargetSpec | None = None
     data: DataSpec | None = None
     checks: list[CheckSpec] = Field(min_length=1)
@@ -102,14 +108,47 @@ class Policy(_Strict):
 
 
 class LoadedPolicy:
-    """A validated policy with its checks built and gates parsed."""
+    """A validated policy with its checks built and gates parsed; ``gate_reads[i]`` names the
+    checks gate ``i`` reads."""
 
-    def __init__(self, policy: Policy, checks: list[Check], gates: list[Gate], path: Path | None) -> None:
-        self.policy, self.checks, self.gates, self.path = policy, checks, gates, path
+    def __init__(self, policy: Policy, checks: list[Check], gates: list[Gate], path: Path | None,
+                 node: yaml.Node | None = None, gate_reads: list[list[str]] | None = None) -> None:
+        self.policy, self.checks, self.gates, self.path, self.node = policy, checks, gates, path, node
+        self.gate_reads: list[list[str] | None] = list(gate_reads) if gate_reads is not None else [None] * len(gates)
 
     @property
     def base_dir(self) -> Path:
         return self.path.parent if self.path else Path.cwd()
+
+    def error(self, message: str, loc: tuple[Any, ...], hint: str | None = None) -> PolicyError:
+        """A PolicyError at ``loc`` (e.g. ``("checks", 2, "params", "steps")``): file, line and field."""
+        return PolicyError(message, file=str(self.path) if self.path else None, line=_line(self.node, loc),
+                           field=_field(loc), hint=hint)
+
+    @contextmanager
+    def blame(self, *loc: Any) -> Iterator[None]:
+        """Errors from the block name the policy file, line and field ``loc``; their class (and so
+        the exit code: 2 for a user error, 3 for a runtime error) is kept."""
+        try:
+            yield
+        except PolicyError:
+            raise
+        except BastionError as exc:
+            where = self.error("", loc)
+            exc.message = f"{where.message}{exc.message}"
+            exc.args = (exc.message,)
+            raise
+
+    def check_capabilities(self, target: Target | None) -> None:
+        """Refuse, before anything runs, a check that needs what the loaded target lacks."""
+        if target is None:
+            return
+        for i, check in enumerate(self.checks):
+            if "gradients" in check.requirements() and not target.white_box:
+                raise self.error(f"check '{check.name}' needs gradients but the target '{target.name}' is a black "
+                                 "box", ("checks", i),
+                                 hint="use a black-box attack (square, hopskipjump) or a transfer attack, "
+                                      "or give a model bastion can differentiate")
 
 
 def load_policy(source: str | Path | dict[str, Any]) -> LoadedPolicy:
@@ -118,12 +157,18 @@ def load_policy(source: str | Path | dict[str, Any]) -> LoadedPolicy:
         return _build(source, None, None)
     path = Path(source)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise PolicyError(f"cannot read policy: {exc.strerror or exc}", file=str(path)) from exc
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        doc = yaml.safe_load(text)
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise PolicyError(f"the policy is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
+                          file=str(path), line=line, hint="save the file as UTF-8") from None
+    try:
+        node = yaml.compose(text, Loader=_PolicyLoader)
+        doc = yaml.load(text, Loader=_PolicyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
@@ -132,6 +177,28 @@ def load_policy(source: str | Path | dict[str, Any]) -> LoadedPolicy:
     if not isinstance(doc, dict):
         raise PolicyError("a policy must be a YAML mapping (key: value pairs)", file=str(path), line=1)
     return _build(doc, node, path)
+
+
+class _PolicyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (YAML keeps only the last: a check would vanish)
+    and reads ``3e-2`` as a number, as YAML 1.2 and JSON do."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (first on line {seen[key]}); the first value would be "
+                    "silently lost", key_node.start_mark)
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+_PolicyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
 def _build(doc: dict[str, Any], node: yaml.Node | None, path: Path | None) -> LoadedPolicy:
@@ -155,26 +222,35 @@ def _build(doc: dict[str, Any], node: yaml.Node | None, path: Path | None) -> Lo
             raise PolicyError(f"check '{spec.name}' ({spec.kind}) needs 'target' and 'data' sections", file=file,
                               line=_line(node, ("checks", i)), field=f"checks[{i}]")
         try:
-            checks.append(cls(spec.name, params))
+            check = cls(spec.name, params)
+            check.validate_inputs(path.parent if path else Path.cwd())
         except PolicyError:
             raise
+        except ParamError as exc:
+            loc = ("checks", i, *exc.loc)
+            raise PolicyError(exc.message, file=file, line=_line(node, loc), field=_field(loc)) from None
         except Exception as exc:  # a check may validate combinations of parameters itself
-            raise PolicyError(str(exc), file=file, line=_line(node, ("checks", i)), field=f"checks[{i}]") from None
-    gates = []
+            raise PolicyError(getattr(exc, "message", str(exc)), file=file, line=_line(node, ("checks", i)),
+                              field=f"checks[{i}]") from None
+        checks.append(check)
+    gates, reads = [], []
+    views = [c.gate_view() for c in checks]
     for i, expr in enumerate(policy.gates):
         try:
-            gates.append(parse_gate(expr))
+            gate = parse_gate(expr)
+            reads.append(resolve_gate(gate, views))
         except ValueError as exc:
             raise PolicyError(str(exc), file=file, line=_line(node, ("gates", i)), field=f"gates[{i}]",
                               hint="write gates like: robust_accuracy[pgd, eps=0.1] >= 0.6") from None
-    return LoadedPolicy(policy, checks, gates, path)
+        gates.append(gate)
+    return LoadedPolicy(policy, checks, gates, path, node, reads)
 
 
 def _policy_error(exc: ValidationError, node: yaml.Node | None, file: str | None,
                   prefix: tuple[Any, ...]) -> PolicyError:
     err = exc.errors()[0]
     loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
-    field = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
+    field = _field(loc)
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown field"
@@ -197,6 +273,11 @@ def _allowed_fields(exc: ValidationError) -> str:
         if cls.__name__ == model:
             return ", ".join(cls.model_fields)
     return ""
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    """``("checks", 2, "params", "steps")`` -> ``checks[2].params.steps``."""
+    return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
 
 
 def _line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:

@@ -86,6 +86,9 @@ def _is_click(exc: BaseException, name: str) -> bool:
 
 def main() -> None:
     """Console-script entry: run the app, turning bastion errors into one line and an exit code."""
+    from bastion.cli import signals
+
+    signals.install()
     try:
         code = app(standalone_mode=False)  # click returns the exit code in this mode
     except BastionError as exc:
@@ -93,7 +96,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
-        sys.exit(130)
+        sys.exit(signals.interrupt_exit_code())
     except SystemExit:
         raise
     except Exception as exc:  # command-line usage errors and real crashes
@@ -101,7 +104,7 @@ def main() -> None:
             exc.show()  # type: ignore[attr-defined]
             sys.exit(EXIT_USAGE)
         if _is_click(exc, "Abort"):
-            sys.exit(130)
+            sys.exit(signals.interrupt_exit_code())
         if isinstance(exc, ImportError):  # an optional library missing where no code asked for it by name
             from bastion.core.extras import missing_extra
 

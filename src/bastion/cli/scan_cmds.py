@@ -18,10 +18,21 @@ from rich.table import Table
 if TYPE_CHECKING:  # pydantic models are imported only when a scan runs: `bastion inspect` starts fast
     from bastion.core.results import CheckResult, ScanResult
 
-console = Console(stderr=True)
-out_console = Console()
+def _console(stderr: bool = False) -> Console:
+    """A rich console; when the stream is not a terminal (CI logs, pipes) lines are never cut at
+    80 columns: tables take the width their content needs."""
+    import os
 
-EXIT_OK, EXIT_FAIL = 0, 1
+    c = Console(stderr=stderr)
+    if not c.is_terminal and "COLUMNS" not in os.environ:
+        c.width = 400
+    return c
+
+
+console = _console(stderr=True)
+out_console = _console()
+
+EXIT_OK, EXIT_FAIL, EXIT_RUNTIME = 0, 1, 3
 SEVERITY_STYLE = {"critical": "bold white on red", "high": "bold red", "medium": "yellow", "low": "cyan",
                   "info": "dim"}
 
@@ -87,33 +98,53 @@ def print_summary(result: ScanResult, out_dir: Path | None) -> None:
 def register(app: typer.Typer) -> None:
     """Add scan, attack and demo to the bastion app."""
 
-    @app.command(epilog="Example: bastion scan bastion.yaml --out reports/  (exit 1 when a gate fails)")
+    @app.command(epilog="Examples:\n\n  bastion scan bastion.yaml --out reports/  (exit 1 when a gate fails)\n\n"
+                        "  bastion scan bastion.yaml --format sarif > scan.sarif\n\n"
+                        "  BASTION_FAIL_ON=high bastion scan bastion.yaml")
     def scan(
         policy: Path = typer.Argument(..., help="Policy file (YAML).", show_default=False),
         out: Path | None = typer.Option(None, "--out", "-o", help="Report directory (default: the policy's output.dir)."),
-        limit: int | None = typer.Option(None, "--limit", help="Use at most N samples of the data (seeded)."),
+        limit: int | None = typer.Option(None, "--limit", min=1, help="Use at most N samples of the data (seeded)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary; exit code only."),
-        as_json: bool = typer.Option(False, "--json", help="Print report.json to stdout."),
+        fmt: str = typer.Option("text", "--format", "-f", envvar="BASTION_FORMAT",
+                                help="What to print on stdout: text (a summary), json (report.json), sarif or junit."),
+        fail_on: str | None = typer.Option(None, "--fail-on", envvar="BASTION_FAIL_ON",
+                                           help="Also fail on a finding at least this severe (critical, high, medium, "
+                                                "low, info); overrides the policy's fail_on."),
+        as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
         workers: int | None = typer.Option(None, "--workers", min=1,
                                            help="Worker processes for checks that split into units "
                                                 "(default: the CPU count; 1 runs them in this process)."),
     ) -> None:
         """Run the campaign a policy file describes and write the reports.
 
-        Exit codes: 0 all gates pass, 1 a gate failed, 2 usage or policy error, 3 runtime error.
+        Exit codes: 0 all gates pass, 1 a gate failed (or a check did not finish), 2 usage or policy
+        error, 3 runtime error (a check errored: the model or an endpoint failed), 130 interrupted
+        (143 on SIGTERM); the reports are always finished and say what happened.
         """
         from bastion.campaign.policy import load_policy
+        from bastion.campaign.runner import exit_code
         from bastion.campaign.runner import scan as run_scan
+        from bastion.core.results import Severity
 
+        fmt = "json" if as_json else _check_format(fmt)
         loaded = load_policy(policy)
+        if fail_on is not None:
+            loaded.policy.fail_on = Severity.parse(fail_on)
         out_dir = out if out is not None else Path(loaded.policy.output.dir)
-        result = _run_scan(run_scan, loaded, out_dir, limit, quiet or as_json, workers)
-        _emit(result, out_dir, quiet, as_json)
-        raise typer.Exit(EXIT_OK if result.verdict == "pass" else EXIT_FAIL)
+        result = _run_scan(run_scan, loaded, out_dir, limit, quiet or fmt != "text", workers)
+        _emit(result, out_dir, quiet, fmt)
+        code = exit_code(result)
+        if code == EXIT_RUNTIME:
+            errored = [c for c in result.checks if c.status == "error"]
+            console.print(f"[bold red]error:[/] {len(errored)} check(s) could not run to the end: "
+                          + "; ".join(escape(f"{c.name}: {c.reason}") for c in errored))
+        raise typer.Exit(code)
 
     @app.command(epilog="Examples:\n\n  bastion attack --target demo:digits-cnn --data demo:digits --attack pgd "
                         "--eps 0.05 --eps 0.1\n\n  bastion attack --target onnx:model.onnx --data npz:test.npz "
-                        "--attack fgsm --eps 0.03 --json")
+                        "--attack fgsm --eps 0.03 --json\n\n  bastion attack --target python:m.py:build "
+                        "--data images:pets/ --classes cat,dog --attack pgd")
     def attack(
         target: str = typer.Option(..., "--target", "-t", help="Model spec, e.g. demo:digits-cnn, onnx:m.onnx."),
         data: str = typer.Option(..., "--data", "-d", help="Data spec, e.g. demo:digits, npz:test.npz."),
@@ -121,43 +152,57 @@ def register(app: typer.Typer) -> None:
         eps: list[float] = typer.Option([0.1], "--eps", "-e", help="ε (repeat for a robustness curve)."),
         norm: str = typer.Option("linf", "--norm", help="linf or l2."),
         param: list[str] = typer.Option([], "--param", "-p", help="Attack parameter KEY=VALUE (repeatable)."),
-        limit: int | None = typer.Option(None, "--limit", help="Use at most N samples (seeded)."),
-        seed: int = typer.Option(0, "--seed", help="Random seed."),
+        limit: int | None = typer.Option(None, "--limit", min=1, help="Use at most N samples (seeded)."),
+        seed: int = typer.Option(0, "--seed", min=0, help="Random seed (a non-negative integer)."),
         label: str | None = typer.Option(None, "--label", help="Label column of a CSV dataset."),
+        classes: str | None = typer.Option(None, "--classes", help="The model's class names in output order, "
+                                           "comma-separated (e.g. cat,dog), when the data's labels are names."),
         as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
-        """Run one attack against one model, ad hoc, and print the metrics."""
+        """Run one attack against one model, ad hoc, and print the metrics.
+
+        Exit codes: 0 done, 2 usage error, 3 runtime error, 130 interrupted (partial results printed,
+        marked incomplete).
+        """
         from bastion.attacks import get_attack, robustness_curve
+        from bastion.campaign.preflight import scan_model_file
         from bastion.core.data import align_labels
         from bastion.core.loader import load_data, load_target
 
-        from bastion.campaign.preflight import scan_model_file
-
         params = _parse_params(param)
+        for e in eps:
+            check_cli_eps(e)
+        _check_label_option(data, label)
+        class_names = [c.strip() for c in classes.split(",")] if classes else None
         ds = load_data(data, limit=limit, seed=seed, label=label)
         scan_model_file(target)  # never open a model file that could run code
-        tgt = load_target(target, data=ds)
+        tgt = load_target(target, data=ds, classes=class_names)
         y = align_labels(ds, tgt)
         atk = get_attack(attack_name, eps=eps[0], norm=norm, seed=seed, **params)
         with ProgressUI(quiet or as_json) as ui, ui.bar(f"{atk.name}", len(y) * len(eps)) as advance:
             results = ([atk.run(tgt, ds.x, y, progress=advance)] if atk.minimal
                        else robustness_curve(atk, tgt, ds.x, y, eps, progress=advance))
-        rows = [{k: v for k, v in r.metrics().items()} for r in results]
+        rows = [_attack_row(r) for r in results]
+        not_run = [] if atk.minimal else sorted(eps)[len(results):]
+        stopped = next((r for r in results if not r.complete), None)
         if as_json:
-            out_console.print_json(json.dumps({"target": tgt.describe(), "data": ds.describe(), "results": rows},
-                                              default=str))
-            return
-        table = Table(title=f"{atk!r} on {escape(tgt.name)} ({len(y)} inputs)", title_justify="left")
-        for col in ("ε", "clean acc", "robust acc", "success rate", f"median {norm}", "queries", "seconds"):
-            table.add_column(col, justify="right")
-        for m in rows:
-            med = m["norms"][norm]["median"]
-            table.add_row("min" if m["eps"] is None else f"{m['eps']:g}", f"{m['clean_accuracy']:.3f}",
-                          f"{m['robust_accuracy']:.3f}",
-                          "—" if m["success_rate"] is None else f"{m['success_rate']:.3f}",
-                          "—" if med is None else f"{med:.4g}", str(m["queries"]), f"{m['seconds']:.2f}")
-        out_console.print(table)
+            doc = {"target": tgt.describe(), "data": ds.describe(), "status": "incomplete" if stopped else "complete",
+                   "results": rows, "not_run": [{"eps": e} for e in not_run]}
+            out_console.print_json(json.dumps(doc, default=str))
+        else:
+            _print_attack_table(atk, tgt, len(y), norm, rows, not_run)
+        if stopped is not None:
+            console.print(f"[yellow]incomplete[/]: {escape(stopped.reason or 'stopped')}"
+                          + (f"; not run: ε = {', '.join(f'{e:g}' for e in not_run)}" if not_run else ""))
+            if stopped.interrupted:
+                from bastion.cli.signals import interrupt_exit_code
+
+                raise typer.Exit(interrupt_exit_code())
+            from bastion.campaign.checks.base import stopped_by_failure
+
+            if stopped_by_failure(stopped):
+                raise typer.Exit(EXIT_RUNTIME)
 
     @app.command("attacks", epilog="Example: bastion attacks --json")
     def list_attacks(
@@ -255,20 +300,99 @@ def attack_rows() -> list[dict[str, Any]]:
     return rows
 
 
+def check_cli_eps(eps: float) -> float:
+    """ε for the command line: finite, >= 0, and at most 1e6 (ε is in each feature's own scale,
+    so a larger value only overflows the arithmetic)."""
+    from bastion.core.threat import check_eps
+    from bastion.errors import UsageError
+
+    check_eps(eps)
+    if eps > 1e6:
+        raise UsageError(f"--eps {eps:g} is far beyond any input range (ε is measured in each feature's own "
+                         "scale: 1 for images in [0, 1], one standard deviation for tables)",
+                         hint="use a value like 0.03 or 0.1")
+    return eps
+
+
+def _check_label_option(data: str, label: str | None) -> None:
+    """``--label`` names a CSV column: refuse it for other data instead of ignoring it."""
+    from bastion.core.loader import data_scheme
+    from bastion.errors import UsageError
+
+    if label is not None and data_scheme(data) != "csv":
+        raise UsageError(f"--label names the label column of a CSV file, but '{data}' is not CSV data",
+                         hint="drop --label, or give csv:FILE.csv")
+
+
+def _attack_row(r: Any) -> dict[str, Any]:
+    """One result row; an attack that did not finish has no robust accuracy (the inputs it never
+    reached would count as robust), only the partial figure, marked."""
+    m = dict(r.metrics())
+    if not r.complete:
+        m["robust_accuracy_partial"] = m.pop("robust_accuracy")
+        m["robust_accuracy"] = None
+    return m
+
+
+def _print_attack_table(atk: Any, tgt: Any, n: int, norm: str, rows: list[dict[str, Any]],
+                        not_run: list[float]) -> None:
+    table = Table(title=f"{atk!r} on {escape(tgt.name)} ({n} inputs)", title_justify="left")
+    for col in ("ε", "clean acc", "robust acc", "success rate", f"median {norm}", "queries", "seconds"):
+        table.add_column(col, justify="right")
+    for m in rows:
+        med = m["norms"][norm]["median"]
+        robust = (f"{m['robust_accuracy']:.3f}" if m["robust_accuracy"] is not None
+                  else "[yellow]incomplete[/]")
+        table.add_row("min" if m["eps"] is None else f"{m['eps']:g}", f"{m['clean_accuracy']:.3f}", robust,
+                      "—" if m["success_rate"] is None else f"{m['success_rate']:.3f}",
+                      "—" if med is None else f"{med:.4g}", str(m["queries"]), f"{m['seconds']:.2f}")
+    for e in not_run:
+        table.add_row(f"{e:g}", "—", "[yellow]not run[/]", "—", "—", "—", "—")
+    out_console.print(table)
+
+
 def _run_scan(run_scan: Any, loaded: Any, out_dir: Path, limit: int | None, quiet: bool,
               workers: int | None = None) -> ScanResult:
+    from bastion.campaign.runner import ScanInterrupted
+    from bastion.cli.signals import interrupt_exit_code
+
     with ProgressUI(quiet) as ui:
         try:
             return run_scan(loaded, out_dir=out_dir, progress=ui.bar, limit=limit,
                             on_check=lambda r: _print_check(r, quiet), workers=workers)
-        except KeyboardInterrupt:
-            console.print(f"[yellow]interrupted[/]: partial report (status: incomplete) in {out_dir}")
-            raise typer.Exit(130) from None
+        except ScanInterrupted as stop:
+            done = len(stop.result.checks) if stop.result else 0
+            where = (f"report (status: incomplete, {done} of {len(loaded.checks)} check(s) done) in {stop.report_dir}"
+                     if stop.report_dir else "no report written")
+            console.print(f"[yellow]interrupted {escape(stop.stage)}[/]: {escape(where)}")
+            raise typer.Exit(interrupt_exit_code()) from None
 
 
-def _emit(result: ScanResult, out_dir: Path, quiet: bool, as_json: bool) -> None:
-    if as_json:
-        out_console.print_json(json.dumps(result.to_json_dict(), default=str))
+STDOUT_FORMATS = ("text", "json", "sarif", "junit")
+
+
+def _check_format(fmt: str) -> str:
+    from bastion.errors import UsageError
+
+    if fmt.lower() not in STDOUT_FORMATS:
+        raise UsageError(f"--format (or BASTION_FORMAT) must be one of {', '.join(STDOUT_FORMATS)}, got '{fmt}'")
+    return fmt.lower()
+
+
+def _emit(result: ScanResult, out_dir: Path, quiet: bool, fmt: str) -> None:
+    """The summary, or one report format as plain text on stdout (no colour, no wrapping)."""
+    import sys
+
+    if fmt == "json":
+        sys.stdout.write(json.dumps(result.to_json_dict(), indent=2, default=str) + "\n")
+    elif fmt == "sarif":
+        from bastion.outputs.report.sarif import render_sarif
+
+        sys.stdout.write(json.dumps(render_sarif(result), indent=2) + "\n")
+    elif fmt == "junit":
+        from bastion.outputs.report.junit import render_junit
+
+        sys.stdout.write(render_junit(result).decode("utf-8") + "\n")
     elif not quiet:
         print_summary(result, out_dir)
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
+import logging
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +16,8 @@ from bastion.errors import DataError, UnsafeFileError, require
 
 if TYPE_CHECKING:
     from bastion.core.targets.base import Target
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -29,7 +34,15 @@ class Dataset:
 
     def __post_init__(self) -> None:
         self.x = np.asarray(self.x)
-        self.y = np.asarray(self.y).reshape(-1)
+        self.y = np.asarray(self.y)
+        if self.x.ndim == 0:
+            raise DataError(f"dataset '{self.name}': the inputs are a single number (a 0-d array), not one row per "
+                            "sample", hint="save the inputs as an array of shape (n_samples, ...)")
+        if self.y.ndim == 2 and self.y.shape[1] > 1:
+            raise DataError(f"dataset '{self.name}': the labels have shape {self.y.shape} — one-hot or "
+                            "per-class scores, not one label per sample",
+                            hint="give class indices, e.g. y.argmax(axis=1)")
+        self.y = self.y.reshape(-1)
         if len(self.x) == 0:
             raise DataError(f"dataset '{self.name}' is empty")
         if len(self.x) != len(self.y):
@@ -67,7 +80,9 @@ def align_labels(data: Dataset, target: Target) -> np.ndarray:
     unknown = sorted(set(keys.tolist()) - set(lookup))  # plain str, not np.str_, in messages
     if unknown:
         raise DataError(f"labels {unknown[:10]} of dataset '{data.name}' are not classes of the target {names[:20]}",
-                        hint="check that the data and the model use the same label encoding")
+                        hint="check that the data and the model use the same label encoding; when the labels are "
+                             "names (folder names, CSV strings), give the model's class names in output order "
+                             "(bastion attack --classes a,b,...; target.classes in a policy)")
     return np.array([lookup[k] for k in keys], dtype=np.int64)
 
 
@@ -90,6 +105,7 @@ def check_label_indices(y: np.ndarray, n: int, n_classes: int, *, what: str = "l
 
 def load_npz(path: str | Path) -> Dataset:
     path = Path(path)
+    _refuse_not_npz(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             keys = set(z.files)
@@ -103,27 +119,63 @@ def load_npz(path: str | Path) -> Dataset:
             raise UnsafeFileError(f"{path} holds object arrays, which are pickles and can run code when loaded",
                                   hint="save plain numeric arrays (np.savez with numeric dtypes)") from exc
         raise DataError(f"{path}: cannot read .npz: {exc}") from exc
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{path}: the .npz archive is damaged or truncated ({exc})",
+                        hint="write the file again (np.savez) and check that it was copied whole") from exc
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc}") from exc
 
 
-def load_npy_pair(x_path: str | Path, y_path: str | Path) -> Dataset:
+def _refuse_not_npz(path: Path) -> None:
+    """An .npz is a zip archive: say what a file that is not one looks like, rather than letting
+    NumPy read it as a pickle and report "object arrays"."""
     try:
-        x, y = np.load(x_path, allow_pickle=False), np.load(y_path, allow_pickle=False)
-    except ValueError as exc:
-        raise UnsafeFileError(f"{x_path} or {y_path} holds object arrays (pickles); refusing to load") from exc
+        with path.open("rb") as fh:
+            head = fh.read(6)
     except OSError as exc:
-        raise DataError(f"cannot read {x_path} / {y_path}: {exc}") from exc
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if head.startswith(b"PK"):
+        return
+    if head.startswith(b"\x93NUMPY"):
+        what = "a single .npy array, not an .npz archive"
+    elif head[:1] == b"\x80":
+        what = "a pickle, which bastion never loads (it can run code)"
+    elif not head:
+        what = "empty"
+    else:
+        what = "not an .npz (zip) archive"
+    raise DataError(f"{path}: the file is {what}", hint="save the data with np.savez(path, x=..., y=...)")
+
+
+def load_npy_pair(x_path: str | Path, y_path: str | Path) -> Dataset:
+    arrays = []
+    for p in (x_path, y_path):
+        try:
+            arrays.append(np.load(p, allow_pickle=False))
+        except ValueError as exc:
+            if "pickle" in str(exc).lower():
+                raise UnsafeFileError(f"{p} holds object arrays (pickles); refusing to load",
+                                      hint="save plain numeric arrays (np.save with a numeric dtype)") from exc
+            raise DataError(f"{p}: not a readable .npy array ({exc})") from exc
+        except (OSError, EOFError) as exc:
+            raise DataError(f"{p}: cannot read: {exc}") from exc
+    x, y = arrays
     return Dataset(x, y, name=f"{x_path},{y_path}")
 
 
 def load_csv(path: str | Path, label: str) -> Dataset:
     path = Path(path)
     try:
-        with path.open(newline="") as fh:
-            rows = list(csv.reader(fh))
+        raw = path.read_bytes()
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc}") from exc
+    try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark is not part of the first column's name
+    except UnicodeDecodeError as exc:
+        log.warning("%s is not UTF-8 (byte 0x%02x at offset %d); reading it as Latin-1", path, raw[exc.start],
+                    exc.start)
+        text = raw.decode("latin-1")  # every byte is a Latin-1 character: the common non-UTF-8 export
+    rows = list(csv.reader(io.StringIO(text, newline="")))
     if len(rows) < 2:
         raise DataError(f"{path}: a CSV dataset needs a header row and at least one data row")
     header, body = rows[0], rows[1:]

@@ -31,7 +31,7 @@ from bastion.core.safe_load import load_skops, refuse_pickle
 from bastion.core.schemes import model_file, parse_model_spec
 from bastion.core.spec import FeatureSpec, InputSpec, constraints_from_config, tabular_spec
 from bastion.core.targets.base import Target
-from bastion.errors import DataError, TargetError, UsageError
+from bastion.errors import BastionError, DataError, TargetError, UsageError
 
 DATA_SCHEMES = ("demo", "npz", "npy", "csv", "images", "python")
 
@@ -66,12 +66,33 @@ def import_object(ref: str) -> Any:
             module = importlib.import_module(mod_name)
     except UsageError:
         raise
-    except Exception as exc:
-        raise UsageError(f"cannot import '{mod_name}': {type(exc).__name__}: {exc}") from exc
+    except (Exception, SystemExit) as exc:  # user code: an import that fails or exits is the user's to fix
+        raise UsageError(f"cannot import '{mod_name}': {_describe(exc)}") from exc
     try:
         return getattr(module, attr)
     except AttributeError as exc:
         raise UsageError(f"'{mod_name}' has no attribute '{attr}'") from exc
+
+
+def call_factory(ref: str) -> Any:
+    """Import and call a ``python:`` factory. Its errors are the user's code failing: a UsageError
+    naming the factory (never bastion's internal error, never its exit code from ``sys.exit``);
+    bastion errors and Ctrl-C pass through."""
+    factory = import_object(ref)
+    try:
+        return factory()
+    except (BastionError, KeyboardInterrupt):
+        raise
+    except (Exception, SystemExit) as exc:
+        raise UsageError(f"the factory '{ref}' raised {_describe(exc)}",
+                         hint="this is an error in your code: run the factory in Python to see the traceback") \
+            from exc
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit (it called sys.exit({exc.code!r}))"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def load_target(spec: Any, *, features: list[dict[str, Any]] | None = None, **kwargs: Any) -> Target:
@@ -130,7 +151,7 @@ def _load_target(spec: Any, *, input_shape: tuple[int, ...] | None = None,
         ispec = _spec(input_shape, bounds, data, tabular=True) if (input_shape or data is not None) else None
         return http_target(rest, classes=classes, input_spec=ispec, **kwargs)
     if scheme == "python":
-        return wrap_model(import_object(rest)(), input_shape=input_shape, bounds=bounds, classes=classes,
+        return wrap_model(call_factory(rest), input_shape=input_shape, bounds=bounds, classes=classes,
                           output=output, data=data, name=spec, **kwargs)
     refuse_pickle(rest)
     path = model_file(spec)  # refuses a directory
@@ -192,14 +213,19 @@ def _spec(input_shape: tuple[int, ...] | None, bounds: tuple[float, float] | Non
     if tabular and data is not None and data.x.ndim == 2 and bounds is None:
         return tabular_spec(data.x, data.feature_names)
     shape = tuple(input_shape) if input_shape else tuple(data.x.shape[1:])  # type: ignore[union-attr]
+    kind = "image" if len(shape) >= 2 else "vector"
     if bounds is None:
         if data is not None and data.x.min() >= 0 and data.x.max() <= 1:
             bounds = (0.0, 1.0)
+        elif data is not None and kind == "image":  # ε is a fraction of the pixel range: it must be known
+            raise DataError(f"image inputs range over [{float(data.x.min()):g}, {float(data.x.max()):g}], not [0, 1]; "
+                            "bounds taken from the data would give ε no fixed meaning",
+                            hint="scale the images to [0, 1], or declare the pixel range (target.bounds: [0, 255] "
+                                 "in a policy, bounds=(0, 255) in Python)")
         elif data is not None:
             bounds = (float(data.x.min()), float(data.x.max()))
         else:
             bounds = (0.0, 1.0)
-    kind = "image" if len(shape) >= 2 else "vector"
     return InputSpec(shape=shape, lower=bounds[0], upper=bounds[1], kind=kind)
 
 
@@ -235,13 +261,8 @@ def wrap_model(model: Any, *, input_shape: tuple[int, ...] | None = None, bounds
                       hint="return a torch.nn.Module, a fitted scikit-learn classifier, a callable or a bastion Target")
 
 
-def load_data(spec: Any, *, limit: int | None = None, seed: int = 0, label: str | None = None,
-              image_size: tuple[int, int] | None = None) -> Dataset:
-    """Load the data a spec names (see module docstring); ``limit`` keeps a seeded random subset."""
-    if isinstance(spec, Dataset):
-        return spec.sample(limit, seed)
-    if isinstance(spec, tuple) and len(spec) == 2:
-        return Dataset(*spec, name="arrays").sample(limit, seed)
+def data_scheme(spec: str) -> str:
+    """The scheme of a data spec: its prefix, or what a bare path's suffix (or a folder) says."""
     scheme, rest = _split(spec, DATA_SCHEMES, "data")
     if not scheme:
         suffix = Path(rest.split("?")[0]).suffix.lower()
@@ -249,6 +270,18 @@ def load_data(spec: Any, *, limit: int | None = None, seed: int = 0, label: str 
         if not scheme:
             raise UsageError(f"cannot tell what kind of data '{spec}' is",
                              hint=f"prefix it with a scheme: {', '.join(s + ':' for s in DATA_SCHEMES)}")
+    return scheme
+
+
+def load_data(spec: Any, *, limit: int | None = None, seed: int = 0, label: str | None = None,
+              image_size: tuple[int, int] | None = None) -> Dataset:
+    """Load the data a spec names (see module docstring); ``limit`` keeps a seeded random subset."""
+    if isinstance(spec, Dataset):
+        return spec.sample(limit, seed)
+    if isinstance(spec, tuple) and len(spec) == 2:
+        return Dataset(*spec, name="arrays").sample(limit, seed)
+    scheme = data_scheme(spec)
+    rest = _split(spec, DATA_SCHEMES, "data")[1]
     path, _, query = rest.partition("?")
     params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
     if scheme == "demo":
@@ -275,7 +308,7 @@ def load_data(spec: Any, *, limit: int | None = None, seed: int = 0, label: str 
             raise DataError(f"no such image folder: {path}")
         ds = load_image_folder(path, size=image_size, grayscale=params.get("mode") == "L")
     elif scheme == "python":
-        obj = import_object(rest)()
+        obj = call_factory(rest)
         if isinstance(obj, Dataset):
             ds = obj
         elif isinstance(obj, tuple) and len(obj) == 2:
@@ -288,5 +321,8 @@ def load_data(spec: Any, *, limit: int | None = None, seed: int = 0, label: str 
 
 
 def _exists(path: str) -> None:
+    if Path(path).is_dir():
+        raise DataError(f"{path} is a directory; this data scheme needs one file",
+                        hint="name the file (npz:DIR/test.npz), or use images:DIR for one sub-folder per class")
     if not Path(path).is_file():
         raise DataError(f"no such data file: {path}")

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from bastion.campaign.gates import GateView
 from bastion.core.data import Dataset
 from bastion.core.registry import Registry
 from bastion.core.results import CheckResult
@@ -40,6 +41,30 @@ class CheckParams(BaseModel):
     """Base of every check's parameters: unknown fields are errors."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class ParamError(ValueError):
+    """A check parameter that fails a check made when the policy loads (a missing file...);
+    ``loc`` is the field's path inside the check, e.g. ``("paths", 1)``."""
+
+    def __init__(self, loc: tuple[Any, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc, self.message = loc, message
+
+
+class CheckFailed(Exception):
+    """A check that could not finish (its model or endpoint failed) and kept what it measured:
+    the scan records the partial result with status ``error`` and goes on with the next check."""
+
+    def __init__(self, partial: CheckResult) -> None:
+        super().__init__(partial.reason or "check failed")
+        self.partial = partial
+
+
+def stopped_by_failure(res: Any) -> bool:
+    """Whether an attack result stopped early because the model or endpoint failed (not a query
+    budget, not Ctrl-C): what it measured is not a measurement of the model's robustness."""
+    return not res.complete and not res.interrupted and (res.reason or "").startswith("stopped early")
 
 
 @dataclass
@@ -77,9 +102,25 @@ class Check(ABC):
     kind: ClassVar[str] = ""
     Params: ClassVar[type[CheckParams]] = CheckParams
     needs_model: ClassVar[bool] = True
+    metric_names: ClassVar[frozenset[str] | None] = None  # what gates may read; None: not declared
 
     def __init__(self, name: str, params: CheckParams) -> None:
         self.name, self.params = name, params
+
+    requires: ClassVar[frozenset[str]] = frozenset()  # e.g. {"gradients"}; see requirements()
+
+    def requirements(self) -> frozenset[str]:
+        """What this check needs from the policy's resources: ``gradients`` (a white-box target),
+        ``trainer``, or a dataset role (``train``, ``holdout``, ...). Checked before anything runs."""
+        return self.requires
+
+    def validate_inputs(self, policy_dir: Path) -> None:
+        """Checks that need the file system (files named by parameters exist); raise ParamError."""
+
+    def gate_view(self) -> GateView:
+        """What gates can select and read from this check's results (checked when the policy loads)."""
+        return GateView(self.name, frozenset({self.name, self.kind}), self.metric_names,
+                        {"check": frozenset({self.name}), "kind": frozenset({self.kind})})
 
     @abstractmethod
     def run(self, ctx: CheckContext) -> CheckResult:

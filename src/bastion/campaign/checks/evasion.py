@@ -11,7 +11,15 @@ from pydantic import Field, field_validator
 
 from bastion.attacks.base import Attack, AttackResult, available_attacks, get_attack
 from bastion.attacks.curve import robustness_curve
-from bastion.campaign.checks.base import Check, CheckContext, CheckParams, Interrupted, register_check
+from bastion.campaign.checks.base import (
+    Check,
+    CheckContext,
+    CheckParams,
+    Interrupted,
+    register_check,
+    stopped_by_failure,
+)
+from bastion.campaign.gates import GateView
 from bastion.campaign.rules import EVASION_RULE, MINIMAL_RULE
 from bastion.core.results import (
     CheckResult,
@@ -35,6 +43,9 @@ from bastion.errors import UsageError
 
 NORM_SYMBOL = {"linf": "L∞", "l2": "L2"}
 _NOISE = {"eps", "batch_size", "seed", "targeted"}
+#: Every measurement name the check can produce (what gates may read; checked when the policy loads).
+MEASURED = frozenset({*METRIC_UNITS, *(f"{n}_{s}" for n in NORM_UNITS for s in ("median", "mean", "max")),
+                      *(f"min_perturbation_{q}" for q in ("median", "q10", "q25", "q50", "q75", "q90"))})
 
 
 class EvasionParams(CheckParams):
@@ -82,6 +93,17 @@ class EvasionCheck(Check):
         self.attack: Attack = get_attack(params.attack, eps=params.eps[0], norm=params.norm,
                                          targeted=params.targeted, **extra)
 
+    def requirements(self) -> frozenset[str]:
+        return frozenset({"gradients"}) if self.attack.needs_gradients else frozenset()
+
+    def gate_view(self) -> GateView:
+        """Bare selectors match the check, its kind or its attack; ``eps`` takes the policy's ε values
+        (for a minimal-perturbation attack too: its robust accuracy is read off at each ε)."""
+        p = self.params
+        return GateView(self.name, frozenset({self.name, self.kind, p.attack}), MEASURED,
+                        {"attack": frozenset({p.attack}), "norm": frozenset({p.norm}),
+                         "eps": frozenset(f"{e:g}" for e in p.eps), "stage": None})
+
     def run(self, ctx: CheckContext) -> CheckResult:
         target, data, y = ctx.require_model(self.name)
         p, attack = self.params, self.attack
@@ -105,8 +127,8 @@ class EvasionCheck(Check):
         last = results[-1]
         complete = all(r.complete for r in results)
         reason = next((r.reason for r in results if r.reason), None)
-        res = CheckResult(name=self.name, kind=self.kind, status="complete" if complete else "incomplete",
-                          reason=reason, seconds=seconds,
+        status = "complete" if complete else "error" if any(map(stopped_by_failure, results)) else "incomplete"
+        res = CheckResult(name=self.name, kind=self.kind, status=status, reason=reason, seconds=seconds,
                           metrics={"attack": attack.name, "norm": p.norm, "results": [_entry(r, p.norm) for r in results]})
         where = {"attack": attack.name, "norm": p.norm}
         if attack.minimal:

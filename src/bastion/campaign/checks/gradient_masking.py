@@ -11,9 +11,9 @@ import time
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from bastion.attacks.base import available_attacks, get_attack
+from bastion.attacks.base import AttackResult, available_attacks, get_attack
 from bastion.attacks.evasion.sanity import (
     SanityResult,
     check_blackbox_vs_whitebox,
@@ -24,9 +24,13 @@ from bastion.attacks.evasion.sanity import (
 from bastion.campaign.checks.base import (
     Check,
     CheckContext,
+    CheckFailed,
     CheckParams,
+    Interrupted,
     register_check,
+    stopped_by_failure,
 )
+from bastion.campaign.gates import GateView
 from bastion.campaign.rules import MASKING_RULE
 from bastion.core.results import CheckResult
 from bastion.core.rules import get_rule
@@ -35,12 +39,33 @@ from bastion.core.targets.base import DifferentiableTarget
 
 class GradientMaskingParams(CheckParams):
     n_samples: int = Field(default=100, gt=0, description="Inputs used for the checks (a seeded sample).")
-    eps: float = Field(default=0.1, ge=0, description="ε of the white-box vs black-box comparison.")
+    eps: float = Field(default=0.1, gt=0, allow_inf_nan=False, description="ε of the white-box vs black-box comparison.")
     norm: Literal["linf", "l2"] = "linf"
     repeats: int = Field(default=3, ge=2, description="Identical calls compared by the randomisation check.")
     whitebox: str = Field(default="apgd-ce", description="White-box attack of the comparison.")
     blackbox: str = Field(default="square", description="Black-box attack of the comparison.")
     blackbox_queries: int = Field(default=1000, gt=0, description="Per-sample query budget of the black-box attack.")
+
+    @field_validator("whitebox", "blackbox")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in available_attacks():
+            raise ValueError(f"unknown attack '{v}'; available: {', '.join(available_attacks())}")
+        return v
+
+    @field_validator("blackbox")
+    @classmethod
+    def _black_box(cls, v: str) -> str:
+        if available_attacks()[v].needs_gradients:
+            raise ValueError(f"'{v}' uses gradients; the comparison needs a black-box attack (e.g. square)")
+        return v
+
+    @field_validator("whitebox")
+    @classmethod
+    def _white_box(cls, v: str) -> str:
+        if not available_attacks()[v].needs_gradients:
+            raise ValueError(f"'{v}' does not use gradients; the comparison needs a white-box attack (e.g. apgd-ce)")
+        return v
 
 
 @register_check
@@ -55,6 +80,10 @@ class GradientMaskingCheck(Check):
         super().__init__(name, params)
         self.params: GradientMaskingParams = params
 
+    def gate_view(self) -> GateView:
+        sanity = frozenset({"randomized-outputs", "output-kind", "zero-gradients", "blackbox-beats-whitebox"})
+        return GateView(self.name, frozenset({self.name, self.kind}), None, {"sanity": sanity})
+
     def run(self, ctx: CheckContext) -> CheckResult:
         target, data, y = ctx.require_model(self.name)
         p = self.params
@@ -67,20 +96,31 @@ class GradientMaskingCheck(Check):
         if isinstance(target, DifferentiableTarget):
             results.append(check_output_kind(target, x))
             results.append(check_gradients(target, x, yy))
-            attacks = available_attacks()
-            if p.blackbox in attacks and p.whitebox in attacks and p.eps > 0:
-                run = RunContext(seed=ctx.seed).spawn(self.name)
-                white = get_attack(p.whitebox, eps=p.eps, norm=p.norm).run(target, x, yy, None, run)
-                bb_params: dict[str, Any] = ({"max_queries": p.blackbox_queries}
-                                             if "max_queries" in attacks[p.blackbox].Params.model_fields else {})
-                black = get_attack(p.blackbox, eps=p.eps, norm=p.norm, **bb_params).run(target, x, yy, None, run)
-                results.append(check_blackbox_vs_whitebox(white, black))
-            else:
-                notes.append(f"black-box vs white-box comparison skipped: needs registered attacks "
-                             f"'{p.whitebox}' and '{p.blackbox}' and eps > 0")
+            run = RunContext(seed=ctx.seed).spawn(self.name)
+            bb_params: dict[str, Any] = ({"max_queries": p.blackbox_queries}
+                                         if "max_queries" in available_attacks()[p.blackbox].Params.model_fields else {})
+            white = get_attack(p.whitebox, eps=p.eps, norm=p.norm).run(target, x, yy, None, run)
+            self._stop_if_incomplete(white, results, n, t0)
+            black = get_attack(p.blackbox, eps=p.eps, norm=p.norm, **bb_params).run(target, x, yy, None, run)
+            self._stop_if_incomplete(black, results, n, t0)
+            results.append(check_blackbox_vs_whitebox(white, black))
         else:
             notes.append("gradient checks skipped: the target is a black box (no gradients to mask)")
-        res = CheckResult(name=self.name, kind=self.kind, seconds=time.perf_counter() - t0, metrics={
+        return self._result(results, n, time.perf_counter() - t0, notes)
+
+    def _stop_if_incomplete(self, res: AttackResult, done: list[SanityResult], n: int, t0: float) -> None:
+        """A comparison of two partial attacks proves nothing: Ctrl-C stops the scan, a failure is an error."""
+        if res.complete:
+            return
+        status = "error" if stopped_by_failure(res) else "incomplete"
+        partial = self._result(done, n, time.perf_counter() - t0, []).model_copy(update={
+            "status": status, "reason": f"the {res.attack} attack of the comparison did not finish: {res.reason}"})
+        if res.interrupted:
+            raise Interrupted(partial)
+        raise CheckFailed(partial)
+
+    def _result(self, results: list[SanityResult], n: int, seconds: float, notes: list[str]) -> CheckResult:
+        res = CheckResult(name=self.name, kind=self.kind, seconds=seconds, metrics={
             "n_samples": n, "flagged": [r.check for r in results if r.flagged],
             "checks": {r.check: {"flagged": r.flagged, "message": r.message, **r.metrics} for r in results}})
         res.measure("n_samples", n, "count")

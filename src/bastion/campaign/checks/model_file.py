@@ -7,9 +7,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from bastion.campaign.checks.base import Check, CheckContext, CheckParams, register_check
+from bastion.campaign.checks.base import Check, CheckContext, CheckParams, ParamError, register_check
 from bastion.core.results import CheckResult, Severity
-from bastion.errors import UsageError
 
 
 class ModelFileParams(CheckParams):
@@ -23,16 +22,27 @@ class ModelFileCheck(Check):
     kind = "model-file"
     Params = ModelFileParams
     needs_model = False
+    metric_names = frozenset({"files_scanned", "errors", "findings", "failed"})
+
+    def validate_inputs(self, policy_dir: Path) -> None:
+        """Every path must exist when the policy loads, not halfway through a scan."""
+        params: ModelFileParams = self.params  # type: ignore[assignment]
+        for i, p in enumerate(params.paths):
+            path = Path(p) if Path(p).is_absolute() else policy_dir / p
+            if not path.exists() and not path.is_symlink():
+                raise ParamError(("paths", i), f"no such file or directory: {path}")
+        if params.config:
+            cfg = Path(params.config) if Path(params.config).is_absolute() else policy_dir / params.config
+            if not cfg.is_file():
+                raise ParamError(("config",), f"no such file: {cfg}")
 
     def run(self, ctx: CheckContext) -> CheckResult:
+        """Files that could not be read make the result incomplete: a gate on it fails."""
         from bastion.supply.config import InspectConfig
         from bastion.supply.inspect import inspect_check
 
         params: ModelFileParams = self.params  # type: ignore[assignment]
         paths = [p if Path(p).is_absolute() else ctx.policy_dir / p for p in map(Path, params.paths)]
-        missing = [str(p) for p in paths if not p.exists() and not p.is_symlink()]
-        if missing:
-            raise UsageError(f"check '{self.name}': no such file or directory: {', '.join(missing)}")
         config = None
         if params.config:
             cfg = Path(params.config)
