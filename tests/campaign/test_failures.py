@@ -84,7 +84,7 @@ def test_model_returning_nan_mid_run_is_an_error_not_a_pass(tmp_path: Path) -> N
     result = scan(pol)
     check = result.checks[0]
     assert check.status == "error" and "NaN" in (check.reason or "")
-    assert "findings_high" not in check.metrics                      # no counter that reads 0
+    assert not check.finding_counts()                                 # no counter that reads 0
     assert all(not g.passed and g.value is None and "no measurement" in g.reason for g in result.gates)
     assert result.verdict == "fail" and exit_code(result) == 3
     out = tmp_path / "out"
@@ -100,8 +100,8 @@ def test_gate_on_errored_check_has_no_measurement() -> None:
 
 
 def test_partial_measurement_cannot_pass() -> None:
-    partial = CheckResult(name="pgd", kind="evasion", status="incomplete", reason="query budget exhausted",
-                          metrics={"attack": "pgd", "robust_accuracy": 0.9})
+    partial = CheckResult(name="pgd", kind="evasion", status="incomplete", reason="query budget exhausted")
+    partial.measure("robust_accuracy", 0.9, "ratio", attack="pgd", eps=0.1)
     res = parse_gate("robust_accuracy[pgd] >= 0.5").evaluate([partial])
     assert not res.passed and res.value == 0.9 and "incomplete" in res.reason
 
@@ -177,10 +177,10 @@ def test_minimal_attack_robust_accuracy_is_per_eps_and_selectable(tmp_path: Path
     pol = _policy(tmp_path, "linear", checks, gates)
     result = scan(pol, write=False)
     check = result.checks[0]
-    accs = [e["robust_accuracy"] for e in check.metrics["results"]]
-    assert [e["eps"] for e in check.metrics["results"]] == [0.01, 0.1, 5.0]
+    measured = [m for m in check.measurements if m.name == "robust_accuracy"]
+    assert [m.where["eps"] for m in measured] == [0.01, 0.1, 5.0]    # only at each ε: never "0.0 unbounded"
+    accs = [m.value for m in measured]
     assert accs[0] > 0.5 and accs[0] >= accs[1] >= accs[2]            # bounded by ε, monotone
-    assert check.metrics["robust_accuracy"] == accs[-1]              # the headline is at the largest ε
     assert [g.value for g in result.gates] == [accs[0], accs[2]]
 
 
@@ -201,3 +201,24 @@ def test_failing_factory_is_a_user_error_naming_factory_and_field(tmp_path: Path
     assert f"m.py:{factory}" in msg and words in msg
     doc = json.loads((tmp_path / "out" / "report.json").read_text())  # the report says it stopped
     assert doc["status"] == "incomplete" and doc["verdict"] == "fail"
+
+
+def test_declared_measurements_cover_what_checks_measure(tmp_path: Path) -> None:
+    """The names gates are checked against at load time are the names checks really produce."""
+    np.save(tmp_path / "ok.npy", np.arange(3.0))
+    checks = [{"name": "fg", "kind": "evasion", "attack": "fgsm", "eps": [0.1, 0.2]},
+              {"name": "df", "kind": "evasion", "attack": "deepfool", "norm": "l2", "eps": [0.1]},
+              {"name": "sq", "kind": "evasion", "attack": "square", "eps": [0.1], "params": {"max_queries": 10}},
+              {"name": "files", "kind": "model-file", "paths": [str(tmp_path / "ok.npy")]}]
+    pol = _policy(tmp_path, "linear", checks, [])
+    loaded = load_policy(pol)
+    result = scan(loaded, write=False)
+    for check, res in zip(loaded.checks, result.checks):
+        view = check.gate_view()
+        assert res.status == "complete"
+        assert {m.name for m in res.measurements} <= view.metrics, check.name
+        for m in res.measurements:
+            for key, value in m.where.items():
+                allowed = view.fields[key]
+                shown = f"{value:g}" if isinstance(value, float) else str(value)
+                assert allowed is None or shown in allowed, (check.name, key, value)

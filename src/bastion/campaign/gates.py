@@ -160,7 +160,9 @@ def resolve_gate(gate: Gate, views: Sequence[GateView]) -> list[str]:
 
 
 def _field_ok(v: GateView, key: str, want: str) -> bool:
-    if key in ("check", "kind"):
+    if key == "check":
+        return v.check == want
+    if key == "kind":
         return want in v.names
     if key in v.fields:
         allowed = v.fields[key]
