@@ -303,10 +303,10 @@ def attack_rows() -> list[dict[str, Any]]:
 def check_cli_eps(eps: float) -> float:
     """ε for the command line: finite, >= 0, and at most 1e6 (ε is in each feature's own scale,
     so a larger value only overflows the arithmetic)."""
-    from bastion.core.threat import check_eps
     from bastion.errors import UsageError
 
-    check_eps(eps)
+    if not eps >= 0:  # NaN too
+        raise UsageError(f"--eps must be a number >= 0, got {eps}")
     if eps > 1e6:
         raise UsageError(f"--eps {eps:g} is far beyond any input range (ε is measured in each feature's own "
                          "scale: 1 for images in [0, 1], one standard deviation for tables)",
