@@ -28,7 +28,9 @@ def _write(tmp_path: Path, text: str) -> Path:
     ("checks:\n  - {name: a, kind: evasion}\ngates:\n  - 'robust_accuracy >> 3'\n", 9, "gates[0]", "cannot parse"),
     ("checks: []\n", 6, "checks", "at least 1"),
     ("checks:\n  - {name: a, kind: evasion}\n  - {name: a, kind: evasion}\n", None, None, "unique"),
-    ("checks:\n  - {name: a, kind: evasion, params: {stepz: 3}}\n", 7, "checks[0]", "stepz"),
+    ("checks:\n  - {name: a, kind: evasion, params: {stepz: 3}}\n", 7, "checks[0].params.stepz", "stepz"),
+    ("checks:\n  - name: a\n    kind: evasion\n    attack: pgd\n    params:\n      steps: -3\n", 11,
+     "checks[0].params.steps", "steps"),
 ])
 def test_invalid_policies(tmp_path: Path, body: str, line: int | None, field: str | None, words: str) -> None:
     path = _write(tmp_path, HEAD + body)

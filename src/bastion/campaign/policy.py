@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bastion.campaign.checks.base import Check, CheckParams, ParamError, check_kinds
+from bastion.campaign.checks.base import Check, CheckParams, CheckInputError, check_kinds
 from bastion.campaign.gates import Gate, parse_gate, resolve_gate
+from bastion.core.params import ParamError as CoreParamError
 from bastion.core.results import Severity
 from bastion.errors import BastionError, PolicyError, UsageError
 
@@ -42,8 +43,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class DefenseSpec(_Strict):
+    """A defense wrapped around the target: a registered name and its parameters."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
 class TargetSpec(_Strict):
-    """The model under test. ``model`` is a spec string (see ``bastion.load_target``)."""
+    """The model under test. ``model`` is a spec string (see ``bastion.load_target``);
+    ``defenses`` (policy v2) wrap it, in order, the defended model being tested."""
 
     model: str
     input_shape: list[int] | None = None
@@ -53,6 +62,7 @@ class TargetSpec(_Strict):
     query_budget: int | None = Field(default=None, gt=0)
     features: list[dict[str, Any]] | None = None
     http: dict[str, Any] | None = None
+    defenses: list[DefenseSpec] = Field(default_factory=list)
 
 
 class DataSpec(_Strict):
@@ -61,6 +71,64 @@ class DataSpec(_Strict):
     seed: int = Field(default=0, ge=0, lt=2**63)
     label: str | None = None
     image_size: tuple[int, int] | None = None
+
+
+DATASET_ROLES = ("eval", "train", "holdout", "reference", "members", "non_members")
+
+
+class DatasetsSpec(_Strict):
+    """Policy v2: the datasets a campaign uses, by role. ``eval`` is what attacks run on (v1's
+    ``data``); ``train`` and ``holdout`` train and validate models (shadow models, poisoning);
+    ``reference`` is clean data to compare against (drift, audits); ``members`` and
+    ``non_members`` are known training and non-training records (membership inference)."""
+
+    eval: DataSpec | None = None
+    train: DataSpec | None = None
+    holdout: DataSpec | None = None
+    reference: DataSpec | None = None
+    members: DataSpec | None = None
+    non_members: DataSpec | None = None
+
+    def given(self) -> dict[str, DataSpec]:
+        return {role: spec for role in DATASET_ROLES if (spec := getattr(self, role)) is not None}
+
+
+class TrainerSpec(_Strict):
+    """Policy v2: how to train a model like the target. ``python:train.py:fit`` (a function taking
+    a TrainRequest and returning a Target) or ``sklearn:pkg.module:Estimator`` with its ``params``
+    (cloned and fitted)."""
+
+    spec: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("spec")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        scheme, sep, ref = v.partition(":")
+        if not sep or scheme not in ("python", "sklearn") or ":" not in ref:
+            raise ValueError(f"a trainer is python:FILE.py:FUNCTION or sklearn:MODULE:ESTIMATOR, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _params_for_sklearn(self) -> TrainerSpec:
+        if self.params and not self.spec.startswith("sklearn:"):
+            raise ValueError("params apply to a sklearn: estimator; a python: trainer takes its own settings")
+        return self
+
+
+class ThreatSpec(_Strict):
+    """Policy v2: the attacker, for every check (a check's own ``threat`` overrides fields)."""
+
+    knowledge: Literal["white", "grey", "black"] = "white"
+    norm: Literal["linf", "l2"] | None = None
+    eps: float | list[float] | None = None
+    query_budget: int | None = Field(default=None, gt=0)
+    targeted: bool | None = None
+    poisoning_fraction: float | None = Field(default=None, ge=0, lt=1)
+
+    def check_fields(self) -> dict[str, Any]:
+        """The fields a check takes from the threat (those set, knowledge apart)."""
+        return {k: v for k, v in self.model_dump(exclude={"knowledge"}).items() if v is not None}
 
 
 class CheckSpec(BaseModel):
@@ -81,12 +149,15 @@ class OutputSpec(_Strict):
 
 
 class Policy(_Strict):
-    version: Literal[1] = 1
+    version: Literal[1, 2] = 1
     name: str = "bastion scan"
     description: str = ""
     seed: int = Field(default=0, ge=0, lt=2**63, description="Seed of every random choice (a non-negative integer).")
     target: TargetSpec | None = None
-    data: DataSpec | None = None
+    data: DataSpec | None = Field(default=None, description="v1: the evaluation data (v2: datasets.eval).")
+    datasets: DatasetsSpec | None = None
+    trainer: TrainerSpec | None = None
+    threat: ThreatSpec | None = None
     checks: list[CheckSpec] = Field(min_length=1)
     gates: list[str] = Field(default_factory=list)
     fail_on: Severity | None = Field(default=None, description="Also fail when a finding is at least this severe.")
@@ -96,6 +167,27 @@ class Policy(_Strict):
     @classmethod
     def _lower(cls, v: Any) -> Any:
         return v.lower() if isinstance(v, str) else v
+
+    @field_validator("trainer", mode="before")
+    @classmethod
+    def _trainer_string(cls, v: Any) -> Any:
+        return {"spec": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _versions(self) -> Policy:
+        """v2 names its datasets by role (``data`` becomes ``datasets.eval``); v1 stays as it was."""
+        if self.version == 1:
+            v2 = [f for f in ("datasets", "trainer", "threat") if getattr(self, f) is not None]
+            if self.target is not None and self.target.defenses:
+                v2.append("target.defenses")
+            if v2:
+                raise ValueError(f"{', '.join(v2)} need 'version: 2'")
+        elif self.data is not None:
+            raise ValueError("a version 2 policy names its data by role: write 'datasets: {eval: ...}' instead "
+                             "of 'data'")
+        elif self.datasets is not None:
+            self.data = self.datasets.eval  # what attacks run on, as in v1
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> Policy:
@@ -203,35 +295,52 @@ _PolicyLoader.add_implicit_resolver(
 
 def _build(doc: dict[str, Any], node: yaml.Node | None, path: Path | None) -> LoadedPolicy:
     file = str(path) if path else None
+
+    def err(message: str, loc: tuple[Any, ...], hint: str | None = None) -> PolicyError:
+        return PolicyError(message, file=file, line=_line(node, loc), field=_field(loc), hint=hint)
+
     try:
         policy = Policy.model_validate(doc)
     except ValidationError as exc:
         raise _policy_error(exc, node, file, ()) from None
+    _check_defenses(policy, err)
     kinds = check_kinds()
     checks: list[Check] = []
     for i, spec in enumerate(policy.checks):
         if spec.kind not in kinds:
-            raise PolicyError(f"unknown check kind '{spec.kind}'; allowed: {', '.join(kinds)}", file=file,
-                              line=_line(node, ("checks", i, "kind")), field=f"checks[{i}].kind")
+            raise err(f"unknown check kind '{spec.kind}'; allowed: {', '.join(kinds)}", ("checks", i, "kind"))
         cls = kinds[spec.kind]
         try:
-            params: CheckParams = cls.Params.model_validate(spec.params())
+            raw, origin = _with_threat(policy, spec, cls, i, err)
         except ValidationError as exc:
+            raise _policy_error(exc, node, file, ("checks", i, "threat")) from None
+        try:
+            params: CheckParams = cls.Params.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]["loc"]
+            if first and first[0] in origin:  # the value came from a threat section: point there
+                loc = origin[first[0]]
+                msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                raise err(f"{msg} (check '{spec.name}' takes it from here)", loc) from None
             raise _policy_error(exc, node, file, ("checks", i)) from None
         if cls.needs_model and (policy.target is None or policy.data is None):
-            raise PolicyError(f"check '{spec.name}' ({spec.kind}) needs 'target' and 'data' sections", file=file,
-                              line=_line(node, ("checks", i)), field=f"checks[{i}]")
+            where = "'target' and 'datasets.eval'" if policy.version == 2 else "'target' and 'data' sections"
+            raise err(f"check '{spec.name}' ({spec.kind}) needs {where}", ("checks", i))
         try:
             check = cls(spec.name, params)
             check.validate_inputs(path.parent if path else Path.cwd())
         except PolicyError:
             raise
-        except ParamError as exc:
-            loc = ("checks", i, *exc.loc)
-            raise PolicyError(exc.message, file=file, line=_line(node, loc), field=_field(loc)) from None
+        except CheckInputError as exc:
+            raise err(exc.message, ("checks", i, *exc.loc)) from None
+        except CoreParamError as exc:  # an attack's own parameter model refused a value
+            nested = spec.params().get("params", {})
+            loc = ("checks", i, "params", exc.field) if exc.field in nested else \
+                origin.get(exc.field, ("checks", i, exc.field) if exc.field in raw else ("checks", i))
+            raise err(exc.message, loc, exc.hint) from None
         except Exception as exc:  # a check may validate combinations of parameters itself
-            raise PolicyError(getattr(exc, "message", str(exc)), file=file, line=_line(node, ("checks", i)),
-                              field=f"checks[{i}]") from None
+            raise err(getattr(exc, "message", str(exc)), ("checks", i)) from None
+        _check_requirements(policy, check, i, err)
         checks.append(check)
     gates, reads = [], []
     views = [c.gate_view() for c in checks]
@@ -240,10 +349,61 @@ def _build(doc: dict[str, Any], node: yaml.Node | None, path: Path | None) -> Lo
             gate = parse_gate(expr)
             reads.append(resolve_gate(gate, views))
         except ValueError as exc:
-            raise PolicyError(str(exc), file=file, line=_line(node, ("gates", i)), field=f"gates[{i}]",
-                              hint="write gates like: robust_accuracy[pgd, eps=0.1] >= 0.6") from None
+            raise err(str(exc), ("gates", i), hint="write gates like: robust_accuracy[pgd, eps=0.1] >= 0.6") from None
         gates.append(gate)
     return LoadedPolicy(policy, checks, gates, path, node, reads)
+
+
+def _with_threat(policy: Policy, spec: CheckSpec, cls: type[Check], i: int, err: Any
+                 ) -> tuple[dict[str, Any], dict[str, tuple[Any, ...]]]:
+    """A check's parameters with the policy's threat filled in (v2): the policy ``threat``, then the
+    check's own ``threat``, then the check's own fields. Also where each inherited value was written."""
+    raw = spec.params()
+    own_threat = raw.pop("threat", None)
+    if own_threat is not None and policy.version == 1:
+        raise err("a check's 'threat' needs 'version: 2'", ("checks", i, "threat"))
+    if own_threat is None and policy.threat is None:
+        return raw, {}
+    override = ThreatSpec.model_validate(own_threat or {})  # a ValidationError names checks[i].threat.FIELD
+    merged: dict[str, Any] = {}
+    origin: dict[str, tuple[Any, ...]] = {}
+    for section, where in ((policy.threat, ("threat",)), (override, ("checks", i, "threat"))):
+        if section is None:
+            continue
+        for key, value in cls.threat_params(section.check_fields()).items():
+            merged[key], origin[key] = value, (*where, key)
+    for key in list(origin):
+        if key in raw:  # the check's own field wins
+            del origin[key]
+    return {**merged, **raw}, origin
+
+
+def _check_requirements(policy: Policy, check: Check, i: int, err: Any) -> None:
+    """Refuse, before anything runs, a check whose needs the policy does not provide."""
+    needs = check.requirements()
+    knowledge = policy.threat.knowledge if policy.threat else "white"
+    if "gradients" in needs and knowledge != "white":
+        raise err(f"check '{check.name}' needs gradients, but the threat is {knowledge}-box", ("checks", i),
+                  hint="use a black-box attack (square, hopskipjump, transfer) or set threat.knowledge: white")
+    if "trainer" in needs and policy.trainer is None:
+        raise err(f"check '{check.name}' needs a trainer: add 'trainer: python:train.py:fit' (or a sklearn: "
+                  "estimator) to the policy", ("checks", i))
+    datasets = policy.datasets.given() if policy.datasets else {}
+    missing = [r for r in DATASET_ROLES if r in needs and r not in datasets and not (r == "eval" and policy.data)]
+    if missing:
+        raise err(f"check '{check.name}' needs the dataset(s) {', '.join(missing)}: add them under 'datasets'",
+                  ("checks", i))
+
+
+def _check_defenses(policy: Policy, err: Any) -> None:
+    if policy.target is None or not policy.target.defenses:
+        return
+    from bastion.core.defense import DEFENSES
+
+    for i, d in enumerate(policy.target.defenses):
+        if d.name not in DEFENSES:
+            known = ", ".join(DEFENSES) or "none is registered yet"
+            raise err(f"unknown defense '{d.name}'; available: {known}", ("target", "defenses", i, "name"))
 
 
 def _policy_error(exc: ValidationError, node: yaml.Node | None, file: str | None,
@@ -251,7 +411,7 @@ def _policy_error(exc: ValidationError, node: yaml.Node | None, file: str | None
     err = exc.errors()[0]
     loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
     field = _field(loc)
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown field"
         allowed = _allowed_fields(exc)

@@ -81,6 +81,7 @@ def scan(policy: str | Path | dict[str, Any] | LoadedPolicy, *, out_dir: str | P
     stage = "while loading the target and data"
     try:
         target, data, y = _load(loaded, limit)
+        datasets, trainer = _load_v2(loaded)
         if "torch" in sys.modules:  # recorded for reproducibility: timings depend on it
             result.tool["torch_threads"] = str(sys.modules["torch"].get_num_threads())
         if target is not None:
@@ -89,7 +90,8 @@ def scan(policy: str | Path | dict[str, Any] | LoadedPolicy, *, out_dir: str | P
             result.data.update(data.describe(), spec=data_spec)
         loaded.check_capabilities(target)
         ctx = CheckContext(target=target, data=data, y=y, seed=pol.seed, out_dir=out, progress=progress,
-                           policy_dir=loaded.base_dir, options={"workers": workers})
+                           policy_dir=loaded.base_dir, options={"workers": workers}, datasets=datasets,
+                           trainer=trainer)
         stage = "during the checks"
         save()
         for check in loaded.checks:
@@ -176,11 +178,42 @@ def _load(loaded: LoadedPolicy, limit: int | None) -> tuple[Target | None, Datas
         target = load_target(model_spec, input_shape=tuple(t.input_shape) if t.input_shape else None,
                              bounds=t.bounds, classes=t.classes, output=t.output, data=data,
                              query_budget=t.query_budget, **kwargs)
+    for i, d in enumerate(t.defenses):
+        with loaded.blame("target", "defenses", i):
+            from bastion.core.defense import DEFENSES
+
+            target = DEFENSES[d.name](**d.params).wrap(target, seed=pol.seed)
     with loaded.blame("data", "source"):
         y = align_labels(data, target)
         data = Dataset(target.input_spec.validate(data.x, what=f"data '{d.source}'"), data.y, data.name,
                        data.feature_names, data.meta)
     return target, data, y
+
+
+def _load_v2(loaded: LoadedPolicy) -> tuple[dict[str, Dataset], Any]:
+    """Policy v2's other datasets (train, holdout, ...) and its trainer, as a TrainFn."""
+    pol, base = loaded.policy, loaded.base_dir
+    datasets: dict[str, Dataset] = {}
+    for role, d in (pol.datasets.given().items() if pol.datasets else ()):
+        if role == "eval":
+            continue
+        with loaded.blame("datasets", role, "source"):
+            datasets[role] = load_data(_rel(d.source, base), limit=d.limit, seed=d.seed, label=d.label,
+                                       image_size=d.image_size)
+    trainer = None
+    if pol.trainer is not None:
+        from bastion.core.loader import import_object
+        from bastion.core.training import sklearn_train_fn
+
+        with loaded.blame("trainer"):
+            scheme, _, ref = _rel(pol.trainer.spec, base).partition(":")
+            obj = import_object(ref)
+            try:
+                trainer = sklearn_train_fn(obj(**pol.trainer.params)) if scheme == "sklearn" else obj
+            except TypeError as exc:
+                raise UsageError(f"cannot build the estimator '{ref}' with params {pol.trainer.params}: {exc}") \
+                    from exc
+    return datasets, trainer
 
 
 def _rel(spec: str, base: Path) -> str:

@@ -43,7 +43,7 @@ class CheckParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ParamError(ValueError):
+class CheckInputError(ValueError):
     """A check parameter that fails a check made when the policy loads (a missing file...);
     ``loc`` is the field's path inside the check, e.g. ``("paths", 1)``."""
 
@@ -80,6 +80,8 @@ class CheckContext:
     progress: ProgressFactory | None = None
     policy_dir: Path = field(default_factory=Path.cwd)
     options: dict[str, Any] = field(default_factory=dict)
+    datasets: dict[str, Dataset] = field(default_factory=dict)  # policy v2 roles besides eval: train, holdout...
+    trainer: Any = None  # policy v2: a TrainFn (bastion.core.training)
 
     def require_model(self, check: str) -> tuple[Target, Dataset, np.ndarray]:
         from bastion.errors import UsageError
@@ -108,14 +110,21 @@ class Check(ABC):
         self.name, self.params = name, params
 
     requires: ClassVar[frozenset[str]] = frozenset()  # e.g. {"gradients"}; see requirements()
+    threat_fields: ClassVar[tuple[str, ...]] = ()  # parameters a policy's threat section fills in
+
+    @classmethod
+    def threat_params(cls, threat: dict[str, Any]) -> dict[str, Any]:
+        """The parameters this check takes from a policy's threat (v2), e.g. eps and norm."""
+        return {k: v for k, v in threat.items() if k in cls.threat_fields}
 
     def requirements(self) -> frozenset[str]:
-        """What this check needs from the policy's resources: ``gradients`` (a white-box target),
-        ``trainer``, or a dataset role (``train``, ``holdout``, ...). Checked before anything runs."""
+        """What this check needs from the policy's resources: ``gradients`` (a white-box target and
+        threat), ``trainer``, or a dataset role (``train``, ``holdout``, ...). Checked when the policy
+        loads (gradients again once the target is loaded), before anything runs."""
         return self.requires
 
     def validate_inputs(self, policy_dir: Path) -> None:
-        """Checks that need the file system (files named by parameters exist); raise ParamError."""
+        """Checks that need the file system (files named by parameters exist); raise CheckInputError."""
 
     def gate_view(self) -> GateView:
         """What gates can select and read from this check's results (checked when the policy loads)."""

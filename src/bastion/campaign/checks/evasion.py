@@ -82,6 +82,7 @@ class EvasionParams(CheckParams):
 class EvasionCheck(Check):
     kind = "evasion"
     Params = EvasionParams
+    threat_fields = ("norm", "eps", "targeted", "query_budget")
 
     def __init__(self, name: str, params: EvasionParams) -> None:
         super().__init__(name, params)

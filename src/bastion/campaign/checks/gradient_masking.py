@@ -75,6 +75,15 @@ class GradientMaskingCheck(Check):
 
     kind = "gradient-masking"
     Params = GradientMaskingParams
+    threat_fields = ("norm", "eps")
+
+    @classmethod
+    def threat_params(cls, threat: dict[str, Any]) -> dict[str, Any]:
+        """One ε for the comparison: the largest of the threat's."""
+        out = super().threat_params(threat)
+        if isinstance(out.get("eps"), list):
+            out["eps"] = max(out["eps"])
+        return out
 
     def __init__(self, name: str, params: GradientMaskingParams) -> None:
         super().__init__(name, params)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from bastion.campaign.checks.base import Check, CheckContext, CheckParams, ParamError, register_check
+from bastion.campaign.checks.base import Check, CheckContext, CheckParams, CheckInputError, register_check
 from bastion.core.results import CheckResult, Severity
 
 
@@ -30,11 +30,11 @@ class ModelFileCheck(Check):
         for i, p in enumerate(params.paths):
             path = Path(p) if Path(p).is_absolute() else policy_dir / p
             if not path.exists() and not path.is_symlink():
-                raise ParamError(("paths", i), f"no such file or directory: {path}")
+                raise CheckInputError(("paths", i), f"no such file or directory: {path}")
         if params.config:
             cfg = Path(params.config) if Path(params.config).is_absolute() else policy_dir / params.config
             if not cfg.is_file():
-                raise ParamError(("config",), f"no such file: {cfg}")
+                raise CheckInputError(("config",), f"no such file: {cfg}")
 
     def run(self, ctx: CheckContext) -> CheckResult:
         """Files that could not be read make the result incomplete: a gate on it fails."""
