@@ -22,3 +22,13 @@ def test_example_policy(tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "report.json").read_text())
     immutable = [f["name"] for f in doc["target"]["input"]["features"] if not f["mutable"]]
     assert immutable == ["mean radius", "worst radius"]
+
+
+def test_example_policy_v2(tmp_path: Path) -> None:
+    """Policy v2: datasets by role, a trainer, a threat the checks inherit or override."""
+    result = scan(EXAMPLE.with_name("bastion-v2.yaml"), out_dir=tmp_path)
+    assert result.status == "complete", result.status_reason
+    assert result.verdict == "pass", [(g.expression, g.value, g.reason) for g in result.gates]
+    eps = {c.name: sorted({m.where["eps"] for m in c.measurements if m.name == "robust_accuracy"})
+           for c in result.checks}
+    assert eps == {"pgd-linf": [0.05, 0.1], "square-l2": [0.5]}   # from the threat, and overridden
