@@ -22,7 +22,7 @@ class ModelFileCheck(Check):
     kind = "model-file"
     Params = ModelFileParams
     needs_model = False
-    metric_names = frozenset({"files_scanned", "files_not_scanned", "findings"})
+    metric_names = frozenset({"files_scanned", "files_not_scanned", "files_not_analysed", "findings"})
 
     def validate_inputs(self, policy_dir: Path) -> None:
         """Every path must exist when the policy loads, not halfway through a scan."""
