@@ -91,3 +91,21 @@ def test_commands_that_need_an_extra_name_it_in_one_line(cli_env: dict[str, str]
         proc = run_cli(args, env)
         assert proc.returncode == 2 and "pip install 'bastion[" in proc.stderr, (args, proc.stderr)
         assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+
+
+def test_a_scan_without_the_reports_extra_refuses_html_before_running(cli_env: dict[str, str],
+                                                                      tmp_path: Path) -> None:
+    """Without jinja2/matplotlib a scan asking for HTML stops before any check runs, naming the
+    extra (it used to run every check and then stop, leaving no JUnit or SARIF); without HTML in
+    its formats the same scan writes the other reports."""
+    _sklearn_files(tmp_path)
+    env = _blocked_env(cli_env, tmp_path, ("torch", "jinja2", "matplotlib"))
+    refused = run_cli(["scan", "policy.yaml"], env, cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr
+    assert "bastion[reports]" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "out").exists()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy.read_text().replace("output: {dir: out}", "output: {dir: out, formats: [json, junit, sarif]}"))
+    scanned = run_cli(["scan", "policy.yaml"], env, cwd=tmp_path)
+    assert scanned.returncode == 0, scanned.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["junit.xml", "report.json", "report.sarif"]

@@ -64,6 +64,9 @@ def scan(policy: str | Path | dict[str, Any] | LoadedPolicy, *, out_dir: str | P
     if limit is not None and limit <= 0:
         raise UsageError(f"--limit must be a positive number of samples, got {limit}")
     if write:
+        from bastion.outputs.report.writer import require_formats
+
+        require_formats(pol.output.formats)  # a missing extra stops here, not after the checks
         _prepare_out_dir(out, "--out" if out_dir is not None else "output.dir")
     result = ScanResult(tool={"name": "bastion", "version": __version__},
                         target={"spec": target_spec} if pol.target else {},

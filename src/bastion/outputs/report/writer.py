@@ -61,6 +61,18 @@ _RENDERERS: dict[str, Callable[[ScanResult], bytes]] = {
 }
 
 
+#: Optional libraries each format needs beyond the core install (``bastion[reports]``).
+FORMAT_MODULES: dict[str, tuple[str, ...]] = {"html": ("jinja2", "matplotlib")}
+
+
+def require_formats(formats: Sequence[str]) -> None:
+    """Raise one MissingExtraError naming the extra when a requested format's libraries are not
+    installed, so a scan refuses before it runs rather than after it (leaving no reports)."""
+    from bastion.core.extras import require_all
+
+    require_all(*(m for f in dict.fromkeys(f.lower() for f in formats) for m in FORMAT_MODULES.get(f, ())))
+
+
 def write_reports(
     result: ScanResult,
     out_dir: Path,
