@@ -214,7 +214,8 @@ def test_no_secret_leaks_on_any_http_failure_path(hostile: int, tmp_path: Path) 
         else:
             report = json.loads(files["report.json"])
             probe = report["checks"][0]
-            assert probe["status"] == "error", (mode, probe)
+            assert probe["status"] == "error" and run["code"] == 3, (mode, run["code"], probe)
+            assert report["verdict"] == "fail", mode  # an errored check never looks like a pass
             assert SCAN_MODES[mode] in probe["reason"], (mode, probe["reason"])
             assert "api_key=***" in report["target"]["spec"] and "api_key=***" in files["stderr"]
             if mode == "html":
@@ -232,5 +233,6 @@ def test_the_console_script_keeps_an_echoed_authorization_header_out(hostile: in
     assert set(texts) >= {"report.json", "report.html", "junit.xml", "report.sarif"}
     for name, text in texts.items():
         assert not _leaks(text), f"{_leaks(text)} leaked into {name}"
+    assert proc.returncode == 3, proc.stderr[-2000:]
     reason = json.loads(texts["report.json"])["checks"][0]["reason"]
     assert "'Bearer ***'" in reason, reason  # masked where it stood, not silently dropped
