@@ -31,7 +31,7 @@ def spend(ctx: RunContext, tries: int) -> int:
 
 def wait_for_cancel(ctx: RunContext, flag_dir: str) -> str:
     """Note this worker's pid, then loop until the run is cancelled (as attacks do between batches)."""
-    Path(flag_dir, f"{os.getpid()}.pid").write_text(str(os.getpid()))
+    _note_pid(flag_dir)
     while not ctx.cancelled:
         time.sleep(0.02)
     return "cancelled"
@@ -39,9 +39,17 @@ def wait_for_cancel(ctx: RunContext, flag_dir: str) -> str:
 
 def sleep_forever(ctx: RunContext, flag_dir: str) -> str:
     """Note this worker's pid, then ignore cancellation: the executor must end the process itself."""
-    Path(flag_dir, f"{os.getpid()}.pid").write_text(str(os.getpid()))
+    _note_pid(flag_dir)
     time.sleep(600)
     return "never"
+
+
+def _note_pid(flag_dir: str) -> None:
+    """Write ``PID.pid`` atomically (temp file, then rename): the test polls for these files and
+    must never read one half-written."""
+    tmp = Path(flag_dir, f"{os.getpid()}.tmp")
+    tmp.write_text(str(os.getpid()))
+    tmp.replace(Path(flag_dir, f"{os.getpid()}.pid"))
 
 
 def fail(ctx: RunContext) -> None:
