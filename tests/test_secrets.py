@@ -17,14 +17,14 @@ import sys
 import textwrap
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import numpy as np
 import pytest
-from http_servers import trickle
+from http_servers import QuietHandler, trickle
 
 TOKEN = "Tk7/qZ+w9R=xP2mL4vB8nC6s"  # "/", "+", "=" change under JSON-escaping and URL-encoding
 PASSWORD = "pw-Hq3Zr8Ks1Vd5"
@@ -41,20 +41,8 @@ def _echo(creds: list[str]) -> str:
     return "x" * 112 + " ".join(forms)
 
 
-class Hostile(BaseHTTPRequestHandler):
+class Hostile(QuietHandler):
     """One failure mode per path; each answer carries back what the client sent."""
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def _send(self, status: int, body: str | bytes, headers: dict[str, str] | None = None) -> None:
-        data = body.encode() if isinstance(body, str) else body
-        self.send_response(status)
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_POST(self) -> None:  # noqa: N802 - http.server API
         url = urlsplit(self.path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from bastion.campaign.runner import scan
+from http_servers import QuietHandler
 
 SECRET = "s3cr3t-token-do-not-leak"
 
@@ -25,7 +26,7 @@ def server():
     x, y = load_breast_cancer(return_X_y=True)
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(x[:400], y[:400])
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server API
             if self.headers.get("Authorization") != f"Bearer {SECRET}":
                 self.send_response(401)
@@ -33,15 +34,7 @@ def server():
                 return
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             probs = model.predict_proba(np.asarray(body["inputs"], dtype=float)).tolist()
-            out = json.dumps({"probabilities": probs}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
-
-        def log_message(self, *args: object) -> None:
-            pass
+            self._send(200, json.dumps({"probabilities": probs}), {"Content-Type": "application/json"})
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)

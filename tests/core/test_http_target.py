@@ -8,12 +8,12 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
 import pytest
-from http_servers import trickle
+from http_servers import QuietHandler, trickle
 
 from bastion.core.spec import InputSpec
 from bastion.core.targets.http_target import (EndpointError, EndpointUnreachable, HttpTarget, MalformedResponse,
@@ -46,18 +46,7 @@ class Server:
         self.lock = threading.Lock()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:  # keep the test output quiet
-                pass
-
-            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:  # noqa: N802
                 path = self.path
                 n_calls = server.calls[path] = server.calls.get(path, 0) + 1

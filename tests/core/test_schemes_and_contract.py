@@ -8,7 +8,7 @@ import pickle
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from bastion.core.schemes import MODEL_SCHEMES, model_file, parse_model_spec, re
 from bastion.core.spec import InputSpec
 from bastion.core.targets.base import Capabilities, Target, TargetUnavailable
 from bastion.errors import TargetError, UnsafeFileError, UsageError
+from http_servers import QuietHandler
 
 SRC = Path(bastion.__file__).parent
 
@@ -75,20 +76,12 @@ def test_load_target_from_python_scans_the_file_before_opening_it(tmp_path: Path
         bastion.load_target(f"torchscript:{path}", input_shape=(4,))
 
 
-class _Labels(BaseHTTPRequestHandler):
+class _Labels(QuietHandler):
     def do_POST(self) -> None:  # noqa: N802
         import json
 
         n = len(json.loads(self.rfile.read(int(self.headers["Content-Length"])))["inputs"])
-        body = json.dumps({"labels": [0] * n}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self._send(200, json.dumps({"labels": [0] * n}), {"Content-Type": "application/json"})
 
 
 def test_a_bare_url_is_an_http_target_that_declares_its_capabilities() -> None:
