@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from bastion.attacks import Square, get_attack
 from bastion.attacks.evasion.square import l2_square_pattern, p_schedule
+from bastion.core.spec import InputSpec
 from bastion.core.targets.callable_target import CallableTarget
+from bastion.core.targets.torch_target import TorchTarget
 from bastion.core.threat import ThreatModel
 from bastion.errors import TargetError, UsageError
+
+from ._whitebox_models import trained_digits_mlp
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +132,34 @@ def test_tabular_vector_mode() -> None:
         res = Square(eps=eps, norm=norm, max_queries=200).run(t, x, y)
         assert res.norms[norm].max() <= eps * (1 + 1e-5)  # norms are in ε units (feature std)
         assert res.success.mean() > 0.3
+
+
+def test_saturated_logits_keep_their_margins() -> None:
+    """A ×1000 copy of a model has the same decisions; its float32 probabilities are exactly 0 and 1,
+    so Square scoring on them sees one constant margin. On the logits it is as successful as on
+    the original (Andriushchenko et al. 2020 use the logit margin)."""
+    torch.set_num_threads(1)
+    model, _, _, x, y = trained_digits_mlp()
+    scaled = torch.nn.Sequential(model, _Scale(1000.0))
+    spec = InputSpec(shape=(64,), lower=0.0, upper=1.0)
+    plain_t, scaled_t = TorchTarget(model, spec), TorchTarget(scaled, spec)
+    x, y = x[:60], y[:60]
+    assert np.array_equal(plain_t.predict(x), scaled_t.predict(x))
+    p = scaled_t.predict_proba(x)
+    assert (p.max(axis=1) == 1.0).mean() > 0.5  # the saturation the fix is about
+    attack = Square(eps=0.1, max_queries=150, seed=3)
+    plain, scaled_res = attack.run(plain_t, x, y), attack.run(scaled_t, x, y)
+    assert plain.success.mean() > 0.2
+    assert scaled_res.success.mean() >= plain.success.mean() - 0.05
+    # a probabilities-only target keeps the log of its probabilities
+    box = CallableTarget(lambda z: scaled_t.predict_proba(z), list(range(10)), spec, name="probs-only")
+    assert np.allclose(box.predict_log_proba(x[:5]), np.log(np.clip(p[:5], np.finfo(np.float64).tiny, None)))
+
+
+class _Scale(torch.nn.Module):
+    def __init__(self, k: float) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, z):  # noqa: ANN001, ANN201
+        return z * self.k

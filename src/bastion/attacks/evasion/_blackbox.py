@@ -41,10 +41,10 @@ class Box:
         return np.clip(x + self.scale * delta * self.mask, self.lo, self.hi)
 
 
-def margins(probs: np.ndarray, goal: np.ndarray, targeted: bool) -> np.ndarray:
-    """Margin loss on log-probabilities (equal to the logit margin): ``< 0`` means fooled.
+def margins(logp: np.ndarray, goal: np.ndarray, targeted: bool) -> np.ndarray:
+    """Margin loss on log-probabilities (``Target.predict_log_proba``; equal to the logit margin,
+    the loss of Andriushchenko et al. 2020): ``< 0`` means fooled.
     Untargeted: ``log p_y - max_{j != y} log p_j``; targeted: ``max_{j != t} log p_j - log p_t``."""
-    logp = np.log(np.clip(probs, 1e-30, None))
     rows = np.arange(len(goal))
     own = logp[rows, goal]
     other = logp.copy()

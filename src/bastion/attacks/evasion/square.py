@@ -3,7 +3,10 @@ query-efficient black-box adversarial attack via random search", arXiv:1912.0004
 
 Score-based random search: each iteration changes the perturbation on one random square (images)
 or one random subset of features (tables), keeps the change if the margin loss went down, and
-shrinks the square on the paper's schedule. Batched over samples: one query per iteration for
+shrinks the square on the paper's schedule. Candidates are scored by the margin of the
+log-probabilities (``Target.predict_log_proba``: from the logits in float64 where the target has
+them, so a model with saturated float32 probabilities keeps its margins; the log of the
+probabilities for HTTP and other probability-only targets). Batched over samples: one query per iteration for
 every sample still robust; each sample stops at ``max_queries``.
 """
 
@@ -112,7 +115,7 @@ class Square(QueryAttack):
         def evaluate(delta: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             xa = spec.enforce(x0[idx], box.apply(x0[idx], delta)).astype(np.float64)
             spent[idx] += 1
-            return xa, margins(target.predict_proba(xa.astype(np.float32)), goal[idx], self.targeted)
+            return xa, margins(target.predict_log_proba(xa.astype(np.float32)), goal[idx], self.targeted)
 
         best_x = x0.copy()
         try:

@@ -118,6 +118,12 @@ class Target(ABC):
         p = np.asarray(self._predict_proba(x), dtype=np.float64)
         return check_probabilities(p, len(x), self.n_classes, source=self.name)
 
+    def predict_log_proba(self, x: np.ndarray) -> np.ndarray:
+        """Log-probabilities for a batch, shape (n, n_classes): the scores a score-based attack
+        compares. Here the log of ``predict_proba``; a target whose predictions come from logits
+        computes them from the logits instead, so that saturated outputs keep their margins."""
+        return np.log(np.clip(self.predict_proba(x), np.finfo(np.float64).tiny, None))
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Predicted class indices (into ``classes``)."""
         return self.predict_proba(x).argmax(axis=1)
@@ -156,6 +162,27 @@ class DifferentiableTarget(Target):
                 xb = torch.from_numpy(x[start:start + 512]).to(self.device)
                 out.append(torch.softmax(self._raw_logits(xb), dim=1).double().cpu().numpy())
         return np.concatenate(out)
+
+    def predict_log_proba(self, x: np.ndarray) -> np.ndarray:
+        """``log_softmax`` of the logits in float64 when the predictions come from the logits (a float32
+        softmax rounds a ×1000-scaled model's probabilities to exactly 0 and 1, and every margin
+        computed from them to the same constant); the log of ``predict_proba`` otherwise."""
+        if type(self)._predict_proba is not DifferentiableTarget._predict_proba:
+            return super().predict_log_proba(x)
+        import torch
+
+        x = self.input_spec.validate(x)
+        self.count_queries(len(x))
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(x), 512):
+                xb = torch.from_numpy(x[start:start + 512]).to(self.device)
+                out.append(torch.log_softmax(self._raw_logits(xb).double(), dim=1).cpu().numpy())
+        logp = np.concatenate(out)
+        if logp.shape != (len(x), self.n_classes) or np.isnan(logp).any() or np.isposinf(logp).any():
+            raise TargetError(f"{self.name} returned logits of shape {logp.shape} or NaN/infinite ones; "
+                              f"expected ({len(x)}, {self.n_classes}) finite scores")
+        return logp
 
     def _raw_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits without counting a query (predict_proba has counted already)."""
