@@ -1,5 +1,5 @@
 """Data audits: findings over the records and columns of a dataset, before training."""
 
-from bastion.audit.base import AuditFinding, AuditResult, DataAudit
+from bastion.audit.base import AUDITS, AuditData, AuditFinding, AuditResult, DataAudit
 
-__all__ = ["AuditFinding", "AuditResult", "DataAudit"]
+__all__ = ["AUDITS", "AuditData", "AuditFinding", "AuditResult", "DataAudit"]

@@ -10,13 +10,14 @@ worst first.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from bastion.core.capability import Configurable, metering
 from bastion.core.data import Dataset
+from bastion.core.registry import Registry
 from bastion.core.results import Severity
 from bastion.core.run import RunContext
 from bastion.errors import BastionRuntimeError
@@ -31,6 +32,8 @@ class AuditFinding(BaseModel):
     records: list[int] = Field(default_factory=list)
     columns: list[str] = Field(default_factory=list)
     measurements: dict[str, float] = Field(default_factory=dict)
+    samples: list[str] = Field(default_factory=list, description="Masked examples; never a whole sensitive value.")
+    location: str | None = Field(default=None, description="The file the finding is about, if one.")
 
 
 class AuditResult(BaseModel):
@@ -45,9 +48,21 @@ class AuditResult(BaseModel):
         return sorted({r for f in self.findings for r in f.records})
 
 
-def column_names(data: Dataset) -> list[str]:
+def column_names(data: Dataset | AuditData) -> list[str]:
+    if not isinstance(data, Dataset):
+        return list(data.columns)
     n = int(np.prod(data.x.shape[1:])) if data.x.ndim > 1 else 1
     return list(data.feature_names) if data.feature_names else [f"col{i}" for i in range(n)]
+
+
+@runtime_checkable
+class AuditData(Protocol):
+    """Records that are not a :class:`Dataset`: a table profiled by
+    :func:`bastion.audit.profile.profile_table` (its ``columns``, ``len`` its records)."""
+
+    columns: list[str]
+
+    def __len__(self) -> int: ...
 
 
 class DataAudit(Configurable, ABC):
@@ -55,7 +70,7 @@ class DataAudit(Configurable, ABC):
 
     family: ClassVar[str] = "audit"
 
-    def audit(self, data: Dataset, ctx: RunContext | None = None) -> AuditResult:
+    def audit(self, data: Dataset | AuditData, ctx: RunContext | None = None) -> AuditResult:
         columns = column_names(data)
         rctx = self.run_context(ctx)
         with metering(rctx) as meter:
@@ -77,5 +92,17 @@ class DataAudit(Configurable, ABC):
         return AuditResult(audit=name, n_records=len(data), columns=columns, findings=out, seconds=meter.seconds)
 
     @abstractmethod
-    def _audit(self, data: Dataset, columns: list[str], ctx: RunContext) -> list[AuditFinding]:
+    def _audit(self, data: Any, columns: list[str], ctx: RunContext) -> list[AuditFinding]:
         """The findings about ``data`` (``columns``: its column names, for the findings to cite)."""
+
+
+#: Data audits by name (``bastion audit-data --audits``, the ``audit-data`` check); entry-point
+#: group ``bastion.audits``.
+AUDITS: Registry[type[DataAudit]] = Registry("audit", {
+    "integrity": "bastion.audit.quality:IntegrityAudit",
+    "duplicates": "bastion.audit.duplicates:DuplicateAudit",
+    "sensitive-data": "bastion.audit.quality:SensitiveDataAudit",
+    "class-balance": "bastion.audit.quality:BalanceAudit",
+    "outliers": "bastion.audit.quality:OutlierAudit",
+    "provenance": "bastion.audit.provenance:ProvenanceAudit",
+})

@@ -69,10 +69,11 @@ def set_threads(n: int) -> None:
 
 
 def _register_commands() -> None:
-    from bastion.cli import inspect_cmd, scan_cmds, signing_cmds
+    from bastion.cli import audit_data_cmd, inspect_cmd, scan_cmds, signing_cmds
 
     scan_cmds.register(app)
     inspect_cmd.register(app)
+    audit_data_cmd.register(app)
     signing_cmds.register(app)
 
 

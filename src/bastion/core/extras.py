@@ -26,6 +26,7 @@ EXTRA_FOR_PACKAGE: dict[str, str] = {
     "py7zr": "formats",
     "h5py": "formats",
     "jsonschema": "schema",
+    "pyarrow": "audit",
 }
 
 

@@ -32,6 +32,7 @@ NistFunction = Literal["Map", "Measure", "Manage"]
 RULE_MODULES: Registry[Iterable[Rule]] = Registry("rule module", {
     "BASTION-EV-": "bastion.campaign.rules:CATALOGUE",
     "BASTION-SC-": "bastion.supply.rules:CATALOGUE",
+    "BASTION-DA-": "bastion.audit.rules:CATALOGUE",
 }, group="bastion.rules")
 
 

@@ -35,6 +35,11 @@ THREATS: dict[str, ThreatClass] = {
                     "Corrupting training data to degrade or steer the model."),
         ThreatClass("backdoor", "training", ("AML.T0018.000", "AML.T0043.004"), ("ML10",),
                     "Hidden triggers planted through training."),
+        ThreatClass("data-integrity", "training", ("AML.T0019",), ("ML02",),
+                    "Training data that cannot be trusted: unknown provenance, duplicates, leaks between splits, "
+                    "wrong labels."),
+        ThreatClass("data-privacy", "training", ("AML.T0019",), ("ML03",),
+                    "Personal data and secrets in training data, which a model can memorise and reveal."),
         ThreatClass("supply-chain", "supply chain", ("AML.T0010", "AML.T0011.000", "AML.T0058", "AML.T0076"),
                     ("ML06",), "Malicious or tampered model files and data."),
         ThreatClass("production", "production", ("AML.T0029", "AML.T0031", "AML.T0040"), ("ML08", "ML09"),
