@@ -158,7 +158,8 @@ def test_gates_that_can_match_load(tmp_path: Path) -> None:
     assert loaded.gate_reads == [["pgd-linf"], ["df"], ["files"], ["files"], ["pgd-linf", "df"]]
 
 
-@pytest.mark.parametrize("field, value", [("whitebox", "apgd-cee"), ("blackbox", "squar"), ("blackbox", "pgd")])
+@pytest.mark.parametrize("field, value", [("whitebox", "apgd-cee"), ("blackbox", "squar"), ("blackbox", "pgd"),
+                                          ("unbounded", "pgd"), ("unbounded", "deepfoo")])
 def test_gradient_masking_refuses_unknown_or_wrong_attacks(tmp_path: Path, field: str, value: str) -> None:
     p = tmp_path / "p.yaml"
     p.write_text(f"version: 1\ntarget: {{model: demo:digits-cnn}}\ndata: {{source: demo:digits}}\nchecks:\n"

@@ -30,7 +30,8 @@ def test_every_rule_is_complete_and_unique() -> None:
     assert len(ids) == len(set(ids))
     assert SCANNER_IDS <= set(ids)
     assert {"BASTION-EV-001", "BASTION-EV-002", "BASTION-EV-003", "BASTION-EV-010",
-            "BASTION-EV-101", "BASTION-EV-102", "BASTION-EV-103", "BASTION-EV-104"} <= set(ids)
+            "BASTION-EV-101", "BASTION-EV-102", "BASTION-EV-103", "BASTION-EV-104", "BASTION-EV-105",
+            "BASTION-EV-106"} <= set(ids)
     for r in rules:
         assert r.title and r.remediation and r.threat in THREATS and r.nist in ("Map", "Measure", "Manage")
         assert r.atlas and r.owasp, r.id

@@ -57,6 +57,21 @@ CATALOGUE: list[Rule] = [
          threat="evasion-whitebox", default_severity=Severity.high, help=_MASKING_HELP,
          remediation=_ADAPTIVE + "treat the black-box robust accuracy as the upper bound, and look for the masking "
                      "cause (non-differentiable or randomised components) to attack it with BPDA or EOT."),
+    Rule(id="BASTION-EV-105", title="Robust accuracy does not fall toward 0 at a large ε: gradient masking",
+         threat="evasion-whitebox", default_severity=Severity.high,
+         help=_MASKING_HELP + " With an ε that spans the whole input range any input can be turned into any other, "
+                              "so a working attack fools (almost) every input (Carlini et al. 2019, arXiv:1902.06705).",
+         remediation=_ADAPTIVE + "find the step the gradients do not pass through (rounding, quantisation, a "
+                     "saturated softmax, a randomised layer) and attack it with a differentiable substitute (BPDA) or "
+                     "in expectation (EOT). If some features are immutable, set large_eps or the tolerated accuracy "
+                     "to what they allow."),
+    Rule(id="BASTION-EV-106", title="An unbounded attack does not reach 100% success: gradient masking",
+         threat="evasion-whitebox", default_severity=Severity.medium,
+         help=_MASKING_HELP + " An attack without a perturbation budget must fool every correctly classified input; "
+                              "where it does not, it is not following the model (Carlini et al. 2019, "
+                              "arXiv:1902.06705).",
+         remediation=_ADAPTIVE + "look for non-differentiable or randomised steps and attack them with BPDA or EOT; "
+                     "check that the model's output is logits."),
 ]
 
 #: Evasion rule of each attack family.
@@ -65,4 +80,9 @@ EVASION_RULE = {"evasion-whitebox": "BASTION-EV-001", "evasion-blackbox": "BASTI
 MINIMAL_RULE = "BASTION-EV-010"
 #: Gradient-masking rule of each sanity check.
 MASKING_RULE = {"randomized-outputs": "BASTION-EV-101", "output-kind": "BASTION-EV-102",
-                "zero-gradients": "BASTION-EV-103", "blackbox-beats-whitebox": "BASTION-EV-104"}
+                "zero-gradients": "BASTION-EV-103", "blackbox-beats-whitebox": "BASTION-EV-104",
+                "large-eps": "BASTION-EV-105", "unbounded-attack": "BASTION-EV-106"}
+#: The evasion results each sign of masking puts in doubt: those of gradient-based attacks, or of
+#: every attack (a randomised model fools any attack judged on a single draw).
+MASKING_CONCERNS = {"randomized-outputs": "all", "output-kind": "gradient", "zero-gradients": "gradient",
+                    "blackbox-beats-whitebox": "gradient", "large-eps": "gradient", "unbounded-attack": "gradient"}
