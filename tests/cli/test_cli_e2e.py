@@ -90,7 +90,10 @@ def test_demo_writes_reports(cli, tmp_path: Path) -> None:
     r = cli(["demo", "--out", str(tmp_path), "--json"], timeout=400)
     assert r.returncode == 0, r.stderr
     summary = {m["model"]: m for m in json.loads(r.stdout)["models"]}  # --json: stdout is only the JSON
-    assert set(summary) == {"demo:digits-cnn", "demo:breast-cancer"}
+    assert set(summary) == {"demo:digits-cnn", "demo:breast-cancer", "demo:digits-mlp"}
+    privacy = json.loads((tmp_path / "privacy" / "report.json").read_text())  # the first report shows a real leak
+    assert privacy["status"] == "complete" and summary["demo:digits-mlp"]["membership_auc"] > 0.6
+    assert any(f["rule_id"] == "BASTION-MI-001" for f in privacy["findings"])
     for name in ("digits-cnn", "breast-cancer"):
         for f in ("report.json", "report.html", "junit.xml", "report.sarif"):
             assert (tmp_path / name / f).is_file(), f"{name}/{f} missing"

@@ -3,7 +3,7 @@
 from importlib import resources
 from pathlib import Path
 
-DEMO_POLICIES = ("demo-digits-cnn", "demo-breast-cancer")
+DEMO_POLICIES = ("demo-digits-cnn", "demo-breast-cancer", "demo-privacy")
 
 
 def packaged_policy(name: str) -> Path:

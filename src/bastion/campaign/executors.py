@@ -24,35 +24,15 @@ import signal
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from bastion.core.run import QueryLedger, RunContext
+from bastion.core.run import QueryLedger, RunContext, Unit
 from bastion.errors import UsageError
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int], None]
 GRACE_SECONDS = 5.0  # how long cancelled units may take to stop on their own before workers are ended
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One unit of work: ``fn`` (a module-level function or its "module:attr" name) called as
-    ``fn(ctx, **args)``; ``name`` keys the unit's random numbers (unique within one ``map``)."""
-
-    fn: Callable[..., Any] | str
-    name: str
-    args: dict[str, Any] = field(default_factory=dict)
-
-    def reference(self) -> str:
-        if isinstance(self.fn, str):
-            return self.fn
-        qual = getattr(self.fn, "__qualname__", "")
-        if "<" in qual or not getattr(self.fn, "__module__", None):
-            raise UsageError(f"unit '{self.name}': {self.fn!r} is not a module-level function",
-                             hint="executors run units in other processes: name a function defined at module level")
-        return f"{self.fn.__module__}:{qual}"
 
 
 class ExecutionInterrupted(KeyboardInterrupt):

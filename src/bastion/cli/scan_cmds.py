@@ -255,10 +255,12 @@ def register(app: typer.Typer) -> None:
             out_console.print_json(json.dumps({"models": rows, "seconds": round(time.perf_counter() - t0, 2)}))
             return
         summary = Table(title="bastion demo", title_justify="left")
-        for col in ("model", "clean acc", "worst robust acc", "gates", "verdict", "report"):
+        for col in ("model", "clean acc", "worst robust acc", "membership leak", "gates", "verdict", "report"):
             summary.add_column(col)
         for r in rows:
-            summary.add_row(r["model"], _pct(r["clean_accuracy"]), _pct(r["worst_robust_accuracy"]),
+            leak = "—" if r["membership_auc"] is None else (
+                f"AUC {r['membership_auc']:.2f}, TPR {_pct(r['tpr_at_1pct_fpr'])} at 1% FPR")
+            summary.add_row(r["model"], _pct(r["clean_accuracy"]), _pct(r["worst_robust_accuracy"]), leak,
                             f"{r['gates_passed']}/{r['gates']}",
                             "[green]pass[/]" if r["verdict"] == "pass" else "[red]fail[/]", r["report"])
         out_console.print(summary)
@@ -273,7 +275,10 @@ def _demo_row(model: str, result: ScanResult, out_dir: Path) -> dict[str, Any]:
     """The demo's summary of one scan (shared by the table and --json)."""
     accs = [v for c in result.checks for v in c.values("robust_accuracy")]
     clean = next((v for c in result.checks for v in c.values("clean_accuracy")), None)
+    aucs = [v for c in result.checks if c.kind == "membership" for v in c.values("membership_auc")]
+    tprs = [v for c in result.checks if c.kind == "membership" for v in c.values("tpr_at_fpr", fpr=0.01)]
     return {"model": model, "clean_accuracy": clean, "worst_robust_accuracy": min(accs) if accs else None,
+            "membership_auc": max(aucs) if aucs else None, "tpr_at_1pct_fpr": max(tprs) if tprs else None,
             "gates_passed": sum(g.passed for g in result.gates), "gates": len(result.gates),
             "verdict": result.verdict, "status": result.status, "report": str(out_dir / "report.html")}
 

@@ -1,4 +1,5 @@
-"""The embedded demo: a small CNN on scikit-learn's digits and an MLP on the breast-cancer table.
+"""The embedded demo: a small CNN on scikit-learn's digits, an MLP on the breast-cancer table, and an
+MLP deliberately overfit on 150 digits (the privacy demo: its training records leak).
 
 Models are trained on first use and cached under the user's cache directory, keyed by a hash of
 the recipe, so later runs load in milliseconds. Nothing is downloaded.
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from bastion.core.data import Dataset
-from bastion.core.io import atomic_write_bytes
+from bastion.core.io import atomic_write_bytes, cache_root
 from bastion.core.spec import InputSpec, tabular_spec
 from bastion.errors import UsageError
 
@@ -25,16 +26,17 @@ DIGITS_RECIPE = {"model": "digits-cnn", "version": 2, "epochs": 30, "lr": 3e-3, 
                  "test_size": 0.2, "split_seed": 0, "arch": "conv16-conv32-pool-fc64"}
 CANCER_RECIPE = {"model": "breast-cancer-mlp", "version": 1, "hidden": [32], "max_iter": 600, "seed": 0,
                  "test_size": 0.2, "split_seed": 0}
-DEMO_TARGETS = ("digits-cnn", "breast-cancer")
-DEMO_DATA = ("digits", "breast-cancer", "digits-train", "breast-cancer-train")
+#: the privacy demo: an MLP without regularisation on few records (members); non-members and
+#: reference records (for shadow models) are other digits. The policy's trainer repeats the estimator.
+PRIVACY_RECIPE = {"model": "digits-mlp", "version": 1, "hidden": [256], "max_iter": 1000, "alpha": 0.0, "seed": 0,
+                  "split_seed": 1, "members": 150, "non_members": 400, "reference": 300}
+DEMO_TARGETS = ("digits-cnn", "breast-cancer", "digits-mlp")
+DEMO_DATA = ("digits", "breast-cancer", "digits-train", "breast-cancer-train", "digits-members", "digits-non-members",
+             "digits-reference")
 
 
 def cache_dir() -> Path:
-    import os
-
-    from platformdirs import user_cache_dir
-
-    return Path(os.environ.get("BASTION_CACHE_DIR") or user_cache_dir("bastion")) / "demo"
+    return cache_root() / "demo"
 
 
 def _recipe_key(recipe: dict[str, Any]) -> str:
@@ -62,8 +64,26 @@ def _cancer_split() -> tuple[Any, ...]:
     return (*parts, [str(n) for n in d.feature_names], [str(n) for n in d.target_names])
 
 
+def _privacy_split(part: str) -> tuple[np.ndarray, np.ndarray]:
+    """The privacy demo's ``members`` (the MLP's training records), ``non-members`` or ``reference``
+    records: disjoint random digits, flattened to 64 features in [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    r = PRIVACY_RECIPE
+    d = load_digits()
+    perm = np.random.default_rng(r["split_seed"]).permutation(len(d.target))
+    bounds = np.cumsum([0, r["members"], r["non_members"], r["reference"]])
+    i = ("members", "non-members", "reference").index(part)
+    idx = perm[bounds[i]:bounds[i + 1]]
+    return (d.images[idx] / 16.0).astype(np.float32).reshape(len(idx), -1), d.target[idx]
+
+
 def demo_data(name: str) -> Dataset:
-    """``digits`` / ``breast-cancer``: the held-out test split; ``*-train``: the training split."""
+    """``digits`` / ``breast-cancer``: the held-out test split; ``*-train``: the training split;
+    ``digits-members`` / ``-non-members`` / ``-reference``: the privacy demo's records."""
+    if name in ("digits-members", "digits-non-members", "digits-reference"):
+        x, y = _privacy_split(name.removeprefix("digits-"))
+        return Dataset(x, y, name=f"demo:{name}", meta={"kind": "tabular"})
     if name in ("digits", "digits-train"):
         xtr, xte, ytr, yte = _digits_split()
         x, y = (xtr, ytr) if name.endswith("train") else (xte, yte)
@@ -152,7 +172,38 @@ def breast_cancer(**kwargs: Any) -> Any:
     return sklearn_target(est, _cancer_spec(), name="demo:breast-cancer", **kwargs)
 
 
+def privacy_estimator() -> Any:
+    """The privacy demo's estimator (untrained): an MLP without weight decay, trained to convergence."""
+    from sklearn.neural_network import MLPClassifier
+
+    r = PRIVACY_RECIPE
+    return MLPClassifier(hidden_layer_sizes=tuple(r["hidden"]), max_iter=r["max_iter"], alpha=r["alpha"])
+
+
+def digits_mlp(**kwargs: Any) -> Any:
+    """The privacy demo's overfit MLP as a SklearnTarget (trained once, then loaded from the cache)."""
+    from bastion.core.safe_load import load_skops
+    from bastion.core.targets.sklearn_target import sklearn_target
+
+    path = cache_dir() / f"digits-mlp-{_recipe_key(PRIVACY_RECIPE)}.skops"
+    if path.exists():
+        est = load_skops(path)
+    else:
+        import skops.io
+
+        from bastion.core.training import TrainRequest, fit_estimator
+
+        log.info("training the privacy demo MLP (first run only)")
+        x, y = _privacy_split("members")
+        est = fit_estimator(privacy_estimator(), TrainRequest(x, y, seed=PRIVACY_RECIPE["seed"]))
+        atomic_write_bytes(path, skops.io.dumps(est))
+    spec = InputSpec(shape=(64,), lower=0.0, upper=1.0)
+    return sklearn_target(est, spec, name="demo:digits-mlp", **kwargs)
+
+
 def demo_target(name: str, **kwargs: Any) -> Any:
+    if name == "digits-mlp":
+        return digits_mlp(**kwargs)
     if name == "digits-cnn":
         return digits_cnn(**kwargs)
     if name == "breast-cancer":

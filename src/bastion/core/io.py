@@ -1,4 +1,4 @@
-"""Small file helpers shared by every layer: atomic writes (temp file + rename)."""
+"""Small file helpers shared by every layer: atomic writes (temp file + rename), the cache folder."""
 
 from __future__ import annotations
 
@@ -42,3 +42,10 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike[str], doc: Any) -> Path:
     return atomic_write_text(path, json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def cache_root() -> Path:
+    """bastion's cache folder: ``$BASTION_CACHE_DIR``, else the user's cache directory."""
+    from platformdirs import user_cache_dir
+
+    return Path(os.environ.get("BASTION_CACHE_DIR") or user_cache_dir("bastion"))

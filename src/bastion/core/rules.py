@@ -33,6 +33,7 @@ RULE_MODULES: Registry[Iterable[Rule]] = Registry("rule module", {
     "BASTION-EV-": "bastion.campaign.rules:CATALOGUE",
     "BASTION-SC-": "bastion.supply.rules:CATALOGUE",
     "BASTION-DA-": "bastion.audit.rules:CATALOGUE",
+    "BASTION-MI-": "bastion.campaign.privacy_rules:CATALOGUE",
 }, group="bastion.rules")
 
 

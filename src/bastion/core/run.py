@@ -290,7 +290,8 @@ class SampleStreams:
 @dataclass
 class RunContext:
     """One run: seed and name path (for random numbers), ledger, progress, cancellation, query log,
-    and a memo of what the run built once (``remember``).
+    a memo of what the run built once (``remember``) and the executor its units of work go to
+    (``executor``: a :class:`bastion.campaign.executors.Executor`; None runs them in this process).
 
     ``RunContext()`` is a fresh run with seed 0 and no budget. ``spawn(name)`` gives a child whose
     random numbers depend on (seed, path + name) and which shares the ledger, cancellation and log.
@@ -303,6 +304,7 @@ class RunContext:
     path: tuple[str, ...] = ()
     cancel_event: Any = field(default_factory=threading.Event)
     memo: dict[Any, Any] = field(default_factory=dict, repr=False)
+    executor: Any = field(default=None, repr=False)  # where units of work run (None: in this process)
 
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer) or not 0 <= self.seed < 2 ** 63:
@@ -312,7 +314,7 @@ class RunContext:
               ) -> RunContext:
         """A child context named ``name`` (random numbers keyed by the name, not by when it runs)."""
         return RunContext(self.seed, ledger or self.ledger, progress or self.progress, self.query_log,
-                          (*self.path, str(name)), self.cancel_event, self.memo)
+                          (*self.path, str(name)), self.cancel_event, self.memo, self.executor)
 
     def key(self, *names: str) -> int:
         """A 64-bit key for (seed, path, names)."""
@@ -349,3 +351,22 @@ class RunContext:
         """Raise :class:`Cancelled` if the run was cancelled."""
         if self.cancelled:
             raise Cancelled("cancelled")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of work: ``fn`` (a module-level function or its "module:attr" name) called as
+    ``fn(ctx, **args)``; ``name`` keys the unit's random numbers (unique within one ``map``)."""
+
+    fn: Callable[..., Any] | str
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def reference(self) -> str:
+        if isinstance(self.fn, str):
+            return self.fn
+        qual = getattr(self.fn, "__qualname__", "")
+        if "<" in qual or not getattr(self.fn, "__module__", None):
+            raise UsageError(f"unit '{self.name}': {self.fn!r} is not a module-level function",
+                             hint="executors run units in other processes: name a function defined at module level")
+        return f"{self.fn.__module__}:{qual}"

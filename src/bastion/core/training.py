@@ -17,6 +17,8 @@ torch's global generator is never seeded.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -94,15 +96,59 @@ def fit_estimator(estimator: Any, request: TrainRequest) -> Any:
     return est.fit(x, np.asarray(request.y), **kwargs)
 
 
-def sklearn_train_fn(estimator: Any, *, name: str = "") -> TrainFn:
-    """A scikit-learn estimator as a TrainFn: each call fits a clone and wraps it in a Target."""
+@dataclass(frozen=True)
+class EstimatorTrainer:
+    """A scikit-learn estimator as a TrainFn: each call fits a clone and wraps it in a Target.
+    Picklable (it can be sent to worker processes) and with a stable :meth:`identity`."""
 
-    def train(request: TrainRequest) -> Target:
+    estimator: Any
+    name: str = ""
+
+    def __call__(self, request: TrainRequest) -> Target:
         from bastion.core.targets.sklearn_target import sklearn_target
 
-        return sklearn_target(fit_estimator(estimator, request), request.spec, name=name)
+        return sklearn_target(fit_estimator(self.estimator, request), request.spec, name=self.name)
 
-    return train
+    def identity(self) -> str:
+        """The estimator's class and parameters: equal for estimators that train alike."""
+        est = self.estimator
+        params = json.dumps(est.get_params(deep=True), default=repr, sort_keys=True)
+        return f"sklearn:{type(est).__module__}.{type(est).__qualname__}:{params}"
+
+
+def sklearn_train_fn(estimator: Any, *, name: str = "") -> TrainFn:
+    """A scikit-learn estimator as a TrainFn (an :class:`EstimatorTrainer`)."""
+    return EstimatorTrainer(estimator, name)
+
+
+def trainer_identity(trainer: Any) -> str | None:
+    """A string that is equal for trainers that train alike, or None when there is none to trust:
+    a trainer's own ``identity()``, else a function's module, name and source code. What caches
+    of trained models are keyed by (bastion.attacks.privacy.shadows)."""
+    ident = getattr(trainer, "identity", None)
+    if callable(ident):
+        return str(ident())
+    return _callable_identity(trainer)
+
+
+def _callable_identity(fn: Any) -> str | None:
+    import inspect
+
+    if dataclasses.is_dataclass(fn) and not isinstance(fn, type):
+        parts = [_callable_identity(v) if callable(v) else repr(v)
+                 for v in (getattr(fn, f.name) for f in dataclasses.fields(fn))]
+        return None if None in parts else f"{type(fn).__module__}.{type(fn).__qualname__}({', '.join(parts)})"
+    if isinstance(fn, tuple | list):
+        parts = [_callable_identity(v) for v in fn]
+        return None if None in parts else f"[{', '.join(parts)}]"
+    if inspect.isfunction(fn) or inspect.isclass(fn):
+        try:
+            source = inspect.getsource(fn)
+        except (OSError, TypeError):
+            return None
+        digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+        return f"{fn.__module__}:{fn.__qualname__}@{digest}"
+    return None
 
 
 # --- torch ----------------------------------------------------------------------------------------
@@ -133,15 +179,22 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y, reduction="none")
 
 
-def adam(lr: float = 1e-3) -> Callable[[Any], Any]:
-    """An optimiser factory: Adam with learning rate ``lr``."""
+@dataclass(frozen=True)
+class Adam:
+    """An optimiser factory: Adam with learning rate ``lr`` (picklable, so a procedure using it
+    can train in worker processes)."""
 
-    def make(params: Any) -> Any:
+    lr: float = 1e-3
+
+    def __call__(self, params: Any) -> Any:
         import torch
 
-        return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(params, lr=self.lr)
 
-    return make
+
+def adam(lr: float = 1e-3) -> Callable[[Any], Any]:
+    """An optimiser factory: Adam with learning rate ``lr``."""
+    return Adam(lr)
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
 from bastion.attacks.privacy.inference import (
     AttributeData, AttributeInference, AttributeResult, InversionResult, ModelInversion)
 from bastion.attacks.privacy.membership import (
-    MembershipInference, MembershipResult, MembershipSplits, OperatingPoint, Roc, roc_curve, tpr_at_fpr)
+    MEMBERSHIP_ATTACKS, MembershipInference, MembershipResult, MembershipSplits, OperatingPoint, Roc, clopper_pearson,
+    get_membership_attack, roc_curve, tpr_at_fpr)
 
 __all__ = ["AttributeData", "AttributeInference", "AttributeResult", "InversionResult", "ModelInversion",
-           "MembershipInference", "MembershipResult", "MembershipSplits", "OperatingPoint", "Roc",
-           "roc_curve", "tpr_at_fpr"]
+           "MEMBERSHIP_ATTACKS", "MembershipInference", "MembershipResult", "MembershipSplits", "OperatingPoint",
+           "Roc", "clopper_pearson", "get_membership_attack", "roc_curve", "tpr_at_fpr"]

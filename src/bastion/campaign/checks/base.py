@@ -139,6 +139,7 @@ class Check(ABC):
 CHECKS: Registry[type[Check]] = Registry("check", {
     "evasion": "bastion.campaign.checks.evasion:EvasionCheck",
     "gradient-masking": "bastion.campaign.checks.gradient_masking:GradientMaskingCheck",
+    "membership": "bastion.campaign.checks.membership:MembershipCheck",
     "model-file": "bastion.campaign.checks.model_file:ModelFileCheck",
 })
 """Every check kind: bastion's own and those of the ``bastion.checks`` entry points."""

@@ -279,3 +279,39 @@ def line_chart(series: Sequence[tuple[str, Any, Any]], *, xlabel: str, ylabel: s
         ax.set_ylabel(ylabel)
         ax.legend(frameon=False, fontsize=8)
         return figure_to_data_uri(fig, "svg")
+
+
+def roc_loglog(series: Sequence[tuple[str, Any, Any]]) -> str:
+    """ROC curves ``(label, fpr, tpr)`` on log-log axes, where the low false-positive rates that
+    matter for membership inference are visible (Carlini et al. 2022); the chance line dashed.
+    Zero rates cannot be drawn on log axes: the axes start at the smallest non-zero FPR."""
+    import matplotlib
+
+    if not series:
+        raise ValueError("nothing to draw")
+    curves = []
+    for label, xs, ys in series:
+        x, y = _floats(xs, "fpr"), _floats(ys, "tpr")
+        if x.shape != y.shape:
+            raise ValueError(f"'{label}': fpr and tpr differ in length")
+        curves.append((label, x, y))
+    positive = [v for _, x, _ in curves for v in x if v > 0]
+    lo = min(positive) if positive else 1e-3
+    with matplotlib.rc_context(_rc()):
+        fig = _figure(5.0, 3.4)
+        ax = fig.subplots()
+        for i, (label, x, y) in enumerate(curves):
+            keep = x > 0
+            ax.step(x[keep], np.maximum(y[keep], lo), where="post", lw=2, color=_COLORS[i % len(_COLORS)], label=label)
+        ax.plot([lo, 1], [lo, 1], ls="--", lw=1, color="#6b7280", label="chance")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(lo, 1)
+        ax.set_ylim(lo, 1.05)
+        fmt = matplotlib.ticker.FuncFormatter(lambda v, _pos: f"{v:.1%}" if v < 0.01 else f"{v:.0%}")
+        ax.xaxis.set_major_formatter(fmt)
+        ax.yaxis.set_major_formatter(fmt)
+        ax.set_xlabel("false positive rate (log)")
+        ax.set_ylabel("true positive rate (log)")
+        ax.legend(frameon=False, fontsize=8)
+        return figure_to_data_uri(fig, "svg")

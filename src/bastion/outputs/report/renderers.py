@@ -73,10 +73,11 @@ def histograms(arts: Sequence[Histogram]) -> list[Block]:
 def roc_curves(arts: Sequence[RocCurve]) -> list[Block]:
     series = [(f"{a.attack or 'attack'}" + (f" (AUC {a.auc:.3f})" if a.auc is not None else ""), a.fpr, a.tpr)
               for a in arts]
-    return [_figure("ROC curve", plots.line_chart(series, xlabel="false positive rate", ylabel="true positive rate",
-                                                  diagonal=True),
-                    "How well the attack tells records used in training from others; the dashed diagonal is "
-                    "guessing. The further above it, the more the model leaks about its training data.")]
+    return [_figure("ROC curve (log-log)", plots.roc_loglog(series),
+                    "How well the attack tells records used in training from others, on logarithmic axes so that "
+                    "low false-positive rates are visible: what matters is how many training records an attacker "
+                    "identifies while almost never accusing others. The dashed diagonal is guessing; the further "
+                    "above it, the more the model leaks about its training data.")]
 
 
 def fidelity_curves(arts: Sequence[FidelityCurve]) -> list[Block]:

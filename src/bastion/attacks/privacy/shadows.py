@@ -1,0 +1,281 @@
+"""Shadow and reference models for membership inference, trained through the training contract.
+
+Attacks that compare the target with models of their own (Shokri et al. 2017, arXiv:1610.05820;
+LiRA, Carlini et al. 2022, arXiv:2112.03570; RMIA, Zarifzadeh et al. 2024, arXiv:2312.03262)
+share this module. It trains ``n`` models with the run's TrainFn on random halves of a pool of
+records and returns every model's class probabilities on every query record, with the matrix
+saying which record each model was trained on:
+
+- the query records are the members, the non-members and the reference records, in that order
+  (:func:`query_records`), each under the chosen augmentations (``"flip"``: the image mirrored);
+- ``online``: the pool is every query record, so each target record is in the training data of
+  half the models (the balanced design of LiRA's reference code); ``offline``: the pool is the
+  reference records only, so no model ever saw a target record;
+- each model trains in a unit of work on the run's executor (worker processes when the run has
+  one and the trainer can be sent to them, else in this process), and its outputs are cached on
+  disk under bastion's cache folder (``$BASTION_CACHE_DIR``), keyed by a content hash of (trainer
+  identity, training records, seed) and of the query records: a re-run, or a run after an
+  interrupted one, trains nothing it already trained. The cache holds NumPy arrays only (``.npz``
+  read without pickle), each checked against its SHA-256 on read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import pickle
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from bastion.attacks.privacy.membership import MembershipSplits
+from bastion.core.io import atomic_write_bytes, cache_root
+from bastion.core.run import RunContext, Unit
+from bastion.core.spec import InputSpec
+from bastion.core.training import TrainRequest, trainer_identity
+from bastion.errors import BastionError, BastionRuntimeError, UsageError
+
+log = logging.getLogger(__name__)
+
+Augment = Literal["none", "flip"]
+CACHE_VERSION = 1
+_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class QueryRecords:
+    """The records every model is asked about: members, then non-members, then reference records."""
+
+    x: np.ndarray
+    y: np.ndarray
+    n_members: int
+    n_non_members: int
+
+    @property
+    def members(self) -> slice:
+        return slice(0, self.n_members)
+
+    @property
+    def non_members(self) -> slice:
+        return slice(self.n_members, self.n_members + self.n_non_members)
+
+    @property
+    def reference(self) -> slice:
+        return slice(self.n_members + self.n_non_members, len(self.x))
+
+    @property
+    def targets(self) -> slice:
+        """Members and non-members: the records whose membership is inferred."""
+        return slice(0, self.n_members + self.n_non_members)
+
+
+def query_records(splits: MembershipSplits) -> QueryRecords:
+    parts_x = [splits.members_x, splits.non_members_x]
+    parts_y = [splits.members_y, splits.non_members_y]
+    if splits.has_reference:
+        parts_x.append(splits.reference_x)
+        parts_y.append(splits.reference_y)
+    return QueryRecords(np.concatenate(parts_x).astype(np.float32), np.concatenate(parts_y).astype(np.int64),
+                        len(splits.members_x), len(splits.non_members_x))
+
+
+def augmented(x: np.ndarray, augment: Augment) -> list[np.ndarray]:
+    """The query inputs under each augmentation: ``none`` (as given) or ``flip`` (as given, and
+    mirrored along the last axis: left-right for images)."""
+    if augment == "none":
+        return [x]
+    if augment == "flip":
+        if x.ndim < 3:
+            raise UsageError("augment='flip' mirrors images; these records are not images",
+                             hint="use augment: none for tables")
+        return [x, np.ascontiguousarray(x[..., ::-1])]
+    raise UsageError(f"augment must be one of none, flip; got {augment!r}")
+
+
+def predict_all(target: Any, xs: list[np.ndarray]) -> np.ndarray:
+    """Class probabilities of ``target`` on each augmented copy: shape (n_aug, n, k)."""
+    return np.stack([np.concatenate([target.predict_proba(x[i:i + _BATCH]) for i in range(0, len(x), _BATCH)])
+                     for x in xs])
+
+
+def logit_confidence(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """LiRA's logit-scaled confidence φ = log(p_y / (1 - p_y)) of each record's own label, over the
+    last axes (..., n, k) -> (..., n); 1 - p_y is summed from the other classes (no cancellation)."""
+    onehot = np.eye(probs.shape[-1], dtype=bool)[y]
+    py = np.where(onehot, probs, 0.0).sum(-1)
+    rest = np.where(onehot, 0.0, probs).sum(-1)
+    tiny = np.finfo(np.float64).tiny
+    return np.log(np.maximum(py, tiny)) - np.log(np.maximum(rest, tiny))
+
+
+def true_class_probability(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pr(y | x, θ) for each record, over the last axes (..., n, k) -> (..., n)."""
+    return np.take_along_axis(probs, np.broadcast_to(y[:, None], (*probs.shape[:-1], 1)), -1)[..., 0]
+
+
+@dataclass(frozen=True)
+class ShadowOutputs:
+    """``probs[i, a, q]``: model ``i``'s class probabilities on query record ``q`` under
+    augmentation ``a``; ``keep[i, q]``: whether record ``q`` was in model ``i``'s training data;
+    ``trained``: models trained in this run (the others came from the cache)."""
+
+    probs: np.ndarray
+    keep: np.ndarray
+    trained: int
+
+
+def shadow_outputs(trainer: Any, queries: QueryRecords, *, n_models: int, online: bool, augment: Augment,
+                   spec: InputSpec, classes: list[Any], ctx: RunContext, cache: bool = True) -> ShadowOutputs:
+    """Train ``n_models`` models on random halves of the pool (see the module docstring) and
+    return their outputs on every query record."""
+    if n_models < 1:
+        raise UsageError(f"the number of shadow models must be >= 1, got {n_models}")
+    pool = np.arange(len(queries.x)) if online else np.arange(queries.reference.start, len(queries.x))
+    if len(pool) < 2:
+        raise UsageError("offline shadow models train on reference records, and there are none" if not online
+                         else "too few records to train shadow models on",
+                         hint="give the policy 'datasets: {reference: ...}': records from the same source as the "
+                              "training data, not used to train the target")
+    design = RunContext(seed=ctx.seed).rng("shadow-models", "online" if online else "offline")
+    keep = np.zeros((n_models, len(queries.x)), bool)
+    keep[:, pool] = _balanced_halves(design, n_models, len(pool))
+    seeds = design.integers(0, 2**31 - 1, size=n_models)
+    xs = augmented(queries.x, augment)
+    identity = trainer_identity(trainer) if cache else None
+    if cache and identity is None:
+        log.warning("shadow models are not cached: the trainer has no stable identity (give it an identity() method)")
+    qhash = _digest(augment, *xs, queries.y)
+    units, outputs = [], [None] * n_models
+    for i in range(n_models):
+        idx = np.flatnonzero(keep[i])
+        path = None
+        if identity is not None:
+            key = _digest(f"v{CACHE_VERSION}", identity, queries.x[idx], queries.y[idx], int(seeds[i]))
+            path = cache_root() / "shadows" / key[:2] / key / f"{qhash}.npz"
+            outputs[i] = read_cached(path)
+        if outputs[i] is None:
+            units.append((i, Unit(train_unit, f"shadow-{i}", {
+                "trainer": trainer, "x": queries.x[idx], "y": queries.y[idx], "seed": int(seeds[i]), "spec": spec,
+                "classes": list(classes), "queries": xs, "path": str(path) if path else None, "index": i})))
+    ctx.advance(n_models - len(units))  # models found in the cache
+    if units:
+        done = _run_units(trainer, [u for _, u in units], ctx)
+        for (i, _), out in zip(units, done, strict=True):
+            outputs[i] = out
+    return ShadowOutputs(np.stack(outputs), keep, len(units))
+
+
+def _balanced_halves(rng: np.random.Generator, m: int, n: int) -> np.ndarray:
+    """(m, n) training-set membership: with m >= 2 models each record is in exactly m // 2 of them;
+    one model trains on a random half."""
+    if m == 1:
+        return (rng.permutation(n) < n // 2)[None]
+    return np.argsort(rng.random((m, n)), axis=0) < m // 2
+
+
+def _digest(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, np.ndarray):
+            h.update(str((p.dtype.str, p.shape)).encode())
+            h.update(np.ascontiguousarray(p).tobytes())
+        else:
+            h.update(repr(p).encode())
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def read_cached(path: Path) -> np.ndarray | None:
+    """The cached outputs at ``path``, or None when absent or when the file does not match the
+    SHA-256 written beside it (a torn or altered file is ignored and trained again)."""
+    sidecar = path.with_suffix(".sha256")
+    try:
+        data, want = path.read_bytes(), sidecar.read_text().strip()
+    except OSError:
+        return None
+    if hashlib.sha256(data).hexdigest() != want:
+        log.warning("cached shadow outputs %s do not match their hash: training again", path)
+        return None
+    with np.load(io.BytesIO(data), allow_pickle=False) as f:
+        return np.asarray(f["probs"], np.float64)
+
+
+def write_cached(path: Path, probs: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, probs=probs)
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    atomic_write_bytes(path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest().encode())
+
+
+def train_unit(ctx: RunContext, trainer: Any, x: np.ndarray, y: np.ndarray, seed: int, spec: InputSpec,
+               classes: list[Any], queries: list[np.ndarray], path: str | None, index: int) -> np.ndarray:
+    """One shadow model: train it, answer every query, cache the answers. A trainer that raises,
+    or returns something that does not answer (n, k) probabilities, is a BastionRuntimeError
+    naming the model and why."""
+    ctx.check_cancelled()
+    request = TrainRequest(x, y, seed=seed, input_spec=spec, classes=classes)
+    try:
+        model = trainer(request)
+    except (BastionError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # the user's training code failed
+        raise BastionRuntimeError(f"the trainer failed on shadow model {index}: {type(exc).__name__}: {exc}",
+                                  hint="run the trainer on the same data in Python to see the traceback") from exc
+    if not callable(getattr(model, "predict_proba", None)):
+        raise BastionRuntimeError(f"the trainer returned an unusable model for shadow model {index}: "
+                                  f"{type(model).__name__} has no predict_proba (a TrainFn returns a Target)")
+    try:
+        probs = predict_all(model, queries)
+    except BastionError as exc:
+        raise BastionRuntimeError(f"the trainer returned an unusable model for shadow model {index}: "
+                                  f"{exc.message}") from exc
+    want = (len(queries), len(queries[0]), len(classes))
+    if probs.shape != want or not np.all(np.isfinite(probs)):
+        raise BastionRuntimeError(f"the trainer returned an unusable model for shadow model {index}: it answered "
+                                  f"probabilities of shape {probs.shape[1:]} (want {want[1:]}), or non-finite ones")
+    if path is not None:
+        write_cached(Path(path), probs)
+    return probs
+
+
+def _portable(trainer: Any) -> bool:
+    """Whether ``trainer`` can be sent to a worker process: it pickles, and not by reference to
+    a module loaded from a file path (``python:train.py:fit``), which a worker cannot import."""
+    if str(getattr(trainer, "__module__", "")).startswith("bastion_user_"):
+        return False
+    try:
+        pickle.dumps(trainer)
+    except Exception:  # noqa: BLE001 - any pickling failure means the same
+        return False
+    return True
+
+
+def _run_units(trainer: Any, units: list[Unit], ctx: RunContext) -> list[np.ndarray]:
+    """Train on the run's executor when it has one and the trainer can travel; else here.
+    Logs the models trained and an estimate of the time left."""
+    t0, total, count = time.perf_counter(), len(units), [0]
+
+    def advance(n: int) -> None:
+        count[0] += n
+        ctx.advance(n)
+        left = (time.perf_counter() - t0) / count[0] * (total - count[0])
+        log.info("shadow models: %d/%d trained, about %.0f s left", count[0], total, left)
+
+    executor = ctx.executor
+    if len(units) == 1:  # not worth starting worker processes
+        executor = None
+    if executor is not None and getattr(executor, "workers", 1) > 1 and _portable(trainer):
+        return executor.map(units, ctx, progress=advance)
+    if executor is not None and getattr(executor, "workers", 1) > 1:
+        log.info("the trainer cannot be sent to worker processes: shadow models train in this process")
+    out = []
+    for u in units:
+        ctx.check_cancelled()
+        out.append(train_unit(ctx.spawn(u.name), **u.args))
+        advance(1)
+    return out
