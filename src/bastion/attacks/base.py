@@ -8,6 +8,13 @@ the attack, so one instance is safe to reuse and to share). Inputs are processed
 interrupt (Ctrl-C, a cancelled run) or an exhausted query budget keeps every finished batch and
 marks the result incomplete. Random numbers come from per-sample streams of the run context, so a
 fixed seed gives the same result whatever the batch size.
+
+Randomised targets (outputs that change between identical calls: detected by a cheap probe, or
+declared) are evaluated in expectation, once for every attack, here: the model's own randomness is
+seeded from the run (``bastion.core.run.model_draws``), white-box attacks take gradients of the
+expected prediction over ``eot_iter`` draws (EOT, Athalye et al. 2018, arXiv:1707.07397; 20 unless
+set), never stop on one lucky draw, and success and robust accuracy are the expected accuracy over
+``draws`` fresh draws with a 95% confidence interval (:mod:`bastion.attacks.evasion.expectation`).
 """
 
 from __future__ import annotations
@@ -23,12 +30,23 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
+from bastion.attacks.evasion.expectation import (
+    CI_LEVEL,
+    DRAWS_DEFAULT,
+    EOT_DEFAULT,
+    Expectation,
+    bootstrap_ci,
+    draw_counts,
+    probe_randomized,
+    shares,
+)
 from bastion.core.data import check_label_indices
+from bastion.core.defense import ExpectationView
 from bastion.core.metrics import attack_metrics, perturbation_norms
 from bastion.core.params import Eps, Norm, Params
 from bastion.core.registry import Registry
-from bastion.core.run import QueryLedger, RunContext, SampleStreams, metered
-from bastion.core.targets.base import Target
+from bastion.core.run import QueryLedger, RunContext, SampleStreams, metered, model_draws
+from bastion.core.targets.base import DifferentiableTarget, Target
 from bastion.core.threat import ThreatModel
 from bastion.errors import BastionRuntimeError, QueryBudgetExceeded, TargetError, UsageError
 
@@ -39,6 +57,10 @@ MAX_BATCH = 1_000_000
 MAX_STEPS = 100_000  # caps that keep a typo (restarts=1000000000) from running for ever
 MAX_RESTARTS = 1_000
 MAX_QUERIES = 10_000_000
+EVAL_BATCH = 256  # rows per call of the fresh draws that measure a randomised target (fixed: results
+# do not depend on the attack's batch_size there)
+
+
 @dataclass
 class AttackResult:
     """Outcome of one attack at one ε: adversarial inputs and what they achieved."""
@@ -60,13 +82,20 @@ class AttackResult:
     reason: str | None = None
     interrupted: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    expectation: Expectation | None = None  # set on a randomised target: accuracies are expectations
 
     @property
     def robust_accuracy(self) -> float:
+        """Share of inputs still classified correctly; on a randomised target, the expected share
+        over ``expectation.draws`` fresh draws."""
+        if self.expectation is not None:
+            return self.expectation.robust_accuracy
         return float(np.mean(self.adv_pred == self.y))
 
     @property
     def clean_accuracy(self) -> float:
+        if self.expectation is not None:
+            return self.expectation.clean_accuracy
         return float(np.mean(self.clean_pred == self.y))
 
     def metrics(self) -> dict[str, Any]:
@@ -74,6 +103,10 @@ class AttackResult:
                            norms=self.norms, adv_confidence=self.adv_confidence, queries=self.queries,
                            seconds=self.seconds)
         m.update({"attack": self.attack, "eps": self.eps, "norm": self.norm, "complete": self.complete})
+        if self.expectation is not None:
+            e = self.expectation
+            m.update({"clean_accuracy": e.clean_accuracy, "robust_accuracy": e.robust_accuracy, "draws": e.draws,
+                      "robust_accuracy_ci_low": e.ci[0], "robust_accuracy_ci_high": e.ci[1]})
         if self.reason:
             m["reason"] = self.reason
         return m
@@ -87,6 +120,18 @@ class AttackParams(Params):
     targeted: bool = Field(False, description="Aim at a chosen class (random other class unless given).")
     batch_size: int = Field(256, ge=1, le=MAX_BATCH, description="Inputs attacked together (no effect on results).")
     seed: int = Field(0, ge=0, lt=2 ** 63, description="Extra key for the attack's random numbers.")
+    randomized: bool | None = Field(None, description="Whether the target is randomised (None: declared by the "
+                                                      "target, else probed with two identical calls).")
+    draws: int = Field(DRAWS_DEFAULT, ge=1, le=100_000, description="Fresh draws of a randomised target over which "
+                                                                    "success and robust accuracy are averaged.")
+
+
+class GradientParams(AttackParams):
+    """Parameters of every white-box attack."""
+
+    eot_iter: int | None = Field(None, ge=1, le=10_000, description=(
+        f"Draws of a randomised target averaged per gradient (EOT); None: {EOT_DEFAULT} on a randomised "
+        "target, 1 otherwise."))
 
 
 @dataclass
@@ -102,6 +147,7 @@ class AttackRun:
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     state: Any = None
+    expectation: bool = False  # randomised target: optimise the expected loss, never stop on one draw
 
     def streams(self, rows: np.ndarray, *names: str) -> SampleStreams:
         """Per-sample random streams of the inputs ``rows`` (independent of the batch they are in)."""
@@ -110,7 +156,8 @@ class AttackRun:
     def derive(self, name: str) -> AttackRun:
         """A run for a sub-attack (an ensemble stage, an inner attack): own random numbers and state,
         same ledger, inputs and cancellation."""
-        return AttackRun(self.ctx.spawn(name, ledger=self.ledger), self.ledger, self.x, self.goal)
+        return AttackRun(self.ctx.spawn(name, ledger=self.ledger), self.ledger, self.x, self.goal,
+                         expectation=self.expectation)
 
 
 class EvasionAttack(ABC):
@@ -172,38 +219,80 @@ class EvasionAttack(ABC):
         return attack._execute(target, x, y, ctx, ctx.ledger.limit(budget, "threat model's"), y_target,
                                progress or ctx.progress)
 
-    def gradient_target(self, target: Target) -> Target:
+    def gradient_target(self, target: Target, eot: int = 1) -> Target:
         """The model a white-box attack takes its gradients through — the one place where it is
-        chosen: the target's adaptive view (a defended target's BPDA/EOT path; the target itself
-        otherwise). Predictions and success are always measured on the target."""
+        chosen: the target's adaptive view (a defended target's BPDA/EOT path, a declared BPDA; the
+        target itself otherwise), averaged over ``eot`` draws when ``eot`` > 1 (EOT). Predictions
+        and success are always measured on the target."""
         view = target.adaptive_view()
         if not view.white_box:
             raise TargetError(f"attack '{self.name}' needs gradients but target '{target.name}' is a black box",
                               hint="use a black-box attack (e.g. square, hopskipjump) or a transfer attack")
+        if eot > 1:
+            assert isinstance(view, DifferentiableTarget)
+            return ExpectationView(view, eot)
         return view
+
+    def _eot(self, target: Target, randomized: bool) -> int:
+        """Draws per gradient: the user's ``eot_iter``; else EOT_DEFAULT on a randomised target,
+        unless a defense's adaptive path already averages its own draws; 1 otherwise."""
+        if not self.needs_gradients:
+            return 1
+        chosen = getattr(self.params, "eot_iter", None)
+        if chosen is not None:
+            return int(chosen)
+        if not randomized or getattr(target.adaptive_view(), "draws_per_call", 1) > 1:
+            return 1
+        return EOT_DEFAULT
+
+    def _randomized(self, target: Target, x: np.ndarray) -> bool:
+        """Declared by the attack's ``randomized``, else by the target; else probed (local targets)."""
+        if self.randomized is not None:
+            return bool(self.randomized)
+        declared = getattr(target, "randomized", None)
+        if declared is not None:
+            return bool(declared)
+        return not target.remote and probe_randomized(target, x)
 
     def _execute(self, target: Target, x: np.ndarray, y: np.ndarray, ctx: RunContext, ledger: QueryLedger,
                  y_target: np.ndarray | None, progress: ProgressFn | None) -> AttackResult:
-        work = self.gradient_target(target) if self.needs_gradients else target
         x = target.input_spec.validate(x)
         y = _check_labels(y, len(x), target.n_classes)
         rctx = ctx.spawn(f"{self.name}#{self.seed}", ledger=ledger)
-        if self.targeted and y_target is None:
-            y_target = (y + rctx.rng("targets").integers(1, target.n_classes, size=len(y))) % target.n_classes
-        goal = np.asarray(y_target, np.int64) if self.targeted else y
-        run = AttackRun(rctx, ledger, x, goal)
-        self._begin(run, target)
+        with model_draws(rctx.key("model")):  # the target's own randomness, seeded from the run
+            randomized = self._randomized(target, x)
+            eot = self._eot(target, randomized)
+            work = self.gradient_target(target, eot) if self.needs_gradients else target
+            if self.targeted and y_target is None:
+                y_target = (y + rctx.rng("targets").integers(1, target.n_classes, size=len(y))) % target.n_classes
+            goal = np.asarray(y_target, np.int64) if self.targeted else y
+            run = AttackRun(rctx, ledger, x, goal, expectation=randomized)
+            if randomized:
+                run.notes.append(f"randomised target: gradients averaged over {eot} draws (EOT), no input counted "
+                                 f"as fooled on one draw, and accuracies are expectations over {self.draws} fresh "
+                                 f"draws with a {CI_LEVEL:.0%} bootstrap CI")
+            self._begin(run, target)
+            return self._attack(target, work, x, y, goal, run, rctx, ctx, ledger, progress, eot)
+
+    def _attack(self, target: Target, work: Target, x: np.ndarray, y: np.ndarray, goal: np.ndarray, run: AttackRun,
+                rctx: RunContext, ctx: RunContext, ledger: QueryLedger, progress: ProgressFn | None,
+                eot: int) -> AttackResult:
         t0 = time.perf_counter()
         x_adv, complete, reason, interrupted = x.copy(), True, None, False
         clean_pred: np.ndarray | None = None
+        clean_counts: np.ndarray | None = None
         with metered(target, work, ledger=ledger, log=ctx.query_log):
             try:
-                clean_pred = _predict(target, x, self.batch_size)
+                if run.expectation:  # attack every input not yet fooled on every draw
+                    clean_counts = self._draws(target, x, rctx, "clean")
+                    open_ = shares(clean_counts, y, goal, self.targeted)[1] < 1.0
+                else:
+                    clean_pred = _predict(target, x, self.batch_size)
+                    open_ = (clean_pred == y) if not self.targeted else (clean_pred != goal)
                 for s in range(0, len(x), self.batch_size):
                     rctx.check_cancelled()
                     sl = slice(s, s + self.batch_size)
-                    todo = np.flatnonzero((clean_pred[sl] == y[sl]) if not self.targeted else
-                                          (clean_pred[sl] != goal[sl]))
+                    todo = np.flatnonzero(open_[sl])
                     if len(todo):
                         rows = s + todo
                         batch = ((work, x[rows], goal[rows], rows) if self._legacy_batch else
@@ -223,23 +312,42 @@ class EvasionAttack(ABC):
             if run.stop and complete:
                 complete, reason = False, run.stop
             seconds = time.perf_counter() - t0
-            with target.uncounted():  # bastion's own measurement, not the attacker's queries
-                probs = target.predict_proba(x_adv)
-                if clean_pred is None:
-                    clean_pred = _predict(target, x, self.batch_size)
+            expectation: Expectation | None = None
+            if run.expectation:  # fresh draws, uncounted (bastion's own measurement)
+                if clean_counts is None:
+                    clean_counts = self._draws(target, x, rctx, "clean")
+                adv_counts = self._draws(target, x_adv, rctx, "adv")
+                clean_pred = clean_counts.argmax(1)
+                adv_correct, adv_success = shares(adv_counts, y, goal, self.targeted)
+                expectation = Expectation(self.draws, eot, shares(clean_counts, y, goal, self.targeted)[0],
+                                          adv_correct, adv_success, bootstrap_ci(adv_correct, rctx.rng("ci")))
+                probs = adv_counts / adv_counts.sum(axis=1, keepdims=True)
+            else:
+                with target.uncounted():
+                    probs = target.predict_proba(x_adv)
+                    if clean_pred is None:
+                        clean_pred = _predict(target, x, self.batch_size)
         adv_pred = probs.argmax(axis=1)
-        success = (adv_pred == goal) if self.targeted else (adv_pred != y)
+        if expectation is not None:  # fooled on most draws
+            success = expectation.adv_success > 0.5
+        else:
+            success = (adv_pred == goal) if self.targeted else (adv_pred != y)
         norms = perturbation_norms(x, x_adv, target.input_spec.scale_array())
         res = AttackResult(attack=self.name, x_adv=x_adv, success=success, norms=norms, queries=ledger.spent,
                            seconds=seconds, y=y, clean_pred=clean_pred, adv_pred=adv_pred,
                            adv_confidence=probs.max(axis=1), eps=None if self.minimal else self.eps,
                            norm=self.norm, targeted=self.targeted, complete=complete, reason=reason,
-                           interrupted=interrupted, extra=run.extra)
+                           interrupted=interrupted, extra=run.extra, expectation=expectation)
         res.extra["query_log"] = {**ctx.query_log.summary(), "budget": ledger.budget}
         self._end(run, res)
         if run.notes:
             res.extra.setdefault("notes", []).extend(dict.fromkeys(run.notes))
         return res
+
+    def _draws(self, target: Target, x: np.ndarray, rctx: RunContext, what: str) -> np.ndarray:
+        """Class counts over ``draws`` fresh, seeded draws of every input (uncounted)."""
+        with model_draws(rctx.key("eval", what)):
+            return draw_counts(target, x, self.draws, EVAL_BATCH)
 
     def _begin(self, run: AttackRun, target: Target) -> None:
         """Set up the run's own state (``run.state``) before the first batch."""

@@ -17,7 +17,8 @@ def robustness_curve(attack: EvasionAttack, target: Target, x: np.ndarray, y: np
     """Run ``attack`` for each ε in increasing order. An adversarial input found at a smaller ε is
     also one at every larger ε, so each ε only attacks the inputs still classified correctly.
     All ε share one run context (``ctx``: one ledger, one seed); ``threat`` sets the norm, the
-    targeting and a query budget for the whole curve."""
+    targeting and a query budget for the whole curve. On a randomised target (a result measured in
+    expectation) no input is ever settled: every ε attacks every input again."""
     ctx = ctx if ctx is not None else RunContext()
     if threat is not None and threat.query_budget is not None:
         ctx = ctx.spawn("curve", ledger=ctx.ledger.limit(threat.query_budget, "threat model's"))
@@ -25,13 +26,20 @@ def robustness_curve(attack: EvasionAttack, target: Target, x: np.ndarray, y: np
     x = target.input_spec.validate(x)
     x_best, fooled = x.copy(), np.zeros(len(x), bool)
     for eps in sorted(float(e) for e in epsilons):
-        todo = np.flatnonzero(~fooled)
+        settled = fooled if not (results and results[-1].expectation is not None) else np.zeros(len(x), bool)
+        todo = np.flatnonzero(~settled)
         if len(todo) == 0:
             prev = results[-1]
             results.append(AttackResult(**{**prev.__dict__, "eps": eps, "queries": 0, "seconds": 0.0}))
             continue
         step = None if threat is None else threat.model_copy(update={"eps": eps, "query_budget": None})
         res = attack.clone(eps=eps).run(target, x[todo], y[todo], step, ctx, progress=progress)
+        if res.expectation is not None and len(todo) == len(x):
+            results.append(res)
+            fooled = res.success.copy()
+            if not res.complete:
+                break
+            continue
         x_best[todo] = res.x_adv
         fooled[todo] = res.success
         base = results[-1] if results else None

@@ -22,8 +22,9 @@ for adversarial training or augmentation, a step hook for DP-SGD).
 from __future__ import annotations
 
 from abc import ABC
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -130,6 +131,7 @@ class DefendedTarget(Target):
         self.label_only = getattr(inner, "label_only", False)  # what the wrapped model offers, it still offers
         self.remote = getattr(inner, "remote", False)
         self.rng = np.random.default_rng(seed)
+        self.randomized = True if defense.randomized else inner.randomized
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """``defense.preprocess(x)``, checked to keep the target's shape and bounds."""
@@ -185,17 +187,69 @@ class DifferentiableDefendedTarget(DefendedTarget, DifferentiableTarget):
             return self.defense.preprocess_torch(x, self.rng)
         real = torch.as_tensor(self.transform(x.detach().cpu().numpy()), device=x.device, dtype=x.dtype)
         if bpda == "identity":
-            return x + (real - x).detach()
+            return straight_through(real, x)
         if bpda == "approximation":
-            g = self.defense.approximation(x)
-            return g + (real - g).detach()
+            return straight_through(real, self.defense.approximation(x))
         return real + 0 * x  # the real step: no gradient crosses it
 
     def adaptive_view(self) -> Target:
         return AdaptiveView(self)
 
 
-class AdaptiveView(DifferentiableTarget):
+class TargetView(DifferentiableTarget):
+    """What a white-box attack takes gradients through, for a target ``base``: predictions, the
+    query counter, the budget and uncounted blocks are the base target's; only ``logits`` differ."""
+
+    kind = "view"
+
+    def __init__(self, base: Target, *, name: str, device: str) -> None:
+        super().__init__(base.classes, base.input_spec, name=name)
+        self.base, self.device = base, device
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return self.base.predict_proba(x)
+
+    def _predict_proba(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - predict_proba delegates
+        return self.base._predict_proba(x)
+
+    def count_queries(self, n: int) -> None:
+        self.base.count_queries(n)
+
+    @property
+    def queries(self) -> int:  # type: ignore[override]
+        return self.base.queries
+
+    @queries.setter
+    def queries(self, value: int) -> None:  # Target.__init__ sets it; the base target owns it
+        pass
+
+    @contextmanager
+    def uncounted(self) -> Iterator[None]:
+        with self.base.uncounted():
+            yield
+
+    def adaptive_view(self) -> Target:
+        return self
+
+
+def straight_through(real: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
+    """BPDA's rule: the value of ``real``, the gradient of ``surrogate`` (Athalye et al. 2018)."""
+    return surrogate + (real - surrogate).detach()
+
+
+def expected_logits(logits: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, k: int) -> torch.Tensor:
+    """EOT (Athalye et al. 2018, arXiv:1707.07397): the log of the mean probability over ``k`` draws
+    of a randomised model, computed on one batch of ``k`` copies of ``x``; its gradient is the
+    gradient of the expected prediction."""
+    import torch
+
+    n = int(x.shape[0])
+    rep = x.repeat(k, *([1] * (x.dim() - 1)))
+    logp = torch.log_softmax(logits(rep), dim=1).view(k, n, -1)
+    return torch.logsumexp(logp, dim=0) - float(np.log(k))
+
+
+class AdaptiveView(TargetView):
     """The defended model as a white-box attack should see it: predictions and queries are the
     defended target's; ``logits`` follow the declared BPDA, averaged over EOT draws (the log of the
     mean probability), each draw counted as a query."""
@@ -203,45 +257,128 @@ class AdaptiveView(DifferentiableTarget):
     kind = "adaptive-view"
 
     def __init__(self, defended: DifferentiableDefendedTarget) -> None:
-        super().__init__(defended.classes, defended.input_spec, name=f"adaptive({defended.name})")
-        self.defended, self.device = defended, defended.device
-
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        return self.defended.predict_proba(x)
-
-    def _predict_proba(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - predict_proba delegates
-        return self.defended._predict_proba(x)
-
-    def count_queries(self, n: int) -> None:
-        self.defended.count_queries(n)
-
-    @property
-    def queries(self) -> int:  # type: ignore[override]
-        return self.defended.queries
-
-    @queries.setter
-    def queries(self, value: int) -> None:  # Target.__init__ sets it; the defended target owns it
-        pass
-
-    @contextmanager
-    def uncounted(self) -> Iterator[None]:
-        with self.defended.uncounted():
-            yield
+        super().__init__(defended, name=f"adaptive({defended.name})", device=defended.device)
+        self.defended = defended
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        import torch
-
         path = self.defended.path
         n, k = int(x.shape[0]), path.eot_samples
         self.count_queries(n * k)
         if k == 1:
             return self.defended.defended_logits(x, bpda=path.bpda)
-        rep = x.repeat(k, *([1] * (x.dim() - 1)))  # k draws of every input
-        logp = torch.log_softmax(self.defended.defended_logits(rep, bpda=path.bpda), dim=1).view(k, n, -1)
-        return torch.logsumexp(logp, dim=0) - float(np.log(k))
+        return expected_logits(lambda r: self.defended.defended_logits(r, bpda=path.bpda), x, k)
 
-    def adaptive_view(self) -> Target:
-        return self
+    @property
+    def draws_per_call(self) -> int:
+        """Draws of the defense's randomness averaged in one call (its declared EOT)."""
+        return self.defended.path.eot_samples
+
+
+class ExpectationView(TargetView):
+    """A randomised white-box target under EOT: ``logits`` are the log of the mean probability over
+    ``draws`` calls of the base's logits (each draw a query), so every gradient attack optimises the
+    expected prediction (Athalye et al. 2018, arXiv:1707.07397)."""
+
+    kind = "expectation-view"
+
+    def __init__(self, base: DifferentiableTarget, draws: int) -> None:
+        if int(draws) < 1:
+            raise UsageError(f"eot_iter must be >= 1, got {draws}")
+        super().__init__(base, name=f"eot{draws}({base.name})", device=base.device)
+        self.draws = int(draws)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        assert isinstance(self.base, DifferentiableTarget)
+        return expected_logits(self.base.logits, x, self.draws)
+
+
+# --- BPDA declared for a model's own non-differentiable step --------------------------------------
+_ACTIVE_BPDA: ContextVar[frozenset[int]] = ContextVar("bastion_bpda", default=frozenset())
+
+
+@dataclass(frozen=True)
+class BPDA:
+    """A declared differentiable substitute for a non-differentiable step inside a torch model
+    (BPDA, Athalye, Carlini & Wagner 2018, arXiv:1802.00420): white-box attacks take gradients
+    through it while every prediction comes from the real model.
+
+    - ``module`` names the submodule (dotted path, as ``module.get_submodule``) whose forward is not
+      differentiable (rounding, quantisation, a numpy step): its output keeps its value, and the
+      backward pass is the identity (straight-through, ``substitute`` None) or the gradient of
+      ``substitute(input)``, a differentiable approximation with the same output shape;
+    - without ``module``, ``substitute`` is a differentiable stand-in for the whole forward pass
+      (a module or function returning logits like the model's).
+    """
+
+    module: str | None = None
+    substitute: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        if self.module is None and self.substitute is None:
+            raise UsageError("BPDA needs a module (the submodule with the non-differentiable step) or a substitute "
+                             "(a differentiable stand-in for the forward pass)",
+                             hint="e.g. BPDA(module='quantize') for a straight-through rounding step")
+        if self.substitute is not None and not callable(self.substitute):
+            raise UsageError(f"BPDA substitute must be callable, got {type(self.substitute).__name__}")
+
+    def install(self, root: Any) -> None:
+        """Hook the declared submodule of ``root`` (a torch module): inert except inside a BPDA view."""
+        if self.module is None:
+            return
+        try:
+            sub = root.get_submodule(self.module)
+        except AttributeError as exc:
+            names = [n for n, _ in root.named_modules() if n][:20]
+            raise UsageError(f"BPDA module '{self.module}' is not a submodule of the model",
+                             hint=f"submodules: {', '.join(names) or '(none)'}") from exc
+        sub.register_forward_hook(self._hook, with_kwargs=False)
+
+    def _hook(self, sub: Any, args: tuple[Any, ...], out: Any) -> Any:
+        if id(self) not in _ACTIVE_BPDA.get() or not args:
+            return None
+        inp = args[0]
+        surrogate = inp if self.substitute is None else self.substitute(inp)
+        if tuple(surrogate.shape) != tuple(out.shape):
+            raise UsageError(f"BPDA on '{self.module}': the step maps {tuple(inp.shape)} to {tuple(out.shape)}, so "
+                             f"the identity cannot stand in for it" if self.substitute is None else
+                             f"BPDA on '{self.module}': the substitute returned {tuple(surrogate.shape)}, the step "
+                             f"{tuple(out.shape)}", hint="declare a substitute with the step's output shape")
+        return straight_through(out, surrogate.to(out.dtype))
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        token = _ACTIVE_BPDA.set(_ACTIVE_BPDA.get() | {id(self)})
+        try:
+            yield
+        finally:
+            _ACTIVE_BPDA.reset(token)
+
+    def describe(self) -> dict[str, Any]:
+        return {"module": self.module, "substitute": None if self.substitute is None else
+                getattr(self.substitute, "__name__", type(self.substitute).__name__)}
+
+
+class BPDAView(TargetView):
+    """A torch target with a declared :class:`BPDA`, as white-box attacks see it: the real model's
+    outputs, with the declared substitute's gradient."""
+
+    kind = "bpda-view"
+
+    def __init__(self, base: DifferentiableTarget, bpda: BPDA) -> None:
+        super().__init__(base, name=f"bpda({base.name})", device=base.device)
+        self.bpda = bpda
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        assert isinstance(self.base, DifferentiableTarget)
+        if self.bpda.module is not None:
+            with self.bpda.active():
+                return self.base.logits(x)
+        with torch.no_grad():
+            real = self.base.logits(x)
+        assert self.bpda.substitute is not None
+        return straight_through(real, self.bpda.substitute(x))
 
 
 class TrainingDefense(Configurable, ABC):

@@ -11,7 +11,11 @@ every unit of work an executor runs. Nothing of a run is written onto a target o
   methods);
 - queries reach the ledger through :func:`metered`: while it is active, every query a target counts
   (``Target.count_queries``) is charged, and transports (HTTP) report their requests to the
-  run's :class:`QueryLog`.
+  run's :class:`QueryLog`;
+- the model's own randomness (a torch model that draws noise in ``forward``) is seeded per forward
+  call from the run while :func:`model_draws` is active (:func:`seeded_forward`), so a run with a
+  fixed seed reproduces. The model draws its noise for a whole batch, so the draws (unlike the
+  attacks' own per-sample streams) depend on the batch size.
 """
 
 from __future__ import annotations
@@ -284,6 +288,59 @@ class SampleStreams:
     def signs(self, shape: tuple[int, ...] = ()) -> np.ndarray:
         """-1.0 or +1.0 with equal probability."""
         return np.where(self.uniform(shape) < 0.5, -1.0, 1.0)
+
+
+# --- the model's own randomness --------------------------------------------------------------------
+class _DrawSeeds:
+    """One 64-bit seed per forward call of the model: splitmix64 of (key, call number)."""
+
+    def __init__(self, key: int) -> None:
+        self._key, self._calls = np.uint64(key), 0
+        self._lock = threading.Lock()
+
+    def next(self) -> int:
+        with self._lock:
+            self._calls += 1
+            n = self._calls
+        with np.errstate(over="ignore"):
+            return int(_mix(np.asarray(self._key + np.uint64(n) * _GOLDEN, np.uint64)))
+
+
+_DRAWS: ContextVar[_DrawSeeds | None] = ContextVar("bastion_model_draws", default=None)
+
+
+@contextmanager
+def model_draws(key: int) -> Iterator[None]:
+    """While active, every forward call of a torch target draws its randomness from a seed derived
+    from ``key`` and the call's number (see :func:`seeded_forward`)."""
+    token = _DRAWS.set(_DrawSeeds(key))
+    try:
+        yield
+    finally:
+        _DRAWS.reset(token)
+
+
+@contextmanager
+def seeded_forward(device: str = "cpu") -> Iterator[None]:
+    """Around one forward call of a torch model: inside :func:`model_draws`, torch's generator of
+    ``device`` is forked and seeded from the run (the caller's generator state is restored after);
+    outside, nothing changes."""
+    seeds = _DRAWS.get()
+    if seeds is None:
+        yield
+        return
+    import torch
+
+    cuda = torch.device(device).type == "cuda"
+    index = torch.device(device).index
+    devices = [index if index is not None else torch.cuda.current_device()] if cuda else []
+    seed = seeds.next()
+    with torch.random.fork_rng(devices=devices):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(devices[0]):
+                torch.cuda.manual_seed(seed)
+        yield
 
 
 # --- the context ----------------------------------------------------------------------------------

@@ -246,6 +246,40 @@ def attack_loss(logits: torch.Tensor, goal: torch.Tensor, loss: str, targeted: b
     return -margin if targeted else margin
 
 
+def expected_score(logits: torch.Tensor, goal: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """Per-sample score of a candidate on a randomised target, to maximise: minus the log of the
+    expected probability of the true class, or (``targeted``) the log of that of the target class.
+    ``logits`` are an EOT view's (the log of the mean probability over draws)."""
+    logp = torch.log_softmax(logits.detach(), dim=1).gather(1, goal[:, None]).squeeze(1)
+    return logp if targeted else -logp
+
+
+@dataclass
+class BestCandidate:
+    """Per input of a batch, the adversarial candidate of best ``expected_score`` seen so far: on a
+    randomised target an attack keeps the point that minimises the expected accuracy, and never
+    falls back to the clean input because one draw was right (first offer always replaces it)."""
+
+    x: torch.Tensor
+    score: torch.Tensor
+    index: torch.Tensor | None = None  # a sub-batch's rows in x (see ``sub``)
+
+    @classmethod
+    def of(cls, x0: torch.Tensor) -> BestCandidate:
+        return cls(x0.clone(), torch.full((len(x0),), -torch.inf, device=x0.device))
+
+    def sub(self, idx: torch.Tensor) -> BestCandidate:
+        """The same candidates seen from the sub-batch ``idx`` (offers update this one)."""
+        return BestCandidate(self.x, self.score, idx if self.index is None else self.index[idx])
+
+    def offer(self, idx: torch.Tensor, x: torch.Tensor, score: torch.Tensor) -> None:
+        """Keep ``x[i]`` for row ``idx[i]`` where its score beats the best so far."""
+        rows = idx if self.index is None else self.index[idx]
+        better = score > self.score[rows]
+        if better.any():
+            self.x[rows[better]], self.score[rows[better]] = x[better].detach(), score[better]
+
+
 def is_fooled(logits: torch.Tensor, goal: torch.Tensor, targeted: bool) -> torch.Tensor:
     pred = logits.argmax(dim=1)
     return pred == goal if targeted else pred != goal

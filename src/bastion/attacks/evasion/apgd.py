@@ -9,6 +9,9 @@ size of a sample is halved and it restarts from its best point when (1) its loss
 ρ = 75% of the steps since the last checkpoint, or (2) its step size was not reduced at the last
 checkpoint and its best loss did not improve since. Samples stop as soon as they are fooled
 (which does not change the robust accuracy and saves time); restarts run on the samples still robust.
+On a randomised target (the attack's run in expectation mode) the gradient is the EOT gradient of
+the expected prediction (the base class averages ``eot_iter`` draws), no sample stops, every
+restart and target class runs on every sample, and each keeps the iterate of highest expected score.
 On tables with integer or one-hot features the iterates live in the continuous relaxation and a
 sample counts as fooled only when its discrete projection inside the ε-ball is misclassified.
 """
@@ -23,10 +26,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from bastion.attacks.base import MAX_RESTARTS, MAX_STEPS, AttackParams, AttackRun, EvasionAttack, register_attack
+from bastion.attacks.base import MAX_RESTARTS, MAX_STEPS, AttackRun, EvasionAttack, GradientParams, register_attack
 from bastion.attacks.evasion._torch import (
+    BestCandidate,
     Geometry,
     ascent_direction,
+    expected_score,
     project_ball,
     random_start,
     to_tensor,
@@ -81,11 +86,12 @@ class APGDRun:
 
 
 def apgd_optimise(target: DifferentiableTarget, geo: Geometry, run: APGDRun, *, eps: float, norm: str, steps: int,
-                  loss: str, rho: float = 0.75, momentum: float = 0.75, eot_iter: int = 1,
-                  start: SampleStreams | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  loss: str, rho: float = 0.75, momentum: float = 0.75, start: SampleStreams | None = None,
+                  keeper: BestCandidate | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One APGD run (no restarts) on a batch. Returns the best adversarial inputs found and the
     per-sample success mask; unsuccessful samples come back unchanged. ``start``: one random stream
-    per sample for a random initial point (None: start at the input)."""
+    per sample for a random initial point (None: start at the input). With ``keeper`` (a randomised
+    target), no sample stops and every iterate is offered to it by its expected score."""
     x0 = run.x
     n = len(x0)
     dev = x0.device
@@ -102,27 +108,20 @@ def apgd_optimise(target: DifferentiableTarget, geo: Geometry, run: APGDRun, *, 
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Loss, gradient in ε units, success mask and the adversarial input at ``delta`` (its
         discrete projection on tables with integer or one-hot features)."""
-        x_adv = geo.apply(xs, delta)
-        total_loss, total_grad, done = None, None, None
-        for _ in range(eot_iter):  # Expectation over Transformation for randomised models
-            xr = x_adv.detach().requires_grad_(True)
-            logits = target.logits(xr)
-            lv = apgd_loss(logits, loss, yy, tt)
-            (g,) = torch.autograd.grad(lv.sum(), xr)
-            d = fooled_by(logits.detach(), yy, tt)
-            total_loss = lv.detach() if total_loss is None else total_loss + lv.detach()
-            total_grad = g if total_grad is None else total_grad + g
-            done = d if done is None else done | d
-        assert total_loss is not None and total_grad is not None and done is not None
-        x_chk = x_adv.detach()
+        xr = geo.apply(xs, delta).detach().requires_grad_(True)
+        logits = target.logits(xr)
+        lv = apgd_loss(logits, loss, yy, tt)
+        (g,) = torch.autograd.grad(lv.sum(), xr)
+        x_chk, chk_logits = xr.detach(), logits.detach()
         if geo.discrete is not None:  # fooled only where the discrete projection is
-            x_chk, logits = geo.checked(target, xs, x_adv, eps, norm, prefer=total_grad)
-            done = fooled_by(logits, yy, tt)
-            for _ in range(eot_iter - 1):
-                with torch.no_grad():
-                    done = done | fooled_by(target.logits(x_chk), yy, tt)
-        grad = torch.nan_to_num(total_grad / eot_iter) * geo.scale * geo.mask
-        return total_loss / eot_iter, grad, done, x_chk
+            x_chk, chk_logits = geo.checked(target, xs, xr, eps, norm, prefer=g)
+        done = fooled_by(chk_logits, yy, tt)
+        if keeper is not None:
+            goal = tt if run.success_is_target else yy
+            assert goal is not None
+            keeper.offer(idx, x_chk, expected_score(chk_logits, goal, run.success_is_target))
+            done = torch.zeros_like(done)
+        return lv.detach(), torch.nan_to_num(g) * geo.scale * geo.mask, done, x_chk
 
     def proj(xs: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         return geo.delta_of(xs, geo.apply(xs, project_ball(d, eps, norm)))
@@ -192,14 +191,13 @@ def apgd_optimise(target: DifferentiableTarget, geo: Geometry, run: APGDRun, *, 
     return out, fooled
 
 
-class APGDParams(AttackParams):
+class APGDParams(GradientParams):
     loss: Literal["ce", "dlr"] = Field("ce", description="Cross-entropy or Difference-of-Logits-Ratio loss.")
     steps: int = Field(100, ge=1, le=MAX_STEPS, description="Iterations per run.")
     restarts: int = Field(1, ge=1, le=MAX_RESTARTS, description="Random restarts, on points still robust.")
     n_target_classes: int = Field(0, ge=0, le=1000, description="APGD-T: targeted runs towards the top-k classes.")
     rho: float = Field(0.75, gt=0, le=1, description="Checkpoint condition on the share of loss increases.")
     momentum: float = Field(0.75, gt=0, le=1, description="Momentum α.")
-    eot_iter: int = Field(1, ge=1, le=10_000, description="Gradients averaged per step (EOT for randomised models).")
     random_init: bool = Field(True, description="Start from a uniform point of the ε-ball.")
 
 
@@ -210,8 +208,8 @@ class APGD(EvasionAttack):
     ``loss``: ``"ce"`` or ``"dlr"``. ``n_target_classes`` > 0 runs APGD-T: for each of the top-k
     classes other than the true one (by the clean logits), a targeted run towards it, on the points
     still robust; success is still any misclassification. ``restarts`` random restarts run only on
-    points still robust. ``eot_iter`` > 1 averages gradients over repeated calls (EOT, for
-    randomised models).
+    points still robust. ``eot_iter`` > 1 averages the prediction over that many draws per step (EOT,
+    for randomised models; 20 by default on a target found randomised).
 
     >>> import bastion
     >>> attack = bastion.attacks.APGD(eps=0.1, norm="linf", loss="dlr", steps=100)
@@ -230,6 +228,7 @@ class APGD(EvasionAttack):
         attempt = 0
         best = x0.clone()
         fooled = torch.zeros(len(x0), dtype=torch.bool, device=dev)
+        keeper = BestCandidate.of(x0) if run.expectation else None
         if self.targeted:
             plans: list[torch.Tensor | None] = [None]
         elif self.n_target_classes > 0:
@@ -245,6 +244,7 @@ class APGD(EvasionAttack):
                 idx = torch.nonzero(~fooled).squeeze(1)
                 if len(idx) == 0:
                     return best.cpu().numpy()
+                sub = None if keeper is None else keeper.sub(idx)
                 if self.targeted:
                     batch = APGDRun(x0[idx], None, g0[idx], True)
                 else:
@@ -252,10 +252,10 @@ class APGD(EvasionAttack):
                 start = streams.at(attempt).subset(idx.cpu().numpy()) if self.random_init else None
                 attempt += 1
                 adv, ok = apgd_optimise(target, geo, batch, eps=self.eps, norm=self.norm, steps=self.steps,
-                                        loss=self.loss, rho=self.rho, momentum=self.momentum,
-                                        eot_iter=self.eot_iter, start=start)
+                                        loss=self.loss, rho=self.rho, momentum=self.momentum, start=start,
+                                        keeper=sub)
                 best[idx[ok]], fooled[idx[ok]] = adv[ok], True
-        return best.cpu().numpy()
+        return (best if keeper is None else keeper.x).cpu().numpy()
 
 
 class _APGDVariant(APGD):

@@ -19,7 +19,7 @@ import torch
 
 from pydantic import Field
 
-from bastion.attacks.base import MAX_STEPS, AttackParams, AttackRun, EvasionAttack, register_attack
+from bastion.attacks.base import MAX_STEPS, AttackRun, EvasionAttack, GradientParams, register_attack
 from bastion.attacks.evasion._torch import Geometry, to_tensor
 from bastion.core.params import Eps
 from bastion.core.targets.base import DifferentiableTarget
@@ -32,7 +32,7 @@ def _margin(logits: torch.Tensor, goal: torch.Tensor, targeted: bool, kappa: flo
     return (other - z_goal + kappa) if targeted else (z_goal - other + kappa)
 
 
-class CWParams(AttackParams):
+class CWParams(GradientParams):
     eps: Eps = Field(0.0, description="Ignored: a minimal-perturbation attack.")
     norm: Literal["l2"] = Field("l2", description="cw is an L2 attack (for L∞ use deepfool or min-eps).")
     confidence: float = Field(0.0, ge=0, description="Margin κ the adversarial class must win by.")

@@ -17,7 +17,7 @@ import torch
 
 from pydantic import Field
 
-from bastion.attacks.base import MAX_STEPS, AttackParams, AttackRun, EvasionAttack, register_attack
+from bastion.attacks.base import MAX_STEPS, AttackRun, EvasionAttack, GradientParams, register_attack
 from bastion.attacks.evasion._torch import Geometry, project_ball, to_tensor
 from bastion.core.params import Eps, Norm
 from bastion.core.targets.base import DifferentiableTarget
@@ -81,7 +81,7 @@ def deepfool_optimise(target: DifferentiableTarget, geo: Geometry, x0: torch.Ten
     return out, fooled
 
 
-class DeepFoolParams(AttackParams):
+class DeepFoolParams(GradientParams):
     eps: Eps = Field(0.0, description="Ignored: a minimal-perturbation attack.")
     norm: Norm = Field("l2", description="Norm of the perturbation: l2 or linf.")
     targeted: Literal[False] = Field(False, description="DeepFool is untargeted (use cw or apgd for targets).")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bastion.attacks.base import AttackRun, EvasionAttack, register_attack
+from bastion.attacks.base import AttackRun, EvasionAttack, GradientParams, register_attack
 from bastion.attacks.evasion._torch import Geometry, ascent_direction, attack_loss, to_tensor
 from bastion.core.targets.base import DifferentiableTarget
 
@@ -18,6 +18,7 @@ class FGSM(EvasionAttack):
     ε-ball (``Geometry.project``, one-hot ties and the L2 budget decided by the gradient)."""
 
     name = "fgsm"
+    Params = GradientParams
 
     def _attack_batch(self, target: DifferentiableTarget, x: np.ndarray, goal: np.ndarray, rows: np.ndarray,
                       run: AttackRun) -> np.ndarray:

@@ -13,13 +13,14 @@ from typing import Literal
 
 from pydantic import Field
 
-from bastion.attacks.base import MAX_RESTARTS, MAX_STEPS, AttackParams, AttackRun, EvasionAttack, register_attack
+from bastion.attacks.base import MAX_RESTARTS, MAX_STEPS, AttackRun, EvasionAttack, GradientParams, register_attack
 from bastion.attacks.evasion._torch import (
-    Geometry, ascent_direction, attack_loss, is_fooled, project_ball, random_start, to_tensor)
+    BestCandidate, Geometry, ascent_direction, attack_loss, expected_score, is_fooled, project_ball, random_start,
+    to_tensor)
 from bastion.core.targets.base import DifferentiableTarget
 
 
-class PGDParams(AttackParams):
+class PGDParams(GradientParams):
     steps: int = Field(20, ge=1, le=MAX_STEPS, description="Gradient steps per restart.")
     step_size: float | None = Field(None, gt=0, description="Step size in ε units (default 2.5·ε/steps).")
     restarts: int = Field(1, ge=1, le=MAX_RESTARTS, description="Random restarts, run on samples still robust.")
@@ -34,7 +35,9 @@ class PGD(EvasionAttack):
     projected back onto the ε-ball and the input bounds. A sample stops as soon as it is fooled;
     ``restarts`` random restarts run only on samples still robust. On tables with integer or one-hot
     features the steps move the continuous relaxation, and a sample is fooled (and kept) only when
-    its discrete projection inside the ε-ball (``Geometry.project``) is misclassified.
+    its discrete projection inside the ε-ball (``Geometry.project``) is misclassified. On a
+    randomised target (``run.expectation``) no sample stops: every restart runs every step on the
+    EOT gradient, and each sample keeps the iterate of highest ``expected_score``.
 
     >>> import bastion
     >>> attack = bastion.attacks.PGD(eps=0.1, norm="linf", steps=20)
@@ -61,6 +64,7 @@ class PGD(EvasionAttack):
         x0, y0 = to_tensor(x, dev), to_tensor(goal, dev, torch.long)
         best = x0.clone()
         fooled = torch.zeros(len(x0), dtype=torch.bool, device=dev)
+        keeper = BestCandidate.of(x0) if run.expectation else None
         streams = run.streams(rows, "start")
         for restart in range(self.restarts):
             idx = torch.nonzero(~fooled).squeeze(1)
@@ -76,11 +80,15 @@ class PGD(EvasionAttack):
                 logits = target.logits(x_adv)
                 grad = None
                 if geo.discrete is None:
-                    x_chk, done = x_adv.detach(), is_fooled(logits.detach(), ys, self.targeted)
+                    x_chk, chk_logits = x_adv.detach(), logits.detach()
+                    done = is_fooled(chk_logits, ys, self.targeted)
                 else:  # fooled only where the discrete projection is; the search goes on in the relaxation
                     grad = self._grad(logits, ys, x_adv)  # the projection ranks discrete moves by it
                     x_chk, chk_logits = geo.checked(target, xs, x_adv, self.eps, self.norm, prefer=grad)
                     done = is_fooled(chk_logits, ys, self.targeted)
+                if keeper is not None:  # randomised target: keep the best iterate, stop nothing
+                    keeper.offer(idx, x_chk, expected_score(chk_logits, ys, self.targeted))
+                    done = torch.zeros_like(done)
                 if done.any():
                     hit = idx[done]
                     best[hit], fooled[hit] = x_chk[done], True
@@ -93,4 +101,4 @@ class PGD(EvasionAttack):
                 g = grad[keep] * geo.scale * geo.mask
                 delta = project_ball(delta + self._alpha(t) * ascent_direction(g, self.norm), self.eps, self.norm)
                 delta = geo.delta_of(xs, geo.apply(xs, delta))
-        return best.cpu().numpy()
+        return (best if keeper is None else keeper.x).cpu().numpy()

@@ -67,6 +67,7 @@ class Target(ABC):
     label_only: bool = False
     remote: bool = False
     kind: str = "target"
+    randomized: bool | None = None  # declared randomness of the outputs (None: unknown; attacks probe it)
 
     def __init__(self, classes: list[Any], input_spec: InputSpec, *, name: str = "",
                  query_budget: int | None = None) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bastion.core.run import seeded_forward
 from bastion.core.spec import InputSpec
 from bastion.core.targets.base import (
     DifferentiableTarget,
@@ -17,6 +18,9 @@ from bastion.core.targets.base import (
 )
 from bastion.errors import TargetError, require
 
+if TYPE_CHECKING:
+    from bastion.core.defense import BPDA
+
 
 class TorchTarget(DifferentiableTarget):
     """A ``torch.nn.Module`` classifier.
@@ -27,13 +31,18 @@ class TorchTarget(DifferentiableTarget):
     module itself, for a module nobody else holds (one bastion loaded from a file). ``output`` says
     whether the module returns logits (default) or probabilities; a mismatch found on a probe batch
     is refused with a clear error, and ``output="auto"`` decides from that probe instead.
+
+    ``bpda`` declares a differentiable substitute for a non-differentiable step of the model
+    (:class:`bastion.core.defense.BPDA`): white-box attacks take gradients through it
+    (``adaptive_view()``), predictions still come from the real model. A model that draws random
+    numbers in ``forward`` is seeded from the run during an attack (``bastion.core.run.seeded_forward``).
     """
 
     kind = "pytorch"
 
     def __init__(self, module: Any, input_spec: InputSpec, *, classes: list[Any] | None = None,
                  output: OutputKind = "logits", device: str = "cpu", name: str = "",
-                 query_budget: int | None = None, copy: bool = True) -> None:
+                 query_budget: int | None = None, copy: bool = True, bpda: BPDA | None = None) -> None:
         torch = require("torch", "torch")
         if not isinstance(module, torch.nn.Module):
             raise TargetError(f"expected a torch.nn.Module, got {type(module).__name__}")
@@ -49,6 +58,9 @@ class TorchTarget(DifferentiableTarget):
         super().__init__(classes, input_spec, name=name or type(module).__name__, query_budget=query_budget)
         check_width(probe, self.n_classes, source="the model")
         self.output = resolve_output(output, probe)
+        self.bpda = bpda
+        if bpda is not None:
+            bpda.install(self.module)
 
     def _probe(self, spec: InputSpec) -> np.ndarray:
         import torch
@@ -65,15 +77,27 @@ class TorchTarget(DifferentiableTarget):
         import torch
 
         self.count_queries(int(x.shape[0]))
-        out = self.module(x)
+        with seeded_forward(self.device):
+            out = self.module(x)
         if out.ndim > 2:  # (batch, 1, k) and the like: as_score_rows accepted it on the probe
             out = out.reshape(out.shape[0], -1)
         if self.output == "probabilities":
             out = torch.log(out.clamp_min(1e-12))
         return out
 
+    def adaptive_view(self) -> Any:
+        """With a declared BPDA, the view whose gradients cross the non-differentiable step."""
+        if self.bpda is None:
+            return self
+        from bastion.core.defense import BPDAView
+
+        return BPDAView(self, self.bpda)
+
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "device": self.device, "output": self.output}
+        out = {**super().describe(), "device": self.device, "output": self.output}
+        if self.bpda is not None:
+            out["bpda"] = self.bpda.describe()
+        return out
 
 
 def _is_torch_save_file(path: str) -> bool:
