@@ -209,6 +209,9 @@ class TargetView(DifferentiableTarget):
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         return self.base.predict_proba(x)
 
+    def predict_log_proba(self, x: np.ndarray) -> np.ndarray:
+        return self.base.predict_log_proba(x)
+
     def _predict_proba(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - predict_proba delegates
         return self.base._predict_proba(x)
 
