@@ -1,21 +1,18 @@
-"""The ``bastion`` command line: typer app, error handling and exit codes.
+"""The ``bastion`` command line: entry point, error handling and exit codes.
 
 Exit codes: 0 all gates pass / clean, 1 a gate failed / findings at or above the threshold,
 2 usage or policy error, 3 runtime error.
+
+The commands live in the typer app of :mod:`bastion.cli.app`; a plain ``bastion inspect PATH...``
+runs without importing typer, rich or pydantic (:mod:`bastion.cli.fastpath`), so that a pre-commit
+hook or a CI step scanning model files starts as fast as the scan allows.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-
-import typer
-from rich.console import Console
-from rich.markup import escape
-
-from bastion import __version__
-from bastion.core.redact import install_log_redaction, redact
-from bastion.errors import BastionError
+from typing import Any
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_RUNTIME = 0, 1, 2, 3
 
@@ -24,33 +21,20 @@ EXIT_CODES_HELP = (
     "2 usage or policy error, 3 runtime error."
 )
 
-app = typer.Typer(
-    name="bastion",
-    help=f"Stress-test machine-learning models against credible attacks.\n\n{EXIT_CODES_HELP}",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
-)
 
-err_console = Console(stderr=True)
+def __getattr__(name: str) -> Any:
+    """``app`` and ``err_console``: the typer app and its stderr console, built on first use."""
+    if name in ("app", "err_console"):
+        from bastion.cli import app
+
+        return getattr(app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _version_callback(value: bool) -> None:
-    if value:
-        typer.echo(f"bastion {__version__}")
-        raise typer.Exit(EXIT_OK)
+def configure(verbose: bool, threads: int | None) -> None:
+    """What the global options set up for every command: logging (with secrets redacted) and threads."""
+    from bastion.core.redact import install_log_redaction
 
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
-                                 help="Show the version and exit."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details to stderr."),
-    threads: int | None = typer.Option(None, "--threads", envvar="BASTION_THREADS", min=1,
-                                       help="CPU threads for torch (default: torch's own). Small models on a busy "
-                                            "machine run fastest with 1."),
-) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     install_log_redaction()  # no secret or URL credential in a log line
@@ -68,16 +52,16 @@ def set_threads(n: int) -> None:
         sys.modules["torch"].set_num_threads(n)
 
 
-def _register_commands() -> None:
-    from bastion.cli import audit_data_cmd, inspect_cmd, scan_cmds, signing_cmds
+def print_error(label: str, message: str = "", style: str = "bold red") -> None:
+    """``label message`` on stderr: styled by rich on a terminal, one plain unwrapped line otherwise."""
+    sep = " " if message else ""
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.markup import escape
 
-    scan_cmds.register(app)
-    inspect_cmd.register(app)
-    audit_data_cmd.register(app)
-    signing_cmds.register(app)
-
-
-_register_commands()
+        Console(stderr=True).print(f"[{style}]{label}[/]{sep}{escape(message)}")
+    else:
+        sys.stderr.write(f"{label}{sep}{message}\n")
 
 
 def _is_click(exc: BaseException, name: str) -> bool:
@@ -86,17 +70,27 @@ def _is_click(exc: BaseException, name: str) -> bool:
 
 
 def main() -> None:
-    """Console-script entry: run the app, turning bastion errors into one line and an exit code."""
-    from bastion.cli import signals
+    """Console-script entry: run the command, turning bastion errors into one line and an exit code."""
+    import os
+
+    from bastion.cli import fastpath, signals
+    from bastion.core.redact import redact
+    from bastion.errors import BastionError
 
     signals.install()
     try:
-        code = app(standalone_mode=False)  # click returns the exit code in this mode
+        fast = fastpath.parse(sys.argv[1:], os.environ)
+        if fast is not None:
+            code = fast.run()
+        else:
+            from bastion.cli.app import app
+
+            code = app(standalone_mode=False)  # click returns the exit code in this mode
     except BastionError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(redact(exc))}")
+        print_error("error:", redact(exc))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]")
+        print_error("interrupted", style="yellow")
         sys.exit(signals.interrupt_exit_code())
     except SystemExit:
         raise
@@ -111,10 +105,8 @@ def main() -> None:
 
             extra = missing_extra(exc)
             if extra is not None:
-                err_console.print(f"[bold red]error:[/] {escape(str(extra))}")
+                print_error("error:", str(extra))
                 sys.exit(extra.exit_code)
-        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(redact(exc))}")
+        print_error("internal error:", f"{type(exc).__name__}: {redact(exc)}")
         sys.exit(EXIT_RUNTIME)
     sys.exit(code if isinstance(code, int) else EXIT_OK)
-
-

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bastion.core.results import Finding, Severity
+from bastion.core.severity import Severity
 from bastion.supply.config import InspectConfig
-from bastion.supply.rules import make_finding
+from bastion.supply.rules import ScanFinding, make_finding
 
 
 class LimitExceeded(Exception):
@@ -34,7 +34,7 @@ class ScanContext:
 
     config: InspectConfig
     path: Path                      # the file on disk
-    findings: list[Finding] = field(default_factory=list)
+    findings: list[ScanFinding] = field(default_factory=list)
     member: str | None = None       # "outer.zip/inner.pkl" path inside archives, if any
     depth: int = 0
     unpacked: list[int] = field(default_factory=lambda: [0])  # bytes decompressed (shared)

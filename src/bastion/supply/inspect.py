@@ -15,14 +15,17 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from bastion import __version__
-from bastion.core.results import CheckResult, Finding, ScanResult, Severity
+from bastion.core.severity import Severity
 from bastion.supply.config import InspectConfig
 from bastion.supply.context import LimitExceeded, Malformed, ScanContext
 from bastion.supply.formats import UNKNOWN_FORMAT, scan_stream
-from bastion.supply.rules import CHECK_NAME, make_finding, safe_text
+from bastion.supply.rules import CHECK_NAME, ScanFinding, make_finding, safe_text
+
+if TYPE_CHECKING:
+    from bastion.core.results import CheckResult, ScanResult
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ class ScanError:
 class FileScan:
     """What :func:`scan_file` found in one file."""
 
-    findings: list[Finding]
+    findings: list[ScanFinding]
     formats: list[str]
     not_analysed: list[str]      # reasons; empty when the whole file was analysed
     data_files: list[str] = field(default_factory=list)   # real paths this file reads as raw data
@@ -69,7 +72,7 @@ _NOT_MODEL = frozenset({"text", "json", "unknown"})
 class InspectResult:
     """Outcome of :func:`scan_paths`: findings, per-file errors, and what was scanned."""
 
-    findings: list[Finding] = field(default_factory=list)
+    findings: list[ScanFinding] = field(default_factory=list)
     errors: list[ScanError] = field(default_factory=list)
     files_scanned: int = 0
     models_scanned: int = 0      # files in which a model format (not just text) was recognised
@@ -115,6 +118,9 @@ class InspectResult:
         return "; ".join(parts)
 
     def to_check_result(self, fail_on: Severity = Severity.high) -> CheckResult:
+        """The scan as a typed check (the findings become :class:`~bastion.core.results.Finding`s)."""
+        from bastion.core.results import CheckResult
+
         res = CheckResult(
             name=CHECK_NAME, kind="supply-chain",
             status="complete" if self.complete else "incomplete", reason=self.reason(),
@@ -126,7 +132,8 @@ class InspectResult:
                      "worst": self.worst().value if self.worst() else None,
                      "failed": self.failed(fail_on),
                      "formats": self.formats, "error_files": [e.to_dict() for e in self.errors]},
-            findings=sorted(self.findings, key=lambda f: (-f.severity.rank, f.location or "", f.offset or 0)),
+            findings=[f.to_finding() for f in sorted(self.findings, key=lambda f: (-f.severity.rank,
+                                                                                   f.location or "", f.offset or 0))],
         )
         res.measure("files_scanned", self.files_scanned, "count")
         res.measure("files_not_scanned", sum(e.kind == "error" for e in self.errors), "count")
@@ -137,6 +144,8 @@ class InspectResult:
     def to_scan_result(self, paths: Sequence[str | os.PathLike[str]] = (),
                        fail_on: Severity = Severity.high) -> ScanResult:
         import datetime as dt
+
+        from bastion.core.results import ScanResult
 
         check = self.to_check_result(fail_on)
         return ScanResult(tool={"name": "bastion", "version": __version__, "command": "inspect"},
@@ -175,8 +184,8 @@ def _walk(root: Path, cfg: InspectConfig, res: InspectResult) -> Iterator[tuple[
             yield Path(dirpath) / name, root
 
 
-def _link_findings(path: Path, root: Path) -> list[Finding]:
-    out: list[Finding] = []
+def _link_findings(path: Path, root: Path) -> list[ScanFinding]:
+    out: list[ScanFinding] = []
     try:
         lst = os.lstat(path)
     except OSError:

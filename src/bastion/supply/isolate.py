@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from bastion.core.results import Severity
+from bastion.core.severity import Severity
 from bastion.supply.config import InspectConfig
 from bastion.supply.context import LimitExceeded, ScanContext
 

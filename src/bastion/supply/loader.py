@@ -18,7 +18,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from bastion.core.results import Severity
+from bastion.core.severity import Severity
 from bastion.core.safe_load import load_skops, torch_load_weights
 from bastion.errors import TargetError, UnsafeFileError, require
 from bastion.supply.config import InspectConfig

@@ -22,7 +22,7 @@ import struct
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from bastion.core.results import Severity
+from bastion.core.severity import Severity
 from bastion.supply.allowlist import normalise
 from bastion.supply.context import LimitExceeded, Malformed, ScanContext
 

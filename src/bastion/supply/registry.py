@@ -287,7 +287,7 @@ def _scan(path: Path) -> tuple[str, str | None, int, str]:
         from bastion.supply.inspect import scan_paths
     except ImportError as exc:
         return "not-scanned", None, 0, f"the model-file scanner is not available ({exc})"
-    from bastion.core.results import Severity
+    from bastion.core.severity import Severity
 
     try:
         result = scan_paths([path])

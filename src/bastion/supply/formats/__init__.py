@@ -6,7 +6,7 @@ import io
 import logging
 from typing import BinaryIO
 
-from bastion.core.results import Severity
+from bastion.core.severity import Severity
 from bastion.supply.context import LimitExceeded, Malformed, ScanContext
 
 log = logging.getLogger(__name__)

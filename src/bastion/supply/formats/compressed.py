@@ -8,7 +8,7 @@ import lzma
 import zlib
 from typing import BinaryIO
 
-from bastion.core.results import Severity
+from bastion.core.severity import Severity
 from bastion.supply.context import LimitExceeded, ScanContext
 
 _STEP = 64 * 1024           # compressed bytes fed per step

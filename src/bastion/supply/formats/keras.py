@@ -22,7 +22,7 @@ import sys
 import posixpath
 from typing import Any, BinaryIO
 
-from bastion.core.results import Severity
+from bastion.core.severity import Severity
 from bastion.supply.context import LimitExceeded, ScanContext
 
 _KERAS_MODULES = ("keras", "tensorflow", "tf_keras", "keras_nlp", "keras_cv", "keras_hub")

@@ -6,7 +6,7 @@ import ast
 import struct
 from typing import BinaryIO
 
-from bastion.core.results import Severity
+from bastion.core.severity import Severity
 from bastion.supply.context import Malformed, ScanContext
 
 

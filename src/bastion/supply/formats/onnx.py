@@ -15,7 +15,7 @@ import posixpath
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-from bastion.core.results import Severity
+from bastion.core.severity import Severity
 from bastion.supply.context import ScanContext
 
 STANDARD_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview.training",

@@ -23,7 +23,7 @@ import zlib
 from pathlib import PurePosixPath
 from typing import Any, BinaryIO
 
-from bastion.core.results import Severity
+from bastion.core.severity import Severity
 from bastion.supply.context import LimitExceeded, Malformed, ScanContext
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import posixpath
 import tarfile
 from typing import BinaryIO
 
-from bastion.core.results import Severity
+from bastion.core.severity import Severity
 from bastion.supply.context import LimitExceeded, ScanContext
 
 

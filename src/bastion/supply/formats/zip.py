@@ -18,7 +18,7 @@ import zipfile
 import zlib
 from typing import BinaryIO
 
-from bastion.core.results import Severity
+from bastion.core.severity import Severity
 from bastion.supply.context import LimitExceeded, Malformed, ScanContext
 
 _LOCAL = struct.Struct("<4sHHHHHIIIHH")
