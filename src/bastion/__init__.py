@@ -7,6 +7,7 @@ The top-level API (imported lazily, so ``import bastion`` stays fast)::
     bastion.align_labels(data, t)   # labels -> class indices of the target
     bastion.attacks.PGD(eps=0.1)    # attacks, or bastion.attacks.get_attack("pgd")
     bastion.scan(policy)            # run a policy -> ScanResult
+    bastion.harden(policy)          # adversarially train a hardened copy -> HardenResult
     bastion.load_model(path)        # scan a model file, then load it safely
 """
 
@@ -24,6 +25,7 @@ _LAZY = {
     "Dataset": ("bastion.core.data", "Dataset"),
     "ThreatModel": ("bastion.core.threat", "ThreatModel"),
     "scan": ("bastion.campaign.runner", "scan"),
+    "harden": ("bastion.campaign.harden", "harden"),
     "load_policy": ("bastion.campaign.policy", "load_policy"),
     "load_model": ("bastion.supply.loader", "load_model"),
     "ScanResult": ("bastion.core.results", "ScanResult"),

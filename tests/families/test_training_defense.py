@@ -69,7 +69,7 @@ def test_contract_is_enforced() -> None:
         def batch_hook(self, step):
             return step.x[:, :2], step.y
 
-    with pytest.raises(UsageError, match="neither batch_hook nor step_hook"):
+    with pytest.raises(UsageError, match="defines none of batch_hook, loss_hook, step_hook, epoch_hook"):
         Nothing().apply(procedure())
     with pytest.raises(UsageError, match="changes a TorchTrainingProcedure; the trainer is a function"):
         InputNoise().apply(lambda request: None)

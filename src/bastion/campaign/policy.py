@@ -131,6 +131,38 @@ class ThreatSpec(_Strict):
         return {k: v for k, v in self.model_dump(exclude={"knowledge"}).items() if v is not None}
 
 
+class HardenSpec(_Strict):
+    """Policy v2: how ``bastion harden`` trains a hardened copy of the target (a PyTorch model).
+    ``method``: a registered training defense and its ``params`` (ε and norm default to the
+    policy's threat); ``also``: more training defenses applied after it (e.g. DP-SGD). The model
+    comes from ``model`` (a ``python:`` factory of the architecture; default: the target's own
+    factory) unless the policy's ``trainer`` is a TorchTrainingProcedure, which is used as it is."""
+
+    method: str = "pgd-at"
+    params: dict[str, Any] = Field(default_factory=dict)
+    also: list[DefenseSpec] = Field(default_factory=list)
+    model: str | None = None
+    init: Literal["scratch", "pretrained"] = "scratch"
+    epochs: int = Field(default=30, ge=1, le=100_000)
+    batch_size: int = Field(default=64, ge=1, le=1_000_000)
+    lr: float = Field(default=3e-3, gt=0, allow_inf_nan=False)
+    holdout: int = Field(default=128, ge=1, le=1_000_000,
+                         description="Training samples held out for the per-epoch log and early stopping "
+                                     "(when the policy has no datasets.holdout).")
+    evaluate: dict[str, Any] = Field(default_factory=dict,
+                                     description="Parameters of the `auto` ensemble run before and after "
+                                                 "(default: the full ensemble).")
+    weights: str = "hardened.safetensors"
+    device: str = "cpu"
+
+    @field_validator("model")
+    @classmethod
+    def _python(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("python:"):
+            raise ValueError(f"harden.model is a python:FILE.py:FACTORY returning a torch.nn.Module, got {v!r}")
+        return v
+
+
 class CheckSpec(BaseModel):
     """One check: ``name`` and ``kind`` plus the kind's own parameters (validated per kind)."""
 
@@ -158,7 +190,8 @@ class Policy(_Strict):
     datasets: DatasetsSpec | None = None
     trainer: TrainerSpec | None = None
     threat: ThreatSpec | None = None
-    checks: list[CheckSpec] = Field(min_length=1)
+    harden: HardenSpec | None = Field(default=None, description="v2: what `bastion harden` trains.")
+    checks: list[CheckSpec] = Field(default_factory=list, validate_default=True)
     gates: list[str] = Field(default_factory=list)
     fail_on: Severity | None = Field(default=None, description="Also fail when a finding is at least this severe.")
     output: OutputSpec = Field(default_factory=OutputSpec)
@@ -167,6 +200,13 @@ class Policy(_Strict):
     @classmethod
     def _lower(cls, v: Any) -> Any:
         return v.lower() if isinstance(v, str) else v
+
+    @field_validator("checks")
+    @classmethod
+    def _some_checks(cls, v: list[CheckSpec], info: Any) -> list[CheckSpec]:
+        if not v and info.data.get("harden") is None:
+            raise ValueError("a policy needs at least 1 check (or, for bastion harden, a 'harden' section)")
+        return v
 
     @field_validator("trainer", mode="before")
     @classmethod
@@ -177,7 +217,7 @@ class Policy(_Strict):
     def _versions(self) -> Policy:
         """v2 names its datasets by role (``data`` becomes ``datasets.eval``); v1 stays as it was."""
         if self.version == 1:
-            v2 = [f for f in ("datasets", "trainer", "threat") if getattr(self, f) is not None]
+            v2 = [f for f in ("datasets", "trainer", "threat", "harden") if getattr(self, f) is not None]
             if self.target is not None and self.target.defenses:
                 v2.append("target.defenses")
             if v2:
@@ -398,12 +438,16 @@ def _check_requirements(policy: Policy, check: Check, i: int, err: Any) -> None:
 def _check_defenses(policy: Policy, err: Any) -> None:
     if policy.target is None or not policy.target.defenses:
         return
-    from bastion.core.defense import DEFENSES
+    from bastion.core.defense import DEFENSES, TargetDefense
 
     for i, d in enumerate(policy.target.defenses):
         if d.name not in DEFENSES:
             known = ", ".join(DEFENSES) or "none is registered yet"
             raise err(f"unknown defense '{d.name}'; available: {known}", ("target", "defenses", i, "name"))
+        if not issubclass(DEFENSES.get_object(d.name), TargetDefense):
+            raise err(f"'{d.name}' is a training defense: it changes how a model is trained, not the model under "
+                      "test", ("target", "defenses", i, "name"), hint=f"harden a model with it: bastion harden "
+                      f"POLICY.yaml (harden.method: {d.name})")
 
 
 def _policy_error(exc: ValidationError, node: yaml.Node | None, file: str | None,

@@ -63,6 +63,9 @@ def scan(policy: str | Path | dict[str, Any] | LoadedPolicy, *, out_dir: str | P
     data_spec = redact(pol.data.source) if pol.data else ""
     if limit is not None and limit <= 0:
         raise UsageError(f"--limit must be a positive number of samples, got {limit}")
+    if not loaded.checks:
+        raise loaded.error("the policy has no checks to scan (its 'harden' section runs with: bastion harden "
+                           "POLICY.yaml)", ("checks",))
     if write:
         from bastion.outputs.report.writer import require_formats
 

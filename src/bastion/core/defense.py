@@ -38,7 +38,7 @@ from bastion.errors import BastionRuntimeError, DataError, UsageError
 if TYPE_CHECKING:
     import torch
 
-    from bastion.core.training import TorchTrainingProcedure, TrainStep
+    from bastion.core.training import EpochEnd, TorchTrainingProcedure, TrainStep
 
 Bpda = Literal["exact", "identity", "approximation"]
 
@@ -386,11 +386,15 @@ class BPDAView(TargetView):
 
 class TrainingDefense(Configurable, ABC):
     """Base of defenses that change how a model is trained (adversarial training, noise
-    augmentation, DP-SGD, ...). Override ``batch_hook`` (replace each batch before the forward
-    pass), ``step_hook`` (between backward and the optimiser step: rewrite ``module``'s gradients)
-    or both; ``apply`` returns a new :class:`~bastion.core.training.TorchTrainingProcedure` with
-    them (the given procedure is not changed). The base checks that a replaced batch keeps the
-    per-sample shape and pairs every input with a label."""
+    augmentation, DP-SGD, ...). Override any of ``batch_hook`` (replace each batch before the
+    forward pass), ``loss_hook`` (replace the objective: per-sample losses of the batch),
+    ``step_hook`` (between backward and the optimiser step: rewrite ``module``'s gradients) and
+    ``epoch_hook`` (after each epoch; return True to stop training); ``apply`` returns a new
+    :class:`~bastion.core.training.TorchTrainingProcedure` with them (the given procedure is not
+    changed). The base checks that a replaced batch keeps the per-sample shape and pairs every
+    input with a label, and that the objective gives one loss per sample. A defense keeps the state
+    of one training run (e.g. weights saved for early stopping) in ``step.state`` / ``end.state``
+    (one dict per ``fit`` call), never on ``self``."""
 
     family: ClassVar[str] = "defense"
 
@@ -398,9 +402,20 @@ class TrainingDefense(Configurable, ABC):
         """The batch to train on instead of ``(step.x, step.y)``."""
         raise NotImplementedError
 
+    def loss_hook(self, step: TrainStep) -> torch.Tensor:
+        """Per-sample losses of ``(step.x, step.y)`` for ``step.module`` (with gradients)."""
+        raise NotImplementedError
+
     def step_hook(self, step: TrainStep) -> None:
         """Change the gradients of ``step.module`` (``step.losses``: the per-sample losses)."""
         raise NotImplementedError
+
+    def epoch_hook(self, end: EpochEnd) -> bool:
+        """Called after each epoch; True stops training."""
+        raise NotImplementedError
+
+    def _defines(self, hook: str) -> bool:
+        return getattr(type(self), hook) is not getattr(TrainingDefense, hook)
 
     def apply(self, procedure: Any) -> TorchTrainingProcedure:
         from bastion.core.training import TorchTrainingProcedure
@@ -409,12 +424,13 @@ class TrainingDefense(Configurable, ABC):
             raise UsageError(f"training defense '{self.label}' changes a TorchTrainingProcedure; the trainer is a "
                              f"{type(procedure).__name__}",
                              hint="train with bastion.core.training.TorchTrainingProcedure to use training defenses")
-        batch = type(self).batch_hook is not TrainingDefense.batch_hook
-        step = type(self).step_hook is not TrainingDefense.step_hook
-        if not (batch or step):
-            raise UsageError(f"training defense '{self.label}' defines neither batch_hook nor step_hook")
-        return procedure.with_hooks(batch=[self._checked_batch] if batch else [],
-                                    step=[self.step_hook] if step else [])
+        hooks = ("batch_hook", "loss_hook", "step_hook", "epoch_hook")
+        if not any(self._defines(h) for h in hooks):
+            raise UsageError(f"training defense '{self.label}' defines none of {', '.join(hooks)}")
+        return procedure.with_hooks(batch=[self._checked_batch] if self._defines("batch_hook") else [],
+                                    loss=self._checked_loss if self._defines("loss_hook") else None,
+                                    step=[self.step_hook] if self._defines("step_hook") else [],
+                                    epoch=[self.epoch_hook] if self._defines("epoch_hook") else [])
 
     def _checked_batch(self, step: TrainStep) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.batch_hook(step)
@@ -423,7 +439,19 @@ class TrainingDefense(Configurable, ABC):
                                       f"and {len(y)} labels for inputs of shape {tuple(step.x.shape[1:])}")
         return x, y
 
+    def _checked_loss(self, step: TrainStep) -> torch.Tensor:
+        losses = self.loss_hook(step)
+        if tuple(losses.shape) != (len(step.x),):
+            raise BastionRuntimeError(f"training defense '{self.label}' returned losses of shape "
+                                      f"{tuple(losses.shape)} for a batch of {len(step.x)} inputs")
+        return losses
 
-DEFENSES: Registry[type[TargetDefense] | type[TrainingDefense]] = Registry("defense", {})
-"""Defenses by name: bastion's own (added by the defenses issue) and those of the
-``bastion.defenses`` entry points."""
+
+_ADV_TRAINING = "bastion.attacks.evasion.training"
+DEFENSES: Registry[type[TargetDefense] | type[TrainingDefense]] = Registry("defense", {
+    "pgd-at": f"{_ADV_TRAINING}.madry:PGDTraining",
+    "trades": f"{_ADV_TRAINING}.trades:Trades",
+    "fast-fgsm": f"{_ADV_TRAINING}.fast_fgsm:FastFGSMTraining",
+})
+"""Defenses by name: bastion's own and those of the ``bastion.defenses`` entry points. Training
+defenses (``bastion harden``) and target defenses (``target.defenses`` in a policy) share it."""

@@ -13,6 +13,7 @@ from bastion.errors import MissingExtraError
 EXTRA_FOR_PACKAGE: dict[str, str] = {
     "numpy": "scan",
     "torch": "torch",
+    "safetensors": "torch",
     "onnxruntime": "onnx",
     "onnx": "onnx",
     "sklearn": "sklearn",

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from bastion.core.spec import InputSpec
-from bastion.errors import DataError
+from bastion.errors import DataError, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -155,7 +155,11 @@ def _callable_identity(fn: Any) -> str | None:
 @dataclass
 class TrainStep:
     """One optimisation step, as hooks see it: the module (in training mode), the batch, its
-    per-sample losses (step hooks only), the epoch and step numbers and the run's generator."""
+    per-sample losses (step hooks only), the epoch and step numbers, the run's generator, the
+    input spec of the data (bounds and ε scale, for hooks that craft inputs) and ``state``, the
+    scratch space of this training run (one dict per ``fit`` call, shared by every hook: a
+    defense keeps its run state there, under its own key, never on itself; a hook that stops
+    training says why in ``state["stopped"]``)."""
 
     module: Any
     x: Any
@@ -164,10 +168,30 @@ class TrainStep:
     step: int
     generator: Any
     losses: Any = None
+    state: dict[str, Any] = field(default_factory=dict)
+    spec: InputSpec | None = None
+
+
+@dataclass
+class EpochEnd:
+    """The end of one epoch, as epoch hooks see it: the module (in training mode), the epoch number,
+    the steps taken so far, the run's generator, its scratch space and input spec (see
+    :class:`TrainStep`), and the request's validation data as tensors (None without any)."""
+
+    module: Any
+    epoch: int
+    steps: int
+    generator: Any
+    state: dict[str, Any] = field(default_factory=dict)
+    spec: InputSpec | None = None
+    x_val: Any = None
+    y_val: Any = None
 
 
 BatchHook = Callable[[TrainStep], tuple[Any, Any]]  # returns the batch to train on, e.g. adversarial inputs
 StepHook = Callable[[TrainStep], None]  # after backward, before optimizer.step(): may rewrite .grad
+LossHook = Callable[[TrainStep], Any]  # the per-sample losses of the step's batch (replaces ``loss``)
+EpochHook = Callable[[EpochEnd], bool]  # after each epoch; True stops training (early stopping)
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -204,8 +228,10 @@ class TorchTrainingProcedure:
     ``model`` builds the untrained module; Linear and Conv layers are initialised from the request's
     seed (PyTorch's default rule, drawn from a ``torch.Generator``). ``optimizer`` builds the
     optimiser from the parameters, ``loss`` gives per-sample losses (weighted by the request's
-    sample weights). ``batch_hooks`` may replace each batch (adversarial training), ``step_hooks``
-    run between backward and the optimiser step (DP-SGD: clip and noise the gradients).
+    sample weights). ``batch_hooks`` may replace each batch (adversarial training), ``loss_hook``
+    may replace the objective (TRADES: clean loss plus a term at an adversarial point),
+    ``step_hooks`` run between backward and the optimiser step (DP-SGD: clip and noise the
+    gradients), ``epoch_hooks`` run after each epoch and may stop training (early stopping).
     """
 
     model: Callable[[], Any]
@@ -215,17 +241,24 @@ class TorchTrainingProcedure:
     batch_size: int = 64
     batch_hooks: Sequence[BatchHook] = ()
     step_hooks: Sequence[StepHook] = ()
+    loss_hook: LossHook | None = None
+    epoch_hooks: Sequence[EpochHook] = ()
     name: str = ""
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1:
             raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
 
-    def with_hooks(self, *, batch: Sequence[BatchHook] = (), step: Sequence[StepHook] = ()
-                   ) -> TorchTrainingProcedure:
-        """The same procedure with more hooks (how a training defense changes it)."""
+    def with_hooks(self, *, batch: Sequence[BatchHook] = (), step: Sequence[StepHook] = (),
+                   loss: LossHook | None = None, epoch: Sequence[EpochHook] = ()) -> TorchTrainingProcedure:
+        """The same procedure with more hooks (how a training defense changes it). There is one
+        objective: a second ``loss`` hook is refused."""
+        if loss is not None and self.loss_hook is not None:
+            raise UsageError("two training defenses both replace the training objective (loss hook); "
+                             "combine at most one of them with others")
         return dataclasses.replace(self, batch_hooks=(*self.batch_hooks, *batch),
-                                   step_hooks=(*self.step_hooks, *step))
+                                   step_hooks=(*self.step_hooks, *step), loss_hook=loss or self.loss_hook,
+                                   epoch_hooks=(*self.epoch_hooks, *epoch))
 
     def __call__(self, request: TrainRequest) -> Target:
         from bastion.core.targets.torch_target import TorchTarget
@@ -234,9 +267,11 @@ class TorchTrainingProcedure:
         return TorchTarget(module, request.spec, classes=request.class_list, device=request.device,
                            name=self.name or type(module).__name__)
 
-    def fit(self, request: TrainRequest, module: Any = None, *, epochs: int | None = None) -> Any:
+    def fit(self, request: TrainRequest, module: Any = None, *, epochs: int | None = None,
+            progress: Callable[[int], None] | None = None) -> Any:
         """Train and return the module (in eval mode). ``module`` continues training an existing one
-        (warm start); ``epochs`` overrides the procedure's."""
+        (warm start); ``epochs`` overrides the procedure's; ``progress`` is told the number of
+        samples of each batch trained on."""
         import torch
 
         gen = torch.Generator().manual_seed(int(request.seed))
@@ -249,30 +284,47 @@ class TorchTrainingProcedure:
         for p in module.parameters():
             p.requires_grad_(True)
         opt = self.optimizer(module.parameters())
-        x = torch.as_tensor(np.asarray(request.x, np.float32), device=request.device)
-        y_np = np.asarray(request.y)
-        y = torch.as_tensor(y_np.astype(np.float32) if y_np.ndim == 2 else y_np.astype(np.int64),
-                            device=request.device)
+        x, y = _tensors(request.x, request.y, request.device)
         w = (None if request.sample_weight is None else
              torch.as_tensor(np.asarray(request.sample_weight, np.float32), device=request.device))
+        x_val, y_val = _tensors(request.x_val, request.y_val, request.device)
         shuffle = torch.Generator().manual_seed(int(request.seed))
-        step = 0
+        step, state, spec = 0, {}, request.spec
         for epoch in range(self.epochs if epochs is None else epochs):
             perm = torch.randperm(len(x), generator=shuffle)
             for i in range(0, len(x), self.batch_size):
                 idx = perm[i:i + self.batch_size].to(request.device)
                 xb, yb = x[idx], y[idx]
                 for hook in self.batch_hooks:
-                    xb, yb = hook(TrainStep(module, xb, yb, epoch, step, gen))
+                    xb, yb = hook(TrainStep(module, xb, yb, epoch, step, gen, state=state, spec=spec))
+                module.train()  # a hook may have switched to eval mode to craft its batch
                 opt.zero_grad()
-                losses = self.loss(module(xb), yb)
+                losses = (self.loss(module(xb), yb) if self.loss_hook is None
+                          else self.loss_hook(TrainStep(module, xb, yb, epoch, step, gen, state=state, spec=spec)))
                 loss = (losses * w[idx]).sum() / w[idx].sum().clamp_min(1e-12) if w is not None else losses.mean()
                 loss.backward()
                 for shook in self.step_hooks:
-                    shook(TrainStep(module, xb, yb, epoch, step, gen, losses.detach()))
+                    shook(TrainStep(module, xb, yb, epoch, step, gen, losses.detach(), state, spec))
                 opt.step()
                 step += 1
+                if progress is not None:
+                    progress(len(idx))
+            stop = [bool(hook(EpochEnd(module, epoch, step, gen, state, spec, x_val, y_val))) for hook in self.epoch_hooks]
+            module.train()
+            if any(stop):
+                break
         return module.eval()
+
+
+def _tensors(x: Any, y: Any, device: str) -> tuple[Any, Any]:
+    """Inputs as float32 and labels as int64 indices (float32 rows for soft labels) on ``device``."""
+    import torch
+
+    if x is None:
+        return None, None
+    y_np = np.asarray(y)
+    return (torch.as_tensor(np.asarray(x, np.float32), device=device),
+            torch.as_tensor(y_np.astype(np.float32) if y_np.ndim == 2 else y_np.astype(np.int64), device=device))
 
 
 def init_weights(module: Any, gen: torch.Generator) -> None:
