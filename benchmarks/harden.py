@@ -1,0 +1,221 @@
+"""Adversarial training: bastion's ``pgd-at`` against a hand-written PyTorch PGD-training loop
+(time per epoch) and against ART's ``AdversarialTrainerMadryPGD`` (robust accuracy with the same
+budget), on the digits demo CNN at L∞ ε = 0.1.
+
+1. **Time per epoch**: the same module, data, batches (64), optimiser (Adam 3e-3) and inner attack
+   (10 PGD steps of 2.5·ε/10 from a uniform random start, crafted in eval mode), epochs taken in
+   turn (bastion, hand-written, bastion, ...) so both see the same machine load; CPU seconds per
+   epoch (process time, what a busy machine does not distort) and wall seconds. bastion's epoch
+   is ``TorchTrainingProcedure.fit(..., epochs=1)`` with the ``pgd-at`` defense's hooks.
+2. **Robust accuracy**: ``bastion.harden`` (``examples/harden-digits.yaml``: 30 epochs from
+   scratch, 128 training images held out for its log) against ART 1.20.1's trainer with the same
+   architecture, initial weights, epochs, batch size, optimiser and PGD (eps=0.1, eps_step=0.025,
+   max_iter=10, one random start) on all training images; both hardened models are attacked with
+   bastion's full ``auto`` ensemble on the 360 test images.
+
+Run in a venv with ART (never a bastion dependency)::
+
+    python -m venv --system-site-packages .benchenv
+    .benchenv/bin/pip install --no-deps -e . && .benchenv/bin/pip install adversarial-robustness-toolbox==1.20.1
+    OMP_NUM_THREADS=1 nice -n 10 .benchenv/bin/python benchmarks/harden.py --out benchmarks/results/harden.json
+
+``--device cuda`` runs both on a GPU; ``--methods pgd-at,trades,fast-fgsm`` hardens with each (ART
+is compared with ``pgd-at``); ``--skip-art``, ``--skip-timing`` and ``--methods ''`` leave a part out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+EPS, STEPS, BATCH, LR, SEED = 0.1, 10, 64, 3e-3, 0
+
+
+def _data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from bastion.core.demo import demo_data
+
+    train, test = demo_data("digits-train"), demo_data("digits")
+    return train.x, train.y, test.x, test.y
+
+
+def _fresh_module(device: str) -> torch.nn.Module:
+    """The demo CNN with the weights bastion's procedure draws for seed 0."""
+    from bastion.core.demo import digits_cnn_module
+    from bastion.core.training import init_weights
+
+    m = digits_cnn_module()
+    init_weights(m, torch.Generator().manual_seed(SEED))
+    return m.to(device)
+
+
+# --- 1. time per epoch ----------------------------------------------------------------------------
+def hand_written_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                       gen: torch.Generator) -> None:
+    """One epoch of PGD adversarial training as one would write it by hand (Madry et al. 2018)."""
+    perm = torch.randperm(len(x), generator=gen).to(x.device)
+    alpha = 2.5 * EPS / STEPS
+    for i in range(0, len(x), BATCH):
+        xb, yb = x[perm[i:i + BATCH]], y[perm[i:i + BATCH]]
+        model.eval()
+        delta = ((torch.rand(xb.shape, generator=gen) * 2 - 1) * EPS).to(x.device)
+        delta = (xb + delta).clamp(0, 1) - xb
+        for _ in range(STEPS):
+            delta.requires_grad_(True)
+            loss = F.cross_entropy(model(xb + delta), yb)
+            (g,) = torch.autograd.grad(loss, delta)
+            delta = (delta.detach() + alpha * g.sign()).clamp(-EPS, EPS)
+            delta = (xb + delta).clamp(0, 1) - xb
+        model.train()
+        opt.zero_grad()
+        F.cross_entropy(model(xb + delta), yb).backward()
+        opt.step()
+
+
+def timing(epochs: int, device: str) -> dict[str, Any]:
+    from bastion.attacks.evasion.training.madry import PGDTraining
+    from bastion.core.spec import InputSpec
+    from bastion.core.training import TorchTrainingProcedure, TrainRequest, adam
+
+    from bastion.core.demo import digits_cnn_module
+
+    xtr, ytr, _, _ = _data()
+    spec = InputSpec(shape=(1, 8, 8), lower=0.0, upper=1.0, kind="image")
+    request = TrainRequest(xtr, ytr, seed=SEED, input_spec=spec, device=device)
+    procedure = PGDTraining(eps=EPS, steps=STEPS).apply(
+        TorchTrainingProcedure(model=digits_cnn_module, optimizer=adam(LR), epochs=1, batch_size=BATCH))
+    ours = _fresh_module(device)
+    theirs = _fresh_module(device)
+    opt = torch.optim.Adam(theirs.parameters(), lr=LR)
+    x = torch.as_tensor(xtr, device=device)
+    y = torch.as_tensor(ytr.astype(np.int64), device=device)
+    gen = torch.Generator().manual_seed(SEED)
+    rows: dict[str, list[tuple[float, float]]] = {"bastion": [], "hand-written": []}
+
+    def clock(fn: Any) -> tuple[float, float]:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        c0, w0 = time.process_time(), time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.process_time() - c0, time.perf_counter() - w0
+
+    clock(lambda: procedure.fit(request, ours, epochs=1))  # warm-up of both (first-call costs)
+    clock(lambda: hand_written_epoch(theirs, opt, x, y, gen))
+    for _ in range(epochs):
+        rows["bastion"].append(clock(lambda: procedure.fit(request, ours, epochs=1)))
+        rows["hand-written"].append(clock(lambda: hand_written_epoch(theirs, opt, x, y, gen)))
+    out: dict[str, Any] = {"epochs_timed": epochs, "train_samples": len(xtr)}
+    for name, r in rows.items():
+        out[name] = {"cpu_s_per_epoch_median": statistics.median(c for c, _ in r),
+                     "wall_s_per_epoch_median": statistics.median(w for _, w in r),
+                     "cpu_s": [round(c, 3) for c, _ in r], "wall_s": [round(w, 3) for _, w in r]}
+    out["ratio_cpu"] = out["bastion"]["cpu_s_per_epoch_median"] / out["hand-written"]["cpu_s_per_epoch_median"]
+    out["ratio_wall"] = out["bastion"]["wall_s_per_epoch_median"] / out["hand-written"]["wall_s_per_epoch_median"]
+    return out
+
+
+# --- 2. robust accuracy against ART ---------------------------------------------------------------
+def auto_figures(module: torch.nn.Module, x: np.ndarray, y: np.ndarray, device: str) -> dict[str, float]:
+    from bastion.attacks import get_attack
+    from bastion.core.spec import InputSpec
+    from bastion.core.targets.torch_target import TorchTarget
+
+    target = TorchTarget(module, InputSpec(shape=(1, 8, 8), lower=0.0, upper=1.0, kind="image"),
+                         classes=list(range(10)), device=device)
+    t0 = time.perf_counter()
+    r = get_attack("auto", eps=EPS, norm="linf").run(target, x, y)
+    return {"clean_accuracy": r.clean_accuracy, "robust_accuracy": r.robust_accuracy,
+            "auto_seconds": time.perf_counter() - t0}
+
+
+def bastion_run(epochs: int, device: str, method: str, eval_limit: int | None) -> dict[str, Any]:
+    import yaml
+
+    import bastion
+
+    policy = yaml.safe_load((ROOT / "examples" / "harden-digits.yaml").read_text())
+    policy["harden"].update(epochs=epochs, device=device, method=method)
+    if method == "fast-fgsm":
+        policy["harden"]["params"] = {}  # one FGSM step of 1.25·ε
+    if eval_limit:
+        policy["datasets"]["eval"]["limit"] = eval_limit
+    t0 = time.perf_counter()
+    result = bastion.harden(policy, write=False)
+    return {"epochs": len(result.epochs), "train_seconds": result.train_seconds,
+            "train_seconds_per_epoch": result.train_seconds / max(len(result.epochs), 1),
+            "before": result.before.model_dump(), "after": result.after.model_dump(),
+            "stopped": result.stopped, "total_seconds": time.perf_counter() - t0,
+            "log": [e.model_dump() for e in result.epochs]}
+
+
+def art_run(epochs: int, device: str, eval_limit: int | None) -> dict[str, Any]:
+    import art
+    from art.defences.trainer import AdversarialTrainerMadryPGD
+    from art.estimators.classification import PyTorchClassifier
+
+    xtr, ytr, xte, yte = _data()
+    if eval_limit:  # the same seeded subset as the policy's datasets.eval.limit
+        from bastion.core.demo import demo_data
+
+        sub = demo_data("digits").sample(eval_limit, 0)
+        xte, yte = sub.x, sub.y
+    np.random.seed(SEED)
+    torch.manual_seed(SEED)
+    model = _fresh_module(device)
+    clf = PyTorchClassifier(model=model, loss=torch.nn.CrossEntropyLoss(),
+                            optimizer=torch.optim.Adam(model.parameters(), lr=LR), input_shape=(1, 8, 8),
+                            nb_classes=10, clip_values=(0.0, 1.0),
+                            device_type="gpu" if device.startswith("cuda") else "cpu")
+    trainer = AdversarialTrainerMadryPGD(clf, nb_epochs=epochs, batch_size=BATCH, eps=EPS, eps_step=2.5 * EPS / STEPS,
+                                         max_iter=STEPS, num_random_init=1)
+    t0 = time.perf_counter()
+    trainer.fit(xtr, ytr)
+    seconds = time.perf_counter() - t0
+    trained = trainer.get_classifier().model.eval()
+    return {"art": art.__version__, "epochs": epochs, "train_seconds": seconds,
+            "train_seconds_per_epoch": seconds / epochs, "after": auto_figures(trained, xte, yte, device)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--epochs", type=int, default=30, help="training epochs of part 2")
+    ap.add_argument("--timing-epochs", type=int, default=5, help="epochs timed per side in part 1")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--methods", default="pgd-at", help="bastion methods of part 2, comma-separated ('' for none)")
+    ap.add_argument("--eval-limit", type=int, default=None, help="attack a seeded subset of the 360 test images")
+    ap.add_argument("--skip-art", action="store_true")
+    ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    doc: dict[str, Any] = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                                       "python": platform.python_version(), "torch": torch.__version__,
+                                       "torch_threads": torch.get_num_threads(), "device": args.device,
+                                       "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None}}
+    if not args.skip_timing:
+        doc["timing"] = timing(args.timing_epochs, args.device)
+        print(json.dumps({"timing": {k: v for k, v in doc["timing"].items() if not isinstance(v, dict)}}), flush=True)
+    doc["bastion"] = {}
+    for method in filter(None, args.methods.split(",")):
+        doc["bastion"][method] = bastion_run(args.epochs, args.device, method, args.eval_limit)
+        print(json.dumps({method: {k: v for k, v in doc["bastion"][method].items() if k != "log"}}), flush=True)
+    if not args.skip_art:
+        doc["art"] = art_run(args.epochs, args.device, args.eval_limit)
+        print(json.dumps({"art": doc["art"]}), flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
