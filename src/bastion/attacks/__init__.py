@@ -15,7 +15,7 @@ from bastion.attacks.curve import robustness_curve
 # public class name -> registered attack name
 _CLASSES = {"FGSM": "fgsm", "PGD": "pgd", "APGD": "apgd", "APGDCE": "apgd-ce", "APGDDLR": "apgd-dlr",
             "APGDT": "apgd-t", "AutoAttack": "auto", "CarliniWagnerL2": "cw", "DeepFool": "deepfool",
-            "MinimalEps": "min-eps", "HopSkipJump": "hopskipjump", "Square": "square", "Transfer": "transfer"}
+            "FAB": "fab", "MinimalEps": "min-eps", "HopSkipJump": "hopskipjump", "Square": "square", "Transfer": "transfer"}
 
 __all__ = ["ATTACKS", "Attack", "AttackResult", "available_attacks", "get_attack", "register_attack",
            "robustness_curve", *_CLASSES]

@@ -399,6 +399,7 @@ ATTACKS: Registry[type[Attack]] = Registry("attack", {
     "auto": f"{_EVASION}.auto:AutoAttack",
     "cw": f"{_EVASION}.cw:CarliniWagnerL2",
     "deepfool": f"{_EVASION}.deepfool:DeepFool",
+    "fab": f"{_EVASION}.fab:FAB",
     "min-eps": f"{_EVASION}.min_eps:MinimalEps",
     "square": f"{_EVASION}.square:Square",
     "hopskipjump": f"{_EVASION}.hopskipjump:HopSkipJump",

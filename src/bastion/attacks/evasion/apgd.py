@@ -83,22 +83,28 @@ class APGDRun:
     y: torch.Tensor | None  # class to move away from (untargeted success: argmax != y)
     t: torch.Tensor | None  # class to move towards
     success_is_target: bool  # True: success means argmax == t
+    group: torch.Tensor | None = None  # rows sharing a group stop together when one of them is fooled
 
 
 def apgd_optimise(target: DifferentiableTarget, geo: Geometry, run: APGDRun, *, eps: float, norm: str, steps: int,
-                  loss: str, rho: float = 0.75, momentum: float = 0.75, start: SampleStreams | None = None,
-                  keeper: BestCandidate | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One APGD run (no restarts) on a batch. Returns the best adversarial inputs found and the
-    per-sample success mask; unsuccessful samples come back unchanged. ``start``: one random stream
-    per sample for a random initial point (None: start at the input). With ``keeper`` (a randomised
-    target), no sample stops and every iterate is offered to it by its expected score."""
+                  loss: str, rho: float = 0.75, momentum: float = 0.75, init: torch.Tensor | None = None,
+                  keeper: BestCandidate | None = None, keep_best: int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One APGD run (no restarts) on a batch. Returns the best adversarial inputs found, the per-row
+    success mask and the best loss of the rows that ran to the end (``inf`` for those that stopped
+    fooled); unsuccessful rows come back unchanged. ``init``: the initial perturbation in ε units
+    (None: start at the input). Rows of one ``run.group`` (copies of an input with other targets,
+    side by side) all stop as soon as one of them is fooled; ``keep_best``: at the first checkpoint,
+    each group keeps only its ``keep_best`` rows of highest loss so far. With ``keeper`` (a
+    randomised target), no row stops and every iterate is offered to it by its expected score."""
     x0 = run.x
     n = len(x0)
     dev = x0.device
     out = x0.clone()
     fooled = torch.zeros(n, dtype=torch.bool, device=dev)
+    final_loss = torch.full((n,), torch.inf, device=dev)
     if n == 0 or eps == 0:
-        return out, fooled
+        return out, fooled, final_loss
 
     def fooled_by(logits: torch.Tensor, yy: torch.Tensor | None, tt: torch.Tensor | None) -> torch.Tensor:
         pred = logits.argmax(dim=1)
@@ -127,9 +133,9 @@ def apgd_optimise(target: DifferentiableTarget, geo: Geometry, run: APGDRun, *, 
         return geo.delta_of(xs, geo.apply(xs, project_ball(d, eps, norm)))
 
     idx = torch.arange(n, device=dev)
-    xs, yy, tt = x0, run.y, run.t
-    if start is not None:
-        delta = random_start(start, tuple(xs.shape), eps, norm, str(dev)) * geo.mask
+    xs, yy, tt, grp = x0, run.y, run.t, run.group
+    if init is not None:
+        delta = init * geo.mask
     else:
         delta = torch.zeros_like(xs)
     delta = proj(xs, delta)
@@ -142,17 +148,27 @@ def apgd_optimise(target: DifferentiableTarget, geo: Geometry, run: APGDRun, *, 
     reduced_last = torch.zeros(n, dtype=torch.bool, device=dev)
     n_incr = torch.zeros(n, device=dev)
     delta_prev = delta.clone()
-    k = max(int(0.22 * steps), 1)
+    k = checkpoint = max(int(0.22 * steps), 1)
     size_decr, k_min = max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
     counter = 0
 
     def view(v: torch.Tensor) -> torch.Tensor:
         return v.view(-1, *([1] * (xs.dim() - 1)))
 
+    pruned = keep_best is None or grp is None or keeper is not None
     for i in range(steps):
+        keep: torch.Tensor | None = None
         if done.any():  # keep the successes and drop them from the active set
             out[idx[done]], fooled[idx[done]] = x_adv[done], True
-            keep = ~done
+            keep = ~done if grp is None else ~torch.isin(grp, grp[done])
+        if not pruned and i == checkpoint:  # first checkpoint: each group keeps its most promising rows
+            assert grp is not None and keep_best is not None
+            best_rows = _top_per_group(grp, loss_best, keep_best)
+            final_loss[idx[~best_rows]] = loss_best[~best_rows]
+            keep = best_rows if keep is None else keep & best_rows
+            pruned = True
+        if keep is not None:
+            grp = grp[keep] if grp is not None else None
             idx, xs, delta, delta_prev, grad = idx[keep], xs[keep], delta[keep], delta_prev[keep], grad[keep]
             yy = yy[keep] if yy is not None else None
             tt = tt[keep] if tt is not None else None
@@ -188,7 +204,19 @@ def apgd_optimise(target: DifferentiableTarget, geo: Geometry, run: APGDRun, *, 
             k = max(k - size_decr, k_min)
     if done.any():
         out[idx[done]], fooled[idx[done]] = x_adv[done], True
-    return out, fooled
+    final_loss[idx[~done]] = loss_best[~done]
+    return out, fooled, final_loss
+
+
+def _top_per_group(group: torch.Tensor, score: torch.Tensor, k: int) -> torch.Tensor:
+    """Mask of the ``k`` rows of highest ``score`` within each group."""
+    order = torch.argsort(-score, stable=True)
+    order = order[torch.argsort(group[order], stable=True)]
+    _, counts = torch.unique_consecutive(group[order], return_counts=True)
+    starts = torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+    keep = torch.zeros_like(group, dtype=torch.bool)
+    keep[order] = torch.arange(len(order), device=group.device) - starts < k
+    return keep
 
 
 class APGDParams(GradientParams):
@@ -206,9 +234,9 @@ class APGD(EvasionAttack):
     """Auto-PGD: parameter-free PGD with momentum and an adaptive step size.
 
     ``loss``: ``"ce"`` or ``"dlr"``. ``n_target_classes`` > 0 runs APGD-T: for each of the top-k
-    classes other than the true one (by the clean logits), a targeted run towards it, on the points
-    still robust; success is still any misclassification. ``restarts`` random restarts run only on
-    points still robust. ``eot_iter`` > 1 averages the prediction over that many draws per step (EOT,
+    classes other than the true one (by the clean logits), a targeted run towards it; the k runs of
+    an input go side by side in one batch and all stop once one of them fools it (success is still
+    any misclassification). ``restarts`` random restarts run only on points still robust. ``eot_iter`` > 1 averages the prediction over that many draws per step (EOT,
     for randomised models; 20 by default on a target found randomised).
 
     >>> import bastion
@@ -225,37 +253,52 @@ class APGD(EvasionAttack):
         geo = Geometry.of(target)
         x0, g0 = to_tensor(x, dev), to_tensor(goal, dev, torch.long)
         streams = run.streams(rows, "start")
-        attempt = 0
         best = x0.clone()
         fooled = torch.zeros(len(x0), dtype=torch.bool, device=dev)
-        keeper = BestCandidate.of(x0) if run.expectation else None
-        if self.targeted:
+        if self.targeted or self.n_target_classes == 0:
             plans: list[torch.Tensor | None] = [None]
-        elif self.n_target_classes > 0:
+        else:
             with torch.no_grad():
                 clean = target.logits(x0).scatter(1, g0[:, None], -torch.inf)
             order = clean.argsort(dim=1, descending=True)
-            k = min(self.n_target_classes, target.n_classes - 1)
-            plans = [order[:, j] for j in range(k)]
+            plans = [order[:, j] for j in range(min(self.n_target_classes, target.n_classes - 1))]
+        if run.expectation:  # randomised: every target and restart on every input, best expected iterate
+            keeper = BestCandidate.of(x0)
+            everyone = torch.arange(len(x0), device=dev)
+            for j, plan in enumerate(plans):
+                for restart in range(self.restarts):
+                    batch, init = self.replicate(x0, g0, everyone, [plan], streams, j * self.restarts + restart,
+                                                 dev)
+                    apgd_optimise(target, geo, batch, eps=self.eps, norm=self.norm, steps=self.steps,
+                                  loss=self.loss, rho=self.rho, momentum=self.momentum, init=init, keeper=keeper)
+            return keeper.x.cpu().numpy()
+        for restart in range(self.restarts):
+            idx = torch.nonzero(~fooled).squeeze(1)
+            if len(idx) == 0:
+                break
+            batch, init = self.replicate(x0, g0, idx, plans, streams, restart, dev)
+            adv, ok, _ = apgd_optimise(target, geo, batch, eps=self.eps, norm=self.norm, steps=self.steps,
+                                       loss=self.loss, rho=self.rho, momentum=self.momentum, init=init)
+            assert batch.group is not None
+            best[batch.group[ok]], fooled[batch.group[ok]] = adv[ok], True
+        return best.cpu().numpy()
+
+    def replicate(self, x0: torch.Tensor, g0: torch.Tensor, idx: torch.Tensor, plans: list[torch.Tensor | None],
+                  streams: SampleStreams, attempt: int, dev: str) -> tuple[APGDRun, torch.Tensor | None]:
+        """The inputs ``idx`` once per target class of ``plans``, side by side in one batch (one
+        group per input), and their random starts (plan ``j`` draws at ``j·restarts + attempt``)."""
+        rows = idx.repeat(len(plans))
+        if self.targeted:
+            batch = APGDRun(x0[rows], None, g0[rows], True, group=rows)
         else:
-            plans = [None]
-        for plan in plans:
-            for _ in range(self.restarts):
-                idx = torch.nonzero(~fooled).squeeze(1)
-                if len(idx) == 0:
-                    return best.cpu().numpy()
-                sub = None if keeper is None else keeper.sub(idx)
-                if self.targeted:
-                    batch = APGDRun(x0[idx], None, g0[idx], True)
-                else:
-                    batch = APGDRun(x0[idx], g0[idx], None if plan is None else plan[idx], False)
-                start = streams.at(attempt).subset(idx.cpu().numpy()) if self.random_init else None
-                attempt += 1
-                adv, ok = apgd_optimise(target, geo, batch, eps=self.eps, norm=self.norm, steps=self.steps,
-                                        loss=self.loss, rho=self.rho, momentum=self.momentum, start=start,
-                                        keeper=sub)
-                best[idx[ok]], fooled[idx[ok]] = adv[ok], True
-        return (best if keeper is None else keeper.x).cpu().numpy()
+            t = None if plans[0] is None else torch.cat([p[idx] for p in plans if p is not None])
+            batch = APGDRun(x0[rows], g0[rows], t, False, group=rows)
+        if not self.random_init:
+            return batch, None
+        sub = idx.cpu().numpy()
+        init = torch.cat([random_start(streams.at(j * self.restarts + attempt).subset(sub), tuple(x0[idx].shape),
+                                       self.eps, self.norm, dev) for j in range(len(plans))])
+        return batch, init
 
 
 class _APGDVariant(APGD):

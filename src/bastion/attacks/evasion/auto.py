@@ -1,30 +1,42 @@
-"""``auto``: an ensemble in the spirit of AutoAttack "standard" (Croce & Hein, 2020, arXiv:2003.01690).
+"""``auto``: an ensemble in the spirit of AutoAttack "standard" (Croce & Hein, 2020, arXiv:2003.01690),
+with its time spent where it changes the result.
 
 Stages, each run only on the inputs still robust after the previous ones:
 
-1. ``apgd-ce``   — APGD with the cross-entropy loss;
-2. ``apgd-t``    — targeted APGD-DLR towards each of the top-9 other classes (or n_classes - 1);
-3. ``deepfool``  — the minimal-norm stage: DeepFool (Moosavi-Dezfooli et al., 2016) with its
-   accumulated perturbation projected onto the ε-ball at every step (10 iterations). AutoAttack uses FAB-T here;
-   DeepFool is a cheaper boundary-seeking attack whose search direction differs from APGD's
-   (nearest linearised boundary rather than loss ascent), which is what this stage is for;
-4. ``square``    — the Square black-box attack (score-based, no gradients), which catches models
-   whose gradients mislead the white-box stages. Skipped, with a note, if no attack named
-   ``square`` is registered.
+1. ``apgd-ce`` — APGD with the cross-entropy loss;
+2. ``apgd-t``  — targeted APGD-DLR towards each of the top-9 other classes (``n_target_classes``),
+   the nine runs of an input side by side in one batch, all stopped once one fools it; at the first
+   checkpoint (22% of the steps) an input keeps its ``targets_kept`` runs of highest loss. Then up to
+   ``restarts - 1`` restart rounds, from random starts, only on the inputs still robust whose best
+   targeted DLR loss came within ``near`` of the boundary, each towards the input's most promising
+   class, and only while the previous round fooled a new input;
+3. ``fab-t``   — FAB-T (Croce & Hein 2020, arXiv:1907.02044), AutoAttack's minimal-norm stage: an
+   input counts as fooled at its first adversarial point within ε;
+4. ``square``  — the Square black-box attack (scores on the logits), for models whose gradients
+   mislead the white-box stages. Skipped, with a note, if no attack named ``square`` is registered.
 
-``AttackResult.extra["stages"]`` lists, per stage, the robust accuracy over all inputs after it,
-its seconds and queries; ``extra["notes"]`` says what was skipped and why.
+Budgets follow the gradients: before FAB-T and Square, each input still robust is probed once
+(CE and DLR gradients finite and non-zero, the logits the same on a second call). Where they are
+healthy the white-box stages have done their job, and FAB-T runs towards the most promising target
+only and Square gets ``healthy_share`` of its queries; where they are not (masking, saturation,
+randomness), both run in full.
+
+``AttackResult.extra["stages"]`` lists, per stage, the robust accuracy over all inputs after it
+(its last row is the headline robust accuracy, on the same inputs), its seconds and queries;
+``extra["gradients"]`` the probe's counts; ``extra["notes"]`` what was skipped and why.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from bastion.attacks.base import (
@@ -39,26 +51,33 @@ from bastion.attacks.base import (
     get_attack,
     register_attack,
 )
-from bastion.attacks.evasion._torch import Geometry, to_tensor
-from bastion.attacks.evasion.apgd import APGD
-from bastion.attacks.evasion.deepfool import deepfool_optimise
+from bastion.attacks.evasion._torch import Geometry, project_ball, random_start, to_tensor
+from bastion.attacks.evasion.apgd import APGD, APGDRun, apgd_optimise, dlr_loss
 from bastion.attacks.evasion.expectation import EOT_DEFAULT, draw_counts, shares
+from bastion.attacks.evasion.fab import FABRun, fab_optimise
 from bastion.core.targets.base import DifferentiableTarget, Target
 from bastion.errors import QueryBudgetExceeded
 
 log = logging.getLogger(__name__)
 
-STAGES = ("apgd-ce", "apgd-t", "deepfool", "square")
+STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")
 
 
 class AutoParams(GradientParams):
-    steps: int = Field(100, ge=1, le=MAX_STEPS, description="APGD iterations per run.")
-    restarts: int = Field(1, ge=1, le=MAX_RESTARTS, description="APGD restarts, on points still robust.")
-    n_target_classes: int = Field(9, ge=1, le=1000, description="Target classes of the APGD-T stage.")
-    stages: list[Literal["apgd-ce", "apgd-t", "deepfool", "square"]] = Field(
+    steps: int = Field(100, ge=1, le=MAX_STEPS, description="APGD and FAB-T iterations per run.")
+    restarts: int = Field(3, ge=1, le=MAX_RESTARTS,
+                          description="APGD-T rounds at most; the later ones only near the boundary, while they pay.")
+    near: float = Field(0.1, ge=0, le=1,
+                        description="Restart rounds: inputs whose best targeted DLR loss is above -near.")
+    n_target_classes: int = Field(9, ge=1, le=1000, description="Target classes of the APGD-T and FAB-T stages.")
+    targets_kept: int = Field(3, ge=1, le=1000,
+                              description="APGD-T runs an input keeps after the first checkpoint (highest loss).")
+    stages: list[Literal["apgd-ce", "apgd-t", "fab-t", "square"]] = Field(
         default_factory=lambda: list(STAGES), min_length=1, description="Stages to run (in the fixed order).")
     blackbox: str = Field("square", description="The black-box stage's attack.")
     blackbox_queries: int = Field(5000, ge=1, le=MAX_QUERIES, description="Per-sample queries of that stage.")
+    healthy_share: float = Field(0.1, gt=0, le=1,
+                                 description="Share of the black-box queries for inputs whose gradients are healthy.")
 
     @field_validator("stages", mode="before")
     @classmethod
@@ -73,9 +92,10 @@ class AutoParams(GradientParams):
 
 @register_attack
 class AutoAttack(EvasionAttack):
-    """The ``auto`` ensemble: APGD-CE → APGD-T → ε-constrained DeepFool → Square, each on the points
-    still robust. ``stages`` picks a subset (in that order); ``blackbox_queries`` is Square's
-    per-sample query budget (5000 as in AutoAttack).
+    """The ``auto`` ensemble: APGD-CE → APGD-T (adaptive restarts) → FAB-T → Square, each on the
+    points still robust, the last two budgeted by a gradient-health probe. ``stages`` picks a subset
+    (in that order); ``blackbox_queries`` is Square's per-sample query budget (5000 as in AutoAttack)
+    where gradients are unhealthy, ``healthy_share`` of it where they are healthy.
 
     >>> import bastion
     >>> attack = bastion.attacks.AutoAttack(eps=0.1, norm="linf")
@@ -85,102 +105,212 @@ class AutoAttack(EvasionAttack):
 
     Params = AutoParams
 
-    # --- the stages ---------------------------------------------------------------------------
     def _begin(self, run: AttackRun, target: Target) -> None:
-        common = {"eps": self.eps, "norm": self.norm, "steps": self.steps, "restarts": self.restarts,
-                  "targeted": self.targeted, "seed": self.seed}  # EOT: the base averages the gradient target
         plan: list[_Stage] = []
         for stage in self.stages:
-            attack: EvasionAttack | None = None
-            if stage == "apgd-ce":
-                attack = APGD(loss="ce", **common)
-            elif stage == "apgd-t":
-                k = min(self.n_target_classes, target.n_classes - 1)
-                # targeted runs already have their target class: plain targeted APGD-DLR towards it
-                attack = APGD(loss="dlr", n_target_classes=0 if self.targeted else k, **common)
-            elif stage == "deepfool":
-                if self.targeted:
-                    run.notes.append("deepfool stage skipped: DeepFool is untargeted")
-                else:
-                    attack = _EpsDeepFool(eps=self.eps, norm=self.norm)
-            elif stage == "square":
-                if self.blackbox not in available_attacks():
-                    run.notes.append(f"{self.blackbox} stage skipped: no attack named '{self.blackbox}' is registered")
-                else:
-                    attack = get_attack(self.blackbox, eps=self.eps, norm=self.norm, targeted=self.targeted,
-                                        seed=self.seed, max_queries=self.blackbox_queries)
             sub = run.derive(stage)
-            if attack is not None:
-                attack._begin(sub, target)
-            plan.append(_Stage(stage, attack, sub))
-        run.state = _AutoState(plan, np.full((len(plan), len(run.x)), -1, np.int64),
-                               np.repeat(run.x[None], len(plan), axis=0) if run.expectation else None, target)
+            if stage == "square" and self.blackbox not in available_attacks():
+                run.notes.append(f"{self.blackbox} stage skipped: no attack named '{self.blackbox}' is registered")
+                continue
+            if stage == "square":
+                sub.state = {}  # per budget, the black-box attack and its run
+            plan.append(_Stage(stage, sub))
+        run.state = _AutoState(plan, np.full(len(run.x), -1, np.int64), target,
+                               np.repeat(run.x[None], len(plan), axis=0) if run.expectation else None)
 
     def _end(self, run: AttackRun, res: AttackResult) -> None:
         st: _AutoState = run.state
+        # deterministic: an input counts as fooled from the stage that fooled it, and one no stage
+        # recorded only at the last row, so that row is the headline over the same inputs
+        stage_of = np.where(st.fooled_at >= 0, st.fooled_at, len(st.plan) - 1)
         stages = []
         for i, s in enumerate(st.plan):
-            if s.attack is None:
-                continue
             if st.x_stage is not None:  # randomised: each stage's inputs measured like the headline
                 counts = self._draws(st.target, st.x_stage[i], run.ctx, "adv")
                 acc = float(np.mean(shares(counts, res.y, run.goal, self.targeted)[0]))
             else:
-                pred = np.where(st.preds[i] >= 0, st.preds[i], res.clean_pred)
-                acc = float(np.mean(pred == res.y))
-            stages.append({"stage": s.name, "robust_accuracy": acc,
-                           "seconds": round(s.seconds, 4), "queries": int(s.queries)})
+                acc = float(np.mean(np.where(stage_of <= i, res.adv_pred, res.clean_pred) == res.y))
+            stages.append({"stage": s.name, "robust_accuracy": acc, "seconds": round(s.seconds, 4),
+                           "queries": int(s.queries)})
         res.extra["stages"] = stages
+        if st.healthy is not None:
+            res.extra["gradients"] = {"probed": int(st.healthy[0] + st.healthy[1]), "healthy": int(st.healthy[0])}
+        if st.restart_rounds:
+            res.extra["apgd_t_restarts"] = st.restart_rounds
 
     def _attack_batch(self, target: Target, x: np.ndarray, goal: np.ndarray, rows: np.ndarray,
                       run: AttackRun) -> np.ndarray:
         st: _AutoState = run.state
         if run.stop:
             raise QueryBudgetExceeded(run.stop)
-        spec = target.input_spec
-        x_adv = x.copy()
+        k = min(self.n_target_classes, target.n_classes - 1)
         if run.expectation:  # randomised: every input stays attacked until no draw is right
-            pred, robust = np.full(len(x), -1), np.ones(len(x), bool)
-            left = np.full(len(x), np.inf)  # share of draws on which the best candidate has not succeeded
+            robust = np.ones(len(x), bool)
         else:
             pred = target.predict_proba(x).argmax(1)
             robust = (pred != goal) if self.targeted else (pred == goal)
+        b = _Batch(x, goal, rows, x.copy(), robust, st, np.full((len(x), k), -np.inf), run.expectation)
+        left = np.full(len(x), np.inf)  # randomised: share of draws on which the best candidate has not succeeded
+        stages: dict[str, Callable[[Target, _Batch, np.ndarray, AttackRun], np.ndarray]] = {
+            "apgd-ce": self._apgd_ce, "apgd-t": self._apgd_t, "fab-t": self._fab_t, "square": self._square}
         for i, s in enumerate(st.plan):
-            todo = np.flatnonzero(robust)
-            if s.attack is not None and len(todo) and not run.stop:
-                t0, q0 = time.perf_counter(), run.ledger.spent
-                try:
-                    adv = spec.enforce(x[todo], s.attack._attack_batch(target, x[todo], goal[todo], rows[todo],
-                                                                        s.run))
-                    if run.expectation:  # keep the candidate right on the fewest draws, never the clean input
-                        counts = draw_counts(target, adv, EOT_DEFAULT, self.batch_size, counted=True)
-                        rest = 1.0 - shares(counts, goal[todo], goal[todo], self.targeted)[1]
-                        ok = rest < left[todo]
-                        x_adv[todo[ok]], pred[todo[ok]], left[todo[ok]] = adv[ok], counts[ok].argmax(1), rest[ok]
-                        robust[todo] = left[todo] > 0
-                    else:
-                        p = target.predict_proba(adv).argmax(1)
-                        ok = (p == goal[todo]) if self.targeted else (p != goal[todo])
-                        x_adv[todo[ok]], pred[todo[ok]], robust[todo[ok]] = adv[ok], p[ok], False
-                except QueryBudgetExceeded as exc:
-                    run.stop = f"query budget exhausted during the {s.name} stage: {exc}"
-                    log.warning("auto: %s", run.stop)
-                finally:
-                    s.seconds += time.perf_counter() - t0
-                    s.queries += run.ledger.spent - q0
-                if s.run.stop and not run.stop:  # the black-box stage keeps its partial result; stop here
-                    run.stop = s.run.stop
-                log.debug("auto stage %s: %d of %d still robust", s.name, int(robust.sum()), len(x))
-            st.preds[i, rows] = pred
+            todo = np.flatnonzero(b.robust)
+            if len(todo) and not run.stop:
+                self._stage(target, s, i, b, todo, left, run, stages[s.name])
             if st.x_stage is not None:
-                st.x_stage[i, rows] = x_adv
-        return x_adv
+                st.x_stage[i, rows] = b.x_adv
+        return b.x_adv
+
+    def _stage(self, target: Target, s: _Stage, i: int, b: _Batch, todo: np.ndarray, left: np.ndarray,
+               run: AttackRun, fn: Callable[[Target, _Batch, np.ndarray, AttackRun], np.ndarray]) -> None:
+        """Run stage ``i`` on the inputs ``todo`` and keep what it found in ``b``."""
+        x, goal = b.x, b.goal
+        t0, q0 = time.perf_counter(), run.ledger.spent
+        try:
+            adv = target.input_spec.enforce(x[todo], fn(target, b, todo, s.run))
+            if run.expectation:  # keep the candidate right on the fewest draws, never the clean input
+                counts = draw_counts(target, adv, EOT_DEFAULT, self.batch_size, counted=True)
+                rest = 1.0 - shares(counts, goal[todo], goal[todo], self.targeted)[1]
+                ok = rest < left[todo]
+                b.x_adv[todo[ok]], left[todo[ok]] = adv[ok], rest[ok]
+                b.robust[todo] = left[todo] > 0
+            else:
+                p = target.predict_proba(adv).argmax(1)
+                ok = (p == goal[todo]) if self.targeted else (p != goal[todo])
+                b.x_adv[todo[ok]], b.robust[todo[ok]] = adv[ok], False
+                b.st.fooled_at[b.rows[todo[ok]]] = i
+        except QueryBudgetExceeded as exc:
+            run.stop = f"query budget exhausted during the {s.name} stage: {exc}"
+            log.warning("auto: %s", run.stop)
+        finally:
+            s.seconds += time.perf_counter() - t0
+            s.queries += run.ledger.spent - q0
+        if s.run.stop and not run.stop:  # the black-box stage keeps its partial result; stop here
+            run.stop = s.run.stop
+        log.debug("auto stage %s: %d of %d still robust", s.name, int(b.robust.sum()), len(x))
+
+    # --- the stages: each returns adversarial candidates for the inputs ``todo`` ----------------
+    def _apgd(self, loss: str, k: int) -> APGD:
+        return APGD(eps=self.eps, norm=self.norm, steps=self.steps, restarts=1, targeted=self.targeted,
+                    seed=self.seed, loss=loss, n_target_classes=0 if self.targeted else k)
+
+    def _apgd_ce(self, target: Target, b: _Batch, todo: np.ndarray, run: AttackRun) -> np.ndarray:
+        return self._apgd("ce", 0)._attack_batch(target, b.x[todo], b.goal[todo], b.rows[todo], run)
+
+    def _apgd_t(self, target: Target, b: _Batch, todo: np.ndarray, run: AttackRun) -> np.ndarray:
+        """APGD-T towards the top-k classes side by side, then restart rounds near the boundary
+        (randomised target: APGD's own expectation path, every target on every input)."""
+        if run.expectation:
+            return self._apgd("dlr", self.n_target_classes)._attack_batch(target, b.x[todo], b.goal[todo],
+                                                                          b.rows[todo], run)
+        assert isinstance(target, DifferentiableTarget)
+        dev = target.device
+        geo = Geometry.of(target)
+        x0, g0 = to_tensor(b.x[todo], dev), to_tensor(b.goal[todo], dev, torch.long)
+        apgd = self._apgd("dlr", self.n_target_classes)
+        classes = b.classes(target, todo)
+        plans: list[torch.Tensor | None] = [None] if self.targeted else list(torch.as_tensor(classes.T, device=dev))
+        streams = run.streams(b.rows[todo], "start")
+        idx = torch.arange(len(todo), device=dev)
+        batch, init = apgd.replicate(x0, g0, idx, plans, streams, 0, dev)
+        adv, ok, loss = apgd_optimise(target, geo, batch, eps=self.eps, norm=self.norm, steps=self.steps,
+                                      loss="dlr", init=init, keep_best=self.targets_kept)
+        assert batch.group is not None
+        best = x0.clone()
+        fooled = torch.zeros(len(todo), dtype=torch.bool, device=dev)
+        best[batch.group[ok]], fooled[batch.group[ok]] = adv[ok], True
+        loss = loss.view(len(plans), len(todo)).T.cpu().numpy()  # (inputs, targets): best loss of each run
+        promise = np.where(np.isfinite(loss), loss, -np.inf)
+        b.promise[todo, :promise.shape[1]] = promise
+        st = b.st
+        for r in range(1, self.restarts):
+            near = np.flatnonzero((~fooled).cpu().numpy() & (promise.max(axis=1) > -self.near))
+            if not len(near):
+                break
+            sel = torch.as_tensor(near, device=dev)
+            pick = None if self.targeted else torch.as_tensor(classes[near, promise[near].argmax(1)], device=dev)
+            start = random_start(streams.at(len(plans) + r).subset(near), tuple(x0[sel].shape), self.eps,
+                                 self.norm, dev)
+            one = APGDRun(x0[sel], None if self.targeted else g0[sel], g0[sel] if self.targeted else pick,
+                          self.targeted)
+            adv_r, ok_r, _ = apgd_optimise(target, geo, one, eps=self.eps, norm=self.norm, steps=self.steps,
+                                           loss="dlr", init=start)
+            best[sel[ok_r]], fooled[sel[ok_r]] = adv_r[ok_r], True
+            st.restart_rounds.append({"round": r + 1, "inputs": len(sel), "fooled": int(ok_r.sum())})
+            if not ok_r.any():
+                break
+        return best.cpu().numpy()
+
+    def _fab_t(self, target: Target, b: _Batch, todo: np.ndarray, run: AttackRun) -> np.ndarray:
+        """FAB-T with ε: all k targets where gradients are unhealthy, the most promising one elsewhere."""
+        assert isinstance(target, DifferentiableTarget)
+        dev = target.device
+        healthy = b.health(target, todo)
+        x0, g0 = to_tensor(b.x[todo], dev), to_tensor(b.goal[todo], dev, torch.long)
+        k = min(self.n_target_classes, target.n_classes - 1)
+        if self.targeted:
+            with torch.no_grad():
+                y = target.logits(x0).argmax(1)
+            fab = FABRun(x0, y, g0, goal=g0, group=torch.arange(len(todo), device=dev))
+        else:
+            classes = b.classes(target, todo)
+            order = np.argsort(-b.promise[todo][:, :k], axis=1, kind="stable")  # most promising first
+            ranked = np.take_along_axis(classes, order, axis=1)
+            rows = np.concatenate([np.repeat(np.flatnonzero(healthy), 1), np.repeat(np.flatnonzero(~healthy), k)])
+            cls = np.concatenate([ranked[healthy, 0], ranked[~healthy].reshape(-1)])
+            r = torch.as_tensor(rows, device=dev)
+            fab = FABRun(x0[r], g0[r], torch.as_tensor(cls, device=dev), group=r)
+        adv, nrm = fab_optimise(target, Geometry.of(target), fab, norm=self.norm, steps=self.steps, eps=self.eps)
+        assert fab.group is not None
+        geo, out, hit = Geometry.of(target), x0.clone(), nrm <= self.eps
+        at = fab.group[hit]
+        out[at] = geo.apply(x0[at], project_ball(geo.delta_of(x0[at], adv[hit]), self.eps, self.norm))
+        return out.cpu().numpy()
+
+    def _square(self, target: Target, b: _Batch, todo: np.ndarray, run: AttackRun) -> np.ndarray:
+        """Square with the full budget where gradients are unhealthy, ``healthy_share`` of it elsewhere."""
+        healthy = b.health(target, todo)
+        out = b.x[todo].copy()
+        for ok, q in ((healthy, max(1, round(self.blackbox_queries * self.healthy_share))),
+                      (~healthy, self.blackbox_queries)):
+            sel = todo[ok]
+            if not len(sel) or run.stop:
+                continue
+            if q not in run.state:
+                attack = get_attack(self.blackbox, eps=self.eps, norm=self.norm, targeted=self.targeted,
+                                    seed=self.seed, max_queries=q)
+                sq_run = run.derive(f"{self.blackbox}-{q}")
+                attack._begin(sq_run, target)
+                run.state[q] = (attack, sq_run)
+            attack, sq_run = run.state[q]
+            out[ok] = attack._attack_batch(target, b.x[sel], b.goal[sel], b.rows[sel], sq_run)
+            run.stop = run.stop or sq_run.stop
+        return out
+
+
+
+def gradient_health(target: DifferentiableTarget, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per input: the gradients of the CE and (with 3 or more classes) DLR losses at ``x`` are finite
+    and non-zero, and a second call gives the same logits. False flags what masks gradients:
+    saturated outputs, quantisation, a non-differentiable step, randomness (Athalye et al. 2018)."""
+    xr = x.clone().requires_grad_(True)
+    logits = target.logits(xr)
+    losses = [F.cross_entropy(logits, y, reduction="none")]
+    if logits.shape[1] >= 3:
+        losses.append(dlr_loss(logits, y, None))
+    ok = torch.ones(len(x), dtype=torch.bool, device=x.device)
+    for i, lv in enumerate(losses):
+        (g,) = torch.autograd.grad(lv.sum(), xr, retain_graph=i < len(losses) - 1)
+        flat = g.flatten(1)
+        ok &= torch.isfinite(flat).all(1) & (flat.abs().sum(1) > 0)
+    with torch.no_grad():
+        again = target.logits(x)
+    return ok & (again == logits.detach()).all(1)
 
 
 @dataclass
 class _Stage:
     name: str
-    attack: EvasionAttack | None
     run: AttackRun
     seconds: float = 0.0
     queries: int = 0
@@ -189,22 +319,48 @@ class _Stage:
 @dataclass
 class _AutoState:
     plan: list[_Stage]
-    preds: np.ndarray  # per stage, each input's prediction after it (-1: not reached)
-    x_stage: np.ndarray | None  # randomised target: the inputs after each stage (measured in expectation)
+    fooled_at: np.ndarray  # per input, the stage that fooled it (-1: none)
     target: Target
+    x_stage: np.ndarray | None  # randomised target: the inputs after each stage (measured in expectation)
+    healthy: list[int] | None = None  # probed inputs with healthy, unhealthy gradients
+    restart_rounds: list[dict[str, int]] = field(default_factory=list)
 
 
-class _EpsDeepFool(EvasionAttack):
-    """The ε-constrained DeepFool stage: the accumulated perturbation projected onto the ε-ball at
-    every step, 10 iterations, the 10 most likely other classes."""
+@dataclass
+class _Batch:
+    """What ``auto`` knows about the inputs of one batch while its stages run."""
 
-    name = "deepfool-eps"
+    x: np.ndarray
+    goal: np.ndarray
+    rows: np.ndarray
+    x_adv: np.ndarray
+    robust: np.ndarray
+    st: _AutoState
+    promise: np.ndarray  # (inputs, top-k classes): APGD-T's best loss towards each (-inf: not run)
+    randomised: bool  # a randomised target's gradients are never healthy (one draw misleads)
+    top: np.ndarray | None = None  # (inputs, k) the other classes by clean logits
+    healthy: np.ndarray | None = None  # -1 not probed, 0 unhealthy, 1 healthy
 
-    def _attack_batch(self, target: Target, x: np.ndarray, goal: np.ndarray, rows: np.ndarray,
-                      run: AttackRun) -> np.ndarray:
-        assert isinstance(target, DifferentiableTarget)
-        geo = Geometry.of(target)
-        x0, y0 = to_tensor(x, target.device), to_tensor(goal, target.device, torch.long)
-        adv, _ = deepfool_optimise(target, geo, x0, y0, norm=self.norm, overshoot=0.02, max_iter=10,
-                                   candidates=10, eps=self.eps)
-        return adv.cpu().numpy()
+    def classes(self, target: DifferentiableTarget, todo: np.ndarray) -> np.ndarray:
+        """The top-k other classes of the inputs ``todo`` (by their clean logits)."""
+        if self.top is None:
+            x0 = to_tensor(self.x, target.device)
+            g0 = to_tensor(self.goal, target.device, torch.long)
+            with torch.no_grad():
+                other = target.logits(x0).scatter(1, g0[:, None], -torch.inf).argsort(dim=1, descending=True)
+            self.top = other[:, :self.promise.shape[1]].cpu().numpy()
+        return self.top[todo]
+
+    def health(self, target: Target, todo: np.ndarray) -> np.ndarray:
+        """:func:`gradient_health` of the inputs ``todo`` (each input probed once)."""
+        if self.healthy is None:
+            self.healthy = np.full(len(self.x), 0 if self.randomised else -1, np.int8)
+        new = todo[self.healthy[todo] < 0]
+        if len(new):
+            assert isinstance(target, DifferentiableTarget)
+            ok = gradient_health(target, to_tensor(self.x[new], target.device),
+                                 to_tensor(self.goal[new], target.device, torch.long)).cpu().numpy()
+            self.healthy[new] = ok
+            counts = self.st.healthy or [0, 0]
+            self.st.healthy = [counts[0] + int(ok.sum()), counts[1] + int((~ok).sum())]
+        return self.healthy[todo] > 0
