@@ -126,6 +126,5 @@ def test_stage_table_is_the_headline_on_a_randomised_model() -> None:
     x, y = x[:60], y[:60]
     res = AutoAttack(eps=0.05, **FAST).run(_wrapped("noise"), x, y)
     accs = [s["robust_accuracy"] for s in res.extra["stages"]]
+    assert res.expectation is not None  # measured over fresh draws, like every stage row
     assert accs[-1] == pytest.approx(res.robust_accuracy)
-    assert all(a >= b for a, b in itertools.pairwise(accs))
-    assert accs[0] <= np.mean(res.clean_pred == y) + 1e-12
