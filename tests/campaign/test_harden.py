@@ -178,6 +178,14 @@ def test_cli_bad_input_exit_2_naming_the_field(project: Path, capsys: pytest.Cap
     assert not (project / "out").exists()  # nothing half-written
 
 
+def test_cli_refuses_an_output_path_that_is_a_file(project: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    (project / "taken").write_text("not a directory")
+    code, _, err = _main(["harden", "harden.yaml", "--out", "taken"], capsys, monkeypatch, project)
+    assert code == 2 and "--out 'taken' is a file" in err, err
+    assert (project / "taken").read_text() == "not a directory"
+
+
 def test_cli_refuses_a_training_defense_as_a_target_defense(project: Path, capsys: pytest.CaptureFixture[str],
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     (project / "harden.yaml").write_text(POLICY.replace("target: {model: python:models.py:build}",

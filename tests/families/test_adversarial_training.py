@@ -52,6 +52,34 @@ def test_crafted_batches_lie_in_the_ball_and_the_bounds_and_raise_the_loss(name:
         assert float(adv) > float(clean)
 
 
+def test_linf_ascent_equals_the_projected_delta_loop() -> None:
+    """The fused L∞ loop gives the iterates of the textbook one: step on δ, project onto the ball,
+    clip x + δ to the bounds (here with a per-feature scale and an immutable feature)."""
+    from bastion.attacks.evasion._torch import Geometry, ascent_direction, project_ball
+    from bastion.attacks.evasion.training.base import ascend
+
+    spec = InputSpec(shape=(4,), features=None, lower=[0, 0, -1, 0], upper=[1, 2, 1, 1], kind="vector")
+    geo = Geometry.from_spec(spec)
+    geo.scale = torch.tensor([1.0, 2.0, 0.5, 1.0])
+    geo.mask = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    x = torch.rand(16, 4) * torch.tensor([1.0, 2.0, 2.0, 1.0]) - torch.tensor([0.0, 0.0, 1.0, 0.0])
+    y = torch.randint(0, 3, (16,))
+    loss = lambda z: F.cross_entropy(z, y, reduction="none")  # noqa: E731
+    fused = ascend(module, loss, x, geo, eps=0.2, norm="linf", steps=5, step_size=0.07,
+                   generator=torch.Generator().manual_seed(3))
+    delta = ((torch.rand(x.shape, generator=torch.Generator().manual_seed(3)) * 2 - 1) * 0.2) * geo.mask
+    delta = geo.delta_of(x, geo.apply(x, delta))
+    for _ in range(5):
+        x_adv = geo.apply(x, delta).requires_grad_(True)
+        (g,) = torch.autograd.grad(loss(module(x_adv)).sum(), x_adv)
+        delta = project_ball(delta + 0.07 * ascent_direction(g * geo.scale * geo.mask, "linf"), 0.2, "linf")
+        delta = geo.delta_of(x, geo.apply(x, delta))
+    assert torch.allclose(fused, geo.apply(x, delta), atol=1e-6)
+    assert torch.equal(fused[:, 3], x[:, 3])  # the immutable feature never moves
+
+
 def test_pgd_training_trains_on_the_crafted_batch() -> None:
     defense = DEFENSES.get_object("pgd-at")(eps=0.1, steps=3)
     step = _step(_cnn())

@@ -96,6 +96,9 @@ def harden(policy: str | Path | dict[str, Any] | LoadedPolicy, *, out_dir: str |
         from bastion.outputs.report.writer import require_formats
 
         require_formats(loaded.policy.output.formats)
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"{'--out' if out_dir is not None else 'output.dir'} '{out}' is a file, not a directory",
+                             hint="give a directory for the weights and the reports (it is created if missing)")
     if limit is not None and limit <= 0:
         raise UsageError(f"--limit must be a positive number of samples, got {limit}")
     target, data, y = _load(loaded, limit)
@@ -328,6 +331,8 @@ def _train(loaded: LoadedPolicy, plan: _Plan, procedure: Any, module: Any, targe
            ) -> tuple[Any, list[EpochLog], str | None]:
     """Fit the procedure with a logging epoch hook (clean and PGD accuracy on the held-out
     samples); returns the trained module, the log and why training stopped early (if it did)."""
+    import torch
+
     from bastion.attacks.evasion.training.base import geometry, pgd_accuracy
     from bastion.core.training import EpochEnd, TrainRequest
 
@@ -345,8 +350,9 @@ def _train(loaded: LoadedPolicy, plan: _Plan, procedure: Any, module: Any, targe
         if "stopped" in end.state:  # a defense discarded this epoch's weights and stops: nothing to log
             return False
         geo = geometry(end.state, end.spec, end.x_val.device)
+        own = torch.Generator().manual_seed(loaded.policy.seed + end.epoch)  # the log draws nothing from training's
         clean, robust = pgd_accuracy(end.module, end.x_val, end.y_val, geo, eps=plan.eps, norm=plan.norm, steps=10,
-                                     generator=end.generator)
+                                     generator=own)
         entry = EpochLog(epoch=end.epoch + 1, eps=float(eps_at(end.epoch)), clean_accuracy=clean,
                          robust_accuracy=robust, seconds=seconds)
         log.append(entry)

@@ -291,9 +291,9 @@ class TorchTrainingProcedure:
         shuffle = torch.Generator().manual_seed(int(request.seed))
         step, state, spec = 0, {}, request.spec
         for epoch in range(self.epochs if epochs is None else epochs):
-            perm = torch.randperm(len(x), generator=shuffle)
+            perm = torch.randperm(len(x), generator=shuffle).to(request.device)
             for i in range(0, len(x), self.batch_size):
-                idx = perm[i:i + self.batch_size].to(request.device)
+                idx = perm[i:i + self.batch_size]
                 xb, yb = x[idx], y[idx]
                 for hook in self.batch_hooks:
                     xb, yb = hook(TrainStep(module, xb, yb, epoch, step, gen, state=state, spec=spec))
