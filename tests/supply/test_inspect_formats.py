@@ -201,13 +201,57 @@ def test_7z_encrypted_is_high_and_plain_members_still_scanned(tmp_path: Path) ->
         ("BASTION-SC-010", Severity.high, "content")]
 
 
-def test_7z_without_py7zr_is_reported_not_analysed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    data = _seven([("evil.pkl", RCE_P0)])
+def test_7z_without_py7zr_plain_archives_are_read_and_others_not_analysed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LZMA2/LZMA/stored archives (with BCJ or Delta) are read on the stdlib, encryption is recognised;
+    other codecs need py7zr."""
+    import py7zr
+
+    plain = {"lzma2": _seven([("evil.pkl", RCE_P0)]),
+             "lzma": _seven([("evil.pkl", RCE_P0)], filters=[{"id": py7zr.FILTER_LZMA}]),
+             "stored": _seven([("evil.pkl", RCE_P0)], filters=[{"id": py7zr.FILTER_COPY}]),
+             "delta": _seven([("evil.pkl", RCE_P0)], filters=[{"id": py7zr.FILTER_DELTA}, {"id": py7zr.FILTER_LZMA2}]),
+             "solid": _seven([("a.txt", b"hello\n"), ("w/evil.pkl", RCE_P0), ("b.pkl", p2(b"}"))])}
+    other = _seven([("evil.pkl", RCE_P0)], filters=[{"id": py7zr.FILTER_BZIP2}])
+    encrypted = {"content": _seven([("evil.pkl", RCE_P0)], password="pw"),
+                 "header": _seven([("evil.pkl", RCE_P0)], password="pw", header_encryption=True)}
     monkeypatch.setitem(__import__("sys").modules, "py7zr", None)   # import py7zr -> ImportError
-    (tmp_path / "x.7z").write_bytes(data)
+    for what, data in encrypted.items():     # recognised without py7zr, reported as with it
+        (tmp_path / f"{what}.7z").write_bytes(data)
+        res = scan_paths([tmp_path / f"{what}.7z"])
+        assert [(f.rule_id, f.severity, f.metrics["encrypted"]) for f in res.findings] == [
+            ("BASTION-SC-010", Severity.high, what)]
+        assert [e.kind for e in res.errors] == ["not-analysed"]
+    for name, data in plain.items():
+        (tmp_path / f"{name}.7z").write_bytes(data)
+        res = scan_paths([tmp_path / f"{name}.7z"])
+        assert [(f.rule_id, f.metrics.get("member")) for f in res.findings] == \
+            [("BASTION-SC-001", "w/evil.pkl" if name == "solid" else "evil.pkl")], name
+        assert res.complete, name
+    (tmp_path / "x.7z").write_bytes(other)
     res = scan_paths([tmp_path / "x.7z"])
     assert [(f.rule_id, f.severity) for f in res.findings] == [("BASTION-SC-050", Severity.medium)]
     assert [e.kind for e in res.errors] == ["not-analysed"] and res.exit_code() == 2   # never clean
+
+
+def test_7z_plain_reader_flags_a_bad_crc_and_a_corrupt_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import py7zr
+
+    stored = bytearray(_seven([("data.pkl", RCE_P0), ("b.pkl", p2(b"}"))], filters=[{"id": py7zr.FILTER_COPY}]))
+    at = bytes(stored).index(b"system")
+    stored[at:at + 6] = b"sysTem"
+    packed = bytearray(_seven([("a.pkl", p2(b"}") * 50), ("evil.pkl", RCE_P0)]))
+    packed[40:48] = b"\xff" * 8                          # inside the LZMA2 stream, header CRCs intact
+    monkeypatch.setitem(__import__("sys").modules, "py7zr", None)
+    (tmp_path / "crc.7z").write_bytes(bytes(stored))
+    res = scan_paths([tmp_path / "crc.7z"])
+    assert any(f.title == "CRC-32 mismatch in member 'data.pkl'" for f in res.findings)
+    assert any(f.rule_id == "BASTION-SC-001" or f.rule_id == "BASTION-SC-003" for f in res.findings)
+    (tmp_path / "bad.7z").write_bytes(bytes(packed))
+    res = scan_paths([tmp_path / "bad.7z"])
+    assert [f.title for f in res.findings] == ["7z extraction failed (LZMAError: Corrupt input data); 2 member(s) "
+                                               "not analysed"]
+    assert [e.kind for e in res.errors] == ["not-analysed"] and res.exit_code() == 1
 
 
 def _h5(tmp_path: Path, name: str, cfg: dict | None, training: dict | None = None,

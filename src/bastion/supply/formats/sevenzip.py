@@ -1,20 +1,23 @@
-"""7z archives: start header checked by bastion, members listed and extracted to memory with py7zr.
+"""7z archives: start header checked by bastion, members listed and extracted to memory.
 
 Structure per the 7z format description (7-Zip ``DOC/7zFormat.txt``): a 32-byte signature header
 (magic, version, CRC-32 of the next 20 bytes, then offset, size and CRC-32 of the "next header"
 that lists the members). Packed data is grouped in *folders* (solid blocks); a folder is
 decompressed as one stream, so the compression ratio is judged per folder.
 
-With ``py7zr`` (optional, imported lazily; >= 1.1.3 for ``max_extract_size``) every member is
-extracted into memory under the scanner's limits (member size, total unpacked, ratio, member
-count, depth, time) and analysed by content like a zip member. Without py7zr the archive gets a
-medium "not analysed" finding. Nothing is written to disk.
+Plain archives (LZMA2, LZMA or stored, BCJ x86 or Delta filters, no encryption) are read by
+:mod:`bastion.supply.formats.sevenzip_reader` on the standard library's :mod:`lzma`; any other archive
+goes to ``py7zr`` (optional, imported lazily, only then; >= 1.1.3 for ``max_extract_size``). Either
+way every member is extracted into memory under the scanner's limits (member size, total unpacked,
+ratio, member count, depth, time) and analysed by content like a zip member. Without py7zr such an
+archive gets a medium "not analysed" finding. Nothing is written to disk.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import lzma
 import re
 import stat
 import struct
@@ -45,6 +48,23 @@ def scan_7z(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
             ctx.add("BASTION-SC-010", Severity.medium, f"{size - end} bytes after the 7z header end",
                     offset=end, description="Data after the archive's end is invisible to 7z readers and "
                     "seen by tools that read the file otherwise.")
+    from bastion.supply.formats import sevenzip_reader
+
+    try:
+        archive = sevenzip_reader.read_archive(fh, size)
+    except sevenzip_reader.HeaderEncrypted:
+        _header_encrypted(ctx)
+        return
+    except sevenzip_reader.Broken as exc:
+        _broken(ctx, str(exc))
+        return
+    except (MemoryError, RecursionError):
+        raise
+    except Exception:  # noqa: BLE001 - Unsupported, or data this reader cannot decode: py7zr decides
+        archive = None
+    if archive is not None:
+        _scan_plain(ctx, fh, archive)
+        return
     try:
         import py7zr
     except ImportError:
@@ -57,21 +77,35 @@ def scan_7z(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
     try:
         archive = _open(py7zr, fh, ctx)
     except py7zr.PasswordRequired:
-        ctx.add("BASTION-SC-010", Severity.high, "7z archive header is encrypted (password): members unknown",
-                description="Neither the member list nor the content can be analysed without the password; a "
-                "loader given the password reads what no scanner saw.", encrypted="header")
-        ctx.not_understood("7z archive header is encrypted")
+        _header_encrypted(ctx)
         return
     except (LimitExceeded, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - py7zr raises many types (Bad7zFile, struct.error...)
-        ctx.add("BASTION-SC-010", Severity.high, f"Broken 7z archive: {type(exc).__name__}: {exc}",
-                description="The 7z header cannot be read; other 7z readers may still read it, so its "
-                "content is unknown.")
-        ctx.not_understood(f"7z header cannot be read: {type(exc).__name__}: {exc}")
+        _broken(ctx, f"{type(exc).__name__}: {exc}")
         return
     with archive:
         _scan_archive(ctx, py7zr, archive)
+
+
+def _broken(ctx: ScanContext, why: str) -> None:
+    ctx.add("BASTION-SC-010", Severity.high, f"Broken 7z archive: {why}", description="The 7z header cannot "
+            "be read; other 7z readers may still read it, so its content is unknown.")
+    ctx.not_understood(f"7z header cannot be read: {why}")
+
+
+def _header_encrypted(ctx: ScanContext) -> None:
+    ctx.add("BASTION-SC-010", Severity.high, "7z archive header is encrypted (password): members unknown",
+            description="Neither the member list nor the content can be analysed without the password; a "
+            "loader given the password reads what no scanner saw.", encrypted="header")
+    ctx.not_understood("7z archive header is encrypted")
+
+
+def _content_encrypted(ctx: ScanContext) -> None:
+    ctx.add("BASTION-SC-010", Severity.high, "7z archive content is encrypted (password)",
+            description="Encrypted members cannot be analysed; a loader given the password reads what no "
+            "scanner saw. Members stored unencrypted are still analysed.", encrypted="content")
+    ctx.not_understood("7z archive content is encrypted")
 
 
 def _open(py7zr: Any, fh: BinaryIO, ctx: ScanContext) -> Any:
@@ -83,40 +117,112 @@ def _open(py7zr: Any, fh: BinaryIO, ctx: ScanContext) -> Any:
         return py7zr.SevenZipFile(fh, mode="r")
 
 
-def _scan_archive(ctx: ScanContext, py7zr: Any, archive: Any) -> None:
+def _plan(ctx: ScanContext, entries: list[tuple[str, bool, bool, int]],
+          blocks: list[tuple[list[str], int, int]]) -> set[str]:
+    """Checks shared by both readers on the member list ``(name, is directory, is link, size)`` and the
+    solid blocks ``(names, unpacked, packed)``: names, duplicates, member size, bombs. Returns the names
+    not to extract."""
     from bastion.supply.formats.zip import _check_name
 
-    infos = archive.list()
-    if len(infos) > ctx.config.max_members:
-        raise LimitExceeded("max_members", f"archive has {len(infos)} members")
-    encrypted = archive.needs_password()
-    if encrypted:
-        ctx.add("BASTION-SC-010", Severity.high, "7z archive content is encrypted (password)",
-                description="Encrypted members cannot be analysed; a loader given the password reads what no "
-                "scanner saw. Members stored unencrypted are still analysed.", encrypted="content")
-        ctx.not_understood("7z archive content is encrypted")
+    if len(entries) > ctx.config.max_members:
+        raise LimitExceeded("max_members", f"archive has {len(entries)} members")
     seen: set[str] = set()
     skip: set[str] = set()
-    for info in infos:
-        name = info.filename
-        if name in seen and not info.is_directory:
+    for name, is_directory, is_symlink, uncompressed in entries:
+        if name in seen and not is_directory:
             ctx.add("BASTION-SC-010", Severity.high, f"Duplicate member name {name!r}",
                     description="Two entries share a name: readers disagree on which one is loaded.")
         seen.add(name)
-        _check_name(ctx, _as_zipinfo(name, info.is_symlink))
+        _check_name(ctx, _as_zipinfo(name, is_symlink))
         if _refused(name):
             skip.add(name)      # reported by _check_name; py7zr would abort the whole extraction on it
-        if not info.is_directory and info.uncompressed > ctx.config.max_member_bytes:
+        if not is_directory and uncompressed > ctx.config.max_member_bytes:
             ctx.add("BASTION-SC-008", Severity.high, f"Member {name!r} larger than max_member_bytes "
-                    f"({info.uncompressed} bytes)", limit="max_member_bytes")
+                    f"({uncompressed} bytes)", limit="max_member_bytes")
             skip.add(name)
-    for names, unpacked, packed in _folders(infos):
+    for names, unpacked, packed in blocks:
         ratio = unpacked / max(packed, 1)
         if unpacked > _BOMB_FLOOR and ratio > ctx.config.max_ratio:
             ctx.add("BASTION-SC-008", Severity.high, f"7z block holding {', '.join(map(repr, names[:3]))}"
                     f"{' ...' if len(names) > 3 else ''} expands {ratio:.0f}x (zip bomb)",
                     ratio=round(ratio, 1), limit="max_ratio", members=len(names))
             skip.update(names)
+    return skip
+
+
+def _scan_plain(ctx: ScanContext, fh: BinaryIO, archive: Any) -> None:
+    """Extract and scan the members of an archive read by :mod:`sevenzip_reader`, one solid block at a
+    time: a member with a bad CRC is scanned and flagged; a block that fails to decode is reported with
+    the members it still held, and the other blocks are scanned."""
+    members = archive.members
+    if len(members) > ctx.config.max_members:
+        raise LimitExceeded("max_members", f"archive has {len(members)} members")
+    if any(f.encrypted for f in archive.folders):
+        _content_encrypted(ctx)
+    skip = _plan(ctx, [(m.name, m.is_directory and not m.has_stream, m.is_symlink, m.size) for m in members],
+                 [([m.name for m in members if m.folder == i], f.unpack_size, f.pack_size)
+                  for i, f in enumerate(archive.folders)])
+    for i, folder in enumerate(archive.folders):
+        inside = [m for m in members if m.folder == i]
+        if not folder.encrypted and any(m.name not in skip for m in inside):
+            _scan_block(ctx, fh, folder, inside, skip)
+
+
+def _scan_block(ctx: ScanContext, fh: BinaryIO, folder: Any, inside: list[Any], skip: set[str]) -> None:
+    from bastion.supply.formats.sevenzip_reader import folder_data
+
+    chunks = folder_data(fh, folder)
+    buf = memoryview(b"")
+    scanned = 0
+    try:
+        for m in inside:            # the members' data follow each other in the block
+            writer = None if m.name in skip else _BoundedWriter(ctx, m.name)
+            crc, left = 0, m.size
+            while left:
+                if not buf:
+                    buf = memoryview(next(chunks))
+                piece, buf = buf[:left], buf[left:]
+                left -= len(piece)
+                crc = zlib.crc32(piece, crc)
+                if writer is None:
+                    ctx.check_time()
+                    ctx.count_unpacked(len(piece))
+                else:
+                    writer.write(piece)
+            if writer is not None:
+                scanned += 1
+                _scan_member(ctx, m.name, bytes(writer.buf), bad_crc=m.crc is not None and crc != m.crc)
+    except (lzma.LZMAError, EOFError, StopIteration) as exc:
+        left = sum(m.name not in skip for m in inside) - scanned
+        why = f"7z extraction failed ({type(exc).__name__}: {exc})"
+        ctx.add("BASTION-SC-010", Severity.high, f"{why}; {left} member(s) not analysed",
+                description="7z readers stop at this error or skip the data, so part of the content is unknown.")
+        ctx.not_understood(f"{why}; {left} member(s) not analysed")
+
+
+def _scan_member(ctx: ScanContext, name: str, data: bytes, *, bad_crc: bool = False) -> None:
+    """Scan one extracted member by content (a bad CRC is flagged, and the data still scanned)."""
+    from bastion.supply.formats import scan_stream
+
+    sub = ctx.child(name)
+    if bad_crc:
+        sub.add("BASTION-SC-010", Severity.high, f"CRC-32 mismatch in member {name!r}",
+                description="The data does not match its checksum: it was altered after the archive was "
+                "written, or crafted to break scanners that stop on CRC errors.")
+    try:
+        scan_stream(sub, io.BytesIO(data), len(data))
+    except Malformed as exc:
+        sub.add("BASTION-SC-010", Severity.high, f"Member {name!r} cannot be read: {exc}", offset=exc.offset)
+
+
+def _scan_archive(ctx: ScanContext, py7zr: Any, archive: Any) -> None:
+    infos = archive.list()
+    if len(infos) > ctx.config.max_members:
+        raise LimitExceeded("max_members", f"archive has {len(infos)} members")
+    if archive.needs_password():
+        _content_encrypted(ctx)
+    skip = _plan(ctx, [(i.filename, i.is_directory, i.is_symlink, i.uncompressed or 0) for i in infos],
+                 _folders(infos))
     targets = [i.filename for i in infos if not i.is_directory and i.filename not in skip]
     if not targets:
         return
@@ -185,20 +291,9 @@ class _MemberFactory:
         if w is None:
             return
         self.done += 1
-        sub = self.ctx.child(w.name)
-        if bad_crc:
-            sub.add("BASTION-SC-010", Severity.high, f"CRC-32 mismatch in member {w.name!r}",
-                    description="The data does not match its checksum: it was altered after the archive was "
-                    "written, or crafted to break scanners that stop on CRC errors.")
         data = bytes(w.buf)
         w.buf = bytearray()
-        from bastion.supply.formats import scan_stream
-
-        try:
-            scan_stream(sub, io.BytesIO(data), len(data))
-        except Malformed as exc:
-            sub.add("BASTION-SC-010", Severity.high, f"Member {w.name!r} cannot be read: {exc}",
-                    offset=exc.offset)
+        _scan_member(self.ctx, w.name, data, bad_crc=bad_crc)
 
     def finish(self, *, stopped: str | None = None) -> None:
         """Scan the last member; after an extraction error, drop the member py7zr failed in (its data is
