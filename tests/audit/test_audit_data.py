@@ -242,3 +242,49 @@ def test_cli_exit_codes(tmp_path: Path, capsys, monkeypatch) -> None:  # noqa: A
     code, out, _ = _main(["audit-data", str(leaky_path), "--label", "label", "--audits", "integrity",
                           "--manifest", str(m)], capsys, monkeypatch)
     assert code == 1 and "BASTION-DA-020" in out
+
+
+# --- label noise -------------------------------------------------------------------------------------
+def test_confident_learning_flags_flipped_labels(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    rng = np.random.default_rng(4)
+    body = rows(1500, 0, "tr")
+    for r in body:  # a learnable label: the sign of x1
+        r[-1] = "pos" if float(r[0]) > 0 else "neg"
+    flipped = [i for i in range(1500) if abs(float(body[i][0])) > 1.5][:8]
+    for i in flipped:
+        body[i][-1] = "neg" if body[i][-1] == "pos" else "pos"
+    res = run(tmp_path, body, audits=("label-noise",), params={"label-noise": {"folds": 3, "trees": 50}})
+    (f,) = by_rule(res, "BASTION-DA-007")
+    # confident learning flags what the out-of-fold model confidently contradicts: most flips, few others
+    assert len(set(flipped) & set(f.records)) >= 6 and len(set(f.records) - set(flipped)) <= 2
+    # labels that the features do not explain: nothing flagged, and the finding says why
+    for r in body:
+        r[-1] = str(rng.integers(0, 2))
+    res = run(tmp_path, body, audits=("label-noise",), params={"label-noise": {"folds": 3, "trees": 50}})
+    (f,) = by_rule(res, "BASTION-DA-007")
+    assert f.records == [] and "not assessed" in f.title
+
+
+# --- the audit-data check in a policy ------------------------------------------------------------------
+def test_audit_data_check_feeds_gates(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    from bastion.campaign.runner import scan
+
+    monkeypatch.chdir(tmp_path)
+    train, test = rows(120, 0, "tr"), rows(40, 1, "te")
+    test[0] = list(train[5])
+    write(tmp_path / "train.csv", train)
+    write(tmp_path / "test.csv", test)
+    policy = {"version": 1, "checks": [{"name": "data", "kind": "audit-data", "train": ["train.csv"],
+                                        "test": ["test.csv"], "label": "label",
+                                        "audits": ["integrity", "duplicates", "sensitive-data"]}],
+              "gates": ["leaked_test_records[data] <= 0", "sensitive_records[data] <= 0"],
+              "output": {"dir": str(tmp_path / "out"), "formats": ["json"]}}
+    result = scan(policy)
+    assert result.verdict == "fail" and [g.passed for g in result.gates] == [False, True]
+    assert result.checks[0].kind == "audit-data" and result.checks[0].findings[0].rule_id == "BASTION-DA-003"
+    policy["checks"][0]["train"] = ["missing.csv"]
+    from bastion.errors import UsageError
+
+    with pytest.raises(UsageError, match="missing.csv"):
+        scan(policy)

@@ -104,5 +104,6 @@ AUDITS: Registry[type[DataAudit]] = Registry("audit", {
     "sensitive-data": "bastion.audit.quality:SensitiveDataAudit",
     "class-balance": "bastion.audit.quality:BalanceAudit",
     "outliers": "bastion.audit.quality:OutlierAudit",
+    "label-noise": "bastion.audit.labelnoise:LabelNoiseAudit",
     "provenance": "bastion.audit.provenance:ProvenanceAudit",
 })

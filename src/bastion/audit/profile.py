@@ -26,6 +26,7 @@ from bastion.audit.table import DEFAULT_CHUNK_ROWS, Chunk, ReadProblem, Source, 
 
 log = logging.getLogger(__name__)
 SPLITS = ("data", "train", "test")
+MAX_CODES = 1000  #: distinct values coded per categorical column; the rest share one code
 
 
 class ColumnKind(str, Enum):
@@ -75,6 +76,8 @@ class Profile:
     z: np.ndarray                           #: float32 (n, numeric), NaN when missing or not a number
     text: list[str]
     sig: np.ndarray                         #: uint32 (n, bins) MinHash of the text columns
+    categorical: list[str]
+    cat_codes: np.ndarray                   #: int32 (n, categorical): value codes (MAX_CODES: any other value)
     sensitive: dict[str, dict[str, Hits]]
     problems: list[ReadProblem]
     kept: dict[str, tuple[np.ndarray, list[str]]]  #: column -> (codes, values) of columns kept for slices
@@ -100,7 +103,7 @@ def _numbers(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(float64, not-a-number mask) of an object array of str; "" is missing (NaN, not flagged)."""
     if values.dtype != object:
         return values.astype(np.float64), np.zeros(len(values), bool)
-    empty = np.fromiter((not v for v in values), bool, count=len(values))
+    empty = values == ""
     filled = values.copy()
     filled[empty] = "nan"
     try:
@@ -129,7 +132,7 @@ def infer_kinds(chunk: Chunk, columns: list[str], mixed_share: float = 0.05) -> 
         if values.dtype != object:
             kinds[name] = ColumnKind.numeric
             continue
-        filled = values[np.fromiter(map(bool, values), bool, count=len(values))]
+        filled = values[values != ""]
         if not len(filled):
             kinds[name] = ColumnKind.categorical
             continue
@@ -198,6 +201,7 @@ class _Accumulator:
         self.parts: dict[str, list[np.ndarray]] = {}
         self.label_codes: dict[str, int] = {}
         self.kept_codes: dict[str, dict[str, int]] = {c: {} for c in keep}
+        self.cat_tables: dict[str, dict[str, int]] = {}
         self.sensitive: dict[str, dict[str, Hits]] = {}
         self.n = 0
 
@@ -226,6 +230,8 @@ class _Accumulator:
         cat_hash = np.zeros(n, np.uint64)
         numeric = [c for c in self.inputs if kinds[c] is ColumnKind.numeric]
         z = np.empty((n, len(numeric)), np.float32)
+        categorical = [c for c in self.inputs if kinds[c] is ColumnKind.categorical]
+        cat_codes = np.empty((n, len(categorical)), np.int32)
         sig = np.full((n, self.bins), hashing.EMPTY_BIN, np.uint32)
         for j, c in enumerate(self.columns):
             values = cols.get(c, blank)
@@ -260,6 +266,9 @@ class _Accumulator:
                     hashing.minhash_update(sig, norm, nlen, salt=j)
                 else:
                     cat_hash = hashing.combine(cat_hash, hashing.hash_codes(norm, nlen))
+                if kind is ColumnKind.categorical:
+                    codes_c = self._codes(self.cat_tables.setdefault(c, {}), values, limit=MAX_CODES)
+                    cat_codes[:, categorical.index(c)] = codes_c
                 scan_values(values, offset, self.sensitive.setdefault(c, {}),
                             credential_column=bool(CREDENTIAL_COLUMN.search(c)))
             else:  # a numeric Parquet column inferred as an identifier cannot happen; keep it exact
@@ -274,16 +283,21 @@ class _Accumulator:
         self._put("cat_hash", cat_hash)
         self._put("z", z)
         self._put("sig", sig)
+        self._put("cat_codes", cat_codes)
         self._put("split", np.full(n, SPLITS.index(chunk.source.split), np.uint8))
         self._put("file", np.full(n, file_index, np.int32))
         self._put("row", np.arange(chunk.start, chunk.start + n, dtype=np.int64))
         self.n += n
 
     @staticmethod
-    def _codes(table: dict[str, int], values: np.ndarray) -> np.ndarray:
+    def _codes(table: dict[str, int], values: np.ndarray, limit: int | None = None) -> np.ndarray:
         strs = values.astype(str) if values.dtype != object else values
         uniq, inv = np.unique(strs.astype(str), return_inverse=True)
-        mapped = np.array([table.setdefault(u, len(table)) for u in uniq.tolist()], dtype=np.int32)
+        if limit is not None:
+            mapped = np.array([table.setdefault(u, len(table)) if u in table or len(table) < limit else limit
+                               for u in uniq.tolist()], dtype=np.int32)
+        else:
+            mapped = np.array([table.setdefault(u, len(table)) for u in uniq.tolist()], dtype=np.int32)
         return mapped[inv.reshape(-1)] if len(uniq) else np.zeros(0, np.int32)
 
     def _label_codes(self, values: np.ndarray) -> np.ndarray:
@@ -307,6 +321,7 @@ class _Accumulator:
             self.info = {c: ColumnInfo(c, kinds[c]) for c in self.columns}
         numeric = [c for c in self.inputs if kinds[c] is ColumnKind.numeric]
         text = [c for c in self.inputs if kinds[c] is ColumnKind.text]
+        categorical = [c for c in self.inputs if kinds[c] is ColumnKind.categorical]
         names = sorted(self.label_codes, key=self.label_codes.__getitem__)
         kept = {}
         for c in self.keep:
@@ -321,7 +336,8 @@ class _Accumulator:
             key_hash=cat("key_hash", u64) if self.key in self.columns else None,
             labels=cat("labels", np.full(self.n, -1, np.int32)), cat_hash=cat("cat_hash", u64), numeric=numeric,
             z=cat("z", np.zeros((0, len(numeric)), np.float32)), text=text,
-            sig=cat("sig", np.zeros((0, self.bins), np.uint32)), sensitive=self.sensitive, problems=problems,
+            sig=cat("sig", np.zeros((0, self.bins), np.uint32)), categorical=categorical,
+            cat_codes=cat("cat_codes", np.zeros((0, len(categorical)), np.int32)), sensitive=self.sensitive, problems=problems,
             kept=kept, extra=extra)
 
 

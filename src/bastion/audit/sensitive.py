@@ -59,11 +59,22 @@ _ISSUERS: list[tuple[str, list[tuple[str, str]], tuple[int, ...]]] = [
 ]
 
 
+def _expand(lo: str, hi: str) -> list[str]:
+    return [str(v).zfill(len(lo)) for v in range(int(lo), int(hi) + 1)]
+
+
+#: (prefix, length) -> issuer, every prefix spelled out (about 1,500 entries): one look-up per prefix length
+_IIN: dict[tuple[str, int], str] = {(pre, n): name for name, ranges, lengths in _ISSUERS for lo, hi in ranges
+                                    for pre in _expand(lo, hi) for n in lengths}
+_IIN_LENGTHS = sorted({len(pre) for pre, _ in _IIN})
+
+
 def card_issuer(digits: str) -> str | None:
     """The issuer whose prefix and length rules ``digits`` meets, or None."""
     n = len(digits)
-    for name, ranges, lengths in _ISSUERS:
-        if n in lengths and any(lo <= digits[:len(lo)] <= hi for lo, hi in ranges):
+    for k in reversed(_IIN_LENGTHS):  # the longest (most specific) prefix first
+        name = _IIN.get((digits[:k], n))
+        if name is not None:
             return name
     return None
 
@@ -136,6 +147,10 @@ class Pattern:
     regex: re.Pattern[str]
     mask: Callable[[str], str]
     valid: Callable[[str], bool] | None = None
+    needs: tuple[str, ...] = ()  #: a text holds a match only if it holds one of these (lower-cased) strings
+
+    def may_match(self, text: str, lower: str) -> bool:
+        return not self.needs or any(n in lower for n in self.needs)
 
 
 def _card_valid(v: str) -> bool:
@@ -144,19 +159,19 @@ def _card_valid(v: str) -> bool:
 
 
 PATTERNS: list[Pattern] = [
-    Pattern("payment-card", "BASTION-DA-010", re.compile(r"(?<![\w-])\d(?:[ -]?\d){11,18}(?![\w-])"), _mask_card,
+    Pattern("payment-card", "BASTION-DA-010", re.compile(r"(?<![\w-])[0-9](?:[ -]?[0-9]){11,18}(?![\w-])"), _mask_card,
             _card_valid),
     Pattern("email", "BASTION-DA-011",
             re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}\b"),
-            _mask_email),
+            _mask_email, needs=("@",)),
     Pattern("phone", "BASTION-DA-012",
-            re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,4}){1,4}"
-                       r"|\(\d{3}\)[ ]?\d{3}-\d{4}|\d{3}[-.]\d{3}[-.]\d{4})(?![\w-])"),
+            re.compile(r"(?<![\w+])(?:\+[0-9]{1,3}[ .-]?(?:\([0-9]{1,4}\)[ .-]?)?[0-9]{1,4}(?:[ .-][0-9]{2,4}){1,4}"
+                       r"|\([0-9]{3}\)[ ]?[0-9]{3}-[0-9]{4}|[0-9]{3}[-.][0-9]{3}[-.][0-9]{4})(?![\w-])"),
             _mask_tail(2), lambda v: 8 <= len(_digits(v)) <= 15),
-    Pattern("iban", "BASTION-DA-013", re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]){11,30}\b"), _mask_iban, iban_valid),
+    Pattern("iban", "BASTION-DA-013", re.compile(r"\b[A-Z]{2}[0-9]{2}(?:[ ]?[A-Z0-9]){11,30}\b"), _mask_iban, iban_valid),
     Pattern("national-id", "BASTION-DA-014",
-            re.compile(r"(?<![\w-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w-])"  # US SSN
-                       r"|\b(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b"),
+            re.compile(r"(?<![\w-])(?!000|666|9[0-9][0-9])[0-9]{3}-(?!00)[0-9]{2}-(?!0000)[0-9]{4}(?![\w-])"  # US SSN
+                       r"|\b(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-D]\b"),
             _mask_tail(2)),
     Pattern("secret", "BASTION-DA-015", re.compile(
         r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"                         # AWS access key id
@@ -166,11 +181,13 @@ PATTERNS: list[Pattern] = [
         r"|\bAIza[0-9A-Za-z_-]{35}\b"                            # Google API key
         r"|\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"   # JSON web token
         r"|\b[Bb]earer[ ]+[A-Za-z0-9._~+/-]{20,}=*"),            # bearer token
-        _mask_head(4)),
-    Pattern("secret", "BASTION-DA-015", re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----"), _mask_pem),
+        _mask_head(4), needs=("akia", "asia", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "k_live_", "aiza", "eyj",
+                             "bearer")),
+    Pattern("secret", "BASTION-DA-015", re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----"), _mask_pem,
+            needs=("private key",)),
     Pattern("secret", "BASTION-DA-015",
             re.compile(r"(?i)\b(?:password|passwd|pwd|passphrase)[ \t]*[:=][ \t]*[\"']?[^\s\"',;]{4,}"),
-            _mask_assignment),
+            _mask_assignment, needs=("pass", "pwd")),
 ]
 
 CREDENTIAL_COLUMN = re.compile(r"(?i)(^|[_\W])(pass(word)?|passwd|pwd|secret|api[_-]?key|token|private[_-]?key)"
@@ -220,11 +237,14 @@ def scan_values(values: np.ndarray, offset: int, found: dict[str, Hits], credent
     lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
     starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
     text = "\n".join(values.tolist())
+    lower = text.lower()
     if credential_column:
         rows = np.flatnonzero(lengths > 0)
         found.setdefault("credential-column", Hits("secret", "BASTION-DA-015")).add(rows + offset, "***")
     for p in PATTERNS:
         hits = found.setdefault(p.kind, Hits(p.kind, p.rule_id))
+        if not p.may_match(text, lower):
+            continue
         pos, sample = [], ""
         for m in p.regex.finditer(text):
             v = m.group()

@@ -221,19 +221,21 @@ def _arrow_csv_chunks(source: Source, chunk_rows: int, problems: list[ReadProble
 
 
 def _arrow_columns(table) -> dict[str, np.ndarray]:  # noqa: ANN001 - pyarrow.Table
+    import pyarrow as pa
+
     out = {}
     for name, col in zip(table.column_names, table.columns):
-        out[name.strip()] = _decode(col.to_pylist() if col.num_chunks else [])
+        try:  # UTF-8 checked and decoded in C++; Python decodes only a column that is not valid UTF-8
+            out[name.strip()] = col.cast(pa.string()).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, UnicodeDecodeError):
+            out[name.strip()] = _decode(col.to_pylist())
     return out
 
 
 def _decode(values: list) -> np.ndarray:
     """bytes -> str (invalid UTF-8 kept as lone surrogates), None -> ""."""
     arr = np.empty(len(values), dtype=object)
-    try:
-        arr[:] = [v.decode("utf-8") if v is not None else "" for v in values]
-    except UnicodeDecodeError:
-        arr[:] = [v.decode("utf-8", "surrogateescape") if v is not None else "" for v in values]
+    arr[:] = [v.decode("utf-8", "surrogateescape") if v is not None else "" for v in values]
     return arr
 
 

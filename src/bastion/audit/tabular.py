@@ -23,7 +23,7 @@ from bastion.core.run import RunContext
 from bastion.errors import UsageError
 
 #: Audits run by default, in order (slices need a model, provenance a manifest).
-DEFAULT_AUDITS = ("integrity", "duplicates", "sensitive-data", "class-balance", "outliers")
+DEFAULT_AUDITS = ("integrity", "duplicates", "sensitive-data", "class-balance", "outliers", "label-noise")
 NEEDS_LABEL = {"class-balance", "label-noise", "slices"}
 #: Measurements summed over findings (0 when an audit that makes them ran and found nothing).
 METRICS = {"duplicates": ("duplicate_records", "near_duplicate_records", "leaked_test_records",

@@ -141,6 +141,7 @@ CHECKS: Registry[type[Check]] = Registry("check", {
     "gradient-masking": "bastion.campaign.checks.gradient_masking:GradientMaskingCheck",
     "membership": "bastion.campaign.checks.membership:MembershipCheck",
     "model-file": "bastion.campaign.checks.model_file:ModelFileCheck",
+    "audit-data": "bastion.campaign.checks.audit_data:AuditDataCheck",
 })
 """Every check kind: bastion's own and those of the ``bastion.checks`` entry points."""
 
