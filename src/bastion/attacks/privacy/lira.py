@@ -80,7 +80,7 @@ class LiRA(MembershipInference):
         single = not online and p.shadow_models == 1
         rows = slice(0, len(q.x)) if single else q.targets  # one shadow: σ from the reference records too
         t = logit_confidence(predict_all(target, [x[rows] for x in augmented(q.x, p.augment)]), q.y[rows])
-        s = logit_confidence(out.probs, q.y)  # (m, n_aug, n_q)
+        s = logit_confidence(out.logp, q.y)  # (m, n_aug, n_q)
         glob = p.variance == "global" or (p.variance == "auto" and p.shadow_models < 64)
         n_t = q.targets.stop
         if online:

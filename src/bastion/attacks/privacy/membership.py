@@ -22,6 +22,7 @@ from bastion.core.data import check_label_indices
 from bastion.core.registry import Registry
 from bastion.core.results import CheckResult, RocCurve
 from bastion.core.run import RunContext
+from bastion.core.stats import clopper_pearson
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
 from bastion.errors import BastionRuntimeError, DataError, UsageError
@@ -179,18 +180,6 @@ def operating_point(roc: Roc, fpr: float, n_members: int, n_non_members: int,
     tp = int(round(p.tpr * n_members))
     lo, hi = clopper_pearson(tp, n_members, confidence)
     return p.model_copy(update={"true_positives": tp, "members": n_members, "ci_low": lo, "ci_high": hi})
-
-
-def clopper_pearson(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """The exact (Clopper-Pearson) two-sided interval of a binomial proportion k/n."""
-    from scipy.stats import beta
-
-    if n <= 0 or not 0 <= k <= n:
-        raise UsageError(f"a proportion needs 0 <= k <= n and n > 0, got k={k}, n={n}")
-    alpha = 1.0 - confidence
-    lo = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
-    hi = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
-    return lo, hi
 
 
 def check_disjoint(a: np.ndarray, b: np.ndarray, what: str) -> None:

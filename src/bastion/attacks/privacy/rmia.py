@@ -74,7 +74,7 @@ class RMIA(MembershipInference):
         out = shadow_outputs(trainer, q, n_models=p.reference_models, online=online, augment=p.augment,
                              spec=target.input_spec, classes=target.classes, ctx=ctx, cache=p.cache)
         pt = true_class_probability(predict_all(target, augmented(q.x, p.augment)), q.y)  # (n_aug, n_q)
-        pr = true_class_probability(out.probs, q.y)  # (m, n_aug, n_q)
+        pr = true_class_probability(out.logp, q.y)  # (m, n_aug, n_q)
         if online:
             px = pr.mean(0)
             z = np.arange(q.reference.start, len(q.x))

@@ -3,7 +3,7 @@
 Attacks that compare the target with models of their own (Shokri et al. 2017, arXiv:1610.05820;
 LiRA, Carlini et al. 2022, arXiv:2112.03570; RMIA, Zarifzadeh et al. 2024, arXiv:2312.03262)
 share this module. It trains ``n`` models with the run's TrainFn on random halves of a pool of
-records and returns every model's class probabilities on every query record, with the matrix
+records and returns every model's class log-probabilities on every query record, with the matrix
 saying which record each model was trained on:
 
 - the query records are the members, the non-members and the reference records, in that order
@@ -42,8 +42,9 @@ from bastion.errors import BastionError, BastionRuntimeError, UsageError
 log = logging.getLogger(__name__)
 
 Augment = Literal["none", "flip"]
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # the cache holds log-probabilities
 _BATCH = 1024
+_PHI_MAX = 1e4
 
 
 @dataclass(frozen=True)
@@ -97,33 +98,46 @@ def augmented(x: np.ndarray, augment: Augment) -> list[np.ndarray]:
 
 
 def predict_all(target: Any, xs: list[np.ndarray]) -> np.ndarray:
-    """Class probabilities of ``target`` on each augmented copy: shape (n_aug, n, k)."""
-    return np.stack([np.concatenate([target.predict_proba(x[i:i + _BATCH]) for i in range(0, len(x), _BATCH)])
-                     for x in xs])
+    """Log-probabilities of ``target`` on each augmented copy: shape (n_aug, n, k). From the
+    logits where the target has them (``predict_log_proba``, float64), so confident answers keep
+    their margins instead of all rounding to a probability of exactly 1."""
+    predict = getattr(target, "predict_log_proba", None)
+    if not callable(predict):
+        def predict(x: np.ndarray) -> np.ndarray:
+            return np.log(np.clip(target.predict_proba(x), np.finfo(np.float64).tiny, None))
+    return np.stack([np.concatenate([np.asarray(predict(x[i:i + _BATCH]), np.float64)
+                                     for i in range(0, len(x), _BATCH)]) for x in xs])
 
 
-def logit_confidence(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """LiRA's logit-scaled confidence φ = log(p_y / (1 - p_y)) of each record's own label, over the
-    last axes (..., n, k) -> (..., n); 1 - p_y is summed from the other classes (no cancellation)."""
-    onehot = np.eye(probs.shape[-1], dtype=bool)[y]
-    py = np.where(onehot, probs, 0.0).sum(-1)
-    rest = np.where(onehot, 0.0, probs).sum(-1)
-    tiny = np.finfo(np.float64).tiny
-    return np.log(np.maximum(py, tiny)) - np.log(np.maximum(rest, tiny))
+def logit_confidence(logp: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """LiRA's logit-scaled confidence φ = log(p_y / (1 - p_y)) of each record's own label, from
+    log-probabilities over the last axes (..., n, k) -> (..., n); 1 - p_y is the log-sum-exp of
+    the other classes (no cancellation, no saturation)."""
+    from scipy.special import logsumexp
+
+    onehot = np.eye(logp.shape[-1], dtype=bool)[y]
+    lpy = np.where(onehot, logp, 0.0).sum(-1)
+    rest = logsumexp(np.where(onehot, -np.inf, logp), axis=-1)
+    return np.clip(lpy - rest, -_PHI_MAX, _PHI_MAX)
 
 
-def true_class_probability(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Pr(y | x, θ) for each record, over the last axes (..., n, k) -> (..., n)."""
-    return np.take_along_axis(probs, np.broadcast_to(y[:, None], (*probs.shape[:-1], 1)), -1)[..., 0]
+def true_class_probability(logp: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pr(y | x, θ) for each record, from log-probabilities over the last axes (..., n, k) -> (..., n)."""
+    return np.exp(true_class_log_probability(logp, y))
+
+
+def true_class_log_probability(logp: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """log Pr(y | x, θ) for each record, over the last axes (..., n, k) -> (..., n)."""
+    return np.take_along_axis(logp, np.broadcast_to(y[:, None], (*logp.shape[:-1], 1)), -1)[..., 0]
 
 
 @dataclass(frozen=True)
 class ShadowOutputs:
-    """``probs[i, a, q]``: model ``i``'s class probabilities on query record ``q`` under
+    """``logp[i, a, q]``: model ``i``'s class log-probabilities on query record ``q`` under
     augmentation ``a``; ``keep[i, q]``: whether record ``q`` was in model ``i``'s training data;
     ``trained``: models trained in this run (the others came from the cache)."""
 
-    probs: np.ndarray
+    logp: np.ndarray
     keep: np.ndarray
     trained: int
 
@@ -166,7 +180,7 @@ def shadow_outputs(trainer: Any, queries: QueryRecords, *, n_models: int, online
         done = _run_units(trainer, [u for _, u in units], ctx)
         for (i, _), out in zip(units, done, strict=True):
             outputs[i] = out
-    return ShadowOutputs(np.stack(outputs), keep, len(units))
+    return ShadowOutputs(np.stack(outputs), keep, len(units))  # type: ignore[arg-type]
 
 
 def _balanced_halves(rng: np.random.Generator, m: int, n: int) -> np.ndarray:
@@ -201,12 +215,12 @@ def read_cached(path: Path) -> np.ndarray | None:
         log.warning("cached shadow outputs %s do not match their hash: training again", path)
         return None
     with np.load(io.BytesIO(data), allow_pickle=False) as f:
-        return np.asarray(f["probs"], np.float64)
+        return np.asarray(f["logp"], np.float64)
 
 
-def write_cached(path: Path, probs: np.ndarray) -> None:
+def write_cached(path: Path, logp: np.ndarray) -> None:
     buf = io.BytesIO()
-    np.savez(buf, probs=probs)
+    np.savez(buf, logp=logp)
     data = buf.getvalue()
     atomic_write_bytes(path, data)
     atomic_write_bytes(path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest().encode())
@@ -230,17 +244,17 @@ def train_unit(ctx: RunContext, trainer: Any, x: np.ndarray, y: np.ndarray, seed
         raise BastionRuntimeError(f"the trainer returned an unusable model for shadow model {index}: "
                                   f"{type(model).__name__} has no predict_proba (a TrainFn returns a Target)")
     try:
-        probs = predict_all(model, queries)
+        logp = predict_all(model, queries)
     except BastionError as exc:
         raise BastionRuntimeError(f"the trainer returned an unusable model for shadow model {index}: "
                                   f"{exc.message}") from exc
     want = (len(queries), len(queries[0]), len(classes))
-    if probs.shape != want or not np.all(np.isfinite(probs)):
+    if logp.shape != want or np.isnan(logp).any() or (logp > 1e-6).any():
         raise BastionRuntimeError(f"the trainer returned an unusable model for shadow model {index}: it answered "
-                                  f"probabilities of shape {probs.shape[1:]} (want {want[1:]}), or non-finite ones")
+                                  f"scores of shape {logp.shape[1:]} (want {want[1:]}), or not probabilities")
     if path is not None:
-        write_cached(Path(path), probs)
-    return probs
+        write_cached(Path(path), logp)
+    return logp
 
 
 def _portable(trainer: Any) -> bool:

@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field
 
 from bastion.attacks.privacy.membership import MembershipInference, MembershipSplits
-from bastion.attacks.privacy.shadows import predict_all, query_records, shadow_outputs, true_class_probability
+from bastion.attacks.privacy.shadows import predict_all, query_records, shadow_outputs, true_class_log_probability
 from bastion.core.params import Params
 from bastion.core.run import RunContext
 from bastion.core.targets.base import Target
@@ -55,9 +55,9 @@ class ShadowModelAttack(MembershipInference):
         out = shadow_outputs(trainer, q, n_models=p.shadow_models, online=False, augment="none",
                              spec=target.input_spec, classes=target.classes, ctx=ctx, cache=p.cache)
         ref = np.arange(q.reference.start, len(q.x))
-        feats = np.concatenate([_features(out.probs[i, 0, ref], q.y[ref]) for i in range(len(out.probs))])
-        labels = np.concatenate([out.keep[i, ref] for i in range(len(out.probs))]).astype(int)
-        classes = np.tile(q.y[ref], len(out.probs))
+        feats = np.concatenate([_features(out.logp[i, 0, ref], q.y[ref]) for i in range(len(out.logp))])
+        labels = np.concatenate([out.keep[i, ref] for i in range(len(out.logp))]).astype(int)
+        classes = np.tile(q.y[ref], len(out.logp))
         tq = slice(0, q.targets.stop)
         tfeat = _features(predict_all(target, [q.x[tq]])[0], q.y[tq])
         score = np.zeros(q.targets.stop)
@@ -73,6 +73,6 @@ class ShadowModelAttack(MembershipInference):
         return score[q.members], score[q.non_members]
 
 
-def _features(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
-    py = true_class_probability(probs, y)
-    return np.column_stack([-np.sort(-probs, axis=1), np.log(np.maximum(py, np.finfo(np.float64).tiny))])
+def _features(logp: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The probabilities sorted from the highest, and log p_y."""
+    return np.column_stack([-np.sort(-np.exp(logp), axis=1), true_class_log_probability(logp, y)])

@@ -3,7 +3,7 @@ al. 2018, "Privacy Risk in Machine Learning: Analyzing the Connection to Overfit
 arXiv:1709.01604). No shadow model; the ROC sweeps every threshold, so no threshold is chosen.
 
 - ``loss-threshold``: score = minus the cross-entropy loss of the record's own label, log p_y;
-- ``confidence-threshold``: score = the highest probability, whatever the label.
+- ``confidence-threshold``: score = the highest probability (its log), whatever the label.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from bastion.attacks.privacy.membership import MembershipInference, MembershipSplits
-from bastion.attacks.privacy.shadows import predict_all, true_class_probability
+from bastion.attacks.privacy.shadows import predict_all, true_class_log_probability
 from bastion.core.run import RunContext
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
@@ -27,8 +27,7 @@ class LossThreshold(MembershipInference):
     def _score(self, target: Target, splits: MembershipSplits, threat: ThreatModel, ctx: RunContext,
                trainer: Any) -> tuple[np.ndarray, np.ndarray]:
         def score(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-            p = true_class_probability(predict_all(target, [x])[0], y)
-            return np.log(np.maximum(p, np.finfo(np.float64).tiny))
+            return true_class_log_probability(predict_all(target, [x])[0], y)
 
         return score(splits.members_x, splits.members_y), score(splits.non_members_x, splits.non_members_y)
 
@@ -40,5 +39,5 @@ class ConfidenceThreshold(MembershipInference):
 
     def _score(self, target: Target, splits: MembershipSplits, threat: ThreatModel, ctx: RunContext,
                trainer: Any) -> tuple[np.ndarray, np.ndarray]:
-        return (predict_all(target, [splits.members_x])[0].max(1),
+        return (predict_all(target, [splits.members_x])[0].max(1),  # the log of the highest probability
                 predict_all(target, [splits.non_members_x])[0].max(1))
