@@ -110,3 +110,25 @@ def test_bad_requests_are_data_errors() -> None:
         TrainRequest(x, y, sample_weight=np.ones(3))
     with pytest.raises(DataError, match="x_val and y_val"):
         TrainRequest(x, y, x_val=x)
+
+
+def test_trainer_identity_keys_the_shadow_model_cache() -> None:
+    """Equal for trainers that train alike, different otherwise, None where nothing is stable."""
+    import pickle
+
+    from sklearn.linear_model import LogisticRegression
+
+    from bastion.core.demo import digits_cnn_module
+    from bastion.core.training import trainer_identity
+
+    a, b = sklearn_train_fn(LogisticRegression(C=1.0)), sklearn_train_fn(LogisticRegression(C=1.0))
+    assert trainer_identity(a) == trainer_identity(b) != trainer_identity(sklearn_train_fn(LogisticRegression(C=2.0)))
+    proc = TorchTrainingProcedure(model=digits_cnn_module, optimizer=adam(1e-3), epochs=3)
+    assert trainer_identity(proc) == trainer_identity(TorchTrainingProcedure(model=digits_cnn_module,
+                                                                             optimizer=adam(1e-3), epochs=3))
+    assert trainer_identity(proc) != trainer_identity(TorchTrainingProcedure(model=digits_cnn_module,
+                                                                             optimizer=adam(1e-3), epochs=4))
+    width = 8
+    closure = TorchTrainingProcedure(model=lambda: torch.nn.Linear(4, width))
+    assert trainer_identity(closure) is None  # what it captured (width) is not in its source
+    assert pickle.loads(pickle.dumps(proc)) == proc and pickle.loads(pickle.dumps(a)).estimator.C == 1.0

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 if TYPE_CHECKING:  # pydantic models are imported only when a scan runs: `bastion inspect` starts fast
@@ -43,7 +43,8 @@ class ProgressUI:
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=console, transient=True, disable=quiet)
+                                 TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=console,
+                                 transient=True, disable=quiet)
 
     def __enter__(self) -> ProgressUI:
         self.progress.__enter__()

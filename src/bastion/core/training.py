@@ -123,8 +123,9 @@ def sklearn_train_fn(estimator: Any, *, name: str = "") -> TrainFn:
 
 def trainer_identity(trainer: Any) -> str | None:
     """A string that is equal for trainers that train alike, or None when there is none to trust:
-    a trainer's own ``identity()``, else a function's module, name and source code. What caches
-    of trained models are keyed by (bastion.attacks.privacy.shadows)."""
+    a trainer's own ``identity()``, else a function's module, name and source code (None for a
+    closure or a function with defaults: what it captured is not in its source). What caches of
+    trained models are keyed by (bastion.attacks.privacy.shadows)."""
     ident = getattr(trainer, "identity", None)
     if callable(ident):
         return str(ident())
@@ -141,6 +142,8 @@ def _callable_identity(fn: Any) -> str | None:
     if isinstance(fn, tuple | list):
         parts = [_callable_identity(v) for v in fn]
         return None if None in parts else f"[{', '.join(parts)}]"
+    if inspect.isfunction(fn) and (fn.__closure__ or fn.__defaults__ or fn.__kwdefaults__):
+        return None  # what it captured is not in its source
     if inspect.isfunction(fn) or inspect.isclass(fn):
         try:
             source = inspect.getsource(fn)

@@ -16,6 +16,7 @@ error, never a pass.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -169,7 +170,9 @@ class MembershipCheck(Check):
         results: list[MembershipResult] = []
         for attack in self.attacks:
             try:
-                with ctx.bar(f"{self.name}: {attack.label} models", attack.models()) as advance:
+                bar = ctx.bar(f"{self.name}: {attack.label}: models trained", attack.models()) if attack.models() \
+                    else nullcontext(None)
+                with bar as advance:
                     out = attack.run(target, splits, threat, run.spawn(attack.label, progress=advance), ctx.trainer)
             except KeyboardInterrupt:
                 raise Interrupted(self._finish(res, results, errors + [f"{attack.label}: interrupted"], t0)) from None
