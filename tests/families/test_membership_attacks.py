@@ -199,3 +199,22 @@ def test_a_label_only_model_is_refused_where_scores_are_needed(setting) -> None:
     labels = Labels([0, 1], SPEC, name="labels-api")
     with pytest.raises(UsageError, match="needs the model's scores, but the target 'labels-api' answers labels only"):
         get_membership_attack("loss-threshold").run(labels, splits)
+
+
+def test_augmented_queries_are_averaged_and_refused_for_tables(setting, tmp_path: Path) -> None:
+    target, splits = setting
+    lira = get_membership_attack("lira", mode="offline", shadow_models=2, augment="flip", cache=False)
+    with pytest.raises(UsageError, match="augment='flip' mirrors images; these records are not images"):
+        lira.run(target, splits, trainer=CountingTrainer(str(tmp_path / "c")))
+    from sklearn.linear_model import LogisticRegression
+
+    spec = InputSpec(shape=(1, 4, 8), lower=0.0, upper=1.0, kind="image")  # the same records as 4x8 images
+    images = MembershipSplits(*(a.reshape(-1, 1, 4, 8) if a.ndim == 2 else a for a in (
+        splits.members_x, splits.members_y, splits.non_members_x, splits.non_members_y, splits.reference_x,
+        splits.reference_y)))
+    model = sklearn_train_fn(LogisticRegression(C=10.0, max_iter=500))(
+        TrainRequest(images.members_x, images.members_y, seed=0, input_spec=spec, classes=[0, 1]))
+    plain = get_membership_attack("lira", mode="offline", shadow_models=2, cache=False).run(
+        model, images, trainer=CountingTrainer(str(tmp_path / "c")))
+    flipped = lira.run(model, images, trainer=CountingTrainer(str(tmp_path / "c")))
+    assert flipped.queries == 2 * plain.queries and flipped.auc > 0.5  # mirrored random features add noise here
