@@ -23,6 +23,7 @@ import posixpath
 from typing import Any, BinaryIO
 
 from bastion.core.severity import Severity
+from bastion.supply.config import InspectConfig
 from bastion.supply.context import LimitExceeded, ScanContext
 
 _KERAS_MODULES = ("keras", "tensorflow", "tf_keras", "keras_nlp", "keras_cv", "keras_hub")
@@ -123,6 +124,14 @@ def scan_hdf5(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
     # the HDF5 C library can take unbounded memory or time on a crafted file: it parses in a bounded
     # worker process, which alone imports h5py (and NumPy)
     run_isolated(ctx, fh, size, _scan_hdf5_h5py, "HDF5", setup=_import_h5py)
+
+
+def prestart_hdf5(config: InspectConfig) -> None:
+    """Start the HDF5 worker (it imports h5py and NumPy) ahead of the first HDF5 file."""
+    if _h5py_installed():
+        from bastion.supply.isolate import prestart
+
+        prestart(_scan_hdf5_h5py, config, _import_h5py)
 
 
 def _h5py_installed() -> bool:
