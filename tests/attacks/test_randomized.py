@@ -89,3 +89,31 @@ def test_auto_never_keeps_the_clean_input_because_one_draw_was_right(noisy) -> N
     assert moved[attacked].all()
     last = res.extra["stages"][-1]["robust_accuracy"]
     assert last == pytest.approx(res.robust_accuracy)  # the stage table agrees with the headline
+
+
+def test_the_evasion_check_reports_expectations_with_their_interval(noisy) -> None:
+    from bastion.campaign.checks.base import CheckContext
+    from bastion.campaign.checks.evasion import EvasionCheck, EvasionParams
+    from bastion.core.data import Dataset
+
+    target, x, y = noisy
+    check = EvasionCheck("pgd", EvasionParams(attack="pgd", eps=[0.05, 0.1], params={"steps": 5, "draws": 20},
+                                              examples=0))
+    res = check.run(CheckContext(target=target, data=Dataset(x, y), y=y))
+    acc = res.values("robust_accuracy")
+    low, high = res.values("robust_accuracy_ci_low"), res.values("robust_accuracy_ci_high")
+    assert len(acc) == len(low) == len(high) == 2 and all(lo <= a <= hi for a, lo, hi in zip(acc, low, high))
+    assert res.values("draws") == [20, 20]
+    finding = res.findings[0]
+    assert "robust accuracy in expectation over 20 draws, 95% CI [" in finding.title
+
+
+def test_min_eps_brackets_on_a_randomised_model_need_most_draws_fooled(noisy) -> None:
+    target, x, y = noisy
+    res = bastion.attacks.MinimalEps(attack="pgd", attack_params={"steps": 5, "eot_iter": 4}, eps_max=0.5,
+                                     search_steps=3, draws=20).run(target, x[:20], y[:20])
+    upper = np.asarray(res.extra["min_eps"])
+    found = np.isfinite(upper) & (upper > 0)
+    assert found.any() and res.expectation is not None and res.expectation.eot == 4
+    # where a bracket was found, the kept input is fooled on most of the fresh draws far more often than not
+    assert res.expectation.adv_success[found].mean() > 0.5

@@ -12,6 +12,8 @@ METRIC_UNITS: dict[str, str] = {
     "n": "count", "clean_accuracy": "ratio", "robust_accuracy": "ratio", "success_rate": "ratio",
     "n_attacked": "count", "n_fooled": "count", "adv_confidence_mean": "ratio", "queries": "queries",
     "queries_per_sample": "queries", "seconds": "seconds",
+    # a randomised target: accuracies are expectations over ``draws`` fresh draws, with a 95% interval
+    "draws": "count", "robust_accuracy_ci_low": "ratio", "robust_accuracy_ci_high": "ratio",
 }
 #: Unit of the statistics of each perturbation norm (L0 counts features; L2 and L∞ are in ε units).
 NORM_UNITS: dict[str, str] = {"l0": "count", "l2": "eps", "linf": "eps"}

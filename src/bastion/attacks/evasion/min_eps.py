@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from bastion.attacks.base import AttackParams, AttackResult, AttackRun, EvasionAttack, get_attack, register_attack
+from bastion.attacks.evasion.expectation import EOT_DEFAULT, draw_counts, shares
 from bastion.core.params import Eps, ParamError
 from bastion.core.targets.base import Target
 
@@ -65,6 +66,10 @@ class MinimalEps(EvasionAttack):
         self.needs_gradients = self._inner.needs_gradients  # type: ignore[misc]
         self.family = self._inner.family  # type: ignore[misc]
 
+    def _eot(self, target: Target, randomized: bool) -> int:
+        """The inner attack's EOT draws (its own ``eot_iter``, or the default)."""
+        return self._inner._eot(target, randomized)
+
     def _begin(self, run: AttackRun, target: Target) -> None:
         run.state = _Search(run.derive(self._inner.name))
         self._inner._begin(run.state.inner, target)
@@ -74,6 +79,9 @@ class MinimalEps(EvasionAttack):
         """Run the inner attack at ``eps`` on these inputs; return (x_adv, success)."""
         inner = self._inner.clone(eps=eps)
         x_adv = target.input_spec.enforce(x, inner._attack_batch(target, x, goal, rows, run.state.inner))
+        if run.expectation:  # randomised: succeeds at eps when fooled on most of EOT_DEFAULT draws
+            counts = draw_counts(target, x_adv, EOT_DEFAULT, self.batch_size, counted=True)
+            return x_adv, shares(counts, goal, goal, self.targeted)[1] > 0.5
         pred = target.predict_proba(x_adv).argmax(1)
         return x_adv, (pred == goal) if self.targeted else (pred != goal)
 

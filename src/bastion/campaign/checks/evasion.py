@@ -188,6 +188,12 @@ class EvasionCheck(Check):
         else:
             severity = robustness_severity(clean, robust)
             title = (f"{attack.name} ({norm}, ε={last.eps:g}) lowers accuracy from {clean:.0%} to {robust:.0%}")
+            if last.expectation is not None:  # a randomised model: figures are expectations over draws
+                lo, hi = last.expectation.ci
+                title += (f" (robust accuracy in expectation over {last.expectation.draws} draws, "
+                          f"95% CI [{lo:.0%}, {hi:.0%}])")
+                evidence.update(draws=last.expectation.draws, robust_accuracy_ci=[lo, hi],
+                                eot_iter=last.expectation.eot)
             rule = get_rule(EVASION_RULE.get(attack.family, EVASION_RULE["evasion-whitebox"]))
             evidence.update(eps=last.eps, robust_accuracy=robust, queries=int(sum(r.queries for r in results)))
         threat = THREATS.get(attack.family, THREATS["evasion"])
