@@ -50,6 +50,31 @@ class DefenseSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class BPDASpec(_Strict):
+    """A differentiable substitute for a non-differentiable step of a torch model (BPDA, Athalye et
+    al. 2018): white-box attacks take gradients through it, predictions come from the real model.
+    ``module``: the submodule holding the step (straight-through identity unless ``substitute``, a
+    ``python:file.py:function`` approximating it); or ``forward``: a ``python:file.py:function``
+    standing in for the whole forward pass (returns logits)."""
+
+    module: str | None = None
+    substitute: str | None = None
+    forward: str | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> BPDASpec:
+        if (self.module is None) == (self.forward is None):
+            raise ValueError("declare either module (the submodule with the non-differentiable step) or forward "
+                             "(a differentiable stand-in for the whole model), not both")
+        if self.substitute is not None and self.module is None:
+            raise ValueError("substitute approximates the step of 'module'; with forward, give no substitute")
+        for name in ("substitute", "forward"):
+            v = getattr(self, name)
+            if v is not None and not v.startswith("python:"):
+                raise ValueError(f"{name} must be python:path/file.py:function, got {v!r}")
+        return self
+
+
 class TargetSpec(_Strict):
     """The model under test. ``model`` is a spec string (see ``bastion.load_target``);
     ``defenses`` (policy v2) wrap it, in order, the defended model being tested."""
@@ -63,6 +88,7 @@ class TargetSpec(_Strict):
     features: list[dict[str, Any]] | None = None
     http: dict[str, Any] | None = None
     defenses: list[DefenseSpec] = Field(default_factory=list)
+    bpda: BPDASpec | None = None
 
 
 class DataSpec(_Strict):

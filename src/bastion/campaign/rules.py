@@ -11,6 +11,17 @@ _ADAPTIVE = ("Do not trust white-box robustness numbers for this model until an 
              "evaluate with the 'auto' ensemble (it includes a black-box stage), ")
 _MASKING_HELP = ("Gradient masking makes white-box attacks fail for the wrong reason, so the model looks more "
                  "robust than it is (Athalye et al. 2018, arXiv:1802.00420).")
+#: How to declare BPDA for a non-differentiable step of the user's own torch model (policy and API).
+BPDA_HOWTO = ("Declare a differentiable substitute for the non-differentiable step (BPDA) so white-box attacks "
+              "follow it while predictions still come from the real model; in the policy's target section: "
+              "`bpda: {module: quantize}` (the torch submodule holding the step; its backward pass becomes the "
+              "identity, or the gradient of `substitute: python:approx.py:smooth_step`), or "
+              "`bpda: {forward: python:approx.py:smooth_model}` (a differentiable stand-in for the whole model); "
+              "in Python: TorchTarget(model, spec, bpda=BPDA(module='quantize')). See docs/attacks-whitebox.md.")
+_EOT_HOWTO = ("bastion's attacks find randomised models with a probe and evaluate them in expectation on their own "
+              "(EOT gradients over 20 draws, accuracies over 100 fresh draws with a 95% interval); raise eot_iter "
+              "and draws in the attack's params for tighter figures, and declare params: {randomized: true} for a "
+              "remote model, which is not probed.")
 _EVASION_HELP = ("An evasion attack changes each input a little (at most ε, in each feature's own scale) to make "
                  "the model answer wrongly. Robust accuracy is the share of inputs still answered correctly.")
 
@@ -40,8 +51,8 @@ CATALOGUE: list[Rule] = [
                        "if it is smaller, train adversarially at that ε.")),
     Rule(id="BASTION-EV-101", title="Randomised model outputs: a sign of gradient masking",
          threat="evasion-whitebox", default_severity=Severity.medium, help=_MASKING_HELP,
-         remediation=_ADAPTIVE + "and average gradients over the randomness with Expectation over Transformation "
-                     "(APGD/auto parameter eot_iter, e.g. 20). Report robustness on the expected prediction."),
+         remediation=_ADAPTIVE + "and report robustness on the expected prediction (Expectation over "
+                     "Transformation, Athalye et al. 2018): " + _EOT_HOWTO),
     Rule(id="BASTION-EV-102",
          title="Model outputs are not logits (probabilities or saturated): a sign of gradient masking",
          threat="evasion-whitebox", default_severity=Severity.medium, help=_MASKING_HELP,
@@ -50,13 +61,13 @@ CATALOGUE: list[Rule] = [
                      "which are scale invariant."),
     Rule(id="BASTION-EV-103", title="Zero or non-finite input gradients: a sign of gradient masking",
          threat="evasion-whitebox", default_severity=Severity.high, help=_MASKING_HELP,
-         remediation=_ADAPTIVE + "and replace non-differentiable steps (rounding, quantisation, JPEG, thresholding) "
-                     "by a differentiable approximation on the backward pass (BPDA), or rely on black-box "
-                     "attacks (square)."),
+         remediation=_ADAPTIVE + "and cross non-differentiable steps (rounding, quantisation, JPEG, thresholding, "
+                     "sqrt at 0) with BPDA. " + BPDA_HOWTO),
     Rule(id="BASTION-EV-104", title="A black-box attack succeeds where the white-box attack failed: gradient masking",
          threat="evasion-whitebox", default_severity=Severity.high, help=_MASKING_HELP,
          remediation=_ADAPTIVE + "treat the black-box robust accuracy as the upper bound, and look for the masking "
-                     "cause (non-differentiable or randomised components) to attack it with BPDA or EOT."),
+                     "cause (non-differentiable or randomised components) to attack it with BPDA or EOT. "
+                     + BPDA_HOWTO),
     Rule(id="BASTION-EV-105", title="Robust accuracy does not fall toward 0 at a large ε: gradient masking",
          threat="evasion-whitebox", default_severity=Severity.high,
          help=_MASKING_HELP + " With an ε that spans the whole input range any input can be turned into any other, "
@@ -64,14 +75,14 @@ CATALOGUE: list[Rule] = [
          remediation=_ADAPTIVE + "find the step the gradients do not pass through (rounding, quantisation, a "
                      "saturated softmax, a randomised layer) and attack it with a differentiable substitute (BPDA) or "
                      "in expectation (EOT). If some features are immutable, set large_eps or the tolerated accuracy "
-                     "to what they allow."),
+                     "to what they allow. " + BPDA_HOWTO),
     Rule(id="BASTION-EV-106", title="An unbounded attack does not reach 100% success: gradient masking",
          threat="evasion-whitebox", default_severity=Severity.medium,
          help=_MASKING_HELP + " An attack without a perturbation budget must fool every correctly classified input; "
                               "where it does not, it is not following the model (Carlini et al. 2019, "
                               "arXiv:1902.06705).",
          remediation=_ADAPTIVE + "look for non-differentiable or randomised steps and attack them with BPDA or EOT; "
-                     "check that the model's output is logits."),
+                     "check that the model's output is logits. " + BPDA_HOWTO),
 ]
 
 #: Evasion rule of each attack family.

@@ -184,16 +184,34 @@ def _load(loaded: LoadedPolicy, limit: int | None) -> tuple[Target | None, Datas
         target = load_target(model_spec, input_shape=tuple(t.input_shape) if t.input_shape else None,
                              bounds=t.bounds, classes=t.classes, output=t.output, data=data,
                              query_budget=t.query_budget, **kwargs)
-    for i, d in enumerate(t.defenses):
+    if t.bpda is not None:
+        with loaded.blame("target", "bpda"):
+            target = _with_bpda(target, t.bpda, base)
+    for i, spec in enumerate(t.defenses):
         with loaded.blame("target", "defenses", i):
             from bastion.core.defense import DEFENSES
 
-            target = DEFENSES[d.name](**d.params).wrap(target, seed=pol.seed)
+            target = DEFENSES[spec.name](**spec.params).wrap(target, seed=pol.seed)
     with loaded.blame("data", "source"):
         y = align_labels(data, target)
         data = Dataset(target.input_spec.validate(data.x, what=f"data '{d.source}'"), data.y, data.name,
                        data.feature_names, data.meta)
     return target, data, y
+
+
+def _with_bpda(target: Target, spec: Any, base: Path) -> Target:
+    """The policy's BPDA declaration on a torch target (its python: functions are user code, as a
+    python: model is)."""
+    from bastion.core.defense import BPDA
+    from bastion.core.loader import import_object
+    from bastion.core.targets.torch_target import TorchTarget
+
+    if not isinstance(target, TorchTarget):
+        raise UsageError(f"target.bpda needs a torch model; '{target.name}' is a {target.kind} target",
+                         hint="BPDA changes how gradients cross a torch model; remove target.bpda for this model")
+    ref = spec.substitute or spec.forward
+    fn = import_object(_rel(ref, base).removeprefix("python:")) if ref else None
+    return target.with_bpda(BPDA(module=spec.module, substitute=fn))
 
 
 def _load_v2(loaded: LoadedPolicy) -> tuple[dict[str, Dataset], Any]:

@@ -166,13 +166,16 @@ class DifferentiableDefendedTarget(DefendedTarget, DifferentiableTarget):
         self.count_queries(int(x.shape[0]))
         return self.defended_logits(x, bpda="exact")
 
-    def defended_logits(self, x: torch.Tensor, *, bpda: Bpda) -> torch.Tensor:
-        """Log-probabilities of the defended model, uncounted; the backward pass per ``bpda``."""
+    def defended_logits(self, x: torch.Tensor, *, bpda: Bpda, adaptive: bool = False) -> torch.Tensor:
+        """Log-probabilities of the defended model, uncounted; the backward pass per ``bpda``, and
+        (``adaptive``) through the wrapped model's own adaptive view (e.g. its declared BPDA)."""
         import torch
 
         z = self._step(x, bpda)
         assert isinstance(self.inner, DifferentiableTarget)
-        out = self.inner._raw_logits(z)
+        inner = self.inner.adaptive_view() if adaptive else self.inner
+        assert isinstance(inner, DifferentiableTarget)
+        out = inner._raw_logits(z)
         if type(self.defense).postprocess is TargetDefense.postprocess:
             return out
         p = torch.softmax(out, dim=1)
@@ -183,6 +186,8 @@ class DifferentiableDefendedTarget(DefendedTarget, DifferentiableTarget):
     def _step(self, x: torch.Tensor, bpda: Bpda) -> torch.Tensor:
         import torch
 
+        if type(self.defense).preprocess is TargetDefense.preprocess:  # no input transformation
+            return x
         if self.defense.has_torch_step() and bpda == "exact":
             return self.defense.preprocess_torch(x, self.rng)
         real = torch.as_tensor(self.transform(x.detach().cpu().numpy()), device=x.device, dtype=x.dtype)
@@ -268,8 +273,8 @@ class AdaptiveView(TargetView):
         n, k = int(x.shape[0]), path.eot_samples
         self.count_queries(n * k)
         if k == 1:
-            return self.defended.defended_logits(x, bpda=path.bpda)
-        return expected_logits(lambda r: self.defended.defended_logits(r, bpda=path.bpda), x, k)
+            return self.defended.defended_logits(x, bpda=path.bpda, adaptive=True)
+        return expected_logits(lambda r: self.defended.defended_logits(r, bpda=path.bpda, adaptive=True), x, k)
 
     @property
     def draws_per_call(self) -> int:

@@ -85,6 +85,15 @@ class TorchTarget(DifferentiableTarget):
             out = torch.log(out.clamp_min(1e-12))
         return out
 
+    def with_bpda(self, bpda: BPDA) -> TorchTarget:
+        """This model with ``bpda`` declared: a new target on the same module (own query counter)."""
+        import copy
+
+        out = copy.copy(self)
+        out.queries, out.bpda = 0, bpda
+        bpda.install(out.module)
+        return out
+
     def adaptive_view(self) -> Any:
         """With a declared BPDA, the view whose gradients cross the non-differentiable step."""
         if self.bpda is None:
