@@ -4,14 +4,17 @@
   each, DeepFool; its Square stage set to ``--square-queries`` with one restart, the same budget as
   bastion's Square stage) at the same L∞ ε, on the demo digits CNN and on a
   PGD-adversarially-trained copy of it (trained here with bastion's PGD, cached in /tmp);
-- bastion ``cw`` (defaults) vs ART ``CarliniL2Method``: success rate and median L2.
+- bastion ``cw`` (defaults) vs ART ``CarliniL2Method``: success rate and median L2;
+- minimal-norm attacks on the same inputs: bastion ``min-eps`` around APGD, ``fab`` (FAB-T), ``deepfool``
+  and ``cw``: success, median norm, CPU seconds (L2 and L∞; C&W is L2 only).
 
 Run from the repository root with the benchmark venv (ART installed there only):
 
     benchmarks/.env/bin/python benchmarks/evasion_strength.py --n 100 --eps 0.1 0.2 --square-queries 1000
 
 The tools run alternately (bastion, ART, ART, bastion, ...) on the same inputs; with ``--reps`` > 1
-the medians of the wall times are reported. Writes benchmarks/results/evasion-strength.md.
+the medians of the wall and CPU (``time.process_time``) times are reported; compare CPU times on a shared
+machine. Writes ``--out`` (JSON); benchmarks/results/evasion-strength.md is written from it by hand.
 """
 
 from __future__ import annotations
@@ -78,15 +81,15 @@ def art_classifier(model: torch.nn.Module):
 
 
 def run_bastion_auto(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, eps: float,
-                     square_queries: int) -> tuple[float, float, list]:
+                     square_queries: int) -> tuple[float, float, float, list]:
     target = TorchTarget(model, SPEC)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = AutoAttack(eps=eps, norm="linf", seed=0, blackbox_queries=square_queries).run(target, x, y)
-    return res.robust_accuracy, time.perf_counter() - t0, res.extra["stages"]
+    return res.robust_accuracy, time.perf_counter() - t0, time.process_time() - c0, res.extra["stages"]
 
 
 def run_art_auto(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, eps: float,
-                 square_queries: int) -> tuple[float, float]:
+                 square_queries: int) -> tuple[float, float, float]:
     """ART's default AutoAttack list (APGD-CE ×5 restarts, APGD-DLR ×5, DeepFool) with its Square stage
     set to ``square_queries`` iterations and one restart (ART's default, 5000 × 5 restarts, does not
     finish in reasonable time on this machine; AutoAttack "standard" uses one Square run)."""
@@ -102,12 +105,12 @@ def run_art_auto(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, eps: floa
     attacks.append(DeepFool(classifier=clf, max_iter=100, epsilon=1e-3, nb_grads=10, batch_size=256, verbose=False))
     attacks.append(SquareAttack(estimator=clf, norm=np.inf, max_iter=square_queries, eps=eps, p_init=0.8,
                                 nb_restarts=1, verbose=False))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     x_adv = ArtAutoAttack(estimator=clf, norm=np.inf, eps=eps, eps_step=2 * eps, attacks=attacks,
                           batch_size=256).generate(x, y=y)
-    secs = time.perf_counter() - t0
+    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     assert np.abs(x_adv - x).max() <= eps + 1e-5
-    return float(np.mean(clf.predict(x_adv).argmax(1) == y)), secs
+    return float(np.mean(clf.predict(x_adv).argmax(1) == y)), secs, cpu
 
 
 def cw_compare(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, art_iter: int) -> dict:
@@ -138,6 +141,37 @@ def cw_compare(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, art_iter: i
             "bastion_seconds": b_secs, "art_seconds": a_secs}
 
 
+def min_norm_compare(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, search_steps: int) -> list[dict]:
+    """Minimal-norm attacks on the correctly classified inputs: success, median norm (over the inputs every
+    attack of the norm fooled), CPU seconds."""
+    from bastion.attacks import FAB, DeepFool, MinimalEps
+
+    target = TorchTarget(model, SPEC)
+    correct = target.predict(x) == y
+    x, y = x[correct], y[correct]
+    rows = []
+    for norm, eps_max in (("l2", 3.0), ("linf", 0.5)):
+        attacks = {f"min-eps(apgd, 50 steps, {search_steps} bisections)":
+                   MinimalEps(attack="apgd", attack_params={"steps": 50}, norm=norm, eps_max=eps_max,
+                              search_steps=search_steps),
+                   "fab (FAB-T, 9 targets, 100 steps)": FAB(norm=norm),
+                   "deepfool": DeepFool(norm=norm)}
+        if norm == "l2":
+            attacks["cw (defaults)"] = CarliniWagnerL2()
+        found = {}
+        for name, attack in attacks.items():
+            c0 = time.process_time()
+            res = attack.run(target, x, y)
+            found[name] = (res.success, res.norms[norm], time.process_time() - c0)
+        every = np.logical_and.reduce([ok for ok, _, _ in found.values()])
+        for name, (ok, nrm, cpu) in found.items():
+            rows.append({"norm": norm, "attack": name, "n": len(x), "success": float(ok.mean()),
+                         "median_norm_all_fooled": float(np.median(nrm[every])), "n_all_fooled": int(every.sum()),
+                         "cpu_seconds": cpu})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=360, help="test images for the AutoAttack comparison")
@@ -148,6 +182,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--square-queries", type=int, default=1000, help="Square stage budget, both tools")
     ap.add_argument("--models", nargs="+", default=["digits-cnn", "digits-cnn PGD-AT"])
+    ap.add_argument("--min-norm-n", type=int, default=100, help="test images for the minimal-norm comparison")
+    ap.add_argument("--search-steps", type=int, default=10, help="min-eps bisection steps")
     ap.add_argument("--out", default="benchmarks/results/evasion-strength.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -164,19 +200,22 @@ def main() -> None:
             continue
         clean = float(np.mean(TorchTarget(model, SPEC).predict(x) == y))
         for eps in args.eps:
-            b_times, a_times, b_acc, a_acc, stages = [], [], None, None, None
+            b_times, a_times, b_cpu, a_cpu, b_acc, a_acc, stages = [], [], [], [], None, None, None
             for rep in range(args.reps):
                 order = ("bastion", "art") if rep % 2 == 0 else ("art", "bastion")
                 for tool in order:
                     if tool == "bastion":
-                        b_acc, secs, stages = run_bastion_auto(model, x, y, eps, args.square_queries)
+                        b_acc, secs, cpu, stages = run_bastion_auto(model, x, y, eps, args.square_queries)
                         b_times.append(secs)
+                        b_cpu.append(cpu)
                     else:
-                        a_acc, secs = run_art_auto(model, x, y, eps, args.square_queries)
+                        a_acc, secs, cpu = run_art_auto(model, x, y, eps, args.square_queries)
                         a_times.append(secs)
-                    print(f"{mname} eps={eps} {tool}: {secs:.1f}s", flush=True)
+                        a_cpu.append(cpu)
+                    print(f"{mname} eps={eps} {tool}: {secs:.1f}s wall, {cpu:.1f}s CPU", flush=True)
             rows.append({"model": mname, "eps": eps, "clean": clean, "bastion_robust": b_acc, "art_robust": a_acc,
                          "bastion_seconds": statistics.median(b_times), "art_seconds": statistics.median(a_times),
+                         "bastion_cpu_seconds": statistics.median(b_cpu), "art_cpu_seconds": statistics.median(a_cpu),
                          "stages": stages})
             print(json.dumps(rows[-1]), flush=True)
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -185,12 +224,15 @@ def main() -> None:
     cw = [cw_compare(models["digits-cnn"], cw_x, cw_y, it) for it in args.art_cw_iter]
     for c in cw:
         print(json.dumps(c), flush=True)
+    mx, my = data.x[:args.min_norm_n], data.y[:args.min_norm_n].astype(np.int64)
+    min_norm = min_norm_compare(models["digits-cnn"], mx, my, args.search_steps)
     meta = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
                        "2-core CPU shared with other jobs",
             "python": platform.python_version(), "torch": torch.__version__, "bastion": bastion.__version__,
-            "art": art.__version__, "n": len(x), "reps": args.reps, "square_queries": args.square_queries, "adv_training_seconds": train_secs}
+            "art": art.__version__, "n": len(x), "reps": args.reps, "square_queries": args.square_queries,
+            "adv_training_seconds": train_secs}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"meta": meta, "auto": rows, "cw": cw}, indent=2))
+    Path(args.out).write_text(json.dumps({"meta": meta, "auto": rows, "cw": cw, "min_norm": min_norm}, indent=2))
 
 
 if __name__ == "__main__":

@@ -100,7 +100,12 @@ def test_gradient_health_flags_saturation_rounding_and_noise() -> None:
     assert gradient_health(_wrapped("plain"), xt, yt).all()
     assert not gradient_health(_wrapped("round"), xt, yt).any()
     assert not gradient_health(_wrapped("noise"), xt, yt).any()
-    assert (~gradient_health(_wrapped("scale"), xt, yt)).float().mean() > 0.5  # saturated CE gradient
+    # a saturated softmax zeroes the CE gradient, not the DLR one APGD-T follows
+    scaled = _wrapped("scale")
+    assert gradient_health(scaled, xt, yt).all()
+    xr = xt.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(scaled.logits(xr), yt, reduction="sum"), xr)
+    assert (g.abs().sum(1) == 0).float().mean() > 0.5  # the saturation is there
 
 
 def test_square_budget_follows_gradient_health() -> None:

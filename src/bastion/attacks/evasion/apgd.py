@@ -236,8 +236,10 @@ class APGD(EvasionAttack):
     ``loss``: ``"ce"`` or ``"dlr"``. ``n_target_classes`` > 0 runs APGD-T: for each of the top-k
     classes other than the true one (by the clean logits), a targeted run towards it; the k runs of
     an input go side by side in one batch and all stop once one of them fools it (success is still
-    any misclassification). ``restarts`` random restarts run only on points still robust. ``eot_iter`` > 1 averages the prediction over that many draws per step (EOT,
-    for randomised models; 20 by default on a target found randomised).
+    any misclassification). ``restarts`` random restarts run only on points still robust.
+    ``eot_iter`` > 1 averages the prediction over that many draws per step (EOT, for randomised
+    models; 20 by default on a target found randomised: then every target and restart runs on every
+    input, one after the other).
 
     >>> import bastion
     >>> attack = bastion.attacks.APGD(eps=0.1, norm="linf", loss="dlr", steps=100)

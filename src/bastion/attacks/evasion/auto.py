@@ -16,10 +16,10 @@ Stages, each run only on the inputs still robust after the previous ones:
    mislead the white-box stages. Skipped, with a note, if no attack named ``square`` is registered.
 
 Budgets follow the gradients: before FAB-T and Square, each input still robust is probed once
-(CE and DLR gradients finite and non-zero, the logits the same on a second call). Where they are
-healthy the white-box stages have done their job, and FAB-T runs towards the most promising target
-only and Square gets ``healthy_share`` of its queries; where they are not (masking, saturation,
-randomness), both run in full.
+(the DLR gradient APGD-T follows finite and non-zero, the CE gradient finite, the logits the same
+on a second call). Where they are healthy the white-box stages have done their job, and FAB-T runs
+towards the most promising target only and Square gets ``healthy_share`` of its queries; where they
+are not (quantisation, a non-differentiable step, randomness), both run in full.
 
 ``AttackResult.extra["stages"]`` lists, per stage, the robust accuracy over all inputs after it
 (its last row is the headline robust accuracy, on the same inputs), its seconds and queries;
@@ -290,19 +290,19 @@ class AutoAttack(EvasionAttack):
 
 
 def gradient_health(target: DifferentiableTarget, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per input: the gradients of the CE and (with 3 or more classes) DLR losses at ``x`` are finite
-    and non-zero, and a second call gives the same logits. False flags what masks gradients:
-    saturated outputs, quantisation, a non-differentiable step, randomness (Athalye et al. 2018)."""
+    """Per input: the gradient APGD-T follows (DLR; the cross-entropy with fewer than 3 classes) is
+    finite and non-zero, the cross-entropy gradient is finite, and a second call gives the same
+    logits. False flags what masks gradients: quantisation, a non-differentiable step, randomness
+    (Athalye et al. 2018). A saturated softmax alone (zero cross-entropy gradient) does not: the DLR
+    loss is invariant to the scale of the logits (Croce & Hein 2020)."""
     xr = x.clone().requires_grad_(True)
     logits = target.logits(xr)
-    losses = [F.cross_entropy(logits, y, reduction="none")]
-    if logits.shape[1] >= 3:
-        losses.append(dlr_loss(logits, y, None))
-    ok = torch.ones(len(x), dtype=torch.bool, device=x.device)
-    for i, lv in enumerate(losses):
-        (g,) = torch.autograd.grad(lv.sum(), xr, retain_graph=i < len(losses) - 1)
-        flat = g.flatten(1)
-        ok &= torch.isfinite(flat).all(1) & (flat.abs().sum(1) > 0)
+    ce = F.cross_entropy(logits, y, reduction="none")
+    follow = dlr_loss(logits, y, None) if logits.shape[1] >= 3 else ce
+    (g_ce,) = torch.autograd.grad(ce.sum(), xr, retain_graph=follow is not ce)
+    (g,) = (g_ce,) if follow is ce else torch.autograd.grad(follow.sum(), xr)
+    flat = g.flatten(1)
+    ok = torch.isfinite(g_ce.flatten(1)).all(1) & torch.isfinite(flat).all(1) & (flat.abs().sum(1) > 0)
     with torch.no_grad():
         again = target.logits(x)
     return ok & (again == logits.detach()).all(1)

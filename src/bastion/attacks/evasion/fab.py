@@ -157,9 +157,10 @@ class FABParams(AttackParams):
     restarts: int = Field(1, ge=1, le=MAX_RESTARTS,
                           description="Runs; the first from the input, the others from a random point at half the "
                                       "best norm found.")
-    n_target_classes: int = Field(9, ge=0, le=1000,
-                                  description="FAB-T: runs towards each of the top-k other classes (0: untargeted FAB).")
-    candidates: int = Field(9, ge=1, le=1000, description="Untargeted FAB: most likely other classes searched per step.")
+    n_target_classes: int = Field(
+        9, ge=0, le=1000, description="FAB-T: runs towards each of the top-k other classes (0: untargeted FAB).")
+    candidates: int = Field(
+        9, ge=1, le=1000, description="Untargeted FAB: most likely other classes searched per step.")
     alpha_max: float = Field(0.1, gt=0, lt=1, description="Largest weight of the step from the original input.")
     eta: float = Field(1.05, ge=1, description="Overshoot of the projection onto the linearised boundary.")
     beta: float = Field(0.9, gt=0, lt=1, description="Backward step towards the input after a success.")
