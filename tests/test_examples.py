@@ -30,5 +30,8 @@ def test_example_policy_v2(tmp_path: Path) -> None:
     assert result.status == "complete", result.status_reason
     assert result.verdict == "pass", [(g.expression, g.value, g.reason) for g in result.gates]
     eps = {c.name: sorted({m.where["eps"] for m in c.measurements if m.name == "robust_accuracy"})
-           for c in result.checks}
+           for c in result.checks if c.kind == "evasion"}
     assert eps == {"pgd-linf": [0.05, 0.1], "square-l2": [0.5]}   # from the threat, and overridden
+    masking = next(c for c in result.checks if c.kind == "gradient-masking")
+    assert masking.metrics["n_samples"] == 60 and masking.findings == []  # a logistic regression masks nothing
+    assert all(g.untrusted is None for g in result.gates)

@@ -235,7 +235,7 @@ def test_gradient_masking_check_on_the_audit_models(which: str) -> None:
         return
     assert res.findings
     for f in res.findings:
-        assert f.metrics["concerns"] in ("gradient", "all") and "puts in doubt" in f.description
+        assert f.metrics["concerns"] in ("gradient", "all") and "marked untrusted" in f.description
         if f.metrics["sanity"] != "output-kind" or not f.metrics["probabilities_like"]:
             assert "CI" in f.description and f.metrics["ci_low"] <= f.metrics["ci_high"]
     expected = {"x1000": "BASTION-EV-102", "round3": "BASTION-EV-103", "noise": "BASTION-EV-101",

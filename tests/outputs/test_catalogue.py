@@ -87,12 +87,12 @@ def test_end_never_before_start() -> None:
 
 
 def test_reads_a_committed_1x_report(tmp_path: Path) -> None:
-    """A report.json written by bastion 0.1 (schema 1.0) is read as 2.0: numbers become
+    """A report.json written by bastion 0.1 (schema 1.0) is read as 2.x: numbers become
     measurements, pictures typed artifacts, and what 2.0 has no type for stays in the details."""
     doc = json.loads((DATA / "report-1.0.json").read_text())
     assert doc["schema_version"] == "1.0"
     res = read_report(DATA / "report-1.0.json")
-    assert res.schema_version == "2.0" and res.verdict == doc["verdict"]
+    assert res.schema_version == "2.1" and res.verdict == doc["verdict"]
     pgd = res.checks[0]
     assert [a.type for a in pgd.artifacts] == ["robustness_curve"] * 3 + ["example_grid", "histogram", "stage_chart"]
     assert pgd.values("clean_accuracy") == [0.975]

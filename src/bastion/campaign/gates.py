@@ -10,7 +10,10 @@ When several measurements match, the gate uses the worst case for its direction 
 ``>=``/``>``, the maximum for ``<=``/``<``). A gate that matches nothing fails, saying why.
 
 A gate never passes on something that was not measured: it fails with "no measurement" when a
-check it reads errored or did not run, and fails when a check it reads is incomplete. When the
+check it reads errored or did not run, and fails when a check it reads is incomplete. Nor on a
+figure a sign of gradient masking put in doubt (``Measurement.untrusted``, see
+:mod:`bastion.campaign.trust`): it fails with that reason unless the gate allows untrusted figures
+(``allow_untrusted``, a policy opt-out); the result says so either way. When the
 policy loads, :func:`resolve_gate` finds the checks each gate reads and refuses a gate whose
 metric or selectors can never match (typos, wrong case, an ε no check measures).
 """
@@ -55,6 +58,7 @@ class Gate:
     fields: tuple[tuple[str, str], ...]
     op: str
     threshold: float
+    allow_untrusted: bool = False
 
     def evaluate(self, checks: list[CheckResult], reads: Sequence[str] | None = None) -> GateResult:
         """Evaluate on the results of a scan. ``reads`` names the checks this gate reads (see
@@ -87,11 +91,16 @@ class Gate:
         else:
             check, m = found[0]
         value = float(m.value)  # type: ignore[arg-type]
-        passed = bool(_OPS[self.op](value, self.threshold)) and not partial
+        untrusted = "; ".join(dict.fromkeys(x.untrusted for _, x in found if x.untrusted)) or None
+        blocked = untrusted is not None and not self.allow_untrusted
+        passed = bool(_OPS[self.op](value, self.threshold)) and not partial and not blocked
         reason = ("partial measurement cannot pass: " + "; ".join(partial) if partial
+                  else f"untrusted figure cannot pass: {untrusted}" if blocked
                   else None if len(found) == 1 else f"worst of {len(found)} matching measurements")
+        if untrusted and not blocked:
+            reason = f"passed on an untrusted figure (allow_untrusted): {untrusted}" if passed else reason
         return GateResult(**base, value=value, passed=passed, unit=m.unit, check=check.name, where=dict(m.where),
-                          reason=reason)
+                          reason=reason, untrusted=untrusted)
 
     def _may_read(self, c: CheckResult) -> bool:
         if c.status == "error":  # nothing measured: only its name and kind can be matched

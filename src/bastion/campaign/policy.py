@@ -14,10 +14,13 @@ says what is allowed. Example::
         eps: [0.05, 0.1]
     gates:
       - robust_accuracy[pgd, eps=0.1] >= 0.6
+      # a gate on a figure a gradient-masking finding put in doubt fails, unless it opts out:
+      - {gate: "robust_accuracy[pgd, eps=0.05] >= 0.8", allow_untrusted: true}
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -201,6 +204,15 @@ class CheckSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
+class GateSpec(_Strict):
+    """A gate with options, where a plain string is not enough. ``allow_untrusted``: let the gate
+    pass on a figure a sign of gradient masking put in doubt (by default such a gate fails; the
+    report still says the figure is untrusted)."""
+
+    gate: str
+    allow_untrusted: bool = False
+
+
 class OutputSpec(_Strict):
     dir: str = "bastion-report"
     formats: list[Literal["json", "html", "junit", "sarif"]] = Field(default_factory=lambda: list(REPORT_FORMATS))
@@ -218,7 +230,7 @@ class Policy(_Strict):
     threat: ThreatSpec | None = None
     harden: HardenSpec | None = Field(default=None, description="v2: what `bastion harden` trains.")
     checks: list[CheckSpec] = Field(default_factory=list, validate_default=True)
-    gates: list[str] = Field(default_factory=list)
+    gates: list[str | GateSpec] = Field(default_factory=list)
     fail_on: Severity | None = Field(default=None, description="Also fail when a finding is at least this severe.")
     output: OutputSpec = Field(default_factory=OutputSpec)
 
@@ -410,12 +422,14 @@ def _build(doc: dict[str, Any], node: yaml.Node | None, path: Path | None) -> Lo
         checks.append(check)
     gates, reads = [], []
     views = [c.gate_view() for c in checks]
-    for i, expr in enumerate(policy.gates):
+    for i, spec in enumerate(policy.gates):
+        expr, allow = (spec, False) if isinstance(spec, str) else (spec.gate, spec.allow_untrusted)
         try:
-            gate = parse_gate(expr)
+            gate = dataclasses.replace(parse_gate(expr), allow_untrusted=allow)
             reads.append(resolve_gate(gate, views))
         except ValueError as exc:
-            raise err(str(exc), ("gates", i), hint="write gates like: robust_accuracy[pgd, eps=0.1] >= 0.6") from None
+            raise err(str(exc), ("gates", i) if isinstance(spec, str) else ("gates", i, "gate"),
+                      hint="write gates like: robust_accuracy[pgd, eps=0.1] >= 0.6") from None
         gates.append(gate)
     return LoadedPolicy(policy, checks, gates, path, node, reads)
 

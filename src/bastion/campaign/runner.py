@@ -4,7 +4,9 @@ The report set in the output directory is always consistent: the previous run's 
 removed when a scan starts (by the first ``report.json`` written), ``report.json`` is rewritten atomically after every check, and every
 way a scan can end — all checks done, a check that errored, a model that failed to load, Ctrl-C or
 SIGTERM — ends with the full set written and a status that says what happened. A check that
-errored or did not finish makes the verdict fail (see :func:`exit_code`).
+errored or did not finish makes the verdict fail (see :func:`exit_code`). Before the gates are
+evaluated, the gradient-masking findings mark the evasion figures they concern as untrusted
+(:mod:`bastion.campaign.trust`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from bastion import __version__
 from bastion.campaign.checks.base import CheckContext, CheckFailed, Interrupted, ProgressFactory
 from bastion.campaign.policy import LoadedPolicy, load_policy
 from bastion.campaign.preflight import scan_model_file
+from bastion.campaign.trust import mark_untrusted
 from bastion.core.data import Dataset, align_labels
 from bastion.core.loader import load_data, load_target
 from bastion.core.redact import redact, redact_tree
@@ -305,6 +308,7 @@ def _signals_held() -> Iterator[list[int]]:
 
 def _finish(result: ScanResult, loaded: LoadedPolicy, stopped: str | None) -> None:
     pol = loaded.policy
+    mark_untrusted(result.checks)  # a sign of gradient masking puts the evasion figures it concerns in doubt
     result.gates = [g.evaluate(result.checks, loaded.gate_reads[i]) for i, g in enumerate(loaded.gates)]
     failed_gates = [g for g in result.gates if not g.passed]
     too_severe = [f for f in result.findings if pol.fail_on is not None and f.severity.rank >= pol.fail_on.rank]

@@ -6,6 +6,10 @@ curve, ...; discriminated on their ``type`` field, each drawn by the renderer re
 that type) and :class:`Finding`s, each pointing to a rule of the catalogue
 (:mod:`bastion.core.rules`). A :class:`ScanResult` is serialised to ``report.json``
 (:data:`SCHEMA_VERSION`); the HTML, JUnit and SARIF reports are all rendered from it.
+
+Trust: a measurement, a check and a finding carry ``untrusted`` (why, or None) when a
+gradient-masking finding of the same scan puts the figure in doubt; gates read it (schema 2.1 added
+these fields; 2.0 documents read as all trusted).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bastion.core.severity import Severity  # noqa: F401 - re-exported; defined apart, without pydantic
 
-SCHEMA_VERSION = "2.0"
+SCHEMA_VERSION = "2.1"
 
 #: Where a measurement was made: attack, eps, norm, stage, ... (scalars, so gates can select on them).
 Where = dict[str, str | int | float | bool]
@@ -38,6 +42,8 @@ class Measurement(BaseModel):
     value: Number
     unit: Unit = ""
     where: Where = Field(default_factory=dict)
+    untrusted: str | None = Field(default=None, description="Why this figure is not to be trusted (a sign of "
+                                  "gradient masking in the same scan); None: nothing known against it.")
 
 
 # ----------------------------------------------------------------------------- artifacts
@@ -188,6 +194,8 @@ class Finding(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict, description="Evidence: the numbers behind it.")
     location: str | None = Field(default=None, description="File the finding is about, if any.")
     offset: int | None = Field(default=None, description="Byte offset inside ``location``, if any.")
+    untrusted: str | None = Field(default=None, description="Why the figures behind this finding are not to be "
+                                  "trusted (a sign of gradient masking in the same scan), if so.")
 
 
 CheckStatus = Literal["complete", "incomplete", "error", "skipped"]
@@ -204,6 +212,8 @@ class CheckResult(BaseModel):
     kind: str
     status: CheckStatus = "complete"
     reason: str | None = None
+    untrusted: str | None = Field(default=None, description="Why some of this check's figures are not to be "
+                                  "trusted (a sign of gradient masking in the same scan); those carry it too.")
     seconds: float = 0.0
     measurements: list[Measurement] = Field(default_factory=list)
     artifacts: list[Artifact] = Field(default_factory=list)
@@ -248,6 +258,8 @@ class GateResult(BaseModel):
     unit: Unit = ""
     check: str | None = Field(default=None, description="Check of the measurement the gate used.")
     where: Where = Field(default_factory=dict, description="Where that measurement was made.")
+    untrusted: str | None = Field(default=None, description="Why a figure the gate read is not to be trusted; "
+                                  "the gate fails for it unless the policy allows untrusted figures.")
 
 
 def _now() -> str:

@@ -226,7 +226,7 @@ def check_large_eps(result: AttackResult, *, max_accuracy: float = 0.05, sig: Si
            + (": robust accuracy should fall toward 0 at such an ε; the attack is not following real gradients"
               if flagged else ""))
     return SanityResult("large-eps", flagged, msg,
-                        {**numbers, "robust_accuracy": result.robust_accuracy, "eps": result.eps,
+                        {**numbers, "large_eps_robust_accuracy": result.robust_accuracy, "large_eps": result.eps,
                          "norm": result.norm, "attack": result.attack}, kept.tolist())
 
 
@@ -242,5 +242,5 @@ def check_unbounded(result: AttackResult, *, max_failure_rate: float = 0.02, sig
     msg = (f"the unbounded attack '{result.attack}' failed on {stated}"
            + (": an unbounded attack must reach 100% success" if flagged else ""))
     return SanityResult("unbounded-attack", flagged, msg,
-                        {**numbers, "success_rate": result.metrics()["success_rate"], "attack": result.attack},
+                        {**numbers, "unbounded_success_rate": result.metrics()["success_rate"], "attack": result.attack},
                         failed.tolist())

@@ -5,7 +5,8 @@ Hein 2020, arXiv:2003.01690).
 Runs :mod:`bastion.attacks.evasion.sanity` on a sample of the data and turns every sign it sees
 into a finding that states the count, interval and test behind it, what it means and what to do
 instead. Each finding says which evasion results it puts in doubt
-(``metrics["concerns"]``: those of gradient-based attacks, or of every attack).
+(``metrics["concerns"]``: those of gradient-based attacks, or of every attack); the runner marks
+them untrusted (:mod:`bastion.campaign.trust`).
 """
 
 from __future__ import annotations
@@ -210,8 +211,9 @@ class GradientMaskingCheck(Check):
                     title=rule.title, check=self.name,
                     metrics={**r.metrics, "sanity": r.check, "concerns": concerns, "samples": r.samples[:20]},
                     description=f"{r.message}. This is a sign of gradient masking: white-box attacks may report "
-                                f"robustness the model does not have (Athalye et al. 2018); it puts in doubt the "
-                                f"evasion results of {_CONCERNS_TEXT[concerns]}."))
+                                f"robustness the model does not have (Athalye et al. 2018). Until it is resolved, "
+                                f"the evasion results of {_CONCERNS_TEXT[concerns]} in this scan are marked "
+                                "untrusted, and gates on them fail."))
         if notes:
             res.metrics["notes"] = notes
         return res

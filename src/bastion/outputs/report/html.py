@@ -178,6 +178,7 @@ def _finding_view(f: Finding) -> dict[str, Any]:
         "rule_id": f.rule_id,
         "check": f.check,
         "description": f.description,
+        "untrusted": f.untrusted,
         "location": f.location + (f" (offset {f.offset})" if f.offset is not None else "") if f.location else None,
         "atlas": [(a, ATLAS_URL.format(a) if _ATLAS_ID.match(a) else None) for a in f.atlas],
         "owasp": [(o, OWASP_ML.get(o.upper()[:4], "")) for o in f.owasp],
@@ -205,7 +206,9 @@ def _fixes(findings: list[Finding]) -> list[dict[str, Any]]:
 
 
 def _measurement_rows(measurements: list[Measurement]) -> list[tuple[str, str, str]]:
-    return [(m.name, ", ".join(f"{k}={format_number(v)}" for k, v in m.where.items()), format_measured(m.value, m.unit))
+    """(name, where, value) per measurement; an untrusted value is marked ⚠."""
+    return [(m.name, ", ".join(f"{k}={format_number(v)}" for k, v in m.where.items()),
+             format_measured(m.value, m.unit) + (" ⚠ untrusted" if m.untrusted else ""))
             for m in measurements]
 
 
@@ -237,6 +240,7 @@ def _check_view(c: CheckResult, index: int) -> dict[str, Any]:
         "kind": c.kind,
         "status": c.status,
         "reason": c.reason,
+        "untrusted": c.untrusted,
         "seconds": f"{c.seconds:.1f} s",
         "artifacts": _artifact_blocks(c, errors),
         "measurements": _measurement_rows(c.measurements),

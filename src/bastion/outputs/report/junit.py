@@ -5,7 +5,8 @@ One ``<testcase>`` per gate (classname ``bastion.gates``), one for the policy's 
 check (classname ``bastion.checks.<kind>``). A failed gate is a ``<failure>``; a check that
 errored or did not finish is an ``<error>``, a skipped one ``<skipped>``; a failed verdict with
 no other failure gets a ``bastion.policy`` verdict failure, so a failed scan never shows 0 failures; findings of severity high or worse are
-listed in the check's ``<system-out>``. Layout follows the de-facto schema used by Jenkins,
+listed in the check's ``<system-out>``, after the reason its figures are untrusted, if they are (a
+gate on an untrusted figure is itself a ``<failure>``). Layout follows the de-facto schema used by Jenkins,
 GitLab and GitHub test reporters (testsuites > testsuite > testcase).
 """
 
@@ -81,8 +82,8 @@ def _check_case(suite: ET.Element, check: CheckResult) -> str | None:
         _sub(case, "skipped", message=check.reason or "skipped")
         outcome = "skipped"
     serious = [f for f in check.findings if f.severity.rank >= Severity.high.rank]
+    lines = [f"UNTRUSTED: {check.untrusted}"] if check.untrusted else []
     if serious:
-        lines = []
         for f in sorted(serious, key=lambda f: -f.severity.rank):
             refs = ", ".join(f.atlas + f.owasp)
             measured = ", ".join(f"{k}={format_number(v)}" for k, v in f.metrics.items() if not isinstance(v, dict | list))
@@ -90,6 +91,7 @@ def _check_case(suite: ET.Element, check: CheckResult) -> str | None:
                          + (f" ({refs})" if refs else "") + (f" — {measured}" if measured else ""))
             if f.remediation:
                 lines.append(f"    fix: {f.remediation}")
+    if lines:
         _sub(case, "system-out", "\n".join(lines))
     return outcome
 

@@ -120,6 +120,8 @@ def _result(f: Finding, rule_index: int, policy_uri: str, lines: dict[str, int])
     text = f.title + (f" [in {member}]" if member else "")
     if f.description and f.description != f.title:
         text += f". {f.description}"
+    if f.untrusted:
+        text += f" UNTRUSTED: {f.untrusted}."
     key = f"{f.rule_id}|{f.location}|{member}|{f.title}"
     return {
         "ruleId": f.rule_id,
@@ -130,7 +132,7 @@ def _result(f: Finding, rule_index: int, policy_uri: str, lines: dict[str, int])
         "partialFingerprints": {"bastionFinding/v1": hashlib.sha256(key.encode()).hexdigest()[:32]},
         "properties": {"severity": f.severity.value, "security-severity": f.severity.security_severity,
                        "check": f.check, "atlas": f.atlas, "owasp": f.owasp, "nist-ai-rmf": f.nist,
-                       "metrics": f.metrics},
+                       "metrics": f.metrics, **({"untrusted": f.untrusted} if f.untrusted else {})},
     }
 
 

@@ -97,7 +97,15 @@ def _requires(g: GateResult, verb: str = "requires") -> str:
 
 def gate_sentence(g: GateResult, result: ScanResult) -> str:
     """One gate in plain words, e.g. "Under a small change to each image (...) the model was right
-    on 48% of inputs; the policy requires at least 60%."."""
+    on 48% of inputs; the policy requires at least 60%."; an untrusted figure says so."""
+    text = _gate_words(g, result)
+    if g.untrusted:
+        allowed = " (the policy allows it for this gate)" if g.passed else ""
+        text += f" This figure is UNTRUSTED{allowed}: {_sentence(g.untrusted)}"
+    return text
+
+
+def _gate_words(g: GateResult, result: ScanResult) -> str:
     name, value = g.metric, format_measured(g.value, g.unit)
     if g.value is None:
         why = f" ({g.reason})" if g.reason else ""
@@ -174,7 +182,11 @@ def generate_verdict(result: ScanResult) -> str:
             parts.append("Fix first: " + _sentence(fix))
     else:
         parts.append("No check reported a finding.")
-    if result.verdict == "pass" and not serious:
+    untrusted = [c.name for c in result.checks if c.untrusted]
+    if untrusted:
+        parts.append(f"Signs of gradient masking make the evasion figures of {', '.join(untrusted)} UNTRUSTED: "
+                     "they may overstate robustness until an adaptive evaluation (BPDA, EOT) confirms them.")
+    if result.verdict == "pass" and not serious and not untrusted:
         parts.append("A pass means the model resisted the attacks that were run, within the budgets the "
                      "policy sets; it does not prove it would resist stronger or different attacks.")
     if result.status == "incomplete":

@@ -1,0 +1,70 @@
+"""Untrusted figures: a sign of gradient masking puts in doubt the evasion results of the same scan.
+
+The ``gradient-masking`` check and the evasion checks are separate checks; once every check ran,
+:func:`mark_untrusted` applies each masking finding to the results it concerns (its
+``metrics["concerns"]``: the figures of gradient-based attacks, or of every attack for a
+randomised model). Robust accuracy, success rate and perturbation sizes of those attacks, their
+check and their evasion findings get ``untrusted`` (why), which the reports show and gates read
+(see :mod:`bastion.campaign.gates`). Clean accuracy, query counts and times stay trusted: masking
+does not change them. After Athalye et al. 2018 (arXiv:1802.00420): a white-box figure on a
+masked model is not evidence of robustness.
+"""
+
+from __future__ import annotations
+
+from bastion.attacks.base import available_attacks
+from bastion.campaign.rules import EVASION_RULE, MASKING_RULE, MINIMAL_RULE
+from bastion.core.results import CheckResult, Finding
+
+#: Measurements masking cannot distort: they stay trusted.
+UNAFFECTED = frozenset({"n", "clean_accuracy", "n_attacked", "queries", "queries_per_sample", "seconds"})
+_MASKING_IDS = frozenset(MASKING_RULE.values())
+_EVASION_IDS = frozenset({*EVASION_RULE.values(), MINIMAL_RULE})
+
+
+def masking_findings(checks: list[CheckResult]) -> list[Finding]:
+    """The gradient-masking findings of a scan."""
+    return [f for c in checks for f in c.findings if f.rule_id in _MASKING_IDS]
+
+
+def _concerned(attack: str, doubts: list[Finding]) -> list[Finding]:
+    spec = available_attacks().get(attack)
+    if spec is None:  # not an evasion attack: masking says nothing about it
+        return []
+    return [f for f in doubts if f.metrics.get("concerns", "gradient") == "all" or spec.needs_gradients]
+
+
+def _reason(attack: str, doubts: list[Finding]) -> str:
+    signs = ", ".join(dict.fromkeys(f"{f.rule_id} ({f.metrics.get('sanity', f.title)})" for f in doubts))
+    checks = ", ".join(dict.fromkeys(f"'{f.check}'" for f in doubts))
+    return (f"gradient masking: check {checks} raised {signs}; this {attack} figure may overstate robustness "
+            "until an adaptive evaluation (BPDA, EOT) confirms it")
+
+
+def mark_untrusted(checks: list[CheckResult]) -> list[str]:
+    """Mark, in place, every figure a masking finding of ``checks`` concerns; return the names of
+    the checks marked. Idempotent: a figure already marked keeps its first reason."""
+    doubts = masking_findings(checks)
+    marked: list[str] = []
+    if not doubts:
+        return marked
+    for check in checks:
+        if any(f.rule_id in _MASKING_IDS for f in check.findings):
+            continue  # the masking check's own numbers are the evidence, not the suspect
+        reasons: dict[str, str] = {}
+        for m in check.measurements:
+            attack = m.where.get("attack")
+            if m.name in UNAFFECTED or not isinstance(attack, str):
+                continue
+            concerned = _concerned(attack, doubts)
+            if concerned:
+                reasons.setdefault(attack, _reason(attack, concerned))
+                m.untrusted = m.untrusted or reasons[attack]
+        for f in check.findings:
+            attack = f.metrics.get("attack")
+            if f.rule_id in _EVASION_IDS and isinstance(attack, str) and _concerned(attack, doubts):
+                f.untrusted = f.untrusted or reasons.get(attack) or _reason(attack, _concerned(attack, doubts))
+        if reasons:
+            check.untrusted = check.untrusted or "; ".join(reasons.values())
+            marked.append(check.name)
+    return marked
