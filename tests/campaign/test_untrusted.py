@@ -152,6 +152,15 @@ def test_randomised_outputs_concern_every_attack_zero_gradients_only_gradient_on
     assert mark_untrusted(checks) == ["pgd", "square"]
     assert "BASTION-EV-101" in (checks[2].untrusted or "")
     assert mark_untrusted([_evasion("pgd")]) == []  # no masking finding: nothing marked
+    # figures evaluated in expectation over fresh draws are what a randomised model needs
+    expected = _evasion("square")
+    expected.measurements.append(Measurement(name="draws", value=100, unit="count", where={"attack": "square"}))
+    assert mark_untrusted([_finding("randomized-outputs", "all"), expected]) == []
+    pgd = _evasion("pgd")
+    pgd.measurements.append(Measurement(name="draws", value=100, unit="count", where={"attack": "pgd"}))
+    assert mark_untrusted([_finding("randomized-outputs", "all"), _finding("zero-gradients", "gradient", "m2"),
+                           pgd]) == ["pgd"]  # zero gradients still concern it
+    assert "BASTION-EV-103" in (pgd.untrusted or "") and "BASTION-EV-101" not in (pgd.untrusted or "")
 
 
 def test_gate_options_are_validated(tmp_path: Path) -> None:

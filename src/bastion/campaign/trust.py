@@ -6,7 +6,9 @@ The ``gradient-masking`` check and the evasion checks are separate checks; once 
 randomised model). Robust accuracy, success rate and perturbation sizes of those attacks, their
 check and their evasion findings get ``untrusted`` (why), which the reports show and gates read
 (see :mod:`bastion.campaign.gates`). Clean accuracy, query counts and times stay trusted: masking
-does not change them. After Athalye et al. 2018 (arXiv:1802.00420): a white-box figure on a
+does not change them. A figure already evaluated in expectation over fresh draws (a ``draws``
+measurement above 1, as the evasion check records for a randomised model) is what the
+randomised-outputs sign asks for, so that sign does not put it in doubt. After Athalye et al. 2018 (arXiv:1802.00420): a white-box figure on a
 masked model is not evidence of robustness.
 """
 
@@ -17,7 +19,7 @@ from bastion.campaign.rules import EVASION_RULE, MASKING_RULE, MINIMAL_RULE
 from bastion.core.results import CheckResult, Finding
 
 #: Measurements masking cannot distort: they stay trusted.
-UNAFFECTED = frozenset({"n", "clean_accuracy", "n_attacked", "queries", "queries_per_sample", "seconds"})
+UNAFFECTED = frozenset({"n", "clean_accuracy", "n_attacked", "queries", "queries_per_sample", "seconds", "draws"})
 _MASKING_IDS = frozenset(MASKING_RULE.values())
 _EVASION_IDS = frozenset({*EVASION_RULE.values(), MINIMAL_RULE})
 
@@ -27,11 +29,12 @@ def masking_findings(checks: list[CheckResult]) -> list[Finding]:
     return [f for c in checks for f in c.findings if f.rule_id in _MASKING_IDS]
 
 
-def _concerned(attack: str, doubts: list[Finding]) -> list[Finding]:
+def _concerned(attack: str, doubts: list[Finding], in_expectation: set[str]) -> list[Finding]:
     spec = available_attacks().get(attack)
     if spec is None:  # not an evasion attack: masking says nothing about it
         return []
-    return [f for f in doubts if f.metrics.get("concerns", "gradient") == "all" or spec.needs_gradients]
+    return [f for f in doubts if spec.needs_gradients and f.metrics.get("concerns", "gradient") == "gradient"
+            or f.metrics.get("concerns") == "all" and attack not in in_expectation]
 
 
 def _reason(attack: str, doubts: list[Finding]) -> str:
@@ -52,18 +55,21 @@ def mark_untrusted(checks: list[CheckResult]) -> list[str]:
         if any(f.rule_id in _MASKING_IDS for f in check.findings):
             continue  # the masking check's own numbers are the evidence, not the suspect
         reasons: dict[str, str] = {}
+        in_expectation = {str(m.where.get("attack")) for m in check.measurements
+                          if m.name == "draws" and m.value is not None and m.value > 1}
         for m in check.measurements:
             attack = m.where.get("attack")
             if m.name in UNAFFECTED or not isinstance(attack, str):
                 continue
-            concerned = _concerned(attack, doubts)
+            concerned = _concerned(attack, doubts, in_expectation)
             if concerned:
                 reasons.setdefault(attack, _reason(attack, concerned))
                 m.untrusted = m.untrusted or reasons[attack]
         for f in check.findings:
             attack = f.metrics.get("attack")
-            if f.rule_id in _EVASION_IDS and isinstance(attack, str) and _concerned(attack, doubts):
-                f.untrusted = f.untrusted or reasons.get(attack) or _reason(attack, _concerned(attack, doubts))
+            concerned = _concerned(attack, doubts, in_expectation) if isinstance(attack, str) else []
+            if f.rule_id in _EVASION_IDS and concerned:
+                f.untrusted = f.untrusted or reasons.get(attack) or _reason(str(attack), concerned)
         if reasons:
             check.untrusted = check.untrusted or "; ".join(reasons.values())
             marked.append(check.name)
