@@ -288,3 +288,53 @@ def test_audit_data_check_feeds_gates(tmp_path: Path, monkeypatch) -> None:  # n
 
     with pytest.raises(UsageError, match="missing.csv"):
         scan(policy)
+
+
+# --- slices and calibration ----------------------------------------------------------------------------
+MODEL = '''
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+
+def make():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 1))
+    y = np.where(x[:, 0] > 0, "pos", "neg")
+    return LogisticRegression().fit(x, y)
+'''
+
+
+def test_slices_worst_first_calibration_and_plot(tmp_path: Path, capsys, monkeypatch) -> None:  # noqa: ANN001
+    pytest.importorskip("sklearn")
+    body = rows(300, 0, "tr")
+    for r in body:
+        r[-1] = "pos" if float(r[0]) > 0 else "neg"
+        if r[2] == "blue" and float(r[1]) < 50:   # about half of the blue records mislabelled: a weak slice
+            r[-1] = "neg" if r[-1] == "pos" else "pos"
+    data = write(tmp_path / "d.csv", body)
+    (tmp_path / "model.py").write_text(MODEL)
+    plot = tmp_path / "rel.svg"
+    code, out, _ = _main(["audit-data", str(data), "--label", "label", "--audits", "integrity",
+                          "--model", f"python:{tmp_path / 'model.py'}:make", "--features", "x1",
+                          "--slice", "colour", "--plot", str(plot), "--format", "json"], capsys, monkeypatch)
+    assert out.startswith("{"), _
+    doc = json.loads(out)
+    (slices,) = [f for f in doc["findings"] if f["rule_id"] == "BASTION-DA-040"]
+    assert slices["severity"] == "medium" and "worst colour=blue" in slices["title"], slices["title"]
+    assert slices["metrics"]["examples"][0].startswith("colour=blue")
+    check = doc["checks"][0]
+    assert [a["type"] for a in check["artifacts"]] == ["reliability_diagram"]
+    assert any(f["rule_id"] == "BASTION-DA-041" for f in doc["findings"])
+    assert plot.read_bytes().startswith(b"<?xml") and code == 0
+    code, _, err = _main(["audit-data", str(data), "--slice", "colour"], capsys, monkeypatch)
+    assert code == 2 and "--slice needs --model" in err
+
+
+def test_reliability_ece_of_a_calibrated_and_an_overconfident_model() -> None:
+    from bastion.audit.slices import reliability
+
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0.5, 1.0, 20000)
+    calibrated = reliability(conf, rng.random(20000) < conf)
+    overconfident = reliability(conf, rng.random(20000) < conf - 0.2)
+    assert calibrated.ece < 0.02 and abs(overconfident.ece - 0.2) < 0.02

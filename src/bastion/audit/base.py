@@ -105,5 +105,6 @@ AUDITS: Registry[type[DataAudit]] = Registry("audit", {
     "class-balance": "bastion.audit.quality:BalanceAudit",
     "outliers": "bastion.audit.quality:OutlierAudit",
     "label-noise": "bastion.audit.labelnoise:LabelNoiseAudit",
+    "slices": "bastion.audit.slices:SliceAudit",
     "provenance": "bastion.audit.provenance:ProvenanceAudit",
 })

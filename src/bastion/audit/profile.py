@@ -99,7 +99,7 @@ class Profile:
 ChunkHook = Callable[[Chunk, dict[str, ColumnKind], int], dict[str, np.ndarray]]
 
 
-def _numbers(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def parse_numbers(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(float64, not-a-number mask) of an object array of str; "" is missing (NaN, not flagged)."""
     if values.dtype != object:
         return values.astype(np.float64), np.zeros(len(values), bool)
@@ -136,7 +136,7 @@ def infer_kinds(chunk: Chunk, columns: list[str], mixed_share: float = 0.05) -> 
         if not len(filled):
             kinds[name] = ColumnKind.categorical
             continue
-        _, bad = _numbers(filled)
+        _, bad = parse_numbers(filled)
         if bad.mean() <= mixed_share and bad.mean() < 1:
             digits = all(v.isdigit() and len(v) >= 12 for v in filled[~bad][:1000])
             kinds[name] = ColumnKind.identifier if digits and not bad.any() else ColumnKind.numeric
@@ -218,7 +218,7 @@ class _Accumulator:
             for c in self.columns:
                 self.info[c] = ColumnInfo(c, self.kinds[c])
                 if self.kinds[c] is ColumnKind.numeric and c in cols:
-                    x, _ = _numbers(cols[c])
+                    x, _ = parse_numbers(cols[c])
                     finite = x[np.isfinite(x)]
                     if len(finite):
                         self.info[c].center = float(np.median(finite))
@@ -255,7 +255,7 @@ class _Accumulator:
                 continue
             input_hash = hashing.combine(input_hash, raw)
             if kind is ColumnKind.numeric:
-                x, bad = _numbers(values)
+                x, bad = parse_numbers(values)
                 if bad.any():
                     info.mixed.append(np.flatnonzero(bad) + offset)
                     info.mixed_sample = info.mixed_sample or _shape_of(values[np.flatnonzero(bad)[0]])

@@ -30,7 +30,7 @@ METRICS = {"duplicates": ("duplicate_records", "near_duplicate_records", "leaked
                           "near_leaked_test_records", "conflicting_records"),
            "sensitive-data": ("sensitive_records",), "label-noise": ("label_noise_candidates",),
            "outliers": ("outliers",), "provenance": ("added", "removed", "changed"),
-           "slices": ("accuracy", "worst_slice_accuracy", "ece")}
+           "slices": ()}
 RECORDS_SHOWN = 20
 
 
@@ -120,7 +120,7 @@ def _check_result(profile: Profile, results: list[AuditResult], skipped: dict[st
             sums.setdefault(m, 0.0)
         for f in res.findings:
             for k, v in f.measurements.items():
-                if k in sums and k not in ("accuracy", "worst_slice_accuracy", "ece"):
+                if k in sums:
                     sums[k] += v
             if f.rule_id.startswith(("BASTION-DA-01",)):
                 sums["sensitive_records"] = sums.get("sensitive_records", 0.0) + len(f.records)
@@ -141,10 +141,18 @@ def _check_result(profile: Profile, results: list[AuditResult], skipped: dict[st
         if n:
             check.measure("records", n, "count", split=split)
     for res in results:
-        for f in res.findings:
-            if res.audit == "slices":
+        if res.audit == "slices":
+            from bastion.audit.slices import UNKNOWN, reliability
+
+            for f in res.findings:
                 for k, v in f.measurements.items():
-                    check.measure(k, v, "ratio" if k != "records" else "count")
+                    check.measure(k, v, "ratio" if k != "ece" else "score")
+            known = profile.extra["correct"] != UNKNOWN
+            if known.any():
+                bins = next((int(f.measurements.get("bins", 15)) for f in res.findings if f.rule_id == "BASTION-DA-041"),
+                            15)
+                check.artifacts.append(reliability(profile.extra["conf"][known],
+                                                   profile.extra["correct"][known].astype(float), bins))
     for k, v in sums.items():
         check.measure(k, v, "count")
     problems = [p for p in profile.problems if p.kind != "schema"]
@@ -164,6 +172,21 @@ def _check_result(profile: Profile, results: list[AuditResult], skipped: dict[st
     return check
 
 
+def default_features(sources: list[Source], label: str | None) -> list[str]:
+    """The numeric columns of the first readable file (its first chunk), label excluded: a model's
+    inputs when none are named."""
+    from bastion.audit.profile import ColumnKind, infer_kinds
+    from bastion.audit.table import header, read_chunks
+
+    for s in sources:
+        problems: list = []
+        chunk = next(iter(read_chunks(s, problems, chunk_rows=4096)), None)
+        if chunk is not None:
+            kinds = infer_kinds(chunk, header(s))
+            return [c for c, k in kinds.items() if k is ColumnKind.numeric and c != label]
+    raise UsageError("no readable file to take the model's input columns from", hint="name them with --features")
+
+
 def write_manifest(profile: Profile, path: Path, note: str = "") -> Path:
     """Write the manifest of ``profile`` to ``path`` (JSON)."""
     from bastion.audit.provenance import build_manifest
@@ -172,4 +195,4 @@ def write_manifest(profile: Profile, path: Path, note: str = "") -> Path:
     return atomic_write_text(path, json.dumps(build_manifest(profile, note), indent=1))
 
 
-__all__ = ["DEFAULT_AUDITS", "TableAudit", "audit_table", "sources_from", "write_manifest"]
+__all__ = ["DEFAULT_AUDITS", "TableAudit", "audit_table", "default_features", "sources_from", "write_manifest"]

@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
         fail_on: str = typer.Option("high", "--fail-on",
                                     help="Exit 1 when a finding is at or above: critical, high, medium, low, info."),
         output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report to this file."),
-        plot: Optional[Path] = typer.Option(None, "--plot", help="Write the reliability diagram (PNG) here "
+        plot: Optional[Path] = typer.Option(None, "--plot", help="Write the reliability diagram (SVG) here "
                                                                  "(with --model)."),
     ) -> None:
         """Audit data before training: provenance (manifests), exact and near duplicates, train/test
@@ -81,16 +81,25 @@ def register(app: typer.Typer) -> None:
         kwargs: dict = {}
         if model:
             from bastion.audit.slices import model_hook
-
-            hook, slice_params = model_hook(model, features.split(",") if features else None, list(slices or []),
-                                            plot=plot)
-            kwargs = {"hooks": (hook,), "keep": tuple(slices or ()), "params": {"slices": slice_params}}
-            names = tuple(names or ()) or None
             from bastion.audit.tabular import DEFAULT_AUDITS
+            from bastion.campaign.preflight import load_target
 
+            if label is None:
+                raise UsageError("--model needs --label (accuracy and calibration compare predictions with labels)")
+            from bastion.audit.tabular import default_features
+
+            cols = [c.strip() for c in features.split(",") if c.strip()] if features else default_features(sources, label)
+            # evaluated, not attacked: ε has no meaning here, so the bounds only need to hold the data
+            target = load_target(model, input_shape=(len(cols),), bounds=(-1e9, 1e9))
+            kwargs = {"hooks": (model_hook(target, label, cols),),
+                      "keep": tuple(slices or ()), "params": {"slices": {"slices": list(slices or ())}}}
             names = (*(names or DEFAULT_AUDITS), "slices")
+        elif plot is not None:
+            raise UsageError("--plot needs --model (the reliability diagram is the model's)")
         res = audit_table(sources, label=label, key=key, audits=names, manifest=doc, ctx=RunContext(seed=seed),
                           max_rows=max_rows, **kwargs)
+        if plot is not None:
+            _plot(res, plot)
         if write_manifest is not None:
             save_manifest(res.profile, write_manifest, note)
         scan = _scan_result(res, threshold)
@@ -157,3 +166,18 @@ def _print_text(console: Console, res, threshold, failed: bool, manifest_out: Pa
                else "[bold green]PASS[/]")
     console.print(f"{verdict} {res.profile.n} record(s) in {len(res.profile.sources)} file(s), "
                   f"{len(check.findings)} finding(s) (--fail-on {threshold.value}, {check.seconds:.2f} s)")
+
+
+def _plot(res, path: Path) -> None:  # noqa: ANN001 - TableAudit
+    """The reliability diagram as an SVG file (needs the reports extra: matplotlib)."""
+    import base64
+
+    from bastion.core.io import atomic_write_bytes
+    from bastion.core.results import ReliabilityDiagram
+    from bastion.outputs.report import plots
+
+    series = [(f"model (ECE {a.ece:.3f})", a.confidence, a.accuracy) for a in res.check.artifacts
+              if isinstance(a, ReliabilityDiagram) and a.confidence]
+    if series:
+        uri = plots.line_chart(series, xlabel="confidence", ylabel="accuracy", diagonal=True)
+        atomic_write_bytes(path, base64.b64decode(uri.split(",", 1)[1]))

@@ -159,6 +159,17 @@ class DriftSeries(_Artifact):
     threshold: Number = None
 
 
+class ReliabilityDiagram(_Artifact):
+    """Accuracy against mean confidence per confidence bin (empty bins left out), with the
+    expected calibration error."""
+
+    type: Literal["reliability_diagram"] = "reliability_diagram"
+    confidence: list[float]
+    accuracy: list[float]
+    counts: list[int]
+    ece: Number = None
+
+
 class QueryLog(_Artifact):
     """Counters of the requests sent to a remote model (count, seconds, bytes, retries, ...)."""
 
@@ -168,7 +179,7 @@ class QueryLog(_Artifact):
 
 Artifact = Annotated[
     RobustnessCurve | ExampleGrid | TabularExamples | StageChart | QueryCurve | Histogram | RocCurve
-    | FidelityCurve | DriftSeries | QueryLog,
+    | FidelityCurve | DriftSeries | QueryLog | ReliabilityDiagram,
     Field(discriminator="type"),
 ]
 

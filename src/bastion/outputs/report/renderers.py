@@ -20,6 +20,7 @@ from bastion.core.results import (
     Histogram,
     QueryCurve,
     QueryLog,
+    ReliabilityDiagram,
     RobustnessCurve,
     RocCurve,
     StageChart,
@@ -97,6 +98,17 @@ def drift_series(arts: Sequence[DriftSeries]) -> list[Block]:
     return out
 
 
+def reliability_diagrams(arts: Sequence[ReliabilityDiagram]) -> list[Block]:
+    series = [(a.title or (f"model (ECE {a.ece:.3f})" if a.ece is not None else "model"), a.confidence, a.accuracy)
+              for a in arts if a.confidence]
+    if not series:
+        return []
+    return [_figure("Reliability diagram", plots.line_chart(series, xlabel="confidence", ylabel="accuracy",
+                                                             diagonal=True),
+                    "Accuracy of the model's answers against its confidence in them, per confidence bin. A "
+                    "calibrated model lies on the dashed diagonal; below it, the model is overconfident.")]
+
+
 def tabular_examples(arts: Sequence[TabularExamples]) -> list[Block]:
     out = []
     for a in arts:
@@ -151,4 +163,5 @@ RENDERERS: Registry[Renderer] = Registry("renderer", {
     "drift_series": f"{_HERE}:drift_series",
     "tabular_examples": f"{_HERE}:tabular_examples",
     "query_log": f"{_HERE}:query_logs",
+    "reliability_diagram": f"{_HERE}:reliability_diagrams",
 })
