@@ -11,6 +11,9 @@ not). bastion's shadow and reference models train through the same training proc
 target, each on half of its pool, about 300 records like the target: offline, 600 other digits
 (the reference population); online LiRA, 300 of them plus the evaluation records.
 
+The LiRA row with shift queries (each record also moved one pixel four ways) and the RMIA rows
+reuse the models cached by the rows before them (asked new queries, not trained again).
+
 Run in the benchmark virtualenv (ART installed there, never a bastion dependency):
 
     OMP_NUM_THREADS=1 nice -n 10 .benchenv/bin/python benchmarks/membership.py --out benchmarks/results/membership.json
@@ -135,12 +138,14 @@ def run_model(name: str, trainer: Any, data: dict[str, Any], seed: int, shadows:
     for label, attack, params, splits in [
         ("bastion loss-threshold", "loss-threshold", {}, offline),
         (f"bastion LiRA online, {shadows} shadow models", "lira", {"mode": "online", "shadow_models": shadows}, online),
+        (f"bastion LiRA online, {shadows} shadow models, shift queries", "lira",
+         {"mode": "online", "shadow_models": shadows, "augment": "shift"}, online),
         (f"bastion LiRA offline, {shadows} shadow models", "lira", {"mode": "offline", "shadow_models": shadows},
          offline),
         ("bastion LiRA offline, 1 shadow model", "lira", {"mode": "offline", "shadow_models": 1}, offline),
         ("bastion RMIA offline, 1 reference model", "rmia", {"reference_models": 1}, offline),
         (f"bastion RMIA offline, {shadows} reference models", "rmia", {"reference_models": shadows}, offline),
-    ]:
+    ]:  # the shift row and the RMIA rows reuse the cached LiRA models: no training
         c0, w0 = cpu(), time.perf_counter()
         res = get_membership_attack(attack, **params).run(target, splits, ctx=ctx, trainer=trainer)
         out.append(row(label, res.member_scores, res.non_member_scores, time.perf_counter() - w0, cpu() - c0))

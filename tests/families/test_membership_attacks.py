@@ -204,7 +204,7 @@ def test_a_label_only_model_is_refused_where_scores_are_needed(setting) -> None:
 def test_augmented_queries_are_averaged_and_refused_for_tables(setting, tmp_path: Path) -> None:
     target, splits = setting
     lira = get_membership_attack("lira", mode="offline", shadow_models=2, augment="flip", cache=False)
-    with pytest.raises(UsageError, match="augment='flip' mirrors images; these records are not images"):
+    with pytest.raises(UsageError, match="augment='flip' transforms images; these records are not images"):
         lira.run(target, splits, trainer=CountingTrainer(str(tmp_path / "c")))
     from sklearn.linear_model import LogisticRegression
 
@@ -218,3 +218,54 @@ def test_augmented_queries_are_averaged_and_refused_for_tables(setting, tmp_path
         model, images, trainer=CountingTrainer(str(tmp_path / "c")))
     flipped = lira.run(model, images, trainer=CountingTrainer(str(tmp_path / "c")))
     assert flipped.queries == 2 * plain.queries and flipped.auc > 0.5  # mirrored random features add noise here
+
+
+def _tiny_mlp() -> Any:
+    import torch
+
+    return torch.nn.Sequential(torch.nn.Linear(D, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+
+
+@pytest.mark.parametrize("kind", ["sklearn", "torch"])
+def test_a_cached_model_answers_new_queries_without_training(setting, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             kind: str) -> None:
+    """The model itself is kept (estimator as skops, module weights as arrays): other records to
+    score (here fewer members) need no training, only queries to the cached models."""
+    from sklearn.linear_model import LogisticRegression
+
+    from bastion.core import training
+
+    monkeypatch.setenv("BASTION_CACHE_DIR", str(tmp_path / "cache"))
+    target, splits = setting
+    calls: list[int] = []
+    if kind == "sklearn":
+        real = training.fit_estimator
+        monkeypatch.setattr(training, "fit_estimator", lambda est, req: calls.append(1) or real(est, req))
+        trainer: Any = sklearn_train_fn(LogisticRegression(C=10.0, max_iter=500))
+    else:
+        real_fit = training.TorchTrainingProcedure.fit
+        monkeypatch.setattr(training.TorchTrainingProcedure, "fit",
+                            lambda self, req, *a, **k: calls.append(1) or real_fit(self, req, *a, **k))
+        trainer = training.TorchTrainingProcedure(model=_tiny_mlp, epochs=3)
+    lira = get_membership_attack("lira", mode="offline", shadow_models=2, variance="per-record")
+    first = lira.run(target, splits, trainer=trainer)
+    assert len(calls) == 2
+    fewer = MembershipSplits(splits.members_x[:20], splits.members_y[:20], splits.non_members_x,
+                             splits.non_members_y, splits.reference_x, splits.reference_y)
+    again = lira.run(target, fewer, trainer=trainer)
+    assert len(calls) == 2  # nothing trained: the cached models answered the new queries
+    np.testing.assert_allclose(again.member_scores, first.member_scores[:20])
+    kept = "estimator.skops" if kind == "sklearn" else "weights.npz"
+    assert len(list((tmp_path / "cache").rglob(kept))) == 2
+
+
+def test_shift_moves_images_one_pixel_four_ways() -> None:
+    from bastion.attacks.privacy.shadows import augmented
+
+    x = np.zeros((1, 1, 3, 3), np.float32)
+    x[0, 0, 1, 1] = 1.0
+    moved = augmented(x, "shift")
+    assert len(moved) == 5 and moved[0] is x
+    assert [tuple(np.argwhere(m[0, 0])[0]) for m in moved[1:]] == [(2, 1), (0, 1), (1, 2), (1, 0)]
+    edge = augmented(np.ones((1, 1, 3, 3), np.float32), "shift")[1]
+    assert edge[0, 0, 0].sum() == 0 and edge.sum() == 6  # the uncovered row is zeros, not wrapped around

@@ -16,7 +16,8 @@ fitted as a Gaussian:
   records, which neither model trained on: σ² = var(φ_target - φ_shadow) / 2.
 
 Scores are computed for all records at once from the cached outputs; with augmentations
-(``flip``), the per-query scores are averaged, as in the paper.
+(``flip``: mirrored, ``shift``: moved one pixel four ways), the per-query scores are averaged, as in
+the paper.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ class LiRAParams(Params):
     mode: Literal["online", "offline"] = Field(default="online", description="IN and OUT models, or OUT only.")
     variance: Literal["auto", "per-record", "global"] = Field(
         default="auto", description="σ per record, or one for all (auto: global below 64 shadow models).")
-    augment: Augment = Field(default="none", description="Extra queries per record: flip (images mirrored).")
+    augment: Augment = Field(default="none", description="Extra queries per record: flip (images mirrored) or "
+                            "shift (moved one pixel four ways).")
     cache: bool = Field(default=True, description="Reuse shadow models trained before (bastion's cache folder).")
 
 

@@ -44,7 +44,8 @@ class RMIAParams(Params):
     offline_a: float = Field(default=0.3, ge=0.0, le=1.0,
                              description="Offline: a in Pr(x) = ((1 + a) Pr_OUT(x) + (1 - a)) / 2.")
     gamma: float = Field(default=1.0, gt=0.0, description="Threshold on the likelihood ratio of x over z.")
-    augment: Augment = Field(default="none", description="Extra queries per record: flip (images mirrored).")
+    augment: Augment = Field(default="none", description="Extra queries per record: flip (images mirrored) or "
+                            "shift (moved one pixel four ways).")
     cache: bool = Field(default=True, description="Reuse reference models trained before (bastion's cache folder).")
 
 

@@ -12,11 +12,15 @@ saying which record each model was trained on:
   half the models (the balanced design of LiRA's reference code); ``offline``: the pool is the
   reference records only, so no model ever saw a target record;
 - each model trains in a unit of work on the run's executor (worker processes when the run has
-  one and the trainer can be sent to them, else in this process), and its outputs are cached on
-  disk under bastion's cache folder (``$BASTION_CACHE_DIR``), keyed by a content hash of (trainer
-  identity, training records, seed) and of the query records: a re-run, or a run after an
-  interrupted one, trains nothing it already trained. The cache holds NumPy arrays only (``.npz``
-  read without pickle), each checked against its SHA-256 on read.
+  one and the trainer can be sent to them, else in this process), and is cached on disk under
+  bastion's cache folder (``$BASTION_CACHE_DIR``) in a folder keyed by a content hash of (trainer
+  identity, training records, seed): its outputs on the query records (log-probabilities, keyed
+  by a hash of those records) and, where bastion can rebuild it, the model itself — the weights
+  of a ``TorchTrainingProcedure``'s module (``.npz``), a scikit-learn estimator (skops) — so new
+  query records (another augmentation) need no training either. A re-run, or a run after an
+  interrupted one, trains nothing it already trained. Files are written by bastion, in formats
+  read without pickle (``np.load(allow_pickle=False)``, skops with its type allow-list), and each
+  is checked against the SHA-256 written beside it on read.
 """
 
 from __future__ import annotations
@@ -41,8 +45,8 @@ from bastion.errors import BastionError, BastionRuntimeError, UsageError
 
 log = logging.getLogger(__name__)
 
-Augment = Literal["none", "flip"]
-CACHE_VERSION = 2  # the cache holds log-probabilities
+Augment = Literal["none", "flip", "shift"]
+CACHE_VERSION = 3  # log-probabilities, and the models bastion can rebuild
 _BATCH = 1024
 _PHI_MAX = 1e4
 
@@ -85,16 +89,26 @@ def query_records(splits: MembershipSplits) -> QueryRecords:
 
 
 def augmented(x: np.ndarray, augment: Augment) -> list[np.ndarray]:
-    """The query inputs under each augmentation: ``none`` (as given) or ``flip`` (as given, and
-    mirrored along the last axis: left-right for images)."""
+    """The query inputs under each augmentation: ``none`` (as given), ``flip`` (as given, and
+    mirrored along the last axis: left-right for images) or ``shift`` (as given, and moved by one
+    pixel up, down, left and right, the uncovered edge filled with zeros)."""
     if augment == "none":
         return [x]
+    if x.ndim < 3:
+        raise UsageError(f"augment='{augment}' transforms images; these records are not images",
+                         hint="use augment: none for tables")
     if augment == "flip":
-        if x.ndim < 3:
-            raise UsageError("augment='flip' mirrors images; these records are not images",
-                             hint="use augment: none for tables")
         return [x, np.ascontiguousarray(x[..., ::-1])]
-    raise UsageError(f"augment must be one of none, flip; got {augment!r}")
+    if augment == "shift":
+        out = [x]
+        for axis, step in ((-2, 1), (-2, -1), (-1, 1), (-1, -1)):
+            moved = np.roll(x, step, axis=axis)
+            edge = [slice(None)] * x.ndim
+            edge[axis] = 0 if step > 0 else -1
+            moved[tuple(edge)] = 0
+            out.append(moved)
+        return out
+    raise UsageError(f"augment must be one of none, flip, shift; got {augment!r}")
 
 
 def predict_all(target: Any, xs: list[np.ndarray]) -> np.ndarray:
@@ -166,15 +180,19 @@ def shadow_outputs(trainer: Any, queries: QueryRecords, *, n_models: int, online
     units, outputs = [], [None] * n_models
     for i in range(n_models):
         idx = np.flatnonzero(keep[i])
-        path = None
+        folder = None
         if identity is not None:
             key = _digest(f"v{CACHE_VERSION}", identity, queries.x[idx], queries.y[idx], int(seeds[i]))
-            path = cache_root() / "shadows" / key[:2] / key / f"{qhash}.npz"
-            outputs[i] = read_cached(path)
+            folder = cache_root() / "shadows" / key[:2] / key
+            outputs[i] = read_cached(folder / f"{qhash}.npz")
+            if outputs[i] is None and (model := load_model(trainer, folder, spec, classes)) is not None:
+                outputs[i] = answer(model, xs, len(classes), i)  # a cached model asked new questions
+                write_cached(folder / f"{qhash}.npz", outputs[i])
         if outputs[i] is None:
             units.append((i, Unit(train_unit, f"shadow-{i}", {
                 "trainer": trainer, "x": queries.x[idx], "y": queries.y[idx], "seed": int(seeds[i]), "spec": spec,
-                "classes": list(classes), "queries": xs, "path": str(path) if path else None, "index": i})))
+                "classes": list(classes), "queries": xs, "folder": str(folder) if folder else None,
+                "qhash": qhash, "index": i})))
     ctx.advance(n_models - len(units))  # models found in the cache
     if units:
         done = _run_units(trainer, [u for _, u in units], ctx)
@@ -203,16 +221,28 @@ def _digest(*parts: Any) -> str:
     return h.hexdigest()
 
 
-def read_cached(path: Path) -> np.ndarray | None:
-    """The cached outputs at ``path``, or None when absent or when the file does not match the
-    SHA-256 written beside it (a torn or altered file is ignored and trained again)."""
-    sidecar = path.with_suffix(".sha256")
+def _read_verified(path: Path) -> bytes | None:
+    """The bytes at ``path`` when they match the SHA-256 written beside them; else None (absent,
+    torn or altered: what it held is trained again)."""
     try:
-        data, want = path.read_bytes(), sidecar.read_text().strip()
+        data, want = path.read_bytes(), path.with_name(path.name + ".sha256").read_text().strip()
     except OSError:
         return None
     if hashlib.sha256(data).hexdigest() != want:
-        log.warning("cached shadow outputs %s do not match their hash: training again", path)
+        log.warning("cached shadow model file %s does not match its hash: training again", path)
+        return None
+    return data
+
+
+def _write_verified(path: Path, data: bytes) -> None:
+    atomic_write_bytes(path, data)
+    atomic_write_bytes(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest().encode())
+
+
+def read_cached(path: Path) -> np.ndarray | None:
+    """The cached log-probabilities at ``path``, or None (see :func:`_read_verified`)."""
+    data = _read_verified(path)
+    if data is None:
         return None
     with np.load(io.BytesIO(data), allow_pickle=False) as f:
         return np.asarray(f["logp"], np.float64)
@@ -221,16 +251,69 @@ def read_cached(path: Path) -> np.ndarray | None:
 def write_cached(path: Path, logp: np.ndarray) -> None:
     buf = io.BytesIO()
     np.savez(buf, logp=logp)
-    data = buf.getvalue()
-    atomic_write_bytes(path, data)
-    atomic_write_bytes(path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest().encode())
+    _write_verified(path, buf.getvalue())
+
+
+def save_model(trainer: Any, model: Any, folder: Path) -> None:
+    """Keep the trained model beside its outputs where bastion can rebuild it: the weights of a
+    ``TorchTrainingProcedure``'s module as arrays, an ``EstimatorTrainer``'s estimator as skops."""
+    from bastion.core.training import EstimatorTrainer, TorchTrainingProcedure
+
+    if isinstance(trainer, TorchTrainingProcedure) and hasattr(model, "module"):
+        buf = io.BytesIO()
+        np.savez(buf, **{k: v.detach().cpu().numpy() for k, v in model.module.state_dict().items()})
+        _write_verified(folder / "weights.npz", buf.getvalue())
+    elif isinstance(trainer, EstimatorTrainer) and hasattr(model, "estimator"):
+        import skops.io
+
+        _write_verified(folder / "estimator.skops", skops.io.dumps(model.estimator))
+
+
+def load_model(trainer: Any, folder: Path, spec: InputSpec, classes: list[Any]) -> Any:
+    """The model :func:`save_model` kept in ``folder`` as a Target, or None."""
+    from bastion.core.training import EstimatorTrainer, TorchTrainingProcedure
+
+    if isinstance(trainer, TorchTrainingProcedure) and (data := _read_verified(folder / "weights.npz")) is not None:
+        import torch
+
+        from bastion.core.targets.torch_target import TorchTarget
+
+        module = trainer.model()
+        with np.load(io.BytesIO(data), allow_pickle=False) as f:
+            module.load_state_dict({k: torch.from_numpy(f[k]) for k in f.files})
+        return TorchTarget(module, spec, classes=list(classes), name=trainer.name or type(module).__name__)
+    if isinstance(trainer, EstimatorTrainer) and _read_verified(folder / "estimator.skops") is not None:
+        from bastion.core.safe_load import load_skops
+        from bastion.core.targets.sklearn_target import sklearn_target
+
+        return sklearn_target(load_skops(folder / "estimator.skops"), spec, name=trainer.name)
+    return None
+
+
+def answer(model: Any, queries: list[np.ndarray], n_classes: int, index: int) -> np.ndarray:
+    """A shadow model's log-probabilities on the queries, refused (naming the model and why) when
+    it is not a model that answers probabilities."""
+    if not callable(getattr(model, "predict_proba", None)):
+        raise BastionRuntimeError(f"the trainer returned an unusable model for shadow model {index}: "
+                                  f"{type(model).__name__} has no predict_proba (a TrainFn returns a Target)")
+    try:
+        logp = predict_all(model, queries)
+    except BastionError as exc:
+        raise BastionRuntimeError(f"the trainer returned an unusable model for shadow model {index}: "
+                                  f"{exc.message}") from exc
+    want = (len(queries), len(queries[0]), n_classes)
+    if logp.shape != want or np.isnan(logp).any() or (logp > 1e-6).any():
+        raise BastionRuntimeError(f"the trainer returned an unusable model for shadow model {index}: it answered "
+                                  f"scores of shape {logp.shape[1:]} (want {want[1:]}), or not probabilities")
+    return logp
 
 
 def train_unit(ctx: RunContext, trainer: Any, x: np.ndarray, y: np.ndarray, seed: int, spec: InputSpec,
-               classes: list[Any], queries: list[np.ndarray], path: str | None, index: int) -> np.ndarray:
-    """One shadow model: train it, answer every query, cache the answers. A trainer that raises,
-    or returns something that does not answer (n, k) probabilities, is a BastionRuntimeError
-    naming the model and why."""
+               classes: list[Any], queries: list[np.ndarray], folder: str | None, qhash: str,
+               index: int) -> np.ndarray:
+    """One shadow model: train it, answer every query, cache the model and its answers. A trainer
+    that raises, or returns something that does not answer (n, k) probabilities, is a
+    BastionRuntimeError naming the model and why."""
     ctx.check_cancelled()
     request = TrainRequest(x, y, seed=seed, input_spec=spec, classes=classes)
     try:
@@ -240,20 +323,10 @@ def train_unit(ctx: RunContext, trainer: Any, x: np.ndarray, y: np.ndarray, seed
     except Exception as exc:  # the user's training code failed
         raise BastionRuntimeError(f"the trainer failed on shadow model {index}: {type(exc).__name__}: {exc}",
                                   hint="run the trainer on the same data in Python to see the traceback") from exc
-    if not callable(getattr(model, "predict_proba", None)):
-        raise BastionRuntimeError(f"the trainer returned an unusable model for shadow model {index}: "
-                                  f"{type(model).__name__} has no predict_proba (a TrainFn returns a Target)")
-    try:
-        logp = predict_all(model, queries)
-    except BastionError as exc:
-        raise BastionRuntimeError(f"the trainer returned an unusable model for shadow model {index}: "
-                                  f"{exc.message}") from exc
-    want = (len(queries), len(queries[0]), len(classes))
-    if logp.shape != want or np.isnan(logp).any() or (logp > 1e-6).any():
-        raise BastionRuntimeError(f"the trainer returned an unusable model for shadow model {index}: it answered "
-                                  f"scores of shape {logp.shape[1:]} (want {want[1:]}), or not probabilities")
-    if path is not None:
-        write_cached(Path(path), logp)
+    logp = answer(model, queries, len(classes), index)
+    if folder is not None:
+        save_model(trainer, model, Path(folder))
+        write_cached(Path(folder) / f"{qhash}.npz", logp)
     return logp
 
 
