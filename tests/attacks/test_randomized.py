@@ -117,3 +117,20 @@ def test_min_eps_brackets_on_a_randomised_model_need_most_draws_fooled(noisy) ->
     assert found.any() and res.expectation is not None and res.expectation.eot == 4
     # where a bracket was found, the kept input is fooled on most of the fresh draws far more often than not
     assert res.expectation.adv_success[found].mean() > 0.5
+
+
+def test_the_policy_declares_a_target_randomised(tmp_path) -> None:
+    """A remote model is not probed: the policy's target.randomized puts every attack in expectation."""
+    from bastion.campaign.runner import scan
+
+    (tmp_path / "m.py").write_text("from tests.attacks._whitebox_models import trained_digits_mlp\n"
+                                   "def model():\n    return trained_digits_mlp()[0]\n"
+                                   "def data():\n    _, _, _, x, y = trained_digits_mlp()\n    return x[:30], y[:30]\n")
+    pol = {"version": 1, "name": "r", "data": {"source": f"python:{tmp_path / 'm.py'}:data"},
+           "target": {"model": f"python:{tmp_path / 'm.py'}:model", "input_shape": [64], "bounds": [0.0, 1.0]},
+           "checks": [{"name": "pgd", "kind": "evasion", "attack": "pgd", "eps": [0.1],
+                       "params": {"steps": 3, "draws": 7, "eot_iter": 2}, "examples": 0}],
+           "output": {"dir": str(tmp_path / "out"), "formats": ["json"]}}
+    assert scan(pol).checks[0].values("draws") == []  # deterministic and probed: single measurements
+    pol["target"]["randomized"] = True
+    assert scan(pol).checks[0].values("draws") == [7]

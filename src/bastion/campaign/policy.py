@@ -92,6 +92,7 @@ class TargetSpec(_Strict):
     http: dict[str, Any] | None = None
     defenses: list[DefenseSpec] = Field(default_factory=list)
     bpda: BPDASpec | None = None
+    randomized: bool | None = None  # outputs vary between identical calls (None: attacks probe local models)
 
 
 class DataSpec(_Strict):

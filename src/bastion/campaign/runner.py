@@ -190,6 +190,8 @@ def _load(loaded: LoadedPolicy, limit: int | None) -> tuple[Target | None, Datas
     if t.bpda is not None:
         with loaded.blame("target", "bpda"):
             target = _with_bpda(target, t.bpda, base)
+    if t.randomized is not None:  # declared: attacks evaluate in expectation (or not) without probing
+        target.randomized = t.randomized
     for i, spec in enumerate(t.defenses):
         with loaded.blame("target", "defenses", i):
             from bastion.core.defense import DEFENSES
