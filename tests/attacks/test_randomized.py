@@ -134,3 +134,10 @@ def test_the_policy_declares_a_target_randomised(tmp_path) -> None:
     assert scan(pol).checks[0].values("draws") == []  # deterministic and probed: single measurements
     pol["target"]["randomized"] = True
     assert scan(pol).checks[0].values("draws") == [7]
+
+
+def test_black_box_attacks_are_measured_in_expectation_too(noisy) -> None:
+    target, x, y = noisy
+    res = bastion.attacks.get_attack("square", eps=0.1, max_queries=30, draws=10).run(target, x[:20], y[:20])
+    assert res.expectation is not None and res.expectation.eot == 1
+    assert any("black-box" in n for n in res.extra["notes"])

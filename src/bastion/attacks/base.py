@@ -268,9 +268,11 @@ class EvasionAttack(ABC):
             goal = np.asarray(y_target, np.int64) if self.targeted else y
             run = AttackRun(rctx, ledger, x, goal, expectation=randomized)
             if randomized:
-                run.notes.append(f"randomised target: gradients averaged over {eot} draws (EOT), no input counted "
-                                 f"as fooled on one draw, and accuracies are expectations over {self.draws} fresh "
-                                 f"draws with a {CI_LEVEL:.0%} bootstrap CI")
+                how = (f"gradients of the expected prediction over {eot} draws per step (EOT)" if eot > 1 else
+                       "gradients through the target's own adaptive view" if self.needs_gradients else
+                       "candidates scored on single draws (black-box)")
+                run.notes.append(f"randomised target: {how}, no input counted as fooled on one draw, and accuracies "
+                                 f"are expectations over {self.draws} fresh draws with a {CI_LEVEL:.0%} bootstrap CI")
             self._begin(run, target)
             return self._attack(target, work, x, y, goal, run, rctx, ctx, ledger, progress, eot)
 

@@ -95,10 +95,6 @@ class Expectation:
         return (f"robust accuracy in expectation over {self.draws} draws: {self.robust_accuracy:.1%}, "
                 f"{CI_LEVEL:.0%} CI [{lo:.1%}, {hi:.1%}]")
 
-    def subset(self, idx: np.ndarray) -> Expectation:
-        return Expectation(self.draws, self.eot, self.clean_correct[idx], self.adv_correct[idx],
-                           self.adv_success[idx], self.ci)
-
 
 def shares(counts: np.ndarray, y: np.ndarray, goal: np.ndarray, targeted: bool) -> tuple[np.ndarray, np.ndarray]:
     """Per input, from class counts over draws: the share of draws predicting ``y`` and the share
