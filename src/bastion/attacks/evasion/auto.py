@@ -10,16 +10,17 @@ Stages, each run only on the inputs still robust after the previous ones:
    ``restarts - 1`` restart rounds, from random starts, only on the inputs still robust whose best
    targeted DLR loss came within ``near`` of the boundary, each towards the input's most promising
    class, and only while the previous round fooled a new input;
-3. ``fab-t``   — FAB-T (Croce & Hein 2020, arXiv:1907.02044), AutoAttack's minimal-norm stage: an
-   input counts as fooled at its first adversarial point within ε;
+3. ``fab-t``   — FAB-T (Croce & Hein 2020, arXiv:1907.02044), AutoAttack's minimal-norm stage, towards
+   each input's ``fab_targets`` (1) most promising classes by APGD-T's best loss (AutoAttack runs 9):
+   an input counts as fooled at its first adversarial point within ε;
 4. ``square``  — the Square black-box attack (scores on the logits), for models whose gradients
    mislead the white-box stages. Skipped, with a note, if no attack named ``square`` is registered.
 
-Budgets follow the gradients: before FAB-T and Square, each input still robust is probed once
-(the DLR gradient APGD-T follows finite and non-zero, the CE gradient finite, the logits the same
-on a second call). Where they are healthy the white-box stages have done their job, and FAB-T runs
-towards the most promising target only and Square gets ``healthy_share`` of its queries; where they
-are not (quantisation, a non-differentiable step, randomness), both run in full.
+Square's budget follows the gradients: before it, each input still robust is probed once (the DLR
+gradient APGD-T follows finite and non-zero, the CE gradient finite, the logits the same on a
+second call). Where they are healthy the white-box stages have done their job and Square gets
+``healthy_share`` of its queries; where they are not (quantisation, a non-differentiable step,
+randomness) it gets them all.
 
 ``AttackResult.extra["stages"]`` lists, per stage, the robust accuracy over all inputs after it
 (its last row is the headline robust accuracy, on the same inputs), its seconds and queries;
@@ -69,7 +70,9 @@ class AutoParams(GradientParams):
                           description="APGD-T rounds at most; the later ones only near the boundary, while they pay.")
     near: float = Field(0.1, ge=0, le=1,
                         description="Restart rounds: inputs whose best targeted DLR loss is above -near.")
-    n_target_classes: int = Field(9, ge=1, le=1000, description="Target classes of the APGD-T and FAB-T stages.")
+    n_target_classes: int = Field(9, ge=1, le=1000, description="Target classes of the APGD-T stage.")
+    fab_targets: int = Field(1, ge=1, le=1000,
+                             description="FAB-T runs per input, towards its most promising classes (AutoAttack: 9).")
     targets_kept: int = Field(3, ge=1, le=1000,
                               description="APGD-T runs an input keeps after the first checkpoint (highest loss).")
     stages: list[Literal["apgd-ce", "apgd-t", "fab-t", "square"]] = Field(
@@ -93,7 +96,7 @@ class AutoParams(GradientParams):
 @register_attack
 class AutoAttack(EvasionAttack):
     """The ``auto`` ensemble: APGD-CE → APGD-T (adaptive restarts) → FAB-T → Square, each on the
-    points still robust, the last two budgeted by a gradient-health probe. ``stages`` picks a subset
+    points still robust, Square budgeted by a gradient-health probe. ``stages`` picks a subset
     (in that order); ``blackbox_queries`` is Square's per-sample query budget (5000 as in AutoAttack)
     where gradients are unhealthy, ``healthy_share`` of it where they are healthy.
 
@@ -242,27 +245,25 @@ class AutoAttack(EvasionAttack):
         return best.cpu().numpy()
 
     def _fab_t(self, target: Target, b: _Batch, todo: np.ndarray, run: AttackRun) -> np.ndarray:
-        """FAB-T with ε: all k targets where gradients are unhealthy, the most promising one elsewhere."""
+        """FAB-T with ε towards each input's ``fab_targets`` most promising classes (by APGD-T's best
+        loss; by the clean logits when APGD-T did not run)."""
         assert isinstance(target, DifferentiableTarget)
         dev = target.device
-        healthy = b.health(target, todo)
         x0, g0 = to_tensor(b.x[todo], dev), to_tensor(b.goal[todo], dev, torch.long)
-        k = min(self.n_target_classes, target.n_classes - 1)
         if self.targeted:
             with torch.no_grad():
                 y = target.logits(x0).argmax(1)
             fab = FABRun(x0, y, g0, goal=g0, group=torch.arange(len(todo), device=dev))
         else:
-            classes = b.classes(target, todo)
-            order = np.argsort(-b.promise[todo][:, :k], axis=1, kind="stable")  # most promising first
-            ranked = np.take_along_axis(classes, order, axis=1)
-            rows = np.concatenate([np.repeat(np.flatnonzero(healthy), 1), np.repeat(np.flatnonzero(~healthy), k)])
-            cls = np.concatenate([ranked[healthy, 0], ranked[~healthy].reshape(-1)])
-            r = torch.as_tensor(rows, device=dev)
-            fab = FABRun(x0[r], g0[r], torch.as_tensor(cls, device=dev), group=r)
-        adv, nrm = fab_optimise(target, Geometry.of(target), fab, norm=self.norm, steps=self.steps, eps=self.eps)
+            k = min(self.fab_targets, b.promise.shape[1])
+            order = np.argsort(-b.promise[todo], axis=1, kind="stable")[:, :k]  # most promising first
+            cls = np.take_along_axis(b.classes(target, todo), order, axis=1)
+            r = torch.arange(len(todo), device=dev).repeat_interleave(k)
+            fab = FABRun(x0[r], g0[r], torch.as_tensor(cls.reshape(-1), device=dev), group=r)
+        geo = Geometry.of(target)
+        adv, nrm = fab_optimise(target, geo, fab, norm=self.norm, steps=self.steps, eps=self.eps)
         assert fab.group is not None
-        geo, out, hit = Geometry.of(target), x0.clone(), nrm <= self.eps
+        out, hit = x0.clone(), nrm <= self.eps
         at = fab.group[hit]
         out[at] = geo.apply(x0[at], project_ball(geo.delta_of(x0[at], adv[hit]), self.eps, self.norm))
         return out.cpu().numpy()
