@@ -11,9 +11,9 @@ import torch
 import bastion
 from bastion.attacks.evasion.expectation import draw_counts, shares
 from bastion.core.run import RunContext
+from bastion.core.spec import InputSpec
 from bastion.core.targets.torch_target import TorchTarget
 from tests.attacks._whitebox_models import trained_digits_mlp
-from bastion.core.spec import InputSpec
 
 
 class Noisy(torch.nn.Module):

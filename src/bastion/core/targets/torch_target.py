@@ -10,6 +10,7 @@ from bastion.core.run import seeded_forward
 from bastion.core.spec import InputSpec
 from bastion.core.targets.base import (
     DifferentiableTarget,
+    Target,
     OutputKind,
     as_score_rows,
     check_width,
@@ -94,7 +95,7 @@ class TorchTarget(DifferentiableTarget):
         bpda.install(out.module)
         return out
 
-    def adaptive_view(self) -> Any:
+    def adaptive_view(self) -> Target:
         """With a declared BPDA, the view whose gradients cross the non-differentiable step."""
         if self.bpda is None:
             return self
