@@ -238,6 +238,41 @@ def test_gradient_masking_check_on_the_audit_models(which: str) -> None:
         assert f.metrics["concerns"] in ("gradient", "all") and "marked untrusted" in f.description
         if f.metrics["sanity"] != "output-kind" or not f.metrics["probabilities_like"]:
             assert "CI" in f.description and f.metrics["ci_low"] <= f.metrics["ci_high"]
+    if which == "noise":  # a minimal attack stops on a boundary the noise blurs: large-ε stands in for it
+        assert "unbounded-attack" not in res.metrics["checks"] and any("randomised" in n for n in res.metrics["notes"])
     expected = {"x1000": "BASTION-EV-102", "round3": "BASTION-EV-103", "noise": "BASTION-EV-101",
                 "sqrt": "BASTION-EV-103"}[which]
     assert expected in {f.rule_id for f in res.findings}
+
+
+class Quantized(torch.nn.Module):
+    """3-bit input rounding in a named submodule, so BPDA can be declared on it."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.quantize, self.inner = Round3(), inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(self.quantize(x))
+
+
+class Round3(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.round(x * 7) / 7
+
+
+def test_declared_bpda_clears_the_gradient_signals() -> None:
+    """Following the remediation (BPDA on the rounding step) the attacks follow the substitute, and
+    the check judges the path they take: no zero-gradient, large-ε or unbounded finding."""
+    from bastion.core.defense import BPDA
+
+    model, x, y = _data()
+    params = GradientMaskingParams(n_samples=60, eps=0.1, blackbox_queries=200)
+    plain = TorchTarget(Quantized(model), SPEC)
+    rules = {f.rule_id for f in GradientMaskingCheck("m", params).run(
+        CheckContext(target=plain, data=Dataset(x, y), y=y)).findings}
+    assert "BASTION-EV-103" in rules
+    declared = TorchTarget(Quantized(model), SPEC, bpda=BPDA(module="quantize"))
+    res = GradientMaskingCheck("m", params).run(CheckContext(target=declared, data=Dataset(x, y), y=y))
+    assert res.findings == [], [f.description for f in res.findings]
+    assert any("adaptive path" in n for n in res.metrics["notes"])
