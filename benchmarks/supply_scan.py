@@ -145,6 +145,19 @@ _BASELINE_SNIPPET = (
     "print(time.perf_counter() - t, time.process_time() - c)\n")
 
 
+def _compile_bytecode(baseline_src: Path | None) -> None:
+    """Byte-compile bastion (and the baseline tree) as ``pip install`` does: the reference tools' modules
+    were compiled when they were installed, and with PYTHONDONTWRITEBYTECODE set an editable bastion
+    would otherwise be compiled from source in every timed process."""
+    import compileall
+
+    import bastion
+
+    for pkg in (Path(bastion.__file__).parent, baseline_src / "bastion" if baseline_src else None):
+        if pkg is not None:
+            compileall.compile_dir(str(pkg), quiet=1)
+
+
 def _baseline_in_process(src: Path, target: Path) -> tuple[float, float]:
     env = {**os.environ, "PYTHONPATH": str(src)}
     out = subprocess.run([sys.executable, "-c", _BASELINE_SNIPPET, str(target)], env=env, check=True,
@@ -216,6 +229,7 @@ def main() -> None:
     ap.add_argument("--core-formats", action="store_true",
                     help="with --mixed-only: leave out 7z and HDF5 files (the formats extra: py7zr, h5py)")
     args = ap.parse_args()
+    _compile_bytecode(args.baseline_src)
     if args.mixed_only:
         mixed_cli(args)
         return
@@ -385,7 +399,8 @@ def mixed_cli(args: argparse.Namespace) -> None:
     flag = f"--mixed-only {args.mixed_only}" + (" --core-formats" if args.core_formats else "")
     lines = [f"## CLI on {args.mixed_only} {what} model files (`{flag}`)", "",
              f"{len(files)} corpus files ({', '.join(kinds)}) copied round-robin into one directory; a fresh "
-             f"process per scan; seconds, median of {args.repeat} alternated rounds (min-max). Machine: "
+             f"process per scan (byte-code compiled beforehand, as pip does); seconds, median of {args.repeat} "
+             f"alternated rounds (min-max); CPU = user+sys of the process and its children. Machine: "
              f"{os.cpu_count()} cores shared with other jobs (load average at the end: {load:.1f}). Versions: "
              f"picklescan {version('picklescan')}, modelscan {version('modelscan')}.", "",
              "| tool | CLI wall | CLI CPU | wall / picklescan | CPU / picklescan |", "| --- | --- | --- | --- | --- |"]

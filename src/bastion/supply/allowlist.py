@@ -24,7 +24,6 @@ import fnmatch
 import functools
 import os
 import re
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -228,6 +227,8 @@ def load_policy_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raw = p.read_bytes()
     except OSError as exc:
         raise PolicyError(f"cannot read config file: {exc.strerror}", file=str(p)) from exc
+    import tomllib
+
     import yaml
 
     try:
