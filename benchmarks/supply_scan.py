@@ -414,7 +414,7 @@ def mixed_cli(args: argparse.Namespace) -> None:
     if head in out:                     # replace the section from an earlier run
         start = out.index(head)
         nxt = out.find("\n## ", start + 1)
-        out = out[:start] + text + (out[nxt + 1:] if nxt >= 0 else "")
+        out = out[:start] + text + ("\n" + out[nxt + 1:] if nxt >= 0 else "")
     else:
         out = out.rstrip("\n") + "\n\n" + text
     args.out.write_text(out)

@@ -144,6 +144,8 @@ def _h5py_installed() -> bool:
 
 
 def _import_h5py() -> None:
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")   # the worker does no linear algebra: no BLAS thread pool to start
     import h5py  # noqa: F401 - imported once in the worker, before its memory limit is set
 
 
