@@ -168,6 +168,14 @@ def test_gate_options_are_validated(tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as err:
         load_policy(pol)
     assert "gates[0]" in str(err.value)
+    pol = _policy(tmp_path, "standard", [{"gate": GATE, "allow": True}], [PGD])
+    with pytest.raises(PolicyError, match="unknown field; allowed here: gate, allow_untrusted") as err:
+        load_policy(pol)
+    assert err.value.field == "gates[0].allow"
+    pol = _policy(tmp_path, "standard", [GATE, 12], [PGD])
+    with pytest.raises(PolicyError, match="a gate is an expression or a mapping") as err:
+        load_policy(pol)
+    assert err.value.field == "gates[1]"
     pol = _policy(tmp_path, "standard", [{"gate": "robust_accuracy[pgdd] >= 1", "allow_untrusted": True}], [PGD])
     with pytest.raises(PolicyError, match="did you mean 'pgd'") as err:
         load_policy(pol)

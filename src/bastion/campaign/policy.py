@@ -25,10 +25,19 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bastion.campaign.checks.base import Check, CheckParams, CheckInputError, check_kinds
 from bastion.campaign.gates import Gate, parse_gate, resolve_gate
@@ -214,6 +223,11 @@ class GateSpec(_Strict):
     allow_untrusted: bool = False
 
 
+#: A gate: an expression, or a mapping with options (a tagged union, so an error names one form only).
+GateEntry = Annotated[Annotated[str, Tag("tag:expression")] | Annotated[GateSpec, Tag("tag:options")],
+                      Discriminator(lambda v: "tag:expression" if isinstance(v, str) else "tag:options")]
+
+
 class OutputSpec(_Strict):
     dir: str = "bastion-report"
     formats: list[Literal["json", "html", "junit", "sarif"]] = Field(default_factory=lambda: list(REPORT_FORMATS))
@@ -231,7 +245,7 @@ class Policy(_Strict):
     threat: ThreatSpec | None = None
     harden: HardenSpec | None = Field(default=None, description="v2: what `bastion harden` trains.")
     checks: list[CheckSpec] = Field(default_factory=list, validate_default=True)
-    gates: list[str | GateSpec] = Field(default_factory=list)
+    gates: list[GateEntry] = Field(default_factory=list)
     fail_on: Severity | None = Field(default=None, description="Also fail when a finding is at least this severe.")
     output: OutputSpec = Field(default_factory=OutputSpec)
 
@@ -494,18 +508,21 @@ def _check_defenses(policy: Policy, err: Any) -> None:
 def _policy_error(exc: ValidationError, node: yaml.Node | None, file: str | None,
                   prefix: tuple[Any, ...]) -> PolicyError:
     err = exc.errors()[0]
-    loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
+    loc = prefix + tuple(p for p in err["loc"]
+                         if not (isinstance(p, str) and p.startswith(("function-after", "tag:"))))
     field = _field(loc)
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown field"
-        allowed = _allowed_fields(exc)
+        allowed = ", ".join(GateSpec.model_fields) if loc[:1] == ("gates",) else _allowed_fields(exc)
         if allowed:
             msg += f"; allowed here: {allowed}"
     elif err["type"] == "literal_error":
         msg = f"{msg} (got {err.get('input')!r})"
     elif err["type"] == "missing":
         msg = "this field is required"
+    elif err["type"] in ("model_type", "model_attributes_type") and loc[:1] == ("gates",):
+        msg = "a gate is an expression or a mapping {gate: EXPRESSION, allow_untrusted: true|false}"
     more = len(exc.errors()) - 1
     if more:
         msg += f" (and {more} more problem{'s' if more > 1 else ''})"
