@@ -79,7 +79,11 @@ def generate(rows: int, out: Path, seed: int = 0) -> dict:
     cols["uid"] = digits_str(uid)                                                # decoy: random 16-digit ids
     ts = 1_600_000_000_000_000 + rng.integers(0, 10 ** 14, n)
     cols["ts"] = digits_str(luhn_fix(np.array([list(map(int, str(t)[:15])) for t in ts])))  # decoy: Luhn-valid
-    cols["label"] = rng.choice(np.array(["low", "mid", "high"], dtype=object), n, p=[0.5, 0.35, 0.15])
+    # a label the features explain (so that label noise can be assessed): a score of num1 and cat0, cut at its
+    # 50% and 85% quantiles
+    score = cols["num1"] + 1.5 * (cols["cat0"] == "c0_0")
+    cut = np.quantile(score, [0.5, 0.85])
+    cols["label"] = np.array(["low", "mid", "high"], dtype=object)[np.digitize(score, cut)]
 
     n_train = int(0.8 * n)
     free_train = rng.permutation(n_train)
@@ -194,15 +198,16 @@ def _short(v: object) -> object:
     return v if isinstance(v, (int, float, str, bool, type(None))) else str(v)[:200]
 
 
-def child(cmd: list[str]) -> tuple[float, int]:
-    """Run ``cmd``; (wall seconds, peak RSS in bytes of that child)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+def child(cmd: list[str]) -> tuple[float, float, int]:
+    """Run ``cmd``; (wall seconds, CPU seconds, peak RSS in bytes) of that child."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if peak <= before:
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if after.ru_maxrss <= before.ru_maxrss:
         print("warning: peak RSS not above an earlier child's; run one measured child per process", file=sys.stderr)
-    return time.perf_counter() - t0, peak * 1024
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return time.perf_counter() - t0, cpu, after.ru_maxrss * 1024
 
 
 def score(truth: dict, res: dict) -> dict:
@@ -229,7 +234,15 @@ def score(truth: dict, res: dict) -> dict:
         if f["rule"] in ("BASTION-DA-003", "BASTION-DA-004"):
             srcs.setdefault(f["rule"], set()).update(r for r in f["records"] if r < n_train)
     extra = []
+    noise = [f for f in res["findings"] if f["rule"] == "BASTION-DA-007"]
+    flagged = set(r for f in noise for r in f["records"])
+    out["label-noise candidates (DA-007)"] = {
+        "titles": [f["title"] for f in noise], "candidates": len(flagged),
+        "of which injected conflicting copies or their originals": len(flagged & set(truth["conflict"] + truth["conflict_src"])),
+        "others": len(flagged - set(truth["conflict"] + truth["conflict_src"]))}
     for f in res["findings"]:
+        if f["rule"] == "BASTION-DA-007":
+            continue
         outside = [r for r in f["records"] if r not in injected and r not in srcs.get(f["rule"], set())]
         if outside or not f["records"]:
             extra.append({"rule": f["rule"], "title": f["title"], "columns": f["columns"], "outside": len(outside)})
@@ -245,6 +258,7 @@ def main() -> None:
     ap.add_argument("--deepchecks-only", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--deepchecks", help="Python of a venv with deepchecks: run it on the same files.")
     ap.add_argument("--regenerate", action="store_true")
+    ap.add_argument("--generate-only", action="store_true", help="Write the table and stop.")
     args = ap.parse_args()
     if args.audit_only:
         return audit_only(args.out, args.audit_only)
@@ -255,12 +269,14 @@ def main() -> None:
         t0 = time.perf_counter()
         generate(args.rows, args.out)
         print(f"generated {args.rows} rows in {time.perf_counter() - t0:.1f} s")
+    if args.generate_only:
+        return None
     truth = json.loads((args.out / "truth.json").read_text())
     res_path = args.out / "bastion.json"
-    wall, peak = child([sys.executable, __file__, "--out", str(args.out), "--audit-only", str(res_path)])
+    wall, cpu, peak = child([sys.executable, __file__, "--out", str(args.out), "--audit-only", str(res_path)])
     res = json.loads(res_path.read_text())
     report = {"rows": args.rows, "columns": 50, "bytes": sum((args.out / f).stat().st_size for f in ("train.csv", "test.csv")),
-              "bastion": {"process_wall_s": wall, "audit_wall_s": res["wall_s"], "audit_cpu_s": res["cpu_s"],
+              "bastion": {"process_wall_s": wall, "process_cpu_s": cpu, "audit_wall_s": res["wall_s"], "audit_cpu_s": res["cpu_s"],
                           "peak_rss_bytes": peak, "per_audit_s": res["seconds"], "score": score(truth, res),
                           "findings": [{"rule": f["rule"], "title": f["title"], "records": len(f["records"])}
                                        for f in res["findings"]]},
@@ -273,8 +289,9 @@ def main() -> None:
         pass
     if args.deepchecks:
         dres = args.out / "deepchecks.json"
-        dwall, dpeak = child([args.deepchecks, __file__, "--out", str(args.out), "--deepchecks-only", str(dres)])
-        report["deepchecks"] = {"process_wall_s": dwall, "peak_rss_bytes": dpeak, **json.loads(dres.read_text())}
+        dwall, dcpu, dpeak = child([args.deepchecks, __file__, "--out", str(args.out), "--deepchecks-only", str(dres)])
+        report["deepchecks"] = {"process_wall_s": dwall, "process_cpu_s": dcpu, "peak_rss_bytes": dpeak,
+                                **json.loads(dres.read_text())}
     (args.out / "report.json").write_text(json.dumps(report, indent=1, default=str))
     print(json.dumps(report, indent=1, default=str))
 

@@ -142,17 +142,24 @@ def test_clean_table_has_no_findings(tmp_path: Path) -> None:
 
 
 def test_near_duplicate_search_is_not_quadratic(tmp_path: Path) -> None:
-    """Only records sharing a blocking key and adjacent after sorting are compared."""
-    from bastion.audit.duplicates import DuplicateParams, near_pairs
+    """2,000 near copies of one record: all found as one group, from a number of compared pairs that
+    grows with n (window * keys per record), not the n^2 / 2 = 2,000,000 pairs of a pairwise search."""
+    from bastion.audit.duplicates import DuplicateParams, _components, near_pairs
     from bastion.audit.profile import profile_table
     from bastion.core.run import RunContext
 
-    body = rows(2000, 3, "tr")
-    for r in body:  # one colour, the same words: every record is similar in its categorical and text values
-        r[2], r[3] = "red", "alpha beta gamma"
+    base = rows(1, 3, "tr")[0]
+    body = []
+    for i in range(2000):
+        r = list(base)
+        r[0] = f"{float(base[0]) + i * 1e-9:.12f}" if i < 1990 else f"{i / 7:.4f}"   # the last ten are far away
+        body.append(r)
     prof = profile_table([Source(write(tmp_path / "t.csv", body), "train")], label="label")
-    a, b = near_pairs(prof, DuplicateParams(), RunContext())
-    assert len(a) == 0  # numeric values differ by far more than the tolerance
+    p = DuplicateParams()
+    a, b = near_pairs(prof, p, RunContext())
+    assert len(a) <= len(body) * p.window * p.grids * p.bands
+    groups = _components(a, b, len(body))
+    assert len(np.unique(groups[:1990])) == 1 and not set(groups[1990:]) & {groups[0]}
 
 
 # --- bad input ---------------------------------------------------------------------------------------
