@@ -345,3 +345,37 @@ def test_reliability_ece_of_a_calibrated_and_an_overconfident_model() -> None:
     calibrated = reliability(conf, rng.random(20000) < conf)
     overconfident = reliability(conf, rng.random(20000) < conf - 0.2)
     assert calibrated.ece < 0.02 and abs(overconfident.ece - 0.2) < 0.02
+
+
+def test_parquet_reads_like_csv(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    body = rows(150, 0, "tr")
+    body[4][3] += " card 4111-1111-1111-1111"
+    body.append(list(body[9]))
+    cols = list(zip(*body))
+    table = pa.table({"x1": pa.array([float(v) for v in cols[0]]), "x2": pa.array([float(v) for v in cols[1]]),
+                      "colour": pa.array(cols[2]), "notes": pa.array(cols[3]),
+                      "uid": pa.array([int(v) for v in cols[4]]),      # 16-digit integers: kept as text
+                      "ts": pa.array(cols[5]), "label": pa.array([int(v) for v in cols[6]])})
+    pq.write_table(table, tmp_path / "d.parquet", row_group_size=64)
+    res = audit_table(sources_from([tmp_path / "d.parquet"]), label="label", chunk_rows=50,
+                      audits=("integrity", "duplicates", "sensitive-data"))
+    assert res.check.metrics["columns"]["uid"] == "identifier" and res.profile.n == 151
+    assert [f.records for f in by_rule(res, "BASTION-DA-001")] == [[9, 150]]
+    assert [f.records for f in by_rule(res, "BASTION-DA-010")] == [[4]]
+    assert {f.rule_id for f in res.check.findings} == {"BASTION-DA-001", "BASTION-DA-010"}
+
+
+def test_huge_field_and_row_limit(tmp_path: Path) -> None:
+    from bastion.audit import table
+
+    body = rows(30, 0, "tr")
+    path = write(tmp_path / "d.csv", body)
+    big = tmp_path / "big.csv"
+    big.write_text("a,b\n1,2\n3," + "x" * (table.MAX_FIELD_CHARS + 10) + "\n5,6\n")
+    res = audit_table(sources_from([path, big]), label="label", engine="stdlib", audits=("integrity",))
+    (f,) = by_rule(res, "BASTION-DA-030")
+    assert "data row 2" in f.title and res.usage_problems and res.profile.n == 31   # the row before it is kept
+    res = audit_table(sources_from([path]), label="label", max_rows=10, audits=("integrity",))
+    assert res.profile.n == 10 and res.check.status == "incomplete" and "max_rows" in res.check.reason

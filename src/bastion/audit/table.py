@@ -125,7 +125,7 @@ def _stdlib_csv_chunks(source: Source, chunk_rows: int, problems: list[ReadProbl
             try:
                 row = next(reader, None)
             except csv.Error as exc:
-                problems.append(ReadProblem(source, "malformed-rows", f"row {row_no}: {exc}; stopped reading "
+                problems.append(ReadProblem(source, "malformed-rows", f"data row {row_no + 1}: {exc}; stopped reading "
                                             "the file there", rows=[row_no]))
                 break
             if row is None:
