@@ -215,6 +215,8 @@ class _Accumulator:
         blank[:] = ""
         if self.kinds is None:
             self.kinds = infer_kinds(chunk, self.columns)
+            if not any(self.kinds[c] is ColumnKind.text for c in self.inputs):
+                self.bins = 1  # no text: one empty bin per record, not 32
             for c in self.columns:
                 self.info[c] = ColumnInfo(c, self.kinds[c])
                 if self.kinds[c] is ColumnKind.numeric and c in cols:
