@@ -56,6 +56,7 @@ from bastion.attacks.evasion._torch import Geometry, project_ball, random_start,
 from bastion.attacks.evasion.apgd import APGD, APGDRun, apgd_optimise, dlr_loss
 from bastion.attacks.evasion.expectation import EOT_DEFAULT, draw_counts, shares
 from bastion.attacks.evasion.fab import FABRun, fab_optimise
+from bastion.core.run import model_draws
 from bastion.core.targets.base import DifferentiableTarget, Target
 from bastion.errors import QueryBudgetExceeded
 
@@ -172,10 +173,11 @@ class AutoAttack(EvasionAttack):
         try:
             adv = target.input_spec.enforce(x[todo], fn(target, b, todo, s.run))
             if run.expectation:  # keep the candidate right on the fewest draws, never the clean input
-                counts = draw_counts(target, adv, EOT_DEFAULT, self.batch_size, counted=True)
-                rest = 1.0 - shares(counts, goal[todo], goal[todo], self.targeted)[1]
-                ok = rest < left[todo]
-                b.x_adv[todo[ok]], left[todo[ok]] = adv[ok], rest[ok]
+                rest, now = (self._right(target, xs, goal[todo], run.ctx.key("select", s.name, str(b.rows[0])))
+                             for xs in (adv, b.x_adv[todo]))  # the same draws for both: a paired comparison
+                ok = ~np.isfinite(left[todo]) | (rest < now)
+                b.x_adv[todo[ok]] = adv[ok]
+                left[todo] = np.where(ok, rest, now)
                 b.robust[todo] = left[todo] > 0
             else:
                 p = target.predict_proba(adv).argmax(1)
@@ -191,6 +193,13 @@ class AutoAttack(EvasionAttack):
         if s.run.stop and not run.stop:  # the black-box stage keeps its partial result; stop here
             run.stop = s.run.stop
         log.debug("auto stage %s: %d of %d still robust", s.name, int(b.robust.sum()), len(x))
+
+    def _right(self, target: Target, x: np.ndarray, goal: np.ndarray, key: int) -> np.ndarray:
+        """Randomised target: per input, the share of EOT_DEFAULT draws (seeded by ``key``) on which
+        the attack has not succeeded (the attacker's own queries)."""
+        with model_draws(key):
+            counts = draw_counts(target, x, EOT_DEFAULT, self.batch_size, counted=True)
+        return 1.0 - shares(counts, goal, goal, self.targeted)[1]
 
     # --- the stages: each returns adversarial candidates for the inputs ``todo`` ----------------
     def _apgd(self, loss: str, k: int) -> APGD:
