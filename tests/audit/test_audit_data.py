@@ -236,6 +236,10 @@ def test_cli_exit_codes(tmp_path: Path, capsys, monkeypatch) -> None:  # noqa: A
                          capsys, monkeypatch)
     doc = json.loads(out)
     assert code == 1 and doc["findings"][0]["rule_id"] == "BASTION-DA-010" and "4111 1111" not in out
+    code, out, _ = _main(["audit-data", str(leaky_path), "--label", "label", *audits, "--format", "sarif"],
+                         capsys, monkeypatch)
+    (result,) = json.loads(out)["runs"][0]["results"]
+    assert code == 1 and result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"].endswith("leaky.csv")
     code, out, _ = _main(["audit-data", str(clean), "--label", "nope", *audits], capsys, monkeypatch)
     assert code == 2 and "label column 'nope' not found" in out
     code, _, err = _main(["audit-data", str(tmp_path / "missing.csv")], capsys, monkeypatch)

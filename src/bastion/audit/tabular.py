@@ -131,8 +131,11 @@ def _check_result(profile: Profile, results: list[AuditResult], skipped: dict[st
                 metrics["records"] = [profile.where(r) for r in f.records[:RECORDS_SHOWN]]
             if f.samples:
                 metrics["examples"] = f.samples[:5]
+            location = f.location
+            if location is None and f.records:  # the file of its first record: where SARIF points
+                location = str(profile.sources[int(profile.file[f.records[0]])].path)
             findings.append(get_rule(f.rule_id).finding(title=f.title, check=name, severity=f.severity,
-                                                        metrics=metrics, location=f.location))
+                                                        metrics=metrics, location=location))
     findings.sort(key=lambda f: -f.severity.rank)
     check.findings = findings
     check.measure("records", profile.n, "count")
