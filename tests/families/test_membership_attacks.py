@@ -52,7 +52,6 @@ class CountingTrainer:
         return f"counting-logreg-{self.fail}"
 
     def calls(self) -> int:
-        p = Path(self.log)
         return len(self.pids())
 
     def pids(self) -> list[int]:
@@ -132,8 +131,7 @@ def test_shadow_models_train_in_worker_processes(setting, tmp_path: Path, monkey
     trainer = CountingTrainer(str(tmp_path / "calls"))
     attack = get_membership_attack("lira", mode="offline", shadow_models=2, cache=False)
     serial = attack.run(target, splits, ctx=RunContext(seed=0), trainer=trainer)
-    parallel = attack.run(target, splits, ctx=RunContext(seed=0, executor=LocalExecutor(2, start_method="fork")),
-                          trainer=trainer)
+    parallel = attack.run(target, splits, ctx=RunContext(seed=0, executor=LocalExecutor(2)), trainer=trainer)
     assert trainer.calls() == 4 and os.getpid() not in trainer.pids()[2:]  # trained in the workers
     np.testing.assert_allclose(parallel.member_scores, serial.member_scores)
 
