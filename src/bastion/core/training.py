@@ -105,9 +105,13 @@ class EstimatorTrainer:
     name: str = ""
 
     def __call__(self, request: TrainRequest) -> Target:
+        return self.wrap(fit_estimator(self.estimator, request), request.spec)
+
+    def wrap(self, fitted: Any, spec: InputSpec) -> Target:
+        """A fitted estimator (this trainer's, or one it trained and cached earlier) as a Target."""
         from bastion.core.targets.sklearn_target import sklearn_target
 
-        return sklearn_target(fit_estimator(self.estimator, request), request.spec, name=self.name)
+        return sklearn_target(fitted, spec, name=self.name)
 
     def identity(self) -> str:
         """The estimator's class and parameters: equal for estimators that train alike."""

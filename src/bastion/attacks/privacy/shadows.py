@@ -284,9 +284,8 @@ def load_model(trainer: Any, folder: Path, spec: InputSpec, classes: list[Any]) 
         return TorchTarget(module, spec, classes=list(classes), name=trainer.name or type(module).__name__)
     if isinstance(trainer, EstimatorTrainer) and _read_verified(folder / "estimator.skops") is not None:
         from bastion.core.safe_load import load_skops
-        from bastion.core.targets.sklearn_target import sklearn_target
 
-        return sklearn_target(load_skops(folder / "estimator.skops"), spec, name=trainer.name)
+        return trainer.wrap(load_skops(folder / "estimator.skops"), spec)
     return None
 
 
