@@ -265,14 +265,14 @@ def test_confident_learning_flags_flipped_labels(tmp_path: Path) -> None:
     flipped = [i for i in range(1500) if abs(float(body[i][0])) > 1.5][:8]
     for i in flipped:
         body[i][-1] = "neg" if body[i][-1] == "pos" else "pos"
-    res = run(tmp_path, body, audits=("label-noise",), params={"label-noise": {"folds": 3, "trees": 50}})
+    res = run(tmp_path, body, audits=("label-noise",), params={"label-noise": {"folds": 3, "trees": 30}})
     (f,) = by_rule(res, "BASTION-DA-007")
     # confident learning flags what the out-of-fold model confidently contradicts: most flips, few others
     assert len(set(flipped) & set(f.records)) >= 6 and len(set(f.records) - set(flipped)) <= 2
     # labels that the features do not explain: nothing flagged, and the finding says why
     for r in body:
         r[-1] = str(rng.integers(0, 2))
-    res = run(tmp_path, body, audits=("label-noise",), params={"label-noise": {"folds": 3, "trees": 50}})
+    res = run(tmp_path, body, audits=("label-noise",), params={"label-noise": {"folds": 3, "trees": 30}})
     (f,) = by_rule(res, "BASTION-DA-007")
     assert f.records == [] and "not assessed" in f.title
 
