@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from bastion.core.arrays import Array
 from bastion.core.capability import Configurable, metering
 from bastion.core.data import check_label_indices
+from bastion.core.registry import Registry
 from bastion.core.results import CheckResult
 from bastion.core.run import RunContext
 from bastion.core.targets.base import Target
@@ -87,3 +88,9 @@ class Certifier(Configurable, ABC):
     @abstractmethod
     def _certify(self, target: Target, x: np.ndarray, ctx: RunContext) -> tuple[np.ndarray, np.ndarray]:
         """Per input: a class index or ``ABSTAIN`` (-1), and a certified radius (0 when abstaining)."""
+
+
+CERTIFIERS: Registry[type[Certifier]] = Registry("certifier", {
+    "smoothing": "bastion.certify.smoothing:RandomizedSmoothing",
+})
+"""Certifiers by name: bastion's own and those of the ``bastion.certifiers`` entry points."""

@@ -43,10 +43,11 @@ def _root(
 
 
 def _register_commands() -> None:
-    from bastion.cli import audit_data_cmd, harden_cmd, inspect_cmd, scan_cmds, signing_cmds
+    from bastion.cli import audit_data_cmd, certify_cmd, harden_cmd, inspect_cmd, scan_cmds, signing_cmds
 
     scan_cmds.register(app)
     harden_cmd.register(app)
+    certify_cmd.register(app)
     inspect_cmd.register(app)
     audit_data_cmd.register(app)
     signing_cmds.register(app)

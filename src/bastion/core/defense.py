@@ -457,6 +457,7 @@ DEFENSES: Registry[type[TargetDefense] | type[TrainingDefense]] = Registry("defe
     "pgd-at": f"{_ADV_TRAINING}.madry:PGDTraining",
     "trades": f"{_ADV_TRAINING}.trades:Trades",
     "fast-fgsm": f"{_ADV_TRAINING}.fast_fgsm:FastFGSMTraining",
+    "gaussian-noise": "bastion.certify.noise_training:GaussianNoiseTraining",
 })
 """Defenses by name: bastion's own and those of the ``bastion.defenses`` entry points. Training
 defenses (``bastion harden``) and target defenses (``target.defenses`` in a policy) share it."""

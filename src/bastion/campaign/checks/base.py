@@ -142,6 +142,7 @@ CHECKS: Registry[type[Check]] = Registry("check", {
     "membership": "bastion.campaign.checks.membership:MembershipCheck",
     "model-file": "bastion.campaign.checks.model_file:ModelFileCheck",
     "audit-data": "bastion.campaign.checks.audit_data:AuditDataCheck",
+    "certify": "bastion.campaign.checks.certify:CertifyCheck",
 })
 """Every check kind: bastion's own and those of the ``bastion.checks`` entry points."""
 

@@ -1,0 +1,172 @@
+"""Randomized smoothing: Cohen, Rosenfeld & Kolter (2019), "Certified Adversarial Robustness via
+Randomized Smoothing", arXiv:1902.02918.
+
+The smoothed classifier ``g(x) = argmax_c P(f(x + N(0, σ²I)) = c)`` of a base classifier ``f`` is
+robust within the L2 radius ``σ·Φ⁻¹(p_A)`` around ``x`` where ``p_A`` bounds the top class's
+probability from below. CERTIFY (the paper's Algorithm 1 and 2) picks the class from ``n0`` noisy
+samples, counts it on ``n`` fresh samples, bounds its probability with the one-sided
+Clopper–Pearson bound at level ``1 - α`` and abstains when the bound is below 1/2. PREDICT
+abstains unless the top two counts of ``n`` samples differ significantly (two-sided binomial test
+at level ``α``).
+
+Noise: sample ``j`` of input ``i`` in phase ``p`` comes from a torch generator seeded by the run
+(:class:`~bastion.core.run.RunContext`), ``i``, ``p`` and the block ``j // NOISE_BLOCK``; so the
+draws, and the certificate, do not depend on the batch size nor on the other inputs (they do on
+the device: CPU and CUDA generators differ). The base model runs on batches of noisy copies of
+one input at a time, on its own device.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import Field, ValidationInfo, field_validator
+
+from bastion.certify.base import ABSTAIN, Certifier
+from bastion.core.params import Number, Params
+from bastion.core.run import RunContext
+from bastion.core.targets.base import DifferentiableTarget, Target
+from bastion.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+NOISE_BLOCK = 256  # noisy samples drawn from one generator seed
+
+
+class SmoothingParams(Params):
+    sigma: Number = Field(0.25, gt=0, description="Standard deviation σ of the Gaussian noise (input units).")
+    n0: int = Field(100, ge=1, description="Samples that select the top class.")
+    n: int = Field(10_000, ge=1, description="Samples that estimate its probability (>= n0).")
+    alpha: Number = Field(0.001, gt=0, lt=1, description="Failure probability α: the certificate holds with "
+                                                         "probability at least 1 - α.")
+    batch_size: int = Field(1000, ge=1, le=1_000_000, description="Noisy samples per forward pass.")
+
+    @field_validator("n")
+    @classmethod
+    def _n_covers_n0(cls, n: int, info: ValidationInfo) -> int:
+        n0 = info.data.get("n0")
+        if n0 is not None and n < n0:
+            raise ValueError(f"must be >= n0 ({n0}): n0 samples select the class, n >= n0 estimate it")
+        return n
+
+
+def clopper_pearson_lower(k: np.ndarray, n: int, alpha: float) -> np.ndarray:
+    """One-sided ``1 - α`` Clopper–Pearson lower bound on a binomial proportion from ``k`` of ``n``
+    (0 when ``k = 0``): the ``α`` quantile of Beta(k, n - k + 1)."""
+    from scipy.stats import beta
+
+    k = np.asarray(k, np.float64)
+    with np.errstate(invalid="ignore"):
+        low = beta.ppf(alpha, k, n - k + 1)
+    return np.where(k > 0, low, 0.0)
+
+
+def smoothing_radius(p_lower: np.ndarray, sigma: float) -> np.ndarray:
+    """The certified L2 radius ``σ·Φ⁻¹(p_lower)`` (Cohen et al., Theorem 1 with p_B = 1 - p_A)."""
+    from scipy.stats import norm
+
+    return sigma * norm.ppf(np.asarray(p_lower, np.float64))
+
+
+class RandomizedSmoothing(Certifier):
+    """``smoothing``: CERTIFY of Cohen et al. (2019) for a PyTorch target, L2 radii.
+
+    >>> from bastion.certify.smoothing import RandomizedSmoothing
+    >>> cert = RandomizedSmoothing(sigma=0.25, n0=100, n=10_000, alpha=0.001)
+    """
+
+    name = "smoothing"
+    norm = "l2"
+    Params = SmoothingParams
+
+    def _certify(self, target: Target, x: np.ndarray, ctx: RunContext) -> tuple[np.ndarray, np.ndarray]:
+        p = self.params
+        torch_target = _torch_target(target, self.label)
+        selected = self.counts(torch_target, x, ctx, "selection", p.n0).argmax(axis=1)
+        counts = self.counts(torch_target, x, ctx, "estimation", p.n, advance=True)
+        p_lower = clopper_pearson_lower(counts[np.arange(len(x)), selected], p.n, p.alpha)
+        certified = p_lower >= 0.5
+        pred = np.where(certified, selected, ABSTAIN)
+        radius = np.where(certified, smoothing_radius(np.where(certified, p_lower, 0.5), p.sigma), 0.0)
+        return pred, np.maximum(radius, 0.0)
+
+    def predict(self, target: Target, x: np.ndarray, ctx: RunContext | None = None) -> np.ndarray:
+        """PREDICT: the smoothed prediction per input, or -1 (abstain) when the top two counts of
+        ``n`` samples are not significantly different (two-sided binomial test at level α)."""
+        from scipy.stats import binomtest
+
+        p = self.params
+        x = target.input_spec.validate(x)
+        counts = self.counts(_torch_target(target, self.label), x, self.run_context(ctx), "prediction", p.n,
+                             advance=True)
+        order = np.argsort(-counts, axis=1, kind="stable")
+        top, n_a, n_b = order[:, 0], counts[np.arange(len(x)), order[:, 0]], counts[np.arange(len(x)), order[:, 1]]
+        pvalues = np.array([binomtest(int(a), int(a + b), 0.5).pvalue for a, b in zip(n_a, n_b)])
+        return np.where(pvalues <= p.alpha, top, ABSTAIN)
+
+    def counts(self, target: DifferentiableTarget, x: np.ndarray, ctx: RunContext, phase: str, num: int, *,
+               advance: bool = False) -> np.ndarray:
+        """Class counts of the base model on ``num`` noisy copies of each input, shape (len(x), n_classes);
+        ``advance``: report each input done to the run's progress."""
+        import torch
+
+        out = np.zeros((len(x), target.n_classes), np.int64)
+        size = self.params.batch_size
+        with torch.inference_mode():
+            for i in range(len(x)):
+                ctx.check_cancelled()
+                xi = torch.from_numpy(x[i]).to(target.device)
+                noise = NoiseDraws(ctx, phase, i, tuple(x.shape[1:]), self.params.sigma, target.device)
+                for start in range(0, num, size):
+                    stop = min(start + size, num)
+                    batch = noise.draw(start, stop).add_(xi)
+                    labels = target.logits(batch).argmax(dim=1)
+                    out[i] += torch.bincount(labels, minlength=target.n_classes).cpu().numpy()
+                if advance:
+                    ctx.advance(1)
+        return out
+
+
+class NoiseDraws:
+    """The Gaussian noise ``N(0, σ²I)`` of input ``row`` in ``phase``: sample ``j`` comes from the
+    generator seeded by (run, phase, row, ``j // NOISE_BLOCK``), whatever the batches it is drawn in."""
+
+    def __init__(self, ctx: RunContext, phase: str, row: int, shape: tuple[int, ...], sigma: float, device: Any
+                 ) -> None:
+        import torch
+
+        self._key, self._row, self._shape, self._sigma = ctx.key("noise", phase), row, shape, sigma
+        self._gen = torch.Generator(device=device)
+        self._device = device
+        self._block: tuple[int, torch.Tensor] | None = None
+
+    def _draw_block(self, b: int) -> torch.Tensor:
+        import torch
+
+        if self._block is None or self._block[0] != b:
+            seed = np.random.SeedSequence(self._key, spawn_key=(self._row, b)).generate_state(1, np.uint64)[0]
+            self._gen.manual_seed(int(seed) >> 1)
+            block = torch.empty((NOISE_BLOCK, *self._shape), device=self._device).normal_(0.0, self._sigma,
+                                                                                          generator=self._gen)
+            self._block = (b, block)
+        return self._block[1]
+
+    def draw(self, start: int, stop: int) -> torch.Tensor:
+        """Samples ``start`` to ``stop - 1``: a new tensor of shape (stop - start, *shape)."""
+        import torch
+
+        parts = []
+        for b in range(start // NOISE_BLOCK, (stop - 1) // NOISE_BLOCK + 1):
+            lo, hi = max(start, b * NOISE_BLOCK) - b * NOISE_BLOCK, min(stop, (b + 1) * NOISE_BLOCK) - b * NOISE_BLOCK
+            parts.append(self._draw_block(b)[lo:hi])
+        return torch.cat(parts) if len(parts) > 1 else parts[0].clone()
+
+
+def _torch_target(target: Target, name: str) -> DifferentiableTarget:
+    if not isinstance(target, DifferentiableTarget):
+        raise UsageError(f"certifier '{name}' runs the base model on batches of noisy tensors: it needs a PyTorch "
+                         f"(white-box) target, got a {target.kind} target",
+                         hint="load the model as a PyTorch target (target.type: pytorch)")
+    return target
