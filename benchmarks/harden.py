@@ -10,8 +10,8 @@ budget), on the digits demo CNN at L∞ ε = 0.1.
 2. **Robust accuracy**: ``bastion.harden`` (``examples/harden-digits.yaml``: 30 epochs from
    scratch, 128 training images held out for its log) against ART 1.20.1's trainer with the same
    architecture, initial weights, epochs, batch size, optimiser and PGD (eps=0.1, eps_step=0.025,
-   max_iter=10, one random start) on all training images; both hardened models are attacked with
-   bastion's full ``auto`` ensemble on the 360 test images.
+   max_iter=10, one random start) on the same training images; both hardened models are attacked
+   with bastion's full ``auto`` ensemble on the 360 test images.
 
 Run in a venv with ART (never a bastion dependency)::
 
@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-EPS, STEPS, BATCH, LR, SEED = 0.1, 10, 64, 3e-3, 0
+EPS, STEPS, BATCH, LR = 0.1, 10, 64, 3e-3
+SEED = 0  # --seed sets it: the policy seed, the initial weights, ART's shuffling
 
 
 def _data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -146,6 +147,7 @@ def bastion_run(epochs: int, device: str, method: str, eval_limit: int | None) -
 
     policy = yaml.safe_load((ROOT / "examples" / "harden-digits.yaml").read_text())
     policy["harden"].update(epochs=epochs, device=device, method=method)
+    policy["seed"] = SEED
     if method == "fast-fgsm":
         policy["harden"]["params"] = {}  # one FGSM step of 1.25·ε
     if eval_limit:
@@ -170,6 +172,10 @@ def art_run(epochs: int, device: str, eval_limit: int | None) -> dict[str, Any]:
 
         sub = demo_data("digits").sample(eval_limit, 0)
         xte, yte = sub.x, sub.y
+    from bastion.campaign.harden import holdout_split
+
+    kept, _ = holdout_split(len(ytr), 128, SEED)  # the images bastion trains on (it holds 128 out for its log)
+    xtr, ytr = xtr[kept], ytr[kept]
     np.random.seed(SEED)
     torch.manual_seed(SEED)
     model = _fresh_module(device)
@@ -183,7 +189,7 @@ def art_run(epochs: int, device: str, eval_limit: int | None) -> dict[str, Any]:
     trainer.fit(xtr, ytr)
     seconds = time.perf_counter() - t0
     trained = trainer.get_classifier().model.eval()
-    return {"art": art.__version__, "epochs": epochs, "train_seconds": seconds,
+    return {"art": art.__version__, "epochs": epochs, "train_samples": len(xtr), "train_seconds": seconds,
             "train_seconds_per_epoch": seconds / epochs, "after": auto_figures(trained, xte, yte, device)}
 
 
@@ -196,12 +202,16 @@ def main() -> None:
     ap.add_argument("--eval-limit", type=int, default=None, help="attack a seeded subset of the 360 test images")
     ap.add_argument("--skip-art", action="store_true")
     ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    global SEED
+    SEED = args.seed
     doc: dict[str, Any] = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                                        "python": platform.python_version(), "torch": torch.__version__,
                                        "torch_threads": torch.get_num_threads(), "device": args.device,
-                                       "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None}}
+                                       "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None},
+                           "seed": SEED}
     if not args.skip_timing:
         doc["timing"] = timing(args.timing_epochs, args.device)
         print(json.dumps({"timing": {k: v for k, v in doc["timing"].items() if not isinstance(v, dict)}}), flush=True)

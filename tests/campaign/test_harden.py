@@ -103,6 +103,7 @@ def test_every_method_runs(project: Path, method: str) -> None:
     result = harden(project / "harden.yaml", method=method, write=False)
     assert result.method == method and result.report.checks[1].metrics["defenses"][0]["name"] == method
     assert result.after.status == "complete" and result.after.clean_accuracy is not None
+    assert result.weights is None  # nothing written
 
 
 def test_ctrl_c_during_training_writes_nothing(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:

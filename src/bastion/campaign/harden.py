@@ -74,8 +74,8 @@ class HardenResult(BaseModel):
     norm: str
     epochs: list[EpochLog]
     stopped: str | None = None
-    train_seconds: float
-    weights: str
+    train_seconds: float = Field(description="Wall seconds of training, the per-epoch log included.")
+    weights: str | None = Field(description="The safetensors file written (None when nothing was written).")
     before: ModelFigures
     after: ModelFigures
     report: ScanResult
@@ -125,7 +125,7 @@ def harden(policy: str | Path | dict[str, Any] | LoadedPolicy, *, out_dir: str |
     training = _training_check(plan, log, stopped, train_seconds, weights, len(train.y), len(holdout.y))
     report = _report(loaded, target, data, [before, training, after])
     result = HardenResult(method=plan.method, defenses=plan.described, eps=plan.eps, norm=plan.norm, epochs=log,
-                          stopped=stopped, train_seconds=train_seconds, weights=str(weights),
+                          stopped=stopped, train_seconds=train_seconds, weights=str(weights) if write else None,
                           before=_figures(before), after=_figures(after), report=report)
     if write:
         save_weights(trained, weights)
@@ -235,10 +235,16 @@ def _training_data(loaded: LoadedPolicy, target: Target, datasets: dict[str, Dat
     n = len(train.y)
     if n < 2:
         raise loaded.error(f"datasets.train has {n} sample(s); hardening needs at least 2", ("datasets", "train"))
-    order = np.random.default_rng(loaded.policy.seed).permutation(n)
-    k = min(spec.holdout, n // 5) or 1
-    held, kept = order[:k], order[k:]
+    kept, held = holdout_split(n, spec.holdout, loaded.policy.seed)
     return Dataset(train.x[kept], train.y[kept], train.name), Dataset(train.x[held], train.y[held], train.name)
+
+
+def holdout_split(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the training samples kept and of those held out (``size``, at most a fifth,
+    at least one), a seeded random split."""
+    order = np.random.default_rng(seed).permutation(n)
+    k = min(size, n // 5) or 1
+    return order[k:], order[:k]
 
 
 def _procedure(loaded: LoadedPolicy, plan: _Plan, target: Target, trainer: Any, probe: np.ndarray
