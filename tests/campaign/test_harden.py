@@ -106,6 +106,15 @@ def test_every_method_runs(project: Path, method: str) -> None:
     assert result.weights is None  # nothing written
 
 
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_the_kept_weights_are_the_best_epochs_or_the_last(project: Path, keep: str) -> None:
+    (project / "harden.yaml").write_text(POLICY.replace("  epochs: 1\n", f"  epochs: 3\n  keep: {keep}\n"))
+    result = harden(project / "harden.yaml", write=False)
+    best = max(result.epochs, key=lambda e: (e.robust_accuracy, e.epoch)).epoch  # the later one on a tie
+    assert len(result.epochs) == 3 and result.kept_epoch == (best if keep == "best" else 3)
+    assert result.report.checks[1].metrics["kept_epoch"] == result.kept_epoch
+
+
 def test_ctrl_c_during_training_writes_nothing(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from bastion.core.training import TorchTrainingProcedure
 

@@ -74,6 +74,7 @@ class HardenResult(BaseModel):
     norm: str
     epochs: list[EpochLog]
     stopped: str | None = None
+    kept_epoch: int = Field(description="The epoch whose weights were kept (harden.keep: best or last).")
     train_seconds: float = Field(description="Wall seconds of training, the per-epoch log included.")
     weights: str | None = Field(description="The safetensors file written (None when nothing was written).")
     before: ModelFigures
@@ -113,7 +114,8 @@ def harden(policy: str | Path | dict[str, Any] | LoadedPolicy, *, out_dir: str |
                        policy_dir=loaded.base_dir)
     before = _evaluate(ctx, "auto (before)", plan)
     t0 = time.perf_counter()
-    trained, log, stopped = _train(loaded, plan, procedure, module, target, train, holdout, progress, on_epoch)
+    trained, log, stopped, kept = _train(loaded, plan, procedure, module, target, train, holdout, progress,
+                                         on_epoch)
     train_seconds = time.perf_counter() - t0
     from bastion.core.targets.torch_target import TorchTarget
 
@@ -122,10 +124,10 @@ def harden(policy: str | Path | dict[str, Any] | LoadedPolicy, *, out_dir: str |
     ctx.target = hardened
     after = _evaluate(ctx, "auto (after)", plan)
     weights = out / plan.spec.weights
-    training = _training_check(plan, log, stopped, train_seconds, weights, len(train.y), len(holdout.y))
+    training = _training_check(plan, log, stopped, kept, train_seconds, weights, len(train.y), len(holdout.y))
     report = _report(loaded, target, data, [before, training, after])
     result = HardenResult(method=plan.method, defenses=plan.described, eps=plan.eps, norm=plan.norm, epochs=log,
-                          stopped=stopped, train_seconds=train_seconds, weights=str(weights) if write else None,
+                          stopped=stopped, kept_epoch=kept, train_seconds=train_seconds, weights=str(weights) if write else None,
                           before=_figures(before), after=_figures(after), report=report)
     if write:
         save_weights(trained, weights)
@@ -334,9 +336,13 @@ def _copy_module(module: Any) -> Any:
 # --- training --------------------------------------------------------------------------------------
 def _train(loaded: LoadedPolicy, plan: _Plan, procedure: Any, module: Any, target: Target, train: Dataset,
            holdout: Dataset, progress: ProgressFactory | None, on_epoch: EpochCallback | None
-           ) -> tuple[Any, list[EpochLog], str | None]:
+           ) -> tuple[Any, list[EpochLog], str | None, int]:
     """Fit the procedure with a logging epoch hook (clean and PGD accuracy on the held-out
-    samples); returns the trained module, the log and why training stopped early (if it did)."""
+    samples); returns the trained module (with ``keep: best``, the weights of the epoch of best
+    held-out PGD accuracy, the later one on a tie), the log, why training stopped early (if it
+    did) and the epoch whose weights were kept."""
+    import copy
+
     import torch
 
     from bastion.attacks.evasion.training.base import geometry, pgd_accuracy
@@ -362,6 +368,8 @@ def _train(loaded: LoadedPolicy, plan: _Plan, procedure: Any, module: Any, targe
         entry = EpochLog(epoch=end.epoch + 1, eps=float(eps_at(end.epoch)), clean_accuracy=clean,
                          robust_accuracy=robust, seconds=seconds)
         log.append(entry)
+        if spec.keep == "best" and ("best" not in captured or robust >= captured["best"][0]):
+            captured["best"] = (robust, entry.epoch, copy.deepcopy(end.module.state_dict()))
         if on_epoch is not None:
             on_epoch(entry)
         if progress is not None and end.epoch + 1 < procedure.epochs and "stopped" not in end.state:
@@ -380,7 +388,11 @@ def _train(loaded: LoadedPolicy, plan: _Plan, procedure: Any, module: Any, targe
     finally:
         _close(bars)
     stopped = captured.get("state", {}).get("stopped")
-    return trained, log, stopped if isinstance(stopped, str) else None
+    kept = log[-1].epoch if log else 0
+    if "best" in captured:
+        _, kept, weights = captured["best"]
+        trained.load_state_dict(weights)
+    return trained, log, stopped if isinstance(stopped, str) else None, kept
 
 
 def _open(bars: dict[str, Any], progress: ProgressFactory, description: str, total: int) -> None:
@@ -430,14 +442,16 @@ def _figures(res: CheckResult) -> ModelFigures:
                         seconds=res.seconds, status=res.status)
 
 
-def _training_check(plan: _Plan, log: list[EpochLog], stopped: str | None, seconds: float, weights: Path,
-                    n_train: int, n_holdout: int) -> CheckResult:
+def _training_check(plan: _Plan, log: list[EpochLog], stopped: str | None, kept: int, seconds: float,
+                    weights: Path, n_train: int, n_holdout: int) -> CheckResult:
     res = CheckResult(name="harden", kind="harden", seconds=seconds,
                       metrics={"method": plan.method, "defenses": plan.described, "weights": str(weights),
                                "train_samples": n_train, "holdout_samples": n_holdout,
-                               "epochs": [e.model_dump() for e in log], "stopped": stopped})
+                               "epochs": [e.model_dump() for e in log], "stopped": stopped,
+                               "kept_epoch": kept, "keep": plan.spec.keep})
     res.measure("train_seconds", seconds, "seconds", method=plan.method)
     res.measure("epochs", float(len(log)), "count", method=plan.method)
+    res.measure("kept_epoch", float(kept), "count", method=plan.method)
     for e in log:
         res.measure("holdout_clean_accuracy", e.clean_accuracy, "ratio", method=plan.method, epoch=e.epoch)
         res.measure("holdout_robust_accuracy", e.robust_accuracy, "ratio", method=plan.method, epoch=e.epoch,
