@@ -141,9 +141,15 @@ def auto_figures(module: torch.nn.Module, x: np.ndarray, y: np.ndarray, device: 
 
 
 def bastion_run(epochs: int, device: str, method: str, eval_limit: int | None) -> dict[str, Any]:
+    """``bastion.harden`` on ``examples/harden-digits.yaml``; the weights it writes are also
+    attacked exactly as ART's model is (``auto_figures``), so the two compare on one evaluation."""
+    import tempfile
+
     import yaml
+    from safetensors.torch import load_file
 
     import bastion
+    from bastion.core.demo import digits_cnn_module
 
     policy = yaml.safe_load((ROOT / "examples" / "harden-digits.yaml").read_text())
     policy["harden"].update(epochs=epochs, device=device, method=method)
@@ -153,11 +159,23 @@ def bastion_run(epochs: int, device: str, method: str, eval_limit: int | None) -
     if eval_limit:
         policy["datasets"]["eval"]["limit"] = eval_limit
     t0 = time.perf_counter()
-    result = bastion.harden(policy, write=False)
-    return {"epochs": len(result.epochs), "train_seconds": result.train_seconds,
+    with tempfile.TemporaryDirectory() as tmp:
+        result = bastion.harden(policy, out_dir=tmp)
+        total = time.perf_counter() - t0
+        module = digits_cnn_module()
+        module.load_state_dict(load_file(str(Path(tmp) / "hardened.safetensors")))
+    _, _, xte, yte = _data()
+    if eval_limit:
+        from bastion.core.demo import demo_data
+
+        sub = demo_data("digits").sample(eval_limit, 0)
+        xte, yte = sub.x, sub.y
+    same_eval = auto_figures(module.eval(), xte, yte, device)  # exactly as ART's model is evaluated
+    return {"epochs": len(result.epochs), "kept_epoch": result.kept_epoch, "train_seconds": result.train_seconds,
+            "after_same_eval_as_art": same_eval,
             "train_seconds_per_epoch": result.train_seconds / max(len(result.epochs), 1),
             "before": result.before.model_dump(), "after": result.after.model_dump(),
-            "stopped": result.stopped, "total_seconds": time.perf_counter() - t0,
+            "stopped": result.stopped, "total_seconds": total,
             "log": [e.model_dump() for e in result.epochs]}
 
 
