@@ -133,3 +133,17 @@ def test_stage_table_is_the_headline_on_a_randomised_model() -> None:
     accs = [s["robust_accuracy"] for s in res.extra["stages"]]
     assert res.expectation is not None  # measured over fresh draws, like every stage row
     assert accs[-1] == pytest.approx(res.robust_accuracy)
+
+
+def test_restart_rounds_run_near_the_boundary_and_stop_when_they_stop_paying() -> None:
+    _, x, y = digits_mlp_target()
+    x, y = x[:60], y[:60]
+    kw = {"eps": 0.05, "steps": 15, "n_target_classes": 3, "stages": ["apgd-t"]}
+    none = AutoAttack(**kw, restarts=3, near=0.0).run(_wrapped("plain"), x, y)  # nothing is that near
+    assert "apgd_t_restarts" not in none.extra
+    res = AutoAttack(**kw, restarts=3, near=1.0).run(_wrapped("plain"), x, y)  # every robust input is near
+    rounds = res.extra["apgd_t_restarts"]
+    robust_after_first = int(round(none.robust_accuracy * len(y)))
+    assert rounds[0]["round"] == 2 and 0 < rounds[0]["inputs"] <= robust_after_first
+    assert len(rounds) <= 2 and all(r["fooled"] > 0 for r in rounds[:-1])  # continues only while it pays
+    assert res.robust_accuracy <= none.robust_accuracy
