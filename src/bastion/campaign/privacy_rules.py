@@ -1,5 +1,7 @@
-"""Rules of the membership check (ids ``BASTION-MI-*``), registered in the catalogue of
-:mod:`bastion.core.rules`. Kept free of heavy imports: reports load it to describe findings."""
+"""Rules of the privacy and theft checks, registered in the catalogue of :mod:`bastion.core.rules`:
+membership inference (``CATALOGUE``, ids ``BASTION-MI-*``) and model extraction
+(``EXTRACTION_CATALOGUE``, ids ``BASTION-EX-*``). Kept free of heavy imports: reports load it to
+describe findings."""
 
 from __future__ import annotations
 
@@ -30,3 +32,19 @@ CATALOGUE: list[Rule] = [
 
 MEMBERSHIP_RULE = "BASTION-MI-001"
 GAP_RULE = "BASTION-MI-002"
+
+EXTRACTION_CATALOGUE: list[Rule] = [
+    Rule(id="BASTION-EX-001", title="Model can be copied through its prediction API (model extraction)",
+         threat="model-extraction",
+         help=("An attacker who can query the model trains or solves for a copy that agrees with it on most inputs "
+               "(Tramèr et al. 2016; Orekondy et al. 2019, Knockoff Nets; Correia-Silva et al. 2018, Copycat CNN). "
+               "The copy is stolen intellectual property and a white-box stand-in for crafting evasion inputs that "
+               "transfer to the real model. Fidelity is the share of held-out inputs on which the copy and the "
+               "model agree."),
+         remediation=("Return labels or rounded top-k scores rather than full probabilities (equation solving needs "
+                      "exact scores); enforce per-client query budgets and rate limits; monitor clients with an "
+                      "extraction detector (PRADA, class coverage) and block those that alarm; re-run this scan with "
+                      "the hardened API to measure the fidelity an attacker still reaches within the budget.")),
+]
+
+EXTRACTION_RULE = "BASTION-EX-001"

@@ -7,7 +7,8 @@ words and a longer help text. SARIF rule descriptions and the HTML's "what to fi
 from here, never from a finding's measured title.
 
 Rules live beside the capability that raises them (``bastion.supply.rules`` for the model-file
-scanner, ``bastion.campaign.rules`` for evasion and gradient masking). Core imports none of
+scanner, ``bastion.campaign.rules`` for evasion and gradient masking,
+``bastion.campaign.privacy_rules`` for membership inference and extraction). Core imports none of
 them: :data:`RULE_MODULES`, a lazy :class:`~bastion.core.registry.Registry`, maps an id prefix to
 the ``"module:attr"`` of a list of rules, imported the first time one of its ids is looked up.
 Third-party packages add rule modules through the ``bastion.rules`` entry-point group
@@ -34,6 +35,7 @@ RULE_MODULES: Registry[Iterable[Rule]] = Registry("rule module", {
     "BASTION-SC-": "bastion.supply.rules:CATALOGUE",
     "BASTION-DA-": "bastion.audit.rules:CATALOGUE",
     "BASTION-MI-": "bastion.campaign.privacy_rules:CATALOGUE",
+    "BASTION-EX-": "bastion.campaign.privacy_rules:EXTRACTION_CATALOGUE",
 }, group="bastion.rules")
 
 

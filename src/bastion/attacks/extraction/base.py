@@ -25,6 +25,7 @@ from bastion.core.capability import Configurable, metering
 from bastion.core.data import check_label_indices
 from bastion.core.results import CheckResult, FidelityCurve
 from bastion.core.params import Params
+from bastion.core.registry import Registry
 from bastion.core.run import RunContext
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
@@ -137,3 +138,15 @@ class ModelExtraction(Configurable, ABC):
     def _extract(self, target: Target, pool: np.ndarray, threat: ThreatModel, ctx: RunContext) -> Iterator[Target]:
         """Query the target on inputs of ``pool`` and yield a surrogate after each round; the last
         one is the result. A query past ``threat.query_budget`` raises QueryBudgetExceeded."""
+
+
+_HERE = "bastion.attacks.extraction"
+EXTRACTION_ATTACKS: Registry[type[ModelExtraction]] = Registry("extraction attack", {
+    "equation-solving": f"{_HERE}.equation:EquationSolving",
+}, group="bastion.extraction_attacks")
+"""Extraction attacks by name: bastion's own and those of the ``bastion.extraction_attacks`` entry points."""
+
+
+def get_extraction_attack(name: str, **params: Any) -> ModelExtraction:
+    """Build a registered extraction attack by name, validating its parameters."""
+    return EXTRACTION_ATTACKS.get_object(name)(**params)

@@ -140,6 +140,7 @@ CHECKS: Registry[type[Check]] = Registry("check", {
     "evasion": "bastion.campaign.checks.evasion:EvasionCheck",
     "gradient-masking": "bastion.campaign.checks.gradient_masking:GradientMaskingCheck",
     "membership": "bastion.campaign.checks.membership:MembershipCheck",
+    "extraction": "bastion.campaign.checks.extraction:ExtractionCheck",
     "model-file": "bastion.campaign.checks.model_file:ModelFileCheck",
     "audit-data": "bastion.campaign.checks.audit_data:AuditDataCheck",
     "certify": "bastion.campaign.checks.certify:CertifyCheck",

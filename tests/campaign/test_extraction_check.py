@@ -1,0 +1,59 @@
+"""The ``extraction`` check: a logistic regression behind its scores is copied exactly (a high
+finding mapped to ATLAS AML.T0024.002 / AML.T0005 and OWASP ML05); a budget below what equation
+solving needs is reported with what and why while the other checks still run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from bastion.campaign.runner import scan
+from bastion.core.results import ScanResult
+
+
+def _policy(tmp_path: Path, checks: list[dict], gates: list[str] | None = None) -> Path:
+    import skops.io
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x = rng.random((200, 5))
+    y = ((x - 0.5) @ rng.normal(size=(5, 3))).argmax(1)
+    skops.io.dump(LogisticRegression(C=10.0, max_iter=2000).fit(x, y), tmp_path / "lr.skops")
+    np.savez(tmp_path / "d.npz", x=x.astype(np.float32), y=y)
+    doc = {"version": 2, "name": "theft", "seed": 0,
+           "target": {"model": "sklearn:lr.skops", "bounds": [0.0, 1.0]},
+           "datasets": {"eval": {"source": "npz:d.npz"}}, "checks": checks, "gates": gates or [],
+           "output": {"dir": str(tmp_path / "out")}}
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _scan(path: Path) -> ScanResult:
+    return scan(path, write=False, workers=1)
+
+
+def test_a_linear_model_behind_its_scores_is_copied_exactly(tmp_path: Path) -> None:
+    res = _scan(_policy(tmp_path, [{"name": "theft", "kind": "extraction", "attacks": ["equation-solving"]}],
+                        ["fidelity[theft, attack=equation-solving] <= 0.5"]))
+    check = res.checks[0]
+    assert check.status == "complete", check.reason
+    assert check.values("fidelity", attack="equation-solving") == [1.0]
+    assert check.values("queries") == [6.0]  # d+1 with d = 5
+    (finding,) = check.findings
+    assert finding.rule_id == "BASTION-EX-001" and finding.severity.value == "high"
+    assert finding.atlas == ["AML.T0024.002", "AML.T0005"] and finding.owasp == ["ML05"]
+    assert [a.type for a in check.artifacts] == ["fidelity_curve"]
+    assert res.verdict == "fail" and not res.gates[0].passed
+
+
+def test_a_budget_below_what_equation_solving_needs_is_an_error_and_the_next_check_runs(tmp_path: Path) -> None:
+    res = _scan(_policy(tmp_path, [
+        {"name": "small", "kind": "extraction", "attacks": ["equation-solving"], "query_budget": 4},
+        {"name": "enough", "kind": "extraction", "attacks": ["equation-solving"], "query_budget": 6}]))
+    small, enough = res.checks
+    assert small.status == "error" and "needs 6 queries" in small.reason and "leaves 4" in small.reason
+    assert not small.findings and small.values("fidelity") == []
+    assert enough.status == "complete" and enough.values("fidelity") == [1.0]
