@@ -68,8 +68,10 @@ def test_v2_threat_is_inherited_and_overridden(tmp_path: Path) -> None:
     (("trainer: sklearn:sklearn.linear_model:LogisticRegression\n", "trainer: train.py\n"), 8, "trainer.spec",
      "python:FILE.py:FUNCTION"),
     (("datasets:\n", "data: {source: demo:breast-cancer}\ndatasets:\n"), None, None, "datasets: {eval"),
-    (("  model: demo:breast-cancer\n", "  model: demo:breast-cancer\n  defenses: [{name: jpeg}]\n"), 5,
-     "target.defenses[0].name", "unknown defense 'jpeg'"),
+    (("  model: demo:breast-cancer\n", "  model: demo:breast-cancer\n  defenses: [{name: jpeg2000}]\n"), 5,
+     "target.defenses[0].name", "unknown defense 'jpeg2000'"),
+    (("  model: demo:breast-cancer\n", "  model: demo:breast-cancer\n  defenses: [{kind: jpeg, quality: 0}]\n"),
+     5, "target.defenses[0].quality", "quality=0 is not allowed"),
     (("  model: demo:breast-cancer\n", "  model: demo:breast-cancer\n  defenses: [{name: pgd-at}]\n"), 5,
      "target.defenses[0].name", "'pgd-at' is a training defense"),
 ])

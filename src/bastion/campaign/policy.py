@@ -56,10 +56,19 @@ class _Strict(BaseModel):
 
 
 class DefenseSpec(_Strict):
-    """A defense wrapped around the target: a registered name and its parameters."""
+    """A defense wrapped around the target: a registered name and its parameters, written
+    ``{name: jpeg, params: {quality: 75}}`` or flat, ``{kind: jpeg, quality: 75}``."""
 
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "kind" in data and "name" not in data and "params" not in data:
+            rest = {k: v for k, v in data.items() if k != "kind"}
+            return {"name": data["kind"], "params": rest}
+        return data
 
 
 class BPDASpec(_Strict):
@@ -506,6 +515,10 @@ def _check_defenses(policy: Policy, err: Any) -> None:
             raise err(f"'{d.name}' is a training defense: it changes how a model is trained, not the model under "
                       "test", ("target", "defenses", i, "name"), hint=f"harden a model with it: bastion harden "
                       f"POLICY.yaml (harden.method: {d.name})")
+        try:
+            DEFENSES.get_object(d.name)(**d.params)
+        except CoreParamError as exc:  # the defense's own parameter model refused a value
+            raise err(exc.message, ("target", "defenses", i, exc.field or "params"), hint=exc.hint) from None
 
 
 def _policy_error(exc: ValidationError, node: yaml.Node | None, file: str | None,

@@ -32,6 +32,7 @@ import numpy as np
 
 from bastion.core.capability import Configurable
 from bastion.core.registry import Registry
+from bastion.core.spec import InputSpec
 from bastion.core.targets.base import DifferentiableTarget, Target, check_probabilities
 from bastion.errors import BastionRuntimeError, DataError, UsageError
 
@@ -90,6 +91,9 @@ class TargetDefense(Configurable, ABC):
         """Output hardening applied to the probability rows (identity by default)."""
         return probs
 
+    def check_input(self, spec: InputSpec) -> None:
+        """Refuse (UsageError) a target whose inputs this defense cannot transform (range, layout)."""
+
     # --- what the base derives and enforces ------------------------------------------------------
     def has_torch_step(self) -> bool:
         return type(self).preprocess_torch is not TargetDefense.preprocess_torch
@@ -126,6 +130,7 @@ class DefendedTarget(Target):
 
     def __init__(self, inner: Target, defense: TargetDefense, *, seed: int = 0, name: str = "") -> None:
         self.path = defense.check_declaration()
+        defense.check_input(inner.input_spec)
         super().__init__(inner.classes, inner.input_spec, name=name or f"{defense.label}({inner.name})")
         self.inner, self.defense = inner, defense
         self.label_only = getattr(inner, "label_only", False)  # what the wrapped model offers, it still offers
@@ -280,6 +285,23 @@ class AdaptiveView(TargetView):
     def draws_per_call(self) -> int:
         """Draws of the defense's randomness averaged in one call (its declared EOT)."""
         return self.defended.path.eot_samples
+
+
+class NonAdaptiveView(TargetView):
+    """A defended model attacked without adaptation: gradients are the deployed model's own (none
+    through a numpy step, one draw of its randomness), as a naive evaluation would take them. Only
+    for measuring what adaptation changes (the ``defense-eval`` check); never credit a defense with it."""
+
+    kind = "non-adaptive-view"
+
+    def __init__(self, defended: DifferentiableDefendedTarget) -> None:
+        super().__init__(defended, name=f"non-adaptive({defended.name})", device=defended.device)
+        self.randomized = defended.randomized
+        self.label_only, self.remote = defended.label_only, defended.remote
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        assert isinstance(self.base, DifferentiableTarget)
+        return self.base.logits(x)
 
 
 class ExpectationView(TargetView):
@@ -458,6 +480,10 @@ DEFENSES: Registry[type[TargetDefense] | type[TrainingDefense]] = Registry("defe
     "trades": f"{_ADV_TRAINING}.trades:Trades",
     "fast-fgsm": f"{_ADV_TRAINING}.fast_fgsm:FastFGSMTraining",
     "gaussian-noise": "bastion.certify.noise_training:GaussianNoiseTraining",
+    **{name: f"bastion.defenses.transforms:{cls}" for name, cls in (
+        ("bit-depth", "BitDepthReduction"), ("median-smoothing", "MedianSmoothing"),
+        ("spatial-smoothing", "SpatialSmoothing"), ("jpeg", "JpegCompression"), ("rescale", "Rescale"),
+        ("inference-noise", "InferenceNoise"), ("transform-chain", "TransformChain"))},
 })
 """Defenses by name: bastion's own and those of the ``bastion.defenses`` entry points. Training
 defenses (``bastion harden``) and target defenses (``target.defenses`` in a policy) share it."""
