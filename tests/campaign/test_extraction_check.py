@@ -57,3 +57,18 @@ def test_a_budget_below_what_equation_solving_needs_is_an_error_and_the_next_che
     assert small.status == "error" and "needs 6 queries" in small.reason and "leaves 4" in small.reason
     assert not small.findings and small.values("fidelity") == []
     assert enough.status == "complete" and enough.values("fidelity") == [1.0]
+
+
+def test_the_attackers_chain_transfers_from_the_copy_better_than_noise(tmp_path: Path) -> None:
+    res = _scan(_policy(tmp_path, [{
+        "name": "theft", "kind": "extraction", "query_budget": 120,
+        "attacks": [{"attack": "knockoff", "params": {"rounds": 2, "epochs": 60, "lr": 0.01}}, "equation-solving"],
+        "transfer": {"eps": 0.15, "steps": 20}}]))
+    check = res.checks[0]
+    assert check.status == "complete", check.reason
+    assert check.values("queries", attack="knockoff") == [120.0] and len(check.artifacts) == 2
+    for attack in ("knockoff", "equation-solving"):
+        (t,) = check.values("transfer_success_rate", attack=attack, eps=0.15, norm="linf")
+        (noise,) = check.values("noise_success_rate", attack=attack)
+        assert t > noise + 0.2, (attack, t, noise)
+    assert check.metrics["attacks"]["knockoff"]["transfer"]["inputs"] > 20

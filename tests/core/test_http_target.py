@@ -386,3 +386,18 @@ def test_new_options_are_validated(server: Server) -> None:
                        ({"max_response_bytes": 0}, "max_response_bytes")):
         with pytest.raises(UsageError, match=match):
             HttpTarget(server.url("/ok"), classes=[0, 1], input_spec=SPEC, probabilities_path="p", **bad)
+
+
+def test_extraction_over_http_within_the_endpoints_budget_and_rate_limit(server: Server, model: Model,
+                                                                         secret_env: None) -> None:
+    """Equation solving copies the served logistic regression exactly from d+1 = 65 queries; a
+    Knockoff copy plans its rounds within what the endpoint's own hard budget leaves."""
+    from bastion.attacks.extraction import get_extraction_attack
+
+    t = make(server, path="/ok", query_budget=200, rate_limit=200.0, batch_size=64)
+    pool = model.x[1200:1500]
+    res = get_extraction_attack("equation-solving").run(t, pool)
+    assert res.queries == 65 == t.queries and res.fidelity == 1.0
+    assert res.surrogate.predict(model.x[1500:]).tolist() == model.est.predict(model.x[1500:]).tolist()
+    res = get_extraction_attack("knockoff", rounds=2, epochs=5).run(t, pool)  # 240 queryable, 135 left
+    assert res.complete and res.curve.queries == [68, 135] and t.queries == 200 and res.fidelity > 0.5

@@ -14,34 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from bastion.core.surrogate import input_statistics, jacobian_augment, surrogate_module
 from bastion.core.targets.base import Target
 
 log = logging.getLogger(__name__)
-
-
-def surrogate_module(shape: tuple[int, ...], n_classes: int, mean: np.ndarray, std: np.ndarray) -> Any:
-    """A small CNN (inputs c×h×w with h, w >= 4) or MLP, standardising its inputs itself."""
-    import torch
-    import torch.nn as nn
-
-    class Standardise(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
-            self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
-
-        def forward(self, z: Any) -> Any:
-            return (z - self.mean) / self.std
-
-    if len(shape) == 3 and min(shape[1:]) >= 4:
-        c, h, w = shape
-        body = nn.Sequential(nn.Conv2d(c, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-                             nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * (h // 2) * (w // 2), 64), nn.ReLU(),
-                             nn.Linear(64, n_classes))
-        return nn.Sequential(Standardise(), body)
-    d = int(np.prod(shape))
-    return nn.Sequential(Standardise(), nn.Flatten(), nn.Linear(d, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
-                         nn.Linear(128, n_classes))
 
 
 def train_surrogate(target: Target, pool: np.ndarray, *, train_queries: int, augment_rounds: int,
@@ -68,12 +44,7 @@ def train_surrogate(target: Target, pool: np.ndarray, *, train_queries: int, aug
         return np.eye(target.n_classes)[p.argmax(1)] if label_only else p
 
     soft = ask(x)
-    lo, hi = spec.bounds_arrays()
-    scale, mask = spec.scale_array(), spec.mutable_mask()
-    mean = x.mean(axis=0)
-    std = np.where(x.std(axis=0) > 1e-6, x.std(axis=0), 1.0)
-    if spec.kind == "image" or len(shape) == 3:  # images: one scalar statistic, not per pixel
-        mean, std = np.full(shape, x.mean(), np.float32), np.full(shape, max(float(x.std()), 1e-6), np.float32)
+    mean, std = input_statistics(x, spec)
     procedure = TorchTrainingProcedure(model=lambda: surrogate_module(shape, target.n_classes, mean, std),
                                        optimizer=adam(2e-3), epochs=epochs, batch_size=128)
     module = None
@@ -83,14 +54,10 @@ def train_surrogate(target: Target, pool: np.ndarray, *, train_queries: int, aug
         if room <= 0:
             break
         base = x[rng.choice(len(x), min(room, len(x)), replace=False)]
-        labels = soft[: len(x)].argmax(1)
-        xb = torch.from_numpy(base).requires_grad_(True)
-        lab = torch.as_tensor(labels[: len(base)])
-        out = module(xb)
-        lab = out.argmax(1)
-        (grad,) = torch.autograd.grad(out.gather(1, lab[:, None]).sum(), xb)
+        with torch.no_grad():
+            labels = module(torch.from_numpy(base)).argmax(1).numpy()
         sign = (-1.0) ** (r + 1)  # Papernot's periodic step size: alternate the direction
-        new = np.clip(base + sign * augment_step * scale * mask * np.sign(grad.numpy()), lo, hi).astype(np.float32)
+        new = jacobian_augment(module, base, labels, sign * augment_step, spec)
         soft = np.concatenate([soft, ask(new)])
         x = np.concatenate([x, new])
     module = procedure.fit(TrainRequest(x, soft, seed=seed + augment_rounds), module)

@@ -43,7 +43,8 @@ class ExtractionResult(BaseModel):
     spent, one point per surrogate the attack produced) and, when the pool has labels, the
     surrogates' accuracy at the same points. When the query budget
     ran out or the run was interrupted, the last surrogate finished before is kept and
-    ``complete`` is False, with the ``reason``."""
+    ``complete`` is False, with the ``reason``. ``holdout``: the pool's indices never shown to
+    the attack (where fidelity is measured; not serialised)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -59,6 +60,7 @@ class ExtractionResult(BaseModel):
     complete: bool = True
     reason: str | None = None
     interrupted: bool = False
+    holdout: list[int] = Field(default_factory=list, exclude=True)
 
     def record(self, check: CheckResult) -> None:
         """Add this result's measurements (what gates read) and its fidelity curve to ``check``."""
@@ -76,13 +78,17 @@ class ModelExtraction(Configurable, ABC):
     Params: ClassVar[type[Params]] = ExtractionParams
 
     def run(self, target: Target, pool: Any, threat: ThreatModel | None = None,
-            ctx: RunContext | None = None) -> ExtractionResult:
+            ctx: RunContext | None = None, *, query_set: Any = None) -> ExtractionResult:
         """``pool``: inputs the attacker may query (an array), or a Dataset-like object with ``x``
-        and class-index ``y`` (then the surrogate's accuracy is reported too). Queries are charged
+        and class-index ``y`` (then the surrogate's accuracy is reported too). ``query_set``: other
+        inputs the attacker queries instead (out-of-distribution natural data, as Knockoff Nets and
+        Copycat CNN use); the held-out part of the pool still measures fidelity. Queries are charged
         to the run's ledger within ``threat.query_budget``; when it is spent, or on Ctrl-C, the last
         surrogate finished before is the result (``complete=False``)."""
         threat, rctx = threat or ThreatModel(), self.run_context(ctx)
         x = target.input_spec.validate(getattr(pool, "x", pool), what="extraction pool")
+        queried = None if query_set is None else target.input_spec.validate(
+            getattr(query_set, "x", query_set), what="extraction query set")
         y = getattr(pool, "y", None)
         y = None if y is None else check_label_indices(y, len(x), target.n_classes, what="pool labels")
         n_hold = int(round(len(x) * self.params.holdout))
@@ -99,7 +105,7 @@ class ModelExtraction(Configurable, ABC):
         complete, reason, interrupted = True, None, False
         with metering(rctx, target, threat=threat) as meter:
             try:
-                for candidate in self._extract(target, x[query], threat, rctx):
+                for candidate in self._extract(target, x[query] if queried is None else queried, threat, rctx):
                     self._check_surrogate(target, candidate)
                     surrogate = candidate
                     pred = surrogate.predict(x[hold])
@@ -123,7 +129,7 @@ class ModelExtraction(Configurable, ABC):
                                 accuracy_curve=accuracy, accuracy=accuracy[-1] if accuracy else None,
                                 target_accuracy=None if y is None else float(np.mean(ref == y[hold])),
                                 queries=meter.queries, seconds=meter.seconds, complete=complete, reason=reason,
-                                interrupted=interrupted)
+                                interrupted=interrupted, holdout=hold.tolist())
 
     def _check_surrogate(self, target: Target, surrogate: Any) -> None:
         if not isinstance(surrogate, Target):
@@ -134,6 +140,14 @@ class ModelExtraction(Configurable, ABC):
                 f"extraction attack '{self.label}': surrogate has {surrogate.n_classes} classes and inputs "
                 f"{surrogate.input_spec.shape}; the target has {target.n_classes} and {target.input_spec.shape}")
 
+    @staticmethod
+    def room(target: Target, threat: ThreatModel) -> int | None:
+        """The queries left to the attack: the least of the threat's budget and what the target's
+        own hard limit leaves (None: unlimited)."""
+        left = [b for b in (threat.query_budget, None if target.query_budget is None
+                            else target.query_budget - target.queries) if b is not None]
+        return min(left) if left else None
+
     @abstractmethod
     def _extract(self, target: Target, pool: np.ndarray, threat: ThreatModel, ctx: RunContext) -> Iterator[Target]:
         """Query the target on inputs of ``pool`` and yield a surrogate after each round; the last
@@ -143,6 +157,9 @@ class ModelExtraction(Configurable, ABC):
 _HERE = "bastion.attacks.extraction"
 EXTRACTION_ATTACKS: Registry[type[ModelExtraction]] = Registry("extraction attack", {
     "equation-solving": f"{_HERE}.equation:EquationSolving",
+    "knockoff": f"{_HERE}.learning:Knockoff",
+    "copycat": f"{_HERE}.learning:Copycat",
+    "jacobian": f"{_HERE}.learning:JacobianAugmentation",
 }, group="bastion.extraction_attacks")
 """Extraction attacks by name: bastion's own and those of the ``bastion.extraction_attacks`` entry points."""
 

@@ -51,12 +51,11 @@ class EquationSolving(ModelExtraction):
             raise TargetError(f"equation solving needs the model's scores, but '{target.name}' answers labels only",
                               hint="it solves for the weights from the log-odds of the probabilities; use a "
                                    "learning-based extraction (knockoff, copycat) on a label-only model")
-        room = [b for b in (threat.query_budget, None if target.query_budget is None
-                            else target.query_budget - target.queries) if b is not None]
-        if room and min(room) < need:
+        room = self.room(target, threat)
+        if room is not None and room < need:
             raise UsageError(f"equation solving needs {need} queries (d+1 = {d}+1 inputs, giving the "
                              f"(d+1)·(k-1) = {need * (k - 1)} equations of a {k}-class linear model) but the query "
-                             f"budget leaves {min(room)}", hint=f"raise the query budget to at least {need}")
+                             f"budget leaves {room}", hint=f"raise the query budget to at least {need}")
         x = self._design(target, pool)
         logp = target.predict_log_proba(x)
         if not np.all(np.isfinite(logp)):
