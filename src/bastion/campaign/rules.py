@@ -83,12 +83,21 @@ CATALOGUE: list[Rule] = [
                               "arXiv:1902.06705).",
          remediation=_ADAPTIVE + "look for non-differentiable or randomised steps and attack them with BPDA or EOT; "
                      "check that the model's output is logits. " + BPDA_HOWTO),
+    Rule(id="BASTION-EV-110", title="A defense only obfuscates gradients: an adaptive attack breaks it",
+         threat="evasion-whitebox", default_severity=Severity.high,
+         help=_MASKING_HELP + " The same attack, run through the defense's declared adaptive path (BPDA for "
+                              "non-differentiable steps, EOT for randomised ones), fools inputs the non-adaptive run "
+                              "did not: the defense is credited with the adaptive figure only.",
+         remediation="Do not rely on input transformations for robustness: train the model robustly (bastion harden "
+                     "with pgd-at or trades) and evaluate every defense adaptively (the defense-eval check, or any "
+                     "white-box attack on the defended target, which takes the adaptive path by default)."),
 ]
 
 #: Evasion rule of each attack family.
 EVASION_RULE = {"evasion-whitebox": "BASTION-EV-001", "evasion-blackbox": "BASTION-EV-002",
                 "evasion-transfer": "BASTION-EV-003"}
 MINIMAL_RULE = "BASTION-EV-010"
+OBFUSCATION_RULE = "BASTION-EV-110"
 #: Gradient-masking rule of each sanity check.
 MASKING_RULE = {"randomized-outputs": "BASTION-EV-101", "output-kind": "BASTION-EV-102",
                 "zero-gradients": "BASTION-EV-103", "blackbox-beats-whitebox": "BASTION-EV-104",

@@ -139,6 +139,7 @@ class Check(ABC):
 CHECKS: Registry[type[Check]] = Registry("check", {
     "evasion": "bastion.campaign.checks.evasion:EvasionCheck",
     "gradient-masking": "bastion.campaign.checks.gradient_masking:GradientMaskingCheck",
+    "defense-eval": "bastion.campaign.checks.defense_eval:DefenseEvalCheck",
     "membership": "bastion.campaign.checks.membership:MembershipCheck",
     "extraction": "bastion.campaign.checks.extraction:ExtractionCheck",
     "model-file": "bastion.campaign.checks.model_file:ModelFileCheck",
