@@ -19,21 +19,21 @@ class BestFit(AttributeInference):
 
     name = "best-fit"
 
-    def _infer(self, target, x, y, attribute, candidates, threat, ctx):
+    def _infer(self, target, task, threat, ctx):
         probs = []
-        for v in candidates:
-            filled = x.copy()
-            filled[:, attribute] = v
-            probs.append(target.predict_proba(filled)[np.arange(len(y)), y])
-        return candidates[np.argmax(probs, axis=0)]
+        for v in task.candidates:
+            filled = task.x.copy()
+            filled[:, task.attribute] = v
+            probs.append(target.predict_proba(filled)[np.arange(len(task.y)), task.y])
+        return task.candidates[np.argmax(probs, axis=0)]
 
 
 class Forgetful(AttributeInference):
     name = "forgetful"
 
-    def _infer(self, target, x, y, attribute, candidates, threat, ctx):
-        target.predict_proba(x)  # never filled the hidden column
-        return np.zeros(len(x))
+    def _infer(self, target, task, threat, ctx):
+        target.predict_proba(task.x)  # never filled the hidden column
+        return np.zeros(len(task.x))
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +76,9 @@ def test_continuous_attribute_is_scored_by_rmse_against_the_mean_guess(leaky) ->
     target, x, y = leaky
 
     class Half(AttributeInference):
-        def _infer(self, target, x, y, attribute, candidates, threat, ctx):
-            assert candidates is None
-            return np.full(len(x), 0.5)
+        def _infer(self, target, task, threat, ctx):
+            assert task.candidates is None
+            return np.full(len(task.x), 0.5)
 
     res = Half().run(target, AttributeData(x, y, attribute=1, kind="continuous"))
     truth = x[:, 1].astype(np.float64)
@@ -91,8 +91,8 @@ def test_categorical_inference_must_stay_within_the_candidates(leaky) -> None:
     target, x, y = leaky
 
     class OutOfRange(AttributeInference):
-        def _infer(self, target, x, y, attribute, candidates, threat, ctx):
-            return np.full(len(x), 7.0)
+        def _infer(self, target, task, threat, ctx):
+            return np.full(len(task.x), 7.0)
 
     with pytest.raises(BastionRuntimeError, match="outside the candidates"):
         OutOfRange().run(target, AttributeData(x, y, attribute=0))
