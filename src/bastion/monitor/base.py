@@ -102,6 +102,9 @@ class Detector(Configurable, ABC):
         the fit. Leave ``detector`` and ``window`` of the alerts to the base."""
 
 
-DETECTORS: Registry[type[Detector]] = Registry("detector", {})
-"""Detectors by name: bastion's own (added by the production issue) and those of the
-``bastion.detectors`` entry points."""
+DETECTORS: Registry[type[Detector]] = Registry("detector", {
+    "prada": "bastion.monitor.extraction:Prada",
+    "query-distribution": "bastion.monitor.extraction:QueryDistribution",
+})
+"""Detectors by name: bastion's own (the extraction detectors of :mod:`bastion.monitor.extraction`)
+and those of the ``bastion.detectors`` entry points."""

@@ -1,0 +1,82 @@
+"""Extraction detectors on one client's stream: PRADA (Juuti et al. 2019) alarms on synthetic
+Jacobian-style queries, the query-distribution signal (after Atli et al. 2020) on natural data from
+another distribution; neither alarms on benign in-distribution streams; online equals offline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bastion.errors import DataError
+from bastion.monitor import DETECTORS
+from bastion.monitor.extraction import Prada, QueryDistribution
+
+D, K = 16, 4
+
+
+def _answers(x: np.ndarray) -> np.ndarray:
+    """A fixed linear 'model': its one-hot labels are the answer columns of each row."""
+    w = np.random.default_rng(42).normal(size=(D, K))
+    return np.concatenate([x, np.eye(K)[(x @ w).argmax(1)]], axis=1)
+
+
+def _natural(n: int, seed: int, shift: float = 0.0) -> np.ndarray:
+    return _answers(np.random.default_rng(seed).normal(size=(n, D)) + shift)
+
+
+def _synthetic(n_seed: int, rounds: int, seed: int) -> np.ndarray:
+    """Jacobian-style: a few natural seeds, then each round the last ones moved by ±λ per feature."""
+    rng = np.random.default_rng(seed)
+    cur = rng.normal(size=(n_seed, D))
+    out = [cur]
+    for _ in range(rounds):
+        cur = cur + 0.1 * rng.choice([-1.0, 1.0], size=cur.shape)
+        out.append(cur)
+    return _answers(np.concatenate(out))
+
+
+def _delay(det, stream: np.ndarray, window: int = 10) -> int | None:  # noqa: ANN001
+    det.reset()
+    for i in range(0, len(stream), window):
+        if det.update(stream[i:i + window]):
+            return i + window
+    return None
+
+
+def test_prada_alarms_on_synthetic_queries_not_on_natural_ones() -> None:
+    det = Prada(outputs=K).fit(_natural(50, 0))
+    assert all(_delay(det, _natural(300, s)) is None for s in range(1, 6))
+    delay = _delay(det, _synthetic(20, 10, 7))
+    assert delay is not None and delay <= 120
+    det.reset()
+    alert = [a for w in np.array_split(_synthetic(20, 10, 7), 22) for a in det.update(w)][0]
+    assert alert.detector == "prada" and alert.score >= alert.threshold and "Shapiro-Wilk W" in alert.message
+
+
+def test_query_distribution_alarms_on_another_distribution_only() -> None:
+    det = QueryDistribution(outputs=K).fit(_natural(400, 0))
+    assert all(_delay(det, _natural(1000, s)) is None for s in range(1, 6))
+    delay = _delay(det, _natural(500, 9, shift=1.0))
+    assert delay is not None and delay <= 100
+    assert _delay(Prada(outputs=K).fit(_natural(50, 0)), _natural(500, 9, shift=1.0)) is None  # what PRADA misses
+
+
+def test_online_and_offline_give_the_same_alerts() -> None:
+    stream = _synthetic(20, 10, 3)
+    windows = np.array_split(stream, 15)
+    det = Prada(outputs=K).fit(_natural(50, 0))
+    offline = det.scan(windows)
+    det.reset()
+    assert [a for w in windows for a in det.update(w)] == offline and offline
+
+
+def test_bad_input_is_refused_with_what_and_why() -> None:
+    det = QueryDistribution(outputs=K).fit(_natural(400, 0))
+    with pytest.raises(DataError, match="rows of 10 values, but it was fitted on rows of 20"):
+        det.update(np.zeros((3, 10)))
+    with pytest.raises(DataError, match="at least 40 in-distribution inputs"):
+        QueryDistribution().fit(np.zeros((10, 3)))
+    with pytest.raises(DataError, match="cannot hold inputs and 4 answer columns"):
+        Prada(outputs=4).fit(np.zeros((10, 4)))
+    assert {"prada", "query-distribution"} <= set(DETECTORS)
+    assert DETECTORS.get_object("prada") is Prada
