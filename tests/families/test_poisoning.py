@@ -18,7 +18,7 @@ class LabelFlip(PoisoningAttack):
 
     name = "label-flip"
 
-    def _poison(self, x, y, n_poison, threat, ctx):
+    def _poison(self, x, y, n_poison, threat, spec, ctx):
         idx = ctx.rng("records").choice(len(y), n_poison, replace=False)
         y[idx] = 1 - y[idx]
         return x, y, idx, None
@@ -30,7 +30,7 @@ class Patch(PoisoningAttack):
     name = "patch"
     backdoor = True
 
-    def _poison(self, x, y, n_poison, threat, ctx):
+    def _poison(self, x, y, n_poison, threat, spec, ctx):
         trigger = Trigger(mask=np.r_[0, 0, 0, 1.0], pattern=np.r_[0, 0, 0, 1.0], target_class=0)
         k = int(n_poison * len(x) / (len(x) + n_poison))  # injected records count in the final set
         src = ctx.rng("records").choice(len(x), k, replace=False)
@@ -82,8 +82,8 @@ def test_backdoor_trigger_controls_a_model_trained_on_the_poisoned_set() -> None
 class Cheat(LabelFlip):
     how = ""
 
-    def _poison(self, x, y, n_poison, threat, ctx):
-        x, y, idx, trig = super()._poison(x, y, n_poison, threat, ctx)
+    def _poison(self, x, y, n_poison, threat, spec, ctx):
+        x, y, idx, trig = super()._poison(x, y, n_poison, threat, spec, ctx)
         if self.how == "over":
             y[:] = 1 - y
             return x, y, np.arange(len(y)), None

@@ -4,8 +4,9 @@ An algorithm returns the poisoned training set, the indices of the poisoned reco
 backdoor, the trigger that activates it (Gu et al., 2017, "BadNets", arXiv:1708.06733). The base
 enforces once for every algorithm what the threat model allows: at most ``poisoning_fraction`` of
 the returned set is poison; every record not listed as poison is the original record, unchanged
-and in place (injected records come after the originals); clean-label attacks keep the labels of
-the records they change; a backdoor declares its trigger.
+and in place (injected records come after the originals); every record lies within the input spec
+(the attacker writes valid records); clean-label attacks keep the labels of the records they
+change; a backdoor declares its trigger. Labels are class indices.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from pydantic import BaseModel
 from bastion.core.arrays import Array
 from bastion.core.capability import Configurable, metering
 from bastion.core.data import Dataset
+from bastion.core.registry import Registry
 from bastion.core.results import CheckResult
 from bastion.core.run import RunContext
+from bastion.core.spec import InputSpec
 from bastion.core.threat import ThreatModel
-from bastion.errors import BastionRuntimeError, UsageError
+from bastion.errors import BastionError, BastionRuntimeError, UsageError
 
 
 class Trigger(BaseModel):
@@ -66,19 +69,29 @@ class PoisoningAttack(Configurable, ABC):
     clean_label: ClassVar[bool] = False
     backdoor: ClassVar[bool] = False
 
-    def poison(self, train: Dataset, threat: ThreatModel | None = None, ctx: RunContext | None = None
-               ) -> PoisonResult:
+    def poison(self, train: Dataset, threat: ThreatModel | None = None, ctx: RunContext | None = None, *,
+               spec: InputSpec | None = None) -> PoisonResult:
+        """Poison ``train`` (labels as class indices) within ``threat.poisoning_fraction``; ``spec``
+        (default: the shape of the data, unbounded) is what a valid record is: a trigger stays
+        within its bounds and constraints."""
         threat = threat or ThreatModel()
         if threat.poisoning_fraction <= 0:
             raise UsageError(f"poisoning attack '{self.label}' needs a threat with poisoning_fraction > 0",
                              hint="set threat.poisoning_fraction, e.g. 0.05")
         x0, y0 = np.asarray(train.x), np.asarray(train.y)
+        spec = spec or InputSpec(shape=x0.shape[1:], lower=-np.inf, upper=np.inf)
+        x0 = spec.validate(x0, what=f"training data of poisoning attack '{self.label}'")
         rctx = self.run_context(ctx)
         with metering(rctx) as meter:
             x, y, idx, trigger = self._poison(x0.copy(), y0.copy(), int(threat.poisoning_fraction * len(x0)), threat,
-                                              rctx)
+                                              spec, rctx)
         x, y, idx = np.asarray(x), np.asarray(y).reshape(-1), np.unique(np.asarray(idx, np.int64))
         self._check(x0, y0, x, y, idx, threat.poisoning_fraction, trigger)
+        try:
+            spec.validate(x, what="poisoned records")
+        except BastionError as exc:
+            raise BastionRuntimeError(f"poisoning attack '{self.label}' wrote records outside the input spec: "
+                                      f"{exc.message}") from exc
         return PoisonResult(attack=self.label, x=x, y=y, poison_indices=idx, fraction=len(idx) / len(x),
                             trigger=trigger, seconds=meter.seconds)
 
@@ -105,8 +118,23 @@ class PoisoningAttack(Configurable, ABC):
             raise fail("is a backdoor attack but returned no trigger")
 
     @abstractmethod
-    def _poison(self, x: np.ndarray, y: np.ndarray, n_poison: int, threat: ThreatModel,
+    def _poison(self, x: np.ndarray, y: np.ndarray, n_poison: int, threat: ThreatModel, spec: InputSpec,
                 ctx: RunContext) -> tuple[np.ndarray, np.ndarray, np.ndarray, Trigger | None]:
         """The poisoned inputs and labels (copies, safe to change), the poison indices (at most
         ``n_poison`` records changed in place, or injected after the originals within the same
         fraction) and the trigger of a backdoor (None otherwise)."""
+
+
+_HERE = "bastion.attacks.poisoning"
+POISONING_ATTACKS: Registry[type[PoisoningAttack]] = Registry("poisoning attack", {
+    "label-flip": f"{_HERE}.label_flip:LabelFlip",
+    "badnets": f"{_HERE}.backdoor:BadNets",
+    "blended": f"{_HERE}.backdoor:Blended",
+    "table-trigger": f"{_HERE}.backdoor:TableTrigger",
+}, group="bastion.poisoning_attacks")
+"""Poisoning attacks by name: bastion's own and those of the ``bastion.poisoning_attacks`` entry points."""
+
+
+def get_poisoning_attack(name: str, **params: Any) -> PoisoningAttack:
+    """Build a registered poisoning attack by name, validating its parameters."""
+    return POISONING_ATTACKS.get_object(name)(**params)

@@ -32,7 +32,6 @@ from bastion.attacks.privacy.shadows import (
     Augment,
     augmented,
     logit_confidence,
-    predict_all,
     query_records,
     shadow_outputs,
 )
@@ -40,6 +39,7 @@ from bastion.core.params import Params
 from bastion.core.run import RunContext
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
+from bastion.core.trained import predict_all
 from bastion.errors import UsageError
 
 _FLOOR = 1e-6  # smallest σ: a record every shadow model answers identically

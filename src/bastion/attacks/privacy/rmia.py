@@ -25,7 +25,6 @@ from bastion.attacks.privacy.membership import MembershipInference, MembershipSp
 from bastion.attacks.privacy.shadows import (
     Augment,
     augmented,
-    predict_all,
     query_records,
     shadow_outputs,
     true_class_probability,
@@ -34,6 +33,7 @@ from bastion.core.params import Params
 from bastion.core.run import RunContext
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
+from bastion.core.trained import predict_all
 from bastion.errors import UsageError
 
 

@@ -20,16 +20,13 @@ saying which record each model was trained on:
   query records (another augmentation) need no training either. A re-run, or a run after an
   interrupted one, trains nothing it already trained. Files are written by bastion, in formats
   read without pickle (``np.load(allow_pickle=False)``, skops with its type allow-list), and each
-  is checked against the SHA-256 written beside it on read.
+  is checked against the SHA-256 written beside it on read (:mod:`bastion.core.trained`, which
+  poisoning simulations share).
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
-import pickle
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -37,17 +34,26 @@ from typing import Any, Literal
 import numpy as np
 
 from bastion.attacks.privacy.membership import MembershipSplits
-from bastion.core.io import atomic_write_bytes, cache_root
 from bastion.core.run import RunContext, Unit
 from bastion.core.spec import InputSpec
+from bastion.core.trained import (
+    answer,
+    digest,
+    fit_model,
+    load_model,
+    model_folder,
+    predict_all,
+    read_cached,
+    run_units,
+    save_model,
+    write_cached,
+)
 from bastion.core.training import TrainRequest, trainer_identity
-from bastion.errors import BastionError, BastionRuntimeError, UsageError
+from bastion.errors import UsageError
 
 log = logging.getLogger(__name__)
 
 Augment = Literal["none", "flip", "shift"]
-CACHE_VERSION = 3  # log-probabilities, and the models bastion can rebuild
-_BATCH = 1024
 _PHI_MAX = 1e4
 
 
@@ -111,18 +117,6 @@ def augmented(x: np.ndarray, augment: Augment) -> list[np.ndarray]:
     raise UsageError(f"augment must be one of none, flip, shift; got {augment!r}")
 
 
-def predict_all(target: Any, xs: list[np.ndarray]) -> np.ndarray:
-    """Log-probabilities of ``target`` on each augmented copy: shape (n_aug, n, k). From the
-    logits where the target has them (``predict_log_proba``, float64), so confident answers keep
-    their margins instead of all rounding to a probability of exactly 1."""
-    predict = getattr(target, "predict_log_proba", None)
-    if not callable(predict):
-        def predict(x: np.ndarray) -> np.ndarray:
-            return np.log(np.clip(target.predict_proba(x), np.finfo(np.float64).tiny, None))
-    return np.stack([np.concatenate([np.asarray(predict(x[i:i + _BATCH]), np.float64)
-                                     for i in range(0, len(x), _BATCH)]) for x in xs])
-
-
 def logit_confidence(logp: np.ndarray, y: np.ndarray) -> np.ndarray:
     """LiRA's logit-scaled confidence φ = log(p_y / (1 - p_y)) of each record's own label, from
     log-probabilities over the last axes (..., n, k) -> (..., n); 1 - p_y is the log-sum-exp of
@@ -176,17 +170,16 @@ def shadow_outputs(trainer: Any, queries: QueryRecords, *, n_models: int, online
     identity = trainer_identity(trainer) if cache else None
     if cache and identity is None:
         log.warning("shadow models are not cached: the trainer has no stable identity (give it an identity() method)")
-    qhash = _digest(augment, *xs, queries.y)
+    qhash = digest(augment, *xs, queries.y)
     units, outputs = [], [None] * n_models
     for i in range(n_models):
         idx = np.flatnonzero(keep[i])
         folder = None
         if identity is not None:
-            key = _digest(f"v{CACHE_VERSION}", identity, queries.x[idx], queries.y[idx], int(seeds[i]))
-            folder = cache_root() / "shadows" / key[:2] / key
+            folder = model_folder("shadows", identity, queries.x[idx], queries.y[idx], int(seeds[i]))
             outputs[i] = read_cached(folder / f"{qhash}.npz")
             if outputs[i] is None and (model := load_model(trainer, folder, spec, classes)) is not None:
-                outputs[i] = answer(model, xs, len(classes), i)  # a cached model asked new questions
+                outputs[i] = answer(model, xs, len(classes), f"shadow model {i}")  # a cached model asked new questions
                 write_cached(folder / f"{qhash}.npz", outputs[i])
         if outputs[i] is None:
             units.append((i, Unit(train_unit, f"shadow-{i}", {
@@ -195,7 +188,7 @@ def shadow_outputs(trainer: Any, queries: QueryRecords, *, n_models: int, online
                 "qhash": qhash, "index": i})))
     ctx.advance(n_models - len(units))  # models found in the cache
     if units:
-        done = _run_units(trainer, [u for _, u in units], ctx)
+        done = run_units(trainer, [u for _, u in units], ctx, what="shadow models")
         for (i, _), out in zip(units, done, strict=True):
             outputs[i] = out
     return ShadowOutputs(np.stack(outputs), keep, len(units))  # type: ignore[arg-type]
@@ -209,104 +202,6 @@ def _balanced_halves(rng: np.random.Generator, m: int, n: int) -> np.ndarray:
     return np.argsort(rng.random((m, n)), axis=0) < m // 2
 
 
-def _digest(*parts: Any) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        if isinstance(p, np.ndarray):
-            h.update(str((p.dtype.str, p.shape)).encode())
-            h.update(np.ascontiguousarray(p).tobytes())
-        else:
-            h.update(repr(p).encode())
-        h.update(b"\x00")
-    return h.hexdigest()
-
-
-def _read_verified(path: Path) -> bytes | None:
-    """The bytes at ``path`` when they match the SHA-256 written beside them; else None (absent,
-    torn or altered: what it held is trained again)."""
-    try:
-        data, want = path.read_bytes(), path.with_name(path.name + ".sha256").read_text().strip()
-    except OSError:
-        return None
-    if hashlib.sha256(data).hexdigest() != want:
-        log.warning("cached shadow model file %s does not match its hash: training again", path)
-        return None
-    return data
-
-
-def _write_verified(path: Path, data: bytes) -> None:
-    atomic_write_bytes(path, data)
-    atomic_write_bytes(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest().encode())
-
-
-def read_cached(path: Path) -> np.ndarray | None:
-    """The cached log-probabilities at ``path``, or None (see :func:`_read_verified`)."""
-    data = _read_verified(path)
-    if data is None:
-        return None
-    with np.load(io.BytesIO(data), allow_pickle=False) as f:
-        return np.asarray(f["logp"], np.float64)
-
-
-def write_cached(path: Path, logp: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, logp=logp)
-    _write_verified(path, buf.getvalue())
-
-
-def save_model(trainer: Any, model: Any, folder: Path) -> None:
-    """Keep the trained model beside its outputs where bastion can rebuild it: the weights of a
-    ``TorchTrainingProcedure``'s module as arrays, an ``EstimatorTrainer``'s estimator as skops."""
-    from bastion.core.training import EstimatorTrainer, TorchTrainingProcedure
-
-    if isinstance(trainer, TorchTrainingProcedure) and hasattr(model, "module"):
-        buf = io.BytesIO()
-        np.savez(buf, **{k: v.detach().cpu().numpy() for k, v in model.module.state_dict().items()})
-        _write_verified(folder / "weights.npz", buf.getvalue())
-    elif isinstance(trainer, EstimatorTrainer) and hasattr(model, "estimator"):
-        import skops.io
-
-        _write_verified(folder / "estimator.skops", skops.io.dumps(model.estimator))
-
-
-def load_model(trainer: Any, folder: Path, spec: InputSpec, classes: list[Any]) -> Any:
-    """The model :func:`save_model` kept in ``folder`` as a Target, or None."""
-    from bastion.core.training import EstimatorTrainer, TorchTrainingProcedure
-
-    if isinstance(trainer, TorchTrainingProcedure) and (data := _read_verified(folder / "weights.npz")) is not None:
-        import torch
-
-        from bastion.core.targets.torch_target import TorchTarget
-
-        module = trainer.model()
-        with np.load(io.BytesIO(data), allow_pickle=False) as f:
-            module.load_state_dict({k: torch.from_numpy(f[k]) for k in f.files})
-        return TorchTarget(module, spec, classes=list(classes), name=trainer.name or type(module).__name__)
-    if isinstance(trainer, EstimatorTrainer) and _read_verified(folder / "estimator.skops") is not None:
-        from bastion.core.safe_load import load_skops
-
-        return trainer.wrap(load_skops(folder / "estimator.skops"), spec)
-    return None
-
-
-def answer(model: Any, queries: list[np.ndarray], n_classes: int, index: int) -> np.ndarray:
-    """A shadow model's log-probabilities on the queries, refused (naming the model and why) when
-    it is not a model that answers probabilities."""
-    if not callable(getattr(model, "predict_proba", None)):
-        raise BastionRuntimeError(f"the trainer returned an unusable model for shadow model {index}: "
-                                  f"{type(model).__name__} has no predict_proba (a TrainFn returns a Target)")
-    try:
-        logp = predict_all(model, queries)
-    except BastionError as exc:
-        raise BastionRuntimeError(f"the trainer returned an unusable model for shadow model {index}: "
-                                  f"{exc.message}") from exc
-    want = (len(queries), len(queries[0]), n_classes)
-    if logp.shape != want or np.isnan(logp).any() or (logp > 1e-6).any():
-        raise BastionRuntimeError(f"the trainer returned an unusable model for shadow model {index}: it answered "
-                                  f"scores of shape {logp.shape[1:]} (want {want[1:]}), or not probabilities")
-    return logp
-
-
 def train_unit(ctx: RunContext, trainer: Any, x: np.ndarray, y: np.ndarray, seed: int, spec: InputSpec,
                classes: list[Any], queries: list[np.ndarray], folder: str | None, qhash: str,
                index: int) -> np.ndarray:
@@ -314,54 +209,10 @@ def train_unit(ctx: RunContext, trainer: Any, x: np.ndarray, y: np.ndarray, seed
     that raises, or returns something that does not answer (n, k) probabilities, is a
     BastionRuntimeError naming the model and why."""
     ctx.check_cancelled()
-    request = TrainRequest(x, y, seed=seed, input_spec=spec, classes=classes)
-    try:
-        model = trainer(request)
-    except (BastionError, KeyboardInterrupt):
-        raise
-    except Exception as exc:  # the user's training code failed
-        raise BastionRuntimeError(f"the trainer failed on shadow model {index}: {type(exc).__name__}: {exc}",
-                                  hint="run the trainer on the same data in Python to see the traceback") from exc
-    logp = answer(model, queries, len(classes), index)
+    what = f"shadow model {index}"
+    model = fit_model(trainer, TrainRequest(x, y, seed=seed, input_spec=spec, classes=classes), what)
+    logp = answer(model, queries, len(classes), what)
     if folder is not None:
         save_model(trainer, model, Path(folder))
         write_cached(Path(folder) / f"{qhash}.npz", logp)
     return logp
-
-
-def _portable(trainer: Any) -> bool:
-    """Whether ``trainer`` can be sent to a worker process: it pickles, and not by reference to
-    a module loaded from a file path (``python:train.py:fit``), which a worker cannot import."""
-    if str(getattr(trainer, "__module__", "")).startswith("bastion_user_"):
-        return False
-    try:
-        pickle.dumps(trainer)
-    except Exception:  # noqa: BLE001 - any pickling failure means the same
-        return False
-    return True
-
-
-def _run_units(trainer: Any, units: list[Unit], ctx: RunContext) -> list[np.ndarray]:
-    """Train on the run's executor when it has one and the trainer can travel; else here.
-    Logs the models trained and an estimate of the time left."""
-    t0, total, count = time.perf_counter(), len(units), [0]
-
-    def advance(n: int) -> None:
-        count[0] += n
-        ctx.advance(n)
-        left = (time.perf_counter() - t0) / count[0] * (total - count[0])
-        log.info("shadow models: %d/%d trained, about %.0f s left", count[0], total, left)
-
-    executor = ctx.executor
-    if len(units) == 1:  # not worth starting worker processes
-        executor = None
-    if executor is not None and getattr(executor, "workers", 1) > 1 and _portable(trainer):
-        return executor.map(units, ctx, progress=advance)
-    if executor is not None and getattr(executor, "workers", 1) > 1:
-        log.info("the trainer cannot be sent to worker processes: shadow models train in this process")
-    out = []
-    for u in units:
-        ctx.check_cancelled()
-        out.append(train_unit(ctx.spawn(u.name), **u.args))
-        advance(1)
-    return out

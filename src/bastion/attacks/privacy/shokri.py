@@ -16,11 +16,12 @@ import numpy as np
 from pydantic import Field
 
 from bastion.attacks.privacy.membership import MembershipInference, MembershipSplits
-from bastion.attacks.privacy.shadows import predict_all, query_records, shadow_outputs, true_class_log_probability
+from bastion.attacks.privacy.shadows import query_records, shadow_outputs, true_class_log_probability
 from bastion.core.params import Params
 from bastion.core.run import RunContext
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
+from bastion.core.trained import predict_all
 from bastion.errors import UsageError
 
 

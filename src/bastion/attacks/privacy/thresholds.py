@@ -13,10 +13,11 @@ from typing import Any
 import numpy as np
 
 from bastion.attacks.privacy.membership import MembershipInference, MembershipSplits
-from bastion.attacks.privacy.shadows import predict_all, true_class_log_probability
+from bastion.attacks.privacy.shadows import true_class_log_probability
 from bastion.core.run import RunContext
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
+from bastion.core.trained import predict_all
 
 
 class LossThreshold(MembershipInference):
