@@ -182,6 +182,52 @@ def test_bad_input_is_reported_and_the_rest_audited(tmp_path: Path, engine: str)
     assert res.profile.n == 100
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_column_of_numbers_and_placeholders_is_mixed(tmp_path: Path, engine: str) -> None:
+    """10% 'unknown' in a column of ages: too many to read it as numbers, but still mixed types."""
+    body = rows(100, 0, "tr")
+    for i, r in enumerate(body):
+        r[1] = "unknown" if i % 10 == 3 else str(20 + i % 50)
+    path = write(tmp_path / "train.csv", body)
+    res = audit_table(sources_from([path]), label="label", engine=engine, audits=("integrity",))
+    (f,) = by_rule(res, "BASTION-DA-031")
+    assert f.columns == ["x2"] and f.records == list(range(3, 100, 10)) and "mixes numbers and text" in f.title
+    clean = audit_table(sources_from([write(tmp_path / "clean.csv", rows(100, 0, "tr"))]), label="label",
+                        engine=engine, audits=("integrity",))
+    assert by_rule(clean, "BASTION-DA-031") == []   # text, categories, ids and timestamps are not mixed
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_header_that_is_not_utf8_is_read_and_reported(tmp_path: Path, engine: str, capsys, monkeypatch) -> None:  # noqa: ANN001
+    path = write(tmp_path / "train.csv", rows(40, 0, "tr"), header=["x1", "\u00e2ge", *HEADER[2:]])
+    path.write_bytes(path.read_bytes().replace("\u00e2".encode(), b"\xe2"))   # a Latin-1 column name
+    res = audit_table(sources_from([path]), label="label", engine=engine, audits=("integrity",))
+    assert res.profile.n == 40 and res.check.status == "complete" and "\ufffdge" in res.profile.columns
+    (f,) = by_rule(res, "BASTION-DA-033")
+    assert "\ufffdge" in f.title
+    monkeypatch.setattr("bastion.audit.table._has_pyarrow", lambda: engine == "pyarrow")
+    for fmt in ("json", "sarif"):     # every report format can encode the name
+        code, out, _ = _main(["audit-data", str(path), "--label", "label", "--audits", "integrity", "--format", fmt],
+                             capsys, monkeypatch)
+        assert code == 0 and "\\ufffdge" in out
+
+
+def test_compressed_or_utf16_file_is_unreadable_not_garbage(tmp_path: Path) -> None:
+    import gzip
+
+    good = write(tmp_path / "good.csv", rows(30, 0, "tr"))
+    gz = tmp_path / "packed.csv"
+    gz.write_bytes(gzip.compress(good.read_bytes()))
+    wide = tmp_path / "wide.csv"
+    wide.write_bytes(good.read_text().encode("utf-16"))
+    res = audit_table(sources_from([gz, wide, good]), label="label", audits=("integrity", "duplicates"))
+    titles = sorted(f.title for f in by_rule(res, "BASTION-DA-030"))
+    assert titles == ["packed.csv: not a text table: the file looks gzip-compressed",
+                      "wide.csv: not a text table: the file looks UTF-16 text"]
+    assert res.profile.n == 30 and res.profile.columns == HEADER and len(res.usage_problems) == 2
+    assert {f.rule_id for f in res.check.findings} == {"BASTION-DA-030"}     # no garbage columns, no false duplicates
+
+
 # --- provenance --------------------------------------------------------------------------------------
 def test_manifest_diff_is_record_level(tmp_path: Path) -> None:
     from bastion.audit.provenance import build_manifest

@@ -27,6 +27,8 @@ from bastion.audit.table import DEFAULT_CHUNK_ROWS, Chunk, ReadProblem, Source, 
 log = logging.getLogger(__name__)
 SPLITS = ("data", "train", "test")
 MAX_CODES = 1000  #: distinct values coded per categorical column; the rest share one code
+#: a text or categorical column whose first chunk is at least this share of numbers mixes types
+MIXED_NUMBERS_SHARE = 0.5
 
 
 class ColumnKind(str, Enum):
@@ -45,6 +47,8 @@ class ColumnInfo:
     missing: int = 0
     mixed: list[np.ndarray] = field(default_factory=list)   #: records of a numeric column that are not numbers
     mixed_sample: str = ""
+    #: a text or categorical column of mostly numbers (MIXED_NUMBERS_SHARE): ``mixed`` lists its other values
+    mostly_numbers: bool = False
     non_utf8: list[np.ndarray] = field(default_factory=list)
 
     @staticmethod
@@ -159,8 +163,13 @@ def profile_table(sources: list[Source], *, label: str | None = None, key: str |
         try:
             headers.append(header(s))
         except Exception as exc:  # noqa: BLE001 - every unreadable file is a finding, the rest is audited
-            problems.append(ReadProblem(s, "unreadable", str(exc).split("\n")[0]))
+            problems.append(ReadProblem(s, "unreadable", str(exc).split("\n")[0].removeprefix(f"{s.path}: ")))
             headers.append(None)
+            continue
+        bad = [c for c in headers[-1] if "\ufffd" in c]
+        if bad:
+            problems.append(ReadProblem(s, "encoding", f"column name(s) {bad[:5]} are not valid UTF-8 (shown with "
+                                                       "U+FFFD)"))
     first = next((h for h in headers if h is not None), [])
     for s, h in zip(sources, headers):
         if h is not None and h != first:
@@ -226,6 +235,11 @@ class _Accumulator:
                         self.info[c].center = float(np.median(finite))
                         sd = float(finite.std())
                         self.info[c].scale = sd if sd > 0 else 1.0
+                elif self.kinds[c] in (ColumnKind.text, ColumnKind.categorical) and c in cols and c in self.inputs:
+                    filled = cols[c][cols[c] != ""]
+                    # more than 5% are not numbers (else the column would be numeric), but most are
+                    self.info[c].mostly_numbers = bool(len(filled)) and bool(
+                        (~parse_numbers(filled)[1]).mean() >= MIXED_NUMBERS_SHARE)
         kinds = self.kinds
         record_hash = np.zeros(n, np.uint64)
         input_hash = np.zeros(n, np.uint64)
@@ -257,12 +271,10 @@ class _Accumulator:
                 continue
             input_hash = hashing.combine(input_hash, raw)
             if kind is ColumnKind.numeric:
-                x, bad = parse_numbers(values)
-                if bad.any():
-                    info.mixed.append(np.flatnonzero(bad) + offset)
-                    info.mixed_sample = info.mixed_sample or _shape_of(values[np.flatnonzero(bad)[0]])
-                z[:, numeric.index(c)] = (x - info.center) / info.scale
+                z[:, numeric.index(c)] = (self._mixed(info, values, offset) - info.center) / info.scale
             elif values.dtype == object:
+                if info.mostly_numbers:
+                    self._mixed(info, values, offset)
                 norm, nlen = hashing.normalise_codes(codes)
                 if kind is ColumnKind.text:
                     hashing.minhash_update(sig, norm, nlen, salt=j)
@@ -290,6 +302,16 @@ class _Accumulator:
         self._put("file", np.full(n, file_index, np.int32))
         self._put("row", np.arange(chunk.start, chunk.start + n, dtype=np.int64))
         self.n += n
+
+    @staticmethod
+    def _mixed(info: ColumnInfo, values: np.ndarray, offset: int) -> np.ndarray:
+        """The values as numbers (NaN when not one); the records whose values are not numbers go to
+        ``info.mixed``."""
+        x, bad = parse_numbers(values)
+        if bad.any():
+            info.mixed.append(np.flatnonzero(bad) + offset)
+            info.mixed_sample = info.mixed_sample or _shape_of(values[np.flatnonzero(bad)[0]])
+        return x
 
     @staticmethod
     def _codes(table: dict[str, int], values: np.ndarray, limit: int | None = None) -> np.ndarray:

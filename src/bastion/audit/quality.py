@@ -8,13 +8,15 @@ import numpy as np
 from pydantic import Field
 
 from bastion.audit.base import AuditFinding, DataAudit
-from bastion.audit.profile import ColumnInfo, Profile
+from bastion.audit.profile import ColumnInfo, ColumnKind, Profile
 from bastion.core.params import Params
 from bastion.core.results import Severity
 from bastion.core.run import RunContext
 
 _PROBLEM_RULE = {"unreadable": "BASTION-DA-030", "truncated": "BASTION-DA-030", "malformed-rows": "BASTION-DA-030",
-                 "limit": "BASTION-DA-030", "schema": "BASTION-DA-034"}
+                 "limit": "BASTION-DA-030", "schema": "BASTION-DA-034", "encoding": "BASTION-DA-033"}
+_PROBLEM_SEVERITY = {"schema": Severity.medium, "malformed-rows": Severity.medium, "limit": Severity.medium,
+                     "encoding": Severity.low}
 
 
 class IntegrityAudit(DataAudit):
@@ -25,8 +27,8 @@ class IntegrityAudit(DataAudit):
     def _audit(self, data: Profile, columns: list[str], ctx: RunContext) -> list[AuditFinding]:
         out = []
         for prob in data.problems:
-            sev = Severity.medium if prob.kind in ("schema", "malformed-rows", "limit") else Severity.high
-            out.append(AuditFinding(rule_id=_PROBLEM_RULE[prob.kind], severity=sev,
+            out.append(AuditFinding(rule_id=_PROBLEM_RULE[prob.kind], severity=_PROBLEM_SEVERITY.get(prob.kind,
+                                                                                                     Severity.high),
                                     title=f"{prob.source.path.name}: {prob.message}", location=str(prob.source.path),
                                     measurements={"rows": float(prob.count)} if prob.rows else {},
                                     samples=[f"row {r + 1}" for r in prob.rows[:5]]))
@@ -38,9 +40,13 @@ class IntegrityAudit(DataAudit):
             n_mixed = ColumnInfo.count(info.mixed)
             if n_mixed:
                 recs = np.concatenate(info.mixed)
+                title = (f"column '{c}' is numeric but {n_mixed} value(s) are not numbers (treated as missing)"
+                         if info.kind is ColumnKind.numeric else
+                         f"column '{c}' mixes numbers and text: {n_mixed} value(s) are not numbers, so the column "
+                         f"is audited as {info.kind.value}, not as numbers")
                 out.append(AuditFinding(
                     rule_id="BASTION-DA-031", severity=Severity.medium, columns=[c], records=recs.tolist(),
-                    title=f"column '{c}' is numeric but {n_mixed} value(s) are not numbers (treated as missing)",
+                    title=title,
                     measurements={"values": n_mixed},
                     samples=[f"{data.where(int(recs[0]))}: a value shaped like '{info.mixed_sample}'"]))
             n_bad = ColumnInfo.count(info.non_utf8)

@@ -67,7 +67,8 @@ CATALOGUE: list[Rule] = [
          remediation="Write the file again from its source and check that it was copied whole."),
     Rule(id="BASTION-DA-031", title="Mixed types in a column", threat="data-integrity",
          default_severity=Severity.medium,
-         help="A numeric column with values that are not numbers; they are treated as missing.",
+         help="A numeric column with values that are not numbers (treated as missing), or a column of mostly "
+              "numbers with other values (audited as text or categories, not as numbers).",
          remediation="Fix the values at the source or cast the column explicitly, treating bad values as missing."),
     Rule(id="BASTION-DA-032", title="Label column missing", threat="data-integrity", default_severity=Severity.high,
          help="The audits that need labels (conflicts, imbalance, label noise, slices) did not run.",

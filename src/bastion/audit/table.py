@@ -3,9 +3,11 @@
 
 A :class:`Chunk` holds each column of a few thousand rows as a NumPy array: ``object`` arrays of
 ``str`` as read (missing values are ``""``; bytes that are not UTF-8 are kept as lone surrogates,
-``errors="surrogateescape"``), or ``float64`` for Parquet's numeric columns. Problems of the file
-itself — unreadable, truncated, malformed rows, a header that differs from the first file's — are
-:class:`ReadProblem`s: the reader records them and goes on with what it can read.
+``errors="surrogateescape"``), or ``float64`` for Parquet's numeric columns. Column names are
+always valid text: bytes of a header that are not UTF-8 become U+FFFD (:func:`column_name`).
+Problems of the file itself — unreadable (binary or compressed files included), truncated,
+malformed rows, a header that differs from the first file's — are :class:`ReadProblem`s: the
+reader records them and goes on with what it can read.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ DEFAULT_CHUNK_ROWS = 65_536
 CSV_SUFFIXES = {".csv", ".tsv", ".txt"}
 PARQUET_SUFFIXES = {".parquet", ".pq"}
 MAX_FIELD_CHARS = 10_000_000  #: a CSV field longer than this is a malformed row (the stdlib default is 131072)
+#: leading bytes of files that are not text tables: (magic, what the file is)
+_BINARY_MAGIC = ((b"\x1f\x8b", "gzip-compressed"), (b"PK\x03\x04", "a ZIP archive (or an Excel .xlsx workbook)"),
+                 (b"BZh", "bzip2-compressed"), (b"\xfd7zXZ\x00", "xz-compressed"), (b"\x28\xb5\x2f\xfd", "zstd-compressed"),
+                 (b"PAR1", "a Parquet file"), (b"\xd0\xcf\x11\xe0", "an OLE2 file (an Excel .xls workbook?)"),
+                 (b"\xff\xfe", "UTF-16 text"), (b"\xfe\xff", "UTF-16 text"))
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,8 @@ class Source:
 @dataclass
 class ReadProblem:
     """A problem of a file (not of its values): ``kind`` is ``unreadable``, ``truncated``,
-    ``malformed-rows``, ``schema`` or ``limit``; ``rows`` are 0-based data rows of the file."""
+    ``malformed-rows``, ``schema``, ``encoding`` (of the header) or ``limit``; ``rows`` are 0-based
+    data rows of the file."""
 
     source: Source
     kind: str
@@ -68,12 +76,28 @@ class Chunk:
         return len(next(iter(self.columns.values()))) if self.columns else 0
 
 
+def printable(text: str) -> str:
+    """``text`` with the bytes that were not UTF-8 (lone surrogates of ``surrogateescape``)
+    replaced by U+FFFD, so that every report format can print and encode it."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that no undecodable byte made
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def column_name(raw: str) -> str:
+    """A header cell as a column name: stripped and :func:`printable`."""
+    return printable(raw.strip())
+
+
 def header(source: Source) -> list[str]:
-    """The column names of ``source``; a UsageError when the file cannot be opened or has none."""
+    """The column names of ``source``; a UsageError when the file cannot be opened, has none, or
+    is not a text table (compressed, binary, UTF-16)."""
     try:
         if source.format == "parquet":
             pq = _pyarrow_parquet()
             return list(pq.ParquetFile(source.path).schema_arrow.names)
+        _refuse_binary(source.path)
         with _open_text(source.path) as fh:
             row = next(csv.reader(fh, delimiter=_delimiter(source.path)), None)
     except UsageError:
@@ -82,7 +106,20 @@ def header(source: Source) -> list[str]:
         raise UsageError(f"{source.path}: cannot read the header: {type(exc).__name__}: {exc}") from exc
     if not row or not any(c.strip() for c in row):
         raise UsageError(f"{source.path}: the file is empty or has no header row")
-    return [c.strip() for c in row]
+    return [column_name(c) for c in row]
+
+
+def _refuse_binary(path: Path) -> None:
+    """A UsageError when ``path`` starts like a compressed or binary file, or holds NUL bytes early
+    on: a CSV reader would return garbage rows from it, not an error."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    what = next((name for magic, name in _BINARY_MAGIC if head.startswith(magic)), None)
+    if what is None and b"\x00" in head:
+        what = "binary (it holds NUL bytes; UTF-16 text?)"
+    if what is not None:
+        raise UsageError(f"{path}: not a text table: the file looks {what}",
+                         hint="give an uncompressed CSV/TSV in UTF-8, or a .parquet file")
 
 
 def read_chunks(source: Source, problems: list[ReadProblem], *, chunk_rows: int = DEFAULT_CHUNK_ROWS,
@@ -118,7 +155,7 @@ def _stdlib_csv_chunks(source: Source, chunk_rows: int, problems: list[ReadProbl
     csv.field_size_limit(MAX_FIELD_CHARS)
     with _open_text(source.path) as fh:
         reader = csv.reader(fh, delimiter=_delimiter(source.path))
-        names = [c.strip() for c in next(reader, [])]
+        names = [column_name(c) for c in next(reader, [])]
         width, bad, n_bad, start, rows = len(names), [], 0, 0, []
         row_no = 0
         while True:
@@ -195,13 +232,16 @@ def _arrow_csv_chunks(source: Source, chunk_rows: int, problems: list[ReadProble
         return "skip"
 
     # every column as raw bytes: types are inferred per chunk by bastion, so a column whose type changes
-    # after the first block is a finding, not a reader crash; bytes keep text that is not UTF-8
+    # after the first block is a finding, not a reader crash; bytes keep text that is not UTF-8. Columns
+    # are named by position (the header row is skipped): a header that is not UTF-8, or that repeats a
+    # name, reads like any other
+    positional = [f"_{i}" for i in range(len(names))]
     reader = pcsv.open_csv(
         source.path,
-        read_options=pcsv.ReadOptions(block_size=1 << 24, use_threads=False),
+        read_options=pcsv.ReadOptions(block_size=1 << 24, use_threads=False, column_names=positional, skip_rows=1),
         parse_options=pcsv.ParseOptions(delimiter=_delimiter(source.path), invalid_row_handler=on_invalid,
                                         newlines_in_values=True),
-        convert_options=pcsv.ConvertOptions(column_types={n: pa.binary() for n in names},
+        convert_options=pcsv.ConvertOptions(column_types={n: pa.binary() for n in positional},
                                             strings_can_be_null=False, quoted_strings_can_be_null=False,
                                             null_values=[]))
     start, pending, pending_n = 0, [], 0
@@ -211,24 +251,25 @@ def _arrow_csv_chunks(source: Source, chunk_rows: int, problems: list[ReadProble
         while pending_n >= chunk_rows:
             table = pa.Table.from_batches(pending).combine_chunks()
             head, rest = table.slice(0, chunk_rows), table.slice(chunk_rows)
-            yield Chunk(source, start, _arrow_columns(head))
+            yield Chunk(source, start, _arrow_columns(head, names))
             start += head.num_rows
             pending, pending_n = rest.to_batches(), rest.num_rows
     if pending_n:
-        yield Chunk(source, start, _arrow_columns(pa.Table.from_batches(pending)))
+        yield Chunk(source, start, _arrow_columns(pa.Table.from_batches(pending), names))
     if counter["n"]:
         problems.append(_malformed(source, counter["n"], bad, len(names), start + pending_n + counter["n"]))
 
 
-def _arrow_columns(table) -> dict[str, np.ndarray]:  # noqa: ANN001 - pyarrow.Table
+def _arrow_columns(table, names: list[str]) -> dict[str, np.ndarray]:  # noqa: ANN001 - pyarrow.Table
+    """The columns of ``table`` (read by position) under the header's ``names``."""
     import pyarrow as pa
 
     out = {}
-    for name, col in zip(table.column_names, table.columns):
+    for name, col in zip(names, table.columns):
         try:  # UTF-8 checked and decoded in C++; Python decodes only a column that is not valid UTF-8
-            out[name.strip()] = col.cast(pa.string()).to_numpy(zero_copy_only=False)
+            out[name] = col.cast(pa.string()).to_numpy(zero_copy_only=False)
         except (pa.ArrowInvalid, UnicodeDecodeError):
-            out[name.strip()] = _decode(col.to_pylist())
+            out[name] = _decode(col.to_pylist())
     return out
 
 

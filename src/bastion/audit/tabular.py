@@ -17,7 +17,7 @@ from typing import Any
 
 from bastion.audit.base import AUDITS, AuditResult, DataAudit
 from bastion.audit.profile import ChunkHook, Profile, profile_table
-from bastion.audit.table import DEFAULT_CHUNK_ROWS, Source
+from bastion.audit.table import DEFAULT_CHUNK_ROWS, Source, printable
 from bastion.core.results import CheckResult, Finding
 from bastion.core.run import RunContext
 from bastion.errors import UsageError
@@ -130,11 +130,11 @@ def _check_result(profile: Profile, results: list[AuditResult], skipped: dict[st
             if f.records:
                 metrics["records"] = [profile.where(r) for r in f.records[:RECORDS_SHOWN]]
             if f.samples:
-                metrics["examples"] = f.samples[:5]
+                metrics["examples"] = [printable(x) for x in f.samples[:5]]
             location = f.location
             if location is None and f.records:  # the file of its first record: where SARIF points
                 location = str(profile.sources[int(profile.file[f.records[0]])].path)
-            findings.append(get_rule(f.rule_id).finding(title=f.title, check=name, severity=f.severity,
+            findings.append(get_rule(f.rule_id).finding(title=printable(f.title), check=name, severity=f.severity,
                                                         metrics=metrics, location=location))
     findings.sort(key=lambda f: -f.severity.rank)
     check.findings = findings
@@ -158,13 +158,13 @@ def _check_result(profile: Profile, results: list[AuditResult], skipped: dict[st
                                                    profile.extra["correct"][known].astype(float), bins))
     for k, v in sums.items():
         check.measure(k, v, "count")
-    problems = [p for p in profile.problems if p.kind != "schema"]
+    problems = [p for p in profile.problems if p.kind not in ("schema", "encoding")]  # the rest was not (all) read
     reasons = [f"{p.source.path.name}: {p.message}" for p in problems]
     if profile.label is not None and not profile.label_found:
         reasons.append(f"label column '{profile.label}' not found")
     reasons += [f"{a} skipped: {why}" for a, why in skipped.items()]
     if problems or (profile.label is not None and not profile.label_found):
-        check.status, check.reason = "incomplete", "; ".join(reasons)
+        check.status, check.reason = "incomplete", printable("; ".join(reasons))
     check.metrics = {"columns": {c: profile.info[c].kind.value for c in profile.columns},
                      "files": [{"path": str(s.path), "split": s.split,
                                 "records": int((profile.file == i).sum())} for i, s in enumerate(profile.sources)],
