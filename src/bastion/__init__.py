@@ -8,6 +8,8 @@ The top-level API (imported lazily, so ``import bastion`` stays fast)::
     bastion.attacks.PGD(eps=0.1)    # attacks, or bastion.attacks.get_attack("pgd")
     bastion.scan(policy)            # run a policy -> ScanResult
     bastion.harden(policy)          # adversarially train a hardened copy -> HardenResult
+    bastion.build_variants(target)  # its deployment variants: int8 (PyTorch, ONNX Runtime), distilled, files
+    bastion.evaluate_variants(...)  # the model and its variants side by side -> VariantsResult
     bastion.load_model(path)        # scan a model file, then load it safely
 """
 
@@ -26,6 +28,8 @@ _LAZY = {
     "ThreatModel": ("bastion.core.threat", "ThreatModel"),
     "scan": ("bastion.campaign.runner", "scan"),
     "harden": ("bastion.campaign.harden", "harden"),
+    "build_variants": ("bastion.campaign.variants", "build_variants"),
+    "evaluate_variants": ("bastion.campaign.variants", "evaluate_variants"),
     "load_policy": ("bastion.campaign.policy", "load_policy"),
     "load_model": ("bastion.supply.loader", "load_model"),
     "ScanResult": ("bastion.core.results", "ScanResult"),

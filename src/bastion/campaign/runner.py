@@ -101,6 +101,10 @@ def scan(policy: str | Path | dict[str, Any] | LoadedPolicy, *, out_dir: str | P
         ctx = CheckContext(target=target, data=data, y=y, seed=pol.seed, out_dir=out, progress=progress,
                            policy_dir=loaded.base_dir, options={"workers": workers}, datasets=datasets,
                            trainer=trainer)
+        stage = "while preparing the checks"
+        for i, check in enumerate(loaded.checks):
+            with loaded.blame("checks", i):
+                check.prepare(ctx)
         stage = "during the checks"
         save()
         for check in loaded.checks:

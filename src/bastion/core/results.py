@@ -177,9 +177,44 @@ class QueryLog(_Artifact):
     counters: dict[str, Any]
 
 
+class VariantRow(BaseModel):
+    """One model of a side-by-side comparison of deployment variants (the full model first): accuracies on
+    the same inputs, agreement with the full model on clean inputs, transfer both ways and the paired test
+    against the full model's robust accuracy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    variant: str
+    source: str = Field(description="full, torch-int8, onnx-int8, distilled or file.")
+    gradients: str = Field(description="Whose gradients white-box attacks followed: own, or the full model's (BPDA).")
+    clean_accuracy: Number
+    robust_accuracy: Number = Field(description="Worst case over the attacks: robust only if no attack fooled it.")
+    agreement: Number = Field(description="Share of clean inputs where its answer equals the full model's.")
+    transfer_from_full: Number = Field(None, description="Share of the inputs that fooled the full model which "
+                                                         "also fool this one.")
+    transfer_to_full: Number = Field(None, description="Share of the inputs that fooled this model which also fool "
+                                                       "the full model.")
+    drop: Number = Field(None, description="Full model's robust accuracy minus this one's.")
+    only_full_robust: int | None = None
+    only_variant_robust: int | None = None
+    p_value: Number = Field(None, description="Exact one-sided McNemar p-value of 'less robust than the full model'.")
+    flagged: bool = False
+    notes: list[str] = Field(default_factory=list)
+
+
+class VariantTable(_Artifact):
+    """A model and its deployment variants side by side under the same attacks at one ε."""
+
+    type: Literal["variant_table"] = "variant_table"
+    eps: float
+    norm: str
+    attacks: list[str]
+    rows: list[VariantRow]
+
+
 Artifact = Annotated[
     RobustnessCurve | ExampleGrid | TabularExamples | StageChart | QueryCurve | Histogram | RocCurve
-    | FidelityCurve | DriftSeries | QueryLog | ReliabilityDiagram,
+    | FidelityCurve | DriftSeries | QueryLog | ReliabilityDiagram | VariantTable,
     Field(discriminator="type"),
 ]
 

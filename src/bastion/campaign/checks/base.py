@@ -126,6 +126,11 @@ class Check(ABC):
     def validate_inputs(self, policy_dir: Path) -> None:
         """Checks that need the file system (files named by parameters exist); raise CheckInputError."""
 
+    def prepare(self, ctx: CheckContext) -> None:
+        """Checks that need the loaded target and data (a model file a parameter names loads and fits
+        the target), run once they are loaded and before any check runs: a UsageError raised here
+        stops the scan as a user error (exit 2) instead of recording the check as errored."""
+
     def gate_view(self) -> GateView:
         """What gates can select and read from this check's results (checked when the policy loads)."""
         return GateView(self.name, frozenset({self.name, self.kind}), self.metric_names,
@@ -145,6 +150,7 @@ CHECKS: Registry[type[Check]] = Registry("check", {
     "model-file": "bastion.campaign.checks.model_file:ModelFileCheck",
     "audit-data": "bastion.campaign.checks.audit_data:AuditDataCheck",
     "certify": "bastion.campaign.checks.certify:CertifyCheck",
+    "variants": "bastion.campaign.checks.variants:VariantsCheck",
 })
 """Every check kind: bastion's own and those of the ``bastion.checks`` entry points."""
 

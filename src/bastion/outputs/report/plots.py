@@ -213,6 +213,40 @@ def stages_chart(stages: Sequence[Mapping[str, Any]]) -> str:
         return figure_to_data_uri(fig, "svg")
 
 
+def grouped_bars(groups: Sequence[str], series: Sequence[tuple[str, Any]], *, ylabel: str,
+                 marked: Sequence[bool] = ()) -> str:
+    """Bars of several ``series`` ``(label, values)`` per group (ratios, with values); groups in
+    ``marked`` get their name drawn in red (e.g. a variant markedly less robust than its model)."""
+    import matplotlib
+
+    if not groups or not series:
+        raise ValueError("nothing to draw")
+    vals = [(label, _floats(v, label)) for label, v in series]
+    if any(v.size != len(groups) for _, v in vals):
+        raise ValueError("every series needs one value per group")
+    with matplotlib.rc_context(_rc()):
+        fig = _figure(max(4.2, 1.1 * len(groups) + 1.5), 3.0)
+        ax = fig.subplots()
+        xs = np.arange(len(groups))
+        width = 0.8 / len(vals)
+        for i, (label, v) in enumerate(vals):
+            pos = xs - 0.4 + width * (i + 0.5)
+            ax.bar(pos, v, width=width, color=_COLORS[i % len(_COLORS)], label=label)
+            for x, a in zip(pos, v, strict=True):
+                ax.annotate(f"{a:.0%}", (x, a), ha="center", va="bottom", fontsize=7, xytext=(0, 2),
+                            textcoords="offset points")
+        ax.set_xticks(xs, list(groups), rotation=20 if len(groups) > 4 else 0,
+                      ha="right" if len(groups) > 4 else "center")
+        for tick, bad in zip(ax.get_xticklabels(), marked):
+            if bad:
+                tick.set_color(_COLORS[1])
+        ax.set_ylim(0, 1.15)
+        ax.set_ylabel(ylabel)
+        ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        ax.legend(frameon=False, fontsize=8, ncols=len(vals), loc="upper right")
+        return figure_to_data_uri(fig, "svg")
+
+
 def query_curves(curves: Sequence[Mapping[str, Any]]) -> str:
     """Attack success rate against the number of queries spent, one line per attack."""
     import matplotlib

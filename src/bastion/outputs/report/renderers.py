@@ -25,6 +25,7 @@ from bastion.core.results import (
     RocCurve,
     StageChart,
     TabularExamples,
+    VariantTable,
 )
 from bastion.outputs.report import plots
 from bastion.outputs.report.summary import format_number
@@ -150,6 +151,31 @@ def query_logs(arts: Sequence[QueryLog]) -> list[Block]:
     return out
 
 
+def _ratio(v: float | None) -> str:
+    return "—" if v is None else f"{v:.1%}"
+
+
+def variant_tables(arts: Sequence[VariantTable]) -> list[Block]:
+    """The model and its deployment variants: clean and robust accuracy as bars, and the full table."""
+    out: list[Block] = []
+    for a in arts:
+        names = [r.variant for r in a.rows]
+        out.append(_figure(a.title or "Deployment variants", plots.grouped_bars(
+            names, [("clean", [r.clean_accuracy for r in a.rows]),
+                    ("robust (worst case)", [r.robust_accuracy for r in a.rows])],
+            ylabel="accuracy", marked=[r.flagged for r in a.rows]),
+            f"Each model on the same inputs; robust accuracy is the share no attack ({', '.join(a.attacks)}) fooled "
+            f"at ε = {format_number(a.eps)}. A name in red is markedly less robust than the full model."))
+        rows = [[r.variant + (" ⚠" if r.flagged else ""), r.source, r.gradients, _ratio(r.clean_accuracy),
+                 _ratio(r.robust_accuracy), _ratio(r.agreement), _ratio(r.transfer_from_full),
+                 _ratio(r.transfer_to_full), "—" if r.p_value is None else f"{r.p_value:.2g}"] for r in a.rows]
+        out.append({"kind": "table", "title": a.title or "Deployment variants",
+                    "header": ["model", "source", "white-box gradients", "clean", "robust", "agrees with full",
+                               "full → it", "it → full", "McNemar p"], "rows": rows,
+                    "caption": "Transfer: share of the inputs that fooled one model which also fool the other."})
+    return out
+
+
 _HERE = __name__
 #: Artifact type -> renderer (entry-point group ``bastion.renderers``).
 RENDERERS: Registry[Renderer] = Registry("renderer", {
@@ -164,4 +190,5 @@ RENDERERS: Registry[Renderer] = Registry("renderer", {
     "tabular_examples": f"{_HERE}:tabular_examples",
     "query_log": f"{_HERE}:query_logs",
     "reliability_diagram": f"{_HERE}:reliability_diagrams",
+    "variant_table": f"{_HERE}:variant_tables",
 })
