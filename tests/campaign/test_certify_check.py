@@ -73,3 +73,35 @@ def test_cli_certifies_and_prints_json(capsys, monkeypatch, tmp_path: Path) -> N
     assert code == 0 and doc["metrics"]["rows"] == 4 and len(doc["metrics"]["certified_accuracy"]) == 2
     assert np.all(np.diff(doc["metrics"]["certified_accuracy"]) <= 0)
     assert (tmp_path / "report.json").is_file()
+
+
+def test_the_check_runs_ibp_at_its_eps_and_gates_read_them(tmp_path: Path) -> None:
+    doc = policy(tmp_path, certifier="ibp", params={"eps": [0.02, 0.003]})
+    del doc["checks"][0]["radii"]
+    doc["gates"] = ["certified_accuracy[certify, radius=0.003] >= 0.3"]
+    result = scan(doc, out_dir=tmp_path / "r")
+    res = result.checks[0]
+    assert res.status == "complete" and res.metrics["radii"] == [0.0, 0.003, 0.02]  # 0 and the eps
+    curve = res.metrics["certified_accuracy"]
+    assert curve == sorted(curve, reverse=True) and curve[1] > 0.3 and curve[1] > curve[2]
+    assert res.values("queries")[0] == 8 and res.values("abstain_rate")[0] == 0
+    assert res.artifacts[0].norm == "linf" and result.gates[0].passed
+
+
+def test_ibp_takes_its_eps_from_the_radii_and_needs_one_or_the_other(tmp_path: Path) -> None:
+    loaded = load_policy(policy(tmp_path, certifier="ibp", params={}, radii=[0.02, 0, 0.01]))
+    assert loaded.checks[0].certifier.params.eps == [0, 0.01, 0.02]
+    doc = policy(tmp_path, certifier="ibp", params={})
+    del doc["checks"][0]["radii"]
+    with pytest.raises(PolicyError, match=r"certifies at given radii: set radii, or params\.eps"):
+        load_policy(doc)
+
+
+def test_cli_verifies_with_ibp_at_eps(capsys, monkeypatch, tmp_path: Path) -> None:  # noqa: ANN001
+    code, out, _ = _main(["certify", "-t", "demo:digits-cnn", "-d", "demo:digits", "--certifier", "ibp", "--eps",
+                          "0.002", "--samples", "6", "-o", str(tmp_path), "--json"], capsys, monkeypatch)
+    doc = json.loads(out)
+    assert code == 0 and doc["metrics"]["radii"] == [0, 0.002] and doc["metrics"]["norm"] == "linf"
+    code, _, err = _main(["certify", "-t", "demo:digits-cnn", "-d", "demo:digits", "--certifier", "ibp",
+                          "-o", str(tmp_path / "x")], capsys, monkeypatch)
+    assert code == 2 and "certification 'ibp': parameter 'eps' is required" in " ".join(err.split())

@@ -63,6 +63,9 @@ class Certifier(Configurable, ABC):
 
     family: ClassVar[str] = "certification"
     norm: ClassVar[Norm] = "l2"
+    radii_param: ClassVar[str | None] = None
+    """The parameter that lists the radii certified at (IBP's ``eps``), or None: the certify check
+    fills it from its radii when it is not given, and its radii from it."""
 
     def certify(self, target: Target, x: np.ndarray, y: np.ndarray, ctx: RunContext | None = None
                 ) -> CertificationResult:
@@ -92,5 +95,6 @@ class Certifier(Configurable, ABC):
 
 CERTIFIERS: Registry[type[Certifier]] = Registry("certifier", {
     "smoothing": "bastion.certify.smoothing:RandomizedSmoothing",
+    "ibp": "bastion.certify.ibp:IntervalBoundPropagation",
 })
 """Certifiers by name: bastion's own and those of the ``bastion.certifiers`` entry points."""

@@ -51,7 +51,10 @@ def register(app: typer.Typer) -> None:
 
         given = {"sigma": sigma, "n0": n0, "n": n, "alpha": alpha, "batch_size": batch_size, "eps": eps}
         params = {k: v for k, v in given.items() if v is not None}
-        CERTIFIERS.get_object(certifier)(**params)  # an unknown certifier or a bad parameter: exit 2, named
+        cls = CERTIFIERS.get_object(certifier)  # an unknown certifier: exit 2, named
+        if cls.radii_param is not None and cls.radii_param not in params and radius:
+            params[cls.radii_param] = radius  # ibp without --eps verifies at the --radius values
+        cls(**params)  # a bad parameter: exit 2, named
         check: dict[str, Any] = {"name": "certify", "kind": "certify", "certifier": certifier, "samples": samples,
                                  "params": params}
         if radius:

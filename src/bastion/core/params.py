@@ -75,6 +75,10 @@ def param_error(owner: str, model: type[BaseModel], exc: ValidationError) -> Par
     if err["type"] == "extra_forbidden":
         return ParamError(f"{owner}: unknown parameter '{name}'", field=top,
                           hint=f"allowed: {', '.join(model.model_fields)}")
+    if err["type"] == "missing":
+        about = model.model_fields[top].description if top in model.model_fields else None
+        return ParamError(f"{owner}: parameter '{name}' is required", field=top,
+                          hint=f"{name}: {about}" if about else None)
     msg = err["msg"].removeprefix("Value error, ")
     msg = msg[0].lower() + msg[1:] if msg else msg
     more = len(exc.errors()) - 1

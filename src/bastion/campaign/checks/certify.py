@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from bastion.campaign.checks.base import Check, CheckContext, CheckParams, register_check
 from bastion.campaign.gates import GateView
@@ -47,6 +47,25 @@ class CertifyParams(CheckParams):
         if v not in CERTIFIERS:
             raise ValueError(f"unknown certifier '{v}'; available: {', '.join(CERTIFIERS.names())}")
         return v
+
+    @model_validator(mode="after")
+    def _certified_radii(self) -> CertifyParams:
+        """A certifier that certifies at given radii (IBP's ``eps``) takes the check's radii when its
+        parameter is not set; the check's radii default to 0 and that parameter's values."""
+        from bastion.certify.base import CERTIFIERS
+
+        key = CERTIFIERS.get_object(self.certifier).radii_param
+        if key is None:
+            return self
+        if key not in self.params:
+            if "radii" not in self.model_fields_set:
+                raise ValueError(f"certifier '{self.certifier}' certifies at given radii: set radii, or params.{key}")
+            self.params = {**self.params, key: self.radii}
+        elif "radii" not in self.model_fields_set:
+            given = self.params[key] if isinstance(self.params[key], list) else [self.params[key]]
+            if all(isinstance(r, (int, float)) and r >= 0 for r in given):  # else the certifier names the problem
+                self.radii = sorted({0.0, *map(float, given)})
+        return self
 
 
 @register_check
