@@ -212,6 +212,18 @@ def test_header_that_is_not_utf8_is_read_and_reported(tmp_path: Path, engine: st
         assert code == 0 and "\\ufffdge" in out
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_records_after_a_skipped_row_point_to_their_own_rows(tmp_path: Path, engine: str) -> None:
+    body = rows(30, 0, "tr")
+    body[25] = list(body[20])                        # an exact duplicate ...
+    body.insert(5, body[4] + ["an extra field"])     # ... after a malformed row (data row 6), which is skipped
+    res = audit_table(sources_from([write(tmp_path / "d.csv", body)]), label="label", engine=engine,
+                      chunk_rows=8, audits=("integrity", "duplicates"))
+    assert res.profile.n == 30 and by_rule(res, "BASTION-DA-030")[0].samples == ["row 6"]
+    (dup,) = by_rule(res, "BASTION-DA-001")
+    assert dup.samples == ["d.csv:22 = d.csv:27"]    # the file's data rows, counted from 1
+
+
 def test_compressed_or_utf16_file_is_unreadable_not_garbage(tmp_path: Path) -> None:
     import gzip
 

@@ -185,7 +185,7 @@ def profile_table(sources: list[Source], *, label: str | None = None, key: str |
             continue
         for chunk in read_chunks(s, problems, chunk_rows=chunk_rows, engine=engine):
             if max_rows is not None and total + len(chunk) > max_rows:
-                chunk = Chunk(chunk.source, chunk.start, {k: v[:max_rows - total] for k, v in chunk.columns.items()})
+                chunk = chunk.head(max_rows - total)
             if len(chunk):
                 acc.add(i, chunk)
                 total += len(chunk)
@@ -300,7 +300,7 @@ class _Accumulator:
         self._put("cat_codes", cat_codes)
         self._put("split", np.full(n, SPLITS.index(chunk.source.split), np.uint8))
         self._put("file", np.full(n, file_index, np.int32))
-        self._put("row", np.arange(chunk.start, chunk.start + n, dtype=np.int64))
+        self._put("row", chunk.data_rows())
         self.n += n
 
     @staticmethod

@@ -66,14 +66,25 @@ class ReadProblem:
 
 @dataclass
 class Chunk:
-    """Rows ``start .. start + n`` of ``source`` (0-based data rows, header excluded)."""
+    """Records ``start .. start + n`` read from ``source``; ``rows`` are their 0-based data rows in
+    the file (header excluded), which differ from ``start + i`` once a malformed row was skipped."""
 
     source: Source
     start: int
     columns: dict[str, np.ndarray]
+    rows: np.ndarray | None = None   #: None: ``start .. start + n``
 
     def __len__(self) -> int:
         return len(next(iter(self.columns.values()))) if self.columns else 0
+
+    def data_rows(self) -> np.ndarray:
+        """The 0-based data row in the file of each record of the chunk."""
+        return self.rows if self.rows is not None else np.arange(self.start, self.start + len(self), dtype=np.int64)
+
+    def head(self, k: int) -> Chunk:
+        """The first ``k`` records."""
+        return Chunk(self.source, self.start, {c: v[:k] for c, v in self.columns.items()},
+                     None if self.rows is None else self.rows[:k])
 
 
 def printable(text: str) -> str:
@@ -156,7 +167,7 @@ def _stdlib_csv_chunks(source: Source, chunk_rows: int, problems: list[ReadProbl
     with _open_text(source.path) as fh:
         reader = csv.reader(fh, delimiter=_delimiter(source.path))
         names = [column_name(c) for c in next(reader, [])]
-        width, bad, n_bad, start, rows = len(names), [], 0, 0, []
+        width, bad, n_bad, start, rows, row_nos = len(names), [], 0, 0, [], []
         row_no = 0
         while True:
             try:
@@ -175,12 +186,13 @@ def _stdlib_csv_chunks(source: Source, chunk_rows: int, problems: list[ReadProbl
                 row_no += 1
                 continue
             rows.append(row)
+            row_nos.append(row_no)
             row_no += 1
             if len(rows) == chunk_rows:
-                yield Chunk(source, start, _columns(names, rows))
-                start, rows = start + len(rows), []
+                yield Chunk(source, start, _columns(names, rows), np.array(row_nos, np.int64) if n_bad else None)
+                start, rows, row_nos = start + len(rows), [], []
         if rows:
-            yield Chunk(source, start, _columns(names, rows))
+            yield Chunk(source, start, _columns(names, rows), np.array(row_nos, np.int64) if n_bad else None)
         if n_bad:
             problems.append(_malformed(source, n_bad, bad, width, row_no))
 
@@ -222,14 +234,22 @@ def _arrow_csv_chunks(source: Source, chunk_rows: int, problems: list[ReadProble
     pa = require("pyarrow", "audit")
     pcsv = require("pyarrow.csv", "audit")
     names = header(source)
-    bad: list[int] = []
+    skipped: list[int] = []   # 0-based data rows of the malformed rows, as they come (in file order)
     counter = {"n": 0}
 
     def on_invalid(row) -> str:  # noqa: ANN001 - pyarrow.csv.InvalidRow
         counter["n"] += 1
-        if len(bad) < 1000 and row.number is not None:
-            bad.append(int(row.number) - 2)  # 1-based line of the file -> 0-based data row
+        if row.number is not None:
+            skipped.append(int(row.number) - 2)  # 1-based line of the file -> 0-based data row
         return "skip"
+
+    def rows_of(start: int, n: int) -> np.ndarray | None:
+        """Data rows of records ``start .. start + n``: each one moves down by the skipped rows before it."""
+        if not skipped:
+            return None
+        pos = np.arange(start, start + n, dtype=np.int64)
+        before = np.asarray(skipped, np.int64) - np.arange(len(skipped))   # records read before each skipped row
+        return pos + np.searchsorted(before, pos, side="right")
 
     # every column as raw bytes: types are inferred per chunk by bastion, so a column whose type changes
     # after the first block is a finding, not a reader crash; bytes keep text that is not UTF-8. Columns
@@ -251,13 +271,13 @@ def _arrow_csv_chunks(source: Source, chunk_rows: int, problems: list[ReadProble
         while pending_n >= chunk_rows:
             table = pa.Table.from_batches(pending).combine_chunks()
             head, rest = table.slice(0, chunk_rows), table.slice(chunk_rows)
-            yield Chunk(source, start, _arrow_columns(head, names))
+            yield Chunk(source, start, _arrow_columns(head, names), rows_of(start, head.num_rows))
             start += head.num_rows
             pending, pending_n = rest.to_batches(), rest.num_rows
     if pending_n:
-        yield Chunk(source, start, _arrow_columns(pa.Table.from_batches(pending), names))
+        yield Chunk(source, start, _arrow_columns(pa.Table.from_batches(pending), names), rows_of(start, pending_n))
     if counter["n"]:
-        problems.append(_malformed(source, counter["n"], bad, len(names), start + pending_n + counter["n"]))
+        problems.append(_malformed(source, counter["n"], skipped[:1000], len(names), start + pending_n + counter["n"]))
 
 
 def _arrow_columns(table, names: list[str]) -> dict[str, np.ndarray]:  # noqa: ANN001 - pyarrow.Table
