@@ -30,8 +30,32 @@ CATALOGUE: list[Rule] = [
                       "until the gap closes; check it on held-out data before deployment.")),
 ]
 
+CATALOGUE += [
+    Rule(id="BASTION-MI-003", title="Model reveals a sensitive attribute of its records (attribute inference)",
+         threat="model-inversion", default_severity=Severity.medium,
+         help=("An attribute-inference attack fills each possible value of a sensitive column into a record whose "
+               "other columns and label it knows, and reads which value the model finds most consistent "
+               "(Fredrikson et al. 2014; Yeom et al. 2018), or learns that mapping from records whose value it "
+               "knows. What counts is its gain over an attacker without the model, who imputes the value from the "
+               "same columns (Jayaraman & Evans 2022): that gain is what the model leaks."),
+         remediation=("Drop the sensitive column from the model's inputs if the task does not need it; otherwise "
+                      "regularise or train with differential privacy (DP-SGD) so the model stops memorising records, "
+                      "and return labels or rounded scores rather than full probabilities; then re-run this scan.")),
+    Rule(id="BASTION-MI-004", title="Model inversion reconstructs what each class's records look like",
+         threat="model-inversion", default_severity=Severity.medium,
+         help=("A model-inversion attack searches for the input the model is most confident belongs to a class "
+               "(Fredrikson et al. 2015, MI-Face). When the reconstructions resemble the class's real records more "
+               "than other classes' ones, the model's answers reveal what its training data look like — a face for "
+               "a name, a typical record for a diagnosis."),
+         remediation=("Return labels or rounded top-k scores instead of full probabilities (inversion follows the "
+                      "confidence), rate-limit and monitor queries, and regularise or train with differential "
+                      "privacy; where a class stands for one person, reconsider training on identifying data.")),
+]
+
 MEMBERSHIP_RULE = "BASTION-MI-001"
 GAP_RULE = "BASTION-MI-002"
+ATTRIBUTE_RULE = "BASTION-MI-003"
+INVERSION_RULE = "BASTION-MI-004"
 
 EXTRACTION_CATALOGUE: list[Rule] = [
     Rule(id="BASTION-EX-001", title="Model can be copied through its prediction API (model extraction)",

@@ -149,6 +149,21 @@ class FidelityCurve(_Artifact):
     fidelity: list[Number]
 
 
+class InversionGrid(_Artifact):
+    """Model-inversion reconstructions (nested lists of ``shape``) beside the mean real record of
+    each class, with each reconstruction's similarity to its class mean and the class whose mean
+    it is most similar to."""
+
+    type: Literal["inversion_grid"] = "inversion_grid"
+    attack: str = ""
+    shape: list[int]
+    class_means: list[Any]
+    reconstructions: list[Any]
+    labels: list[str] = Field(default_factory=list)
+    similarity: list[Number] = Field(default_factory=list)
+    nearest: list[str] = Field(default_factory=list)
+
+
 class DriftSeries(_Artifact):
     """A drift statistic over time windows, with its alert threshold."""
 
@@ -214,7 +229,7 @@ class VariantTable(_Artifact):
 
 Artifact = Annotated[
     RobustnessCurve | ExampleGrid | TabularExamples | StageChart | QueryCurve | Histogram | RocCurve
-    | FidelityCurve | DriftSeries | QueryLog | ReliabilityDiagram | VariantTable,
+    | FidelityCurve | DriftSeries | QueryLog | ReliabilityDiagram | VariantTable | InversionGrid,
     Field(discriminator="type"),
 ]
 

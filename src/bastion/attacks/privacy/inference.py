@@ -27,7 +27,7 @@ from bastion.core.arrays import Array
 from bastion.core.capability import Configurable, metering
 from bastion.core.data import check_label_indices
 from bastion.core.registry import Registry
-from bastion.core.results import CheckResult
+from bastion.core.results import CheckResult, InversionGrid
 from bastion.core.run import RunContext
 from bastion.core.stats import binom_sf, mcnemar_greater
 from bastion.core.targets.base import Target
@@ -226,8 +226,9 @@ def _scheme(data: AttributeData, values: np.ndarray,
                             f"which are not among the candidates {cand.tolist()[:10]}")
         if len(cand) > MAX_CANDIDATES:
             raise DataError(f"attribute column {data.attribute} takes {len(cand)} distinct values (at most "
-                            f"{MAX_CANDIDATES} candidates are tried)",
-                            hint="treat it as continuous with bins (kind: continuous, bins: 5)")
+                            f"{MAX_CANDIDATES} candidates are tried): infer it as a numeric attribute in bins",
+                            hint="a policy's check takes 'attribute_kind: numeric' (and 'bins'); AttributeData takes "
+                                 "kind='continuous', bins=5")
         return cand, None
     if data.bins is None:
         return None, None
@@ -271,8 +272,9 @@ class InversionResult(BaseModel):
     - ``similarity[i]``: cosine similarity of reconstruction and class mean of ``classes[i]``, both
       taken relative to the overall mean (1: the class's own pattern, 0: unrelated);
     - ``identified``: the share of classes whose reconstruction is more similar to its own class
-      mean than to any other class's; chance is ``1 / len(classes)``, and ``p_value`` is the exact
-      binomial probability of identifying as many by chance."""
+      mean than to any other class's (``nearest[i]``: the class whose mean is most similar); chance
+      is ``1 / len(classes)``, and ``p_value`` is the exact binomial probability of identifying as
+      many by chance."""
 
     attack: str
     reconstructions: Array
@@ -283,13 +285,15 @@ class InversionResult(BaseModel):
     baseline: float
     advantage: float
     similarity: Array | None = None
+    nearest: list[int] = Field(default_factory=list)
     identified: float | None = None
     p_value: float | None = None
     queries: int
     seconds: float
 
-    def record(self, check: CheckResult) -> None:
-        """Add the reconstructions' figures to ``check``."""
+    def record(self, check: CheckResult, class_names: list[str] | None = None) -> None:
+        """Add the reconstructions' figures to ``check``, and for images (inputs of 2 or 3 axes) a
+        grid of each class's mean beside its reconstruction."""
         check.measure("inversion_distance", self.distance, "eps", attack=self.attack)
         check.measure("baseline_distance", self.baseline, "eps", attack=self.attack)
         check.measure("inversion_advantage", self.advantage, "eps", attack=self.attack)
@@ -298,6 +302,14 @@ class InversionResult(BaseModel):
             check.measure("inversion_similarity", float(np.mean(self.similarity)), "score", attack=self.attack)
         check.measure("inversion_confidence", float(np.mean(self.confidence)), "ratio", attack=self.attack)
         check.measure("queries", self.queries, "queries", attack=self.attack)
+        shape = list(self.reconstructions.shape[1:])
+        if len(shape) in (2, 3) and self.class_means is not None:
+            names = class_names or [str(c) for c in range(len(self.reconstructions))]
+            check.artifacts.append(InversionGrid(
+                attack=self.attack, shape=shape, class_means=self.class_means.tolist(),
+                reconstructions=self.reconstructions[self.classes].tolist(), labels=[names[c] for c in self.classes],
+                similarity=[] if self.similarity is None else [float(v) for v in self.similarity],
+                nearest=[names[c] for c in self.nearest]))
 
 
 class ModelInversion(Configurable, ABC):
@@ -339,13 +351,14 @@ class ModelInversion(Configurable, ABC):
         distance = float(np.mean(dist(mine, means)))
         baseline = float(np.mean(dist(np.broadcast_to(overall, means.shape), means)))
         sim = _cosine(((mine - overall) / scale).reshape(len(mine), -1), ((means - overall) / scale).reshape(len(mine), -1))
-        hits = int(np.sum(sim.argmax(axis=1) == np.arange(len(present)))) if len(present) > 1 else 0
+        nearest = [present[i] for i in sim.argmax(axis=1)]
+        hits = int(np.sum(np.array(nearest) == np.array(present))) if len(present) > 1 else 0
         with target.uncounted():  # bastion's own measurement
             conf = target.predict_proba(rec)[np.arange(len(rec)), np.arange(len(rec))]
         return InversionResult(
             attack=self.label, reconstructions=rec, confidence=conf, classes=present,
             class_means=means.astype(np.float32), distance=distance, baseline=baseline,
-            advantage=baseline - distance, similarity=np.diag(sim),
+            advantage=baseline - distance, similarity=np.diag(sim), nearest=nearest,
             identified=hits / len(present) if len(present) > 1 else None,
             p_value=binom_sf(hits, len(present), 1 / len(present)) if len(present) > 1 else None,
             queries=meter.queries, seconds=meter.seconds)

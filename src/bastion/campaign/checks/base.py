@@ -146,6 +146,8 @@ CHECKS: Registry[type[Check]] = Registry("check", {
     "gradient-masking": "bastion.campaign.checks.gradient_masking:GradientMaskingCheck",
     "defense-eval": "bastion.campaign.checks.defense_eval:DefenseEvalCheck",
     "membership": "bastion.campaign.checks.membership:MembershipCheck",
+    "attribute-inference": "bastion.campaign.checks.attribute:AttributeInferenceCheck",
+    "model-inversion": "bastion.campaign.checks.inversion:ModelInversionCheck",
     "extraction": "bastion.campaign.checks.extraction:ExtractionCheck",
     "model-file": "bastion.campaign.checks.model_file:ModelFileCheck",
     "audit-data": "bastion.campaign.checks.audit_data:AuditDataCheck",

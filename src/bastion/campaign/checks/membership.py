@@ -31,60 +31,19 @@ from bastion.attacks.privacy.membership import (
     get_membership_attack,
 )
 from bastion.campaign.checks.base import Check, CheckContext, CheckFailed, CheckParams, Interrupted, register_check
+from bastion.campaign.checks.records import RecordSet, select_records
 from bastion.campaign.gates import GateView
 from bastion.campaign.privacy_rules import GAP_RULE, MEMBERSHIP_RULE
-from bastion.core.data import Dataset, align_labels
 from bastion.core.results import CheckResult, Severity
 from bastion.core.rules import get_rule
 from bastion.core.run import RunContext
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
-from bastion.errors import BastionError, UsageError
+from bastion.errors import BastionError
 
 MEASURED = frozenset({"membership_auc", "membership_advantage", "tpr_at_fpr", "tpr_at_fpr_ci_low",
                       "tpr_at_fpr_ci_high", "membership_auc_by_class", "queries", "train_accuracy",
                       "test_accuracy", "accuracy_gap", "members", "non_members"})
-
-
-class RecordSet(CheckParams):
-    """Records of one dataset role (``members``, ``non_members``, ``reference``, ``eval``, ``train``,
-    ``holdout``), optionally only those at ``indices`` ("START:STOP" or a list)."""
-
-    role: str
-    indices: list[int] | str | None = None
-
-    @field_validator("role")
-    @classmethod
-    def _role(cls, v: str) -> str:
-        from bastion.campaign.policy import DATASET_ROLES
-
-        if v not in DATASET_ROLES:
-            raise ValueError(f"unknown dataset role '{v}'; allowed: {', '.join(DATASET_ROLES)}")
-        return v
-
-    @field_validator("indices")
-    @classmethod
-    def _indices(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            start, sep, stop = v.partition(":")
-            if not sep or not all(s.strip().isdigit() for s in (start or "0", stop or "0")):
-                raise ValueError(f"indices must be a list of integers or 'START:STOP', got {v!r}")
-        elif isinstance(v, list) and any(i < 0 for i in v):
-            raise ValueError("indices must be >= 0")
-        return v
-
-    def select(self, n: int, where: str) -> np.ndarray:
-        if self.indices is None:
-            return np.arange(n)
-        if isinstance(self.indices, str):
-            start, _, stop = self.indices.partition(":")
-            idx = np.arange(int(start or 0), int(stop) if stop.strip() else n)
-        else:
-            idx = np.asarray(self.indices, np.int64)
-        if len(idx) == 0 or idx.max() >= n:
-            raise UsageError(f"{where}.indices select records beyond the {n} of dataset role '{self.role}'"
-                             if len(idx) else f"{where}.indices select no record")
-        return idx
 
 
 class AttackSpec(CheckParams):
@@ -205,17 +164,7 @@ class MembershipCheck(Check):
         return MembershipSplits(xm, ym, xn, yn, xr, yr)
 
     def _records(self, ctx: CheckContext, target: Target, rs: RecordSet, where: str) -> tuple[np.ndarray, np.ndarray]:
-        if rs.role == "eval":
-            data, y = ctx.data, ctx.y
-        else:
-            if rs.role not in ctx.datasets:
-                raise UsageError(f"check '{self.name}': {where} come from the dataset role '{rs.role}', which the "
-                                 "policy does not give", hint=f"add 'datasets: {{{rs.role}: ...}}' to the policy")
-            data = ctx.datasets[rs.role]
-            y = align_labels(data, target)
-        assert isinstance(data, Dataset) and y is not None
-        idx = rs.select(len(data), f"{where}")
-        return target.input_spec.validate(data.x[idx], what=f"{where} ('{rs.role}')"), np.asarray(y)[idx]
+        return select_records(ctx, target, rs, self.name, where)
 
     # --- results -------------------------------------------------------------------------------
     def _finish(self, res: CheckResult, results: list[MembershipResult], errors: list[str], t0: float) -> CheckResult:

@@ -32,6 +32,7 @@ _RC = {
 }
 _COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#ca8a04"]
 MAX_EXAMPLES = 10
+MAX_INVERSION_CLASSES = 20
 
 
 def _rc() -> dict[str, Any]:
@@ -166,6 +167,50 @@ def example_grid(examples: Mapping[str, Any]) -> str:
                     spine.set_visible(False)
         for i, name in enumerate(rows):
             axes[i, 0].set_ylabel(name, fontsize=8)
+        return figure_to_data_uri(fig, "png", dpi=120)
+
+
+def inversion_grid(grid: Mapping[str, Any]) -> str:
+    """Each class's mean real record above the model-inversion reconstruction of that class, on one
+    shared grey scale, with the reconstruction's similarity to its class mean (green when its own
+    class mean is the most similar one; red, naming the nearest class, otherwise) (PNG)."""
+    import matplotlib
+
+    shape = grid.get("shape")
+    if not isinstance(shape, list | tuple):
+        raise ValueError("an inversion grid needs a 'shape'")  # noqa: TRY004 - bad data, reported as a drawing error
+    means = _images(grid.get("class_means"), shape, "class_means")
+    recs = _images(grid.get("reconstructions"), shape, "reconstructions")
+    if means.shape != recs.shape:
+        raise ValueError("class_means and reconstructions hold different numbers of images")
+    n = min(len(means), MAX_INVERSION_CLASSES)
+    means, recs = means[:n], recs[:n]
+    labels = [str(s) for s in grid.get("labels", [])]
+    nearest = [str(s) for s in grid.get("nearest", [])]
+    sim = list(grid.get("similarity", []))
+    lo, hi = float(min(means.min(), recs.min())), float(max(means.max(), recs.max()))
+    gray = "gray" if means.ndim == 3 else None
+    if means.ndim == 4:  # colour: shown as it is, scaled to [0, 1] together
+        means, recs, lo, hi = (means - lo) / ((hi - lo) or 1.0), (recs - lo) / ((hi - lo) or 1.0), 0.0, 1.0
+    with matplotlib.rc_context({**_rc(), "axes.grid": False}):
+        fig = _figure(1.1 * n + 1.0, 2.9)
+        axes = fig.subplots(2, n, squeeze=False)
+        for j in range(n):
+            axes[0, j].imshow(means[j], cmap=gray, vmin=lo, vmax=hi, interpolation="nearest")
+            axes[1, j].imshow(recs[j], cmap=gray, vmin=lo, vmax=hi, interpolation="nearest")
+            if j < len(labels):
+                axes[0, j].set_title(f"class {labels[j]}", fontsize=8)
+            if j < len(sim) and isinstance(sim[j], int | float):
+                own = j >= len(nearest) or j >= len(labels) or nearest[j] == labels[j]
+                text = f"cos {float(sim[j]):.2f}" + ("" if own else f"\n≈ {nearest[j]}")
+                axes[1, j].set_xlabel(text, fontsize=8, color="#15803d" if own else "#b91c1c")
+            for i in range(2):
+                axes[i, j].set_xticks([])
+                axes[i, j].set_yticks([])
+                for spine in axes[i, j].spines.values():
+                    spine.set_visible(False)
+        axes[0, 0].set_ylabel("class mean", fontsize=8)
+        axes[1, 0].set_ylabel("reconstructed", fontsize=8)
         return figure_to_data_uri(fig, "png", dpi=120)
 
 

@@ -18,6 +18,7 @@ from bastion.core.results import (
     ExampleGrid,
     FidelityCurve,
     Histogram,
+    InversionGrid,
     QueryCurve,
     QueryLog,
     ReliabilityDiagram,
@@ -55,6 +56,14 @@ def example_grids(arts: Sequence[ExampleGrid]) -> list[Block]:
                            "amplified (red = brighter, blue = darker). Bottom: the modified input and what the "
                            "model now says (red when it is wrong).", wide=True))
     return out
+
+
+def inversion_grids(arts: Sequence[InversionGrid]) -> list[Block]:
+    return [_figure(a.title or f"Model inversion ({a.attack or 'attack'})", plots.inversion_grid(a.model_dump()),
+                    "Top: the mean of each class's real records. Bottom: the input the attack reconstructed from "
+                    "the model alone for that class, on the same grey scale. cos: how similar the reconstruction is "
+                    "to its class mean (both relative to the mean of all records; green when its own class mean is "
+                    "the most similar one, red naming the class it resembles most).", wide=True) for a in arts]
 
 
 def stage_charts(arts: Sequence[StageChart]) -> list[Block]:
@@ -191,4 +200,5 @@ RENDERERS: Registry[Renderer] = Registry("renderer", {
     "query_log": f"{_HERE}:query_logs",
     "reliability_diagram": f"{_HERE}:reliability_diagrams",
     "variant_table": f"{_HERE}:variant_tables",
+    "inversion_grid": f"{_HERE}:inversion_grids",
 })
