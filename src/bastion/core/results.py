@@ -185,6 +185,16 @@ class ReliabilityDiagram(_Artifact):
     ece: Number = None
 
 
+class PoisoningCurve(_Artifact):
+    """A poisoning attack's effect against the fraction of poisoned training records: one series of
+    ratios per figure (clean accuracy, accuracy on the targeted class, attack success)."""
+
+    type: Literal["poisoning_curve"] = "poisoning_curve"
+    attack: str
+    fractions: list[float]
+    series: dict[str, list[Number]]
+
+
 class QueryLog(_Artifact):
     """Counters of the requests sent to a remote model (count, seconds, bytes, retries, ...)."""
 
@@ -229,7 +239,8 @@ class VariantTable(_Artifact):
 
 Artifact = Annotated[
     RobustnessCurve | ExampleGrid | TabularExamples | StageChart | QueryCurve | Histogram | RocCurve
-    | FidelityCurve | DriftSeries | QueryLog | ReliabilityDiagram | VariantTable | InversionGrid,
+    | FidelityCurve | DriftSeries | QueryLog | ReliabilityDiagram | VariantTable | InversionGrid
+    | PoisoningCurve,
     Field(discriminator="type"),
 ]
 

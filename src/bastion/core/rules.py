@@ -35,6 +35,7 @@ RULE_MODULES: Registry[Iterable[Rule]] = Registry("rule module", {
     "BASTION-SC-": "bastion.supply.rules:CATALOGUE",
     "BASTION-DA-": "bastion.audit.rules:CATALOGUE",
     "BASTION-MI-": "bastion.campaign.privacy_rules:CATALOGUE",
+    "BASTION-PO-": "bastion.campaign.poisoning_rules:CATALOGUE",
     "BASTION-EX-": "bastion.campaign.privacy_rules:EXTRACTION_CATALOGUE",
     "BASTION-VA-": "bastion.campaign.variant_rules:CATALOGUE",
 }, group="bastion.rules")

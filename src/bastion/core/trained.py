@@ -152,11 +152,25 @@ def answer(model: Any, queries: list[np.ndarray], n_classes: int, what: str) -> 
         logp = predict_all(model, queries)
     except BastionError as exc:
         raise BastionRuntimeError(f"the trainer returned an unusable model for {what}: {exc.message}") from exc
+    logp = _all_classes(model, logp, n_classes)
     want = (len(queries), len(queries[0]), n_classes)
     if logp.shape != want or np.isnan(logp).any() or (logp > 1e-6).any():
         raise BastionRuntimeError(f"the trainer returned an unusable model for {what}: it answered "
                                   f"scores of shape {logp.shape[1:]} (want {want[1:]}), or not probabilities")
     return logp
+
+
+def _all_classes(model: Any, logp: np.ndarray, n_classes: int) -> np.ndarray:
+    """Answers over every class index: a model trained on data that lacks some class (a scikit-learn
+    estimator then knows only the labels it saw, e.g. once poison relabelled a whole class) gets
+    a probability of 0 (log: the smallest float) for the classes it never saw."""
+    known = list(getattr(model, "classes", []) or [])
+    if logp.shape[-1] == n_classes or len(known) != logp.shape[-1] or not all(
+            isinstance(c, int | np.integer) and 0 <= c < n_classes for c in known):
+        return logp
+    full = np.full((*logp.shape[:-1], n_classes), np.log(np.finfo(np.float64).tiny))
+    full[..., np.asarray(known, np.int64)] = logp
+    return full
 
 
 def fit_model(trainer: Any, request: TrainRequest, what: str) -> Any:

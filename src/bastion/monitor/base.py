@@ -105,6 +105,7 @@ class Detector(Configurable, ABC):
 DETECTORS: Registry[type[Detector]] = Registry("detector", {
     "prada": "bastion.monitor.extraction:Prada",
     "query-distribution": "bastion.monitor.extraction:QueryDistribution",
+    "strip": "bastion.monitor.strip:STRIP",
 })
 """Detectors by name: bastion's own (the extraction detectors of :mod:`bastion.monitor.extraction`)
 and those of the ``bastion.detectors`` entry points."""

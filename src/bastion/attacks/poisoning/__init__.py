@@ -1,5 +1,12 @@
-"""Training-time attacks: data poisoning, label flipping, backdoor triggers."""
+"""Training-time attacks: data poisoning, label flipping, backdoor triggers, and the detectors of
+poisoned training records (docs/poisoning.md)."""
 
-from bastion.attacks.poisoning.base import PoisonResult, PoisoningAttack, Trigger
+from bastion.attacks.poisoning.base import (
+    POISONING_ATTACKS,
+    PoisoningAttack,
+    PoisonResult,
+    Trigger,
+    get_poisoning_attack,
+)
 
-__all__ = ["PoisonResult", "PoisoningAttack", "Trigger"]
+__all__ = ["POISONING_ATTACKS", "PoisonResult", "PoisoningAttack", "Trigger", "get_poisoning_attack"]

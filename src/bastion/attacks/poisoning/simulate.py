@@ -14,11 +14,15 @@ and measures on clean test records:
 then, for each detector, its precision and recall on the poisoned records and the same figures for
 a model retrained on the training set without the flagged records. Fraction 0 is the clean model.
 A trainer that fails on some poisoned set is recorded for that fraction (``error``); the others go on.
+A ``probe`` (a picklable function of the poisoned model, the trigger, the test records and a run
+context, returning named figures) looks at each poisoned model where it was trained: how the
+campaign measures inference-time detectors such as STRIP without this module importing them.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -34,6 +38,9 @@ from bastion.core.threat import ThreatModel
 from bastion.core.trained import run_units, trained_answers
 from bastion.core.training import TrainRequest
 from bastion.errors import BastionRuntimeError, UsageError
+
+
+Probe = Callable[[Any, Trigger | None, np.ndarray, np.ndarray, RunContext], dict[str, float | None]]
 
 
 class Outcome(BaseModel):
@@ -64,6 +71,7 @@ class FractionOutcome(BaseModel):
     poisoned: int
     model: Outcome | None = None
     detectors: list[DetectorOutcome] = Field(default_factory=list)
+    probe: dict[str, float | None] = Field(default_factory=dict)
     error: str | None = None
 
 
@@ -84,6 +92,8 @@ class Simulation(BaseModel):
             at = {"attack": self.attack, "fraction": f"{o.fraction:g}"}
             if o.model is not None:
                 _outcome(check, o.model, **at)
+            for name, value in o.probe.items():
+                check.measure(name, value, "ratio", **at)
             for d in o.detectors:
                 check.measure("detector_precision", d.precision, "ratio", detector=d.detector, **at)
                 check.measure("detector_recall", d.recall, "ratio", detector=d.detector, **at)
@@ -101,7 +111,8 @@ def _outcome(check: CheckResult, o: Outcome, prefix: str = "", **where: Any) -> 
 
 def simulate(attack: PoisoningAttack, train: Dataset, test: Dataset, fractions: list[float], trainer: Any, *,
              detectors: list[PoisonDetector] = (), spec: InputSpec | None = None,  # type: ignore[assignment]
-             classes: list[Any] | None = None, ctx: RunContext | None = None, cache: bool = True) -> Simulation:
+             classes: list[Any] | None = None, ctx: RunContext | None = None, cache: bool = True,
+             probe: Probe | None = None) -> Simulation:
     """Run ``attack`` at each of ``fractions`` (0 adds the clean model) through ``trainer``; labels
     of ``train`` and ``test`` are class indices. Each detector whose ``poison_rate`` is not set
     by the caller is told the fraction simulated (the defender who knows the rate: its best case)."""
@@ -117,7 +128,7 @@ def simulate(attack: PoisoningAttack, train: Dataset, test: Dataset, fractions: 
     units = [Unit(fraction_unit, f"fraction-{f:g}", {
         "attack": attack, "x": x, "y": y, "xt": xt, "yt": yt, "fraction": float(f), "top": float(max(fractions)),
         "poison_seed": poison_seed, "trainer": trainer, "detectors": list(detectors), "spec": spec,
-        "classes": classes, "cache": cache})
+        "classes": classes, "cache": cache, "probe": probe})
         for f in sorted({0.0, *map(float, fractions)})]
     outcomes = run_units(trainer, units, ctx, what=f"poisoned models ({attack.label})")
     p = attack.params
@@ -129,7 +140,8 @@ def simulate(attack: PoisoningAttack, train: Dataset, test: Dataset, fractions: 
 
 def fraction_unit(ctx: RunContext, attack: PoisoningAttack, x: np.ndarray, y: np.ndarray, xt: np.ndarray,
                   yt: np.ndarray, fraction: float, top: float, poison_seed: int, trainer: Any,
-                  detectors: list[PoisonDetector], spec: InputSpec, classes: list[Any], cache: bool) -> FractionOutcome:
+                  detectors: list[PoisonDetector], spec: InputSpec, classes: list[Any], cache: bool,
+                  probe: Probe | None = None) -> FractionOutcome:
     """One fraction: poison, train, measure, detect, retrain on what each detector left. Fraction 0
     trains on the clean set (and measures a backdoor's trigger, taken from the top fraction, on it)."""
     ctx.check_cancelled()
@@ -144,7 +156,7 @@ def fraction_unit(ctx: RunContext, attack: PoisoningAttack, x: np.ndarray, y: np
         trigger = poisoned.trigger
     out = FractionOutcome(fraction=fraction, poisoned=len(poisoned.poison_indices))
     seed = int(ctx.key("train") % 2**31)
-    need_model = any(d.needs_model for d in detectors) and fraction > 0
+    need_model = (probe is not None or any(d.needs_model for d in detectors)) and fraction > 0
     try:
         out.model, model = _train_and_measure(attack, trainer, poisoned.x, poisoned.y, seed, xt, yt, trigger, spec,
                                               classes, cache, f"the model poisoned at {fraction:g}", need_model)
@@ -153,6 +165,8 @@ def fraction_unit(ctx: RunContext, attack: PoisoningAttack, x: np.ndarray, y: np
         return out
     if fraction == 0:
         return out
+    if probe is not None:
+        out.probe = probe(model, trigger, xt, yt, ctx.spawn("probe"))
     truth = np.zeros(len(poisoned.x), bool)
     truth[poisoned.poison_indices] = True
     for det in detectors:

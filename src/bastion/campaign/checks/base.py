@@ -153,6 +153,7 @@ CHECKS: Registry[type[Check]] = Registry("check", {
     "audit-data": "bastion.campaign.checks.audit_data:AuditDataCheck",
     "certify": "bastion.campaign.checks.certify:CertifyCheck",
     "variants": "bastion.campaign.checks.variants:VariantsCheck",
+    "poisoning": "bastion.campaign.checks.poisoning:PoisoningCheck",
 })
 """Every check kind: bastion's own and those of the ``bastion.checks`` entry points."""
 

@@ -19,6 +19,7 @@ from bastion.core.results import (
     FidelityCurve,
     Histogram,
     InversionGrid,
+    PoisoningCurve,
     QueryCurve,
     QueryLog,
     ReliabilityDiagram,
@@ -119,6 +120,18 @@ def reliability_diagrams(arts: Sequence[ReliabilityDiagram]) -> list[Block]:
                     "calibrated model lies on the dashed diagonal; below it, the model is overconfident.")]
 
 
+def poisoning_curves(arts: Sequence[PoisoningCurve]) -> list[Block]:
+    out = []
+    for a in arts:
+        series = [(name.replace("_", " "), a.fractions, [float("nan") if v is None else v for v in values])
+                  for name, values in a.series.items()]
+        out.append(_figure(a.title or f"Poisoning: {a.attack}", plots.line_chart(
+            series, xlabel="share of poisoned training records", ylabel="share of test records"),
+            "What a model trained on the poisoned data does on clean test records (accuracy) and how often the "
+            "attacker gets the answer they want (attack success), as the attacker controls more training records."))
+    return out
+
+
 def tabular_examples(arts: Sequence[TabularExamples]) -> list[Block]:
     out = []
     for a in arts:
@@ -201,4 +214,5 @@ RENDERERS: Registry[Renderer] = Registry("renderer", {
     "reliability_diagram": f"{_HERE}:reliability_diagrams",
     "variant_table": f"{_HERE}:variant_tables",
     "inversion_grid": f"{_HERE}:inversion_grids",
+    "poisoning_curve": f"{_HERE}:poisoning_curves",
 })
