@@ -101,6 +101,9 @@ def test_budget_too_small_for_the_rounds_and_unknown_parameters() -> None:
     with pytest.raises(UsageError, match="3 queries cannot be split into 4 rounds"):
         get_extraction_attack("knockoff").run(target, _pool(), ThreatModel(query_budget=3))
     assert not target.asked
+    with pytest.raises(UsageError, match="jacobian: give a number of queries or a query budget"):
+        get_extraction_attack("jacobian").run(target, _pool())  # synthetic queries have no natural end
+    assert not target.asked
     with pytest.raises(UsageError, match="labels"):
         get_extraction_attack("copycat", labels="soft")
 
