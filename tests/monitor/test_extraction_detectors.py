@@ -80,3 +80,32 @@ def test_bad_input_is_refused_with_what_and_why() -> None:
         Prada(outputs=4).fit(np.zeros((10, 4)))
     assert {"prada", "query-distribution"} <= set(DETECTORS)
     assert DETECTORS.get_object("prada") is Prada
+
+
+def _naive_prada_w(stream: np.ndarray) -> float:
+    """PRADA as the paper writes it: one query at a time, against the growing set of its class."""
+    from scipy.stats import shapiro
+
+    x, labels = stream[:, :-K], stream[:, -K:].argmax(1)
+    grown: dict[int, list[np.ndarray]] = {}
+    kept: dict[int, list[float]] = {}
+    t: dict[int, float] = {}
+    dist = []
+    for row, c in zip(x, labels, strict=True):
+        if c not in grown:
+            grown[c], kept[c], t[c] = [row], [], 0.0
+            continue
+        d = min(float(np.linalg.norm(g - row)) for g in grown[c])
+        dist.append(d)
+        if d > t[c]:
+            grown[c].append(row)
+            kept[c].append(d)
+            t[c] = max(t[c], float(np.mean(kept[c]) - np.std(kept[c])))
+    return float(shapiro(dist).statistic)
+
+
+def test_prada_in_batches_equals_the_papers_query_by_query_loop() -> None:
+    stream = _synthetic(20, 10, 5)
+    det = Prada(outputs=K, delta=0.999).fit(_natural(50, 0))
+    (alert,) = det.update(stream)
+    assert 1.0 - alert.score == pytest.approx(_naive_prada_w(stream), abs=1e-9)

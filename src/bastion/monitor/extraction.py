@@ -71,7 +71,7 @@ class PradaParams(StreamParams):
 
 @dataclass
 class _PradaState:
-    growing: dict[int, list[np.ndarray]] = field(default_factory=dict)  # class -> its growing set
+    growing: dict[int, np.ndarray] = field(default_factory=dict)        # class -> its growing set (rows)
     kept: dict[int, list[float]] = field(default_factory=dict)          # class -> distances of the kept queries
     threshold: dict[int, float] = field(default_factory=dict)           # class -> T_c
     distances: list[float] = field(default_factory=list)                # D: every query's minimum distance
@@ -90,23 +90,36 @@ class Prada(_ClientDetector):
     def _initial_state(self) -> _PradaState:
         return _PradaState()
 
+    @staticmethod
+    def _grow(rows: np.ndarray, c: int, state: _PradaState) -> None:
+        """PRADA's loop over one class's queries of a window, in order: distances to the growing set
+        as it was before the window in one batch, then to the rows this window added."""
+        grown = state.growing.get(c)
+        before = (np.full(len(rows), np.inf) if grown is None else np.sqrt(np.maximum(
+            (rows ** 2).sum(1)[:, None] - 2 * rows @ grown.T + (grown ** 2).sum(1)[None], 0.0)).min(1))
+        added: list[np.ndarray] = []
+        for row, dmin in zip(rows, before.tolist(), strict=True):
+            if added:
+                dmin = min(dmin, float(np.sqrt(((np.stack(added) - row) ** 2).sum(1).min())))
+            if not np.isfinite(dmin):  # the class's first query starts its growing set
+                added.append(row)
+                state.kept[c], state.threshold[c] = [], 0.0
+                continue
+            state.distances.append(dmin)
+            if dmin > state.threshold[c]:
+                added.append(row)
+                kept = state.kept[c]
+                kept.append(dmin)
+                state.threshold[c] = max(state.threshold[c], float(np.mean(kept) - np.std(kept)))
+        if added:
+            state.growing[c] = np.concatenate([g for g in (grown, np.stack(added)) if g is not None])
+
     def _update(self, window: np.ndarray, state: _PradaState) -> list[Alert]:
         from scipy.stats import shapiro
 
         x, labels = self._split(window)
-        for row, c in zip(x, labels.tolist(), strict=True):
-            grown = state.growing.setdefault(c, [])
-            if not grown:
-                grown.append(row)
-                state.kept[c], state.threshold[c] = [], 0.0
-                continue
-            dmin = float(np.sqrt(((np.stack(grown) - row) ** 2).sum(1).min()))
-            state.distances.append(dmin)
-            if dmin > state.threshold[c]:
-                grown.append(row)
-                kept = state.kept[c]
-                kept.append(dmin)
-                state.threshold[c] = max(state.threshold[c], float(np.mean(kept) - np.std(kept)))
+        for c in np.unique(labels).tolist():
+            self._grow(x[labels == c], c, state)
         if len(state.distances) < self.params.min_queries:
             return []
         with warnings.catch_warnings():  # scipy warns that its p-value is rough past 5000 values; W is not
