@@ -91,6 +91,13 @@ CATALOGUE: list[Rule] = [
          remediation="Do not rely on input transformations for robustness: train the model robustly (bastion harden "
                      "with pgd-at or trades) and evaluate every defense adaptively (the defense-eval check, or any "
                      "white-box attack on the defended target, which takes the adaptive path by default)."),
+    Rule(id="BASTION-EV-111", title="A detector of adversarial inputs is bypassed by an adaptive attack",
+         threat="evasion-whitebox", default_severity=Severity.high,
+         help="A detector that flags the inputs of attacks unaware of it can still be evaded: an attack that "
+              "optimises against the classifier and the detector together finds inputs that are misclassified and "
+              "not flagged (Carlini & Wagner 2017, arXiv:1705.07263).",
+         remediation="Do not count on a detector for robustness against an attacker who may know it: use it to raise "
+                     "the cost of attacks and to watch traffic, and harden the model itself (bastion harden)."),
 ]
 
 #: Evasion rule of each attack family.
@@ -98,6 +105,7 @@ EVASION_RULE = {"evasion-whitebox": "BASTION-EV-001", "evasion-blackbox": "BASTI
                 "evasion-transfer": "BASTION-EV-003"}
 MINIMAL_RULE = "BASTION-EV-010"
 OBFUSCATION_RULE = "BASTION-EV-110"
+DETECTOR_RULE = "BASTION-EV-111"
 #: Gradient-masking rule of each sanity check.
 MASKING_RULE = {"randomized-outputs": "BASTION-EV-101", "output-kind": "BASTION-EV-102",
                 "zero-gradients": "BASTION-EV-103", "blackbox-beats-whitebox": "BASTION-EV-104",

@@ -106,6 +106,9 @@ DETECTORS: Registry[type[Detector]] = Registry("detector", {
     "prada": "bastion.monitor.extraction:Prada",
     "query-distribution": "bastion.monitor.extraction:QueryDistribution",
     "strip": "bastion.monitor.strip:STRIP",
+    "feature-squeezing": "bastion.monitor.adversarial:FeatureSqueezing",
+    "mahalanobis": "bastion.monitor.adversarial:Mahalanobis",
 })
-"""Detectors by name: bastion's own (the extraction detectors of :mod:`bastion.monitor.extraction`)
-and those of the ``bastion.detectors`` entry points."""
+"""Detectors by name: bastion's own (the extraction detectors of :mod:`bastion.monitor.extraction`,
+STRIP, the adversarial-input detectors of :mod:`bastion.monitor.adversarial`) and those of the
+``bastion.detectors`` entry points."""

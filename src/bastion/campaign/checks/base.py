@@ -145,6 +145,7 @@ CHECKS: Registry[type[Check]] = Registry("check", {
     "evasion": "bastion.campaign.checks.evasion:EvasionCheck",
     "gradient-masking": "bastion.campaign.checks.gradient_masking:GradientMaskingCheck",
     "defense-eval": "bastion.campaign.checks.defense_eval:DefenseEvalCheck",
+    "detector-eval": "bastion.campaign.checks.detector_eval:DetectorEvalCheck",
     "membership": "bastion.campaign.checks.membership:MembershipCheck",
     "attribute-inference": "bastion.campaign.checks.attribute:AttributeInferenceCheck",
     "model-inversion": "bastion.campaign.checks.inversion:ModelInversionCheck",
