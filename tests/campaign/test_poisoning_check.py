@@ -46,7 +46,7 @@ def test_flips_and_triggers_are_measured_drawn_and_mapped(tmp_path: Path, monkey
     assert check.values("strip_false_alarm_rate", attack="table-trigger")  # STRIP measured on backdoors only
     assert not check.values("strip_detection_rate", attack="label-flip")
     curves = [a for a in check.artifacts if a.type == "poisoning_curve"]
-    assert [c.fractions for c in curves] == [[0.0, 0.05, 0.2]] * 2 and "attack_success" in curves[1].series
+    assert [c.x for c in curves] == [[0.0, 0.05, 0.2]] * 2 and "attack_success" in curves[1].series
     rules = {f.rule_id: f for f in check.findings}
     assert rules["BASTION-PO-001"].atlas == ["AML.T0020"] and rules["BASTION-PO-001"].owasp == ["ML02"]
     assert rules["BASTION-PO-002"].atlas == ["AML.T0018.000", "AML.T0043.004"]
@@ -89,3 +89,21 @@ def test_bad_parameters_are_refused_when_the_policy_loads(tmp_path: Path, check:
     path.write_text(yaml.safe_dump(_policy(**check)))
     with pytest.raises(PolicyError, match=msg):
         load_policy(path)
+
+
+def test_online_learning_is_measured_per_round(tmp_path: Path) -> None:
+    doc = _policy(attacks=[{"attack": "table-trigger", "params": {"target_class": 0}}], fractions=[0.1],
+                  detectors=[], strip=False, online_batch_size=50, online_fraction=0.2)
+    doc["trainer"] = {"spec": "sklearn:sklearn.linear_model:SGDClassifier", "params": {"random_state": 0, "loss": "log_loss"}}
+    check = _scan(tmp_path, doc).checks[0]
+    assert check.status == "complete", check.reason
+    rounds = check.values("online_attack_success", attack="table-trigger")
+    assert len(rounds) == 6 and rounds[-1] > 0.8  # 300 records in batches of 50
+    assert check.values("online_reference_attack_success", attack="table-trigger", round=6)[0] < 0.2
+    curve = [a for a in check.artifacts if a.type == "poisoning_curve" and a.xlabel.startswith("round")]
+    assert curve and curve[0].x == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert any(f.rule_id == "BASTION-PO-002" and "online" in f.title for f in check.findings)
+    doc["trainer"] = {"spec": "sklearn:sklearn.linear_model:LogisticRegression"}  # no partial_fit
+    failed = _scan(tmp_path, doc).checks[0]
+    assert failed.status == "error" and "LogisticRegression has no partial_fit" in failed.reason
+    assert failed.values("clean_accuracy", fraction="0.1")  # the batch simulation was kept

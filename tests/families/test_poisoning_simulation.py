@@ -211,3 +211,26 @@ def test_trainings_are_cached_and_a_failing_trainer_costs_one_fraction(tmp_path:
     assert errors[0] is None and errors[1] is None
     assert "the trainer failed on the model poisoned at 0.2: ValueError: too many zeros" in errors[2]
     assert sim.outcomes[2].model is None and os.path.exists(tmp_path / "fragile")
+
+
+def _mlp_module() -> Any:
+    import torch
+
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+
+
+def test_online_learning_with_a_torch_procedure_learns_the_trigger_round_by_round() -> None:
+    from bastion.attacks.poisoning.online import simulate_online
+    from bastion.core.training import Adam, TorchTrainingProcedure
+
+    proc = TorchTrainingProcedure(_mlp_module, optimizer=Adam(0.01), epochs=3, batch_size=32)
+    spec = InputSpec(shape=(1, 6, 6), lower=0.0, upper=1.0)
+    sim = simulate_online(get_poisoning_attack("badnets", target_class=0), Dataset(*images(400, 0)),
+                          Dataset(*images(200, 1)), proc, fraction=0.2, batch_size=100, spec=spec, epochs=3)
+    assert [r.round for r in sim.rounds] == [1, 2, 3, 4] and all(r.poisoned == 20 for r in sim.rounds)
+    last = sim.rounds[-1]
+    assert last.attacked.attack_success > 0.8 and last.clean.attack_success < 0.2
+    assert last.attacked.clean_accuracy > 0.9
+    with pytest.raises(UsageError, match="has no partial_fit"):
+        simulate_online(get_poisoning_attack("label-flip"), Dataset(*images(100, 0)), Dataset(*images(50, 1)),
+                        _logreg(), fraction=0.1, batch_size=50)

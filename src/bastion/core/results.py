@@ -186,12 +186,14 @@ class ReliabilityDiagram(_Artifact):
 
 
 class PoisoningCurve(_Artifact):
-    """A poisoning attack's effect against the fraction of poisoned training records: one series of
-    ratios per figure (clean accuracy, accuracy on the targeted class, attack success)."""
+    """A poisoning attack's effect against the share of poisoned training records (or the round of
+    an online learner, ``xlabel``): one series of ratios per figure (clean accuracy, accuracy on
+    the targeted class, attack success)."""
 
     type: Literal["poisoning_curve"] = "poisoning_curve"
     attack: str
-    fractions: list[float]
+    x: list[float]
+    xlabel: str = "share of poisoned training records"
     series: dict[str, list[Number]]
 
 

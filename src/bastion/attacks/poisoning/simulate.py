@@ -210,15 +210,22 @@ def _train_and_measure(attack: PoisoningAttack, trainer: Any, x: np.ndarray, y: 
     logp, model = trained_answers(trainer, request, queries, what=what, kind="poisoning", cache=cache,
                                   keep_model=keep_model)
     pred = logp.argmax(-1)
-    outcome = Outcome(clean_accuracy=float(np.mean(pred[0] == yt)))
+    return measure(attack, pred[0], pred[1] if trigger is not None else None, yt, trigger), model
+
+
+def measure(attack: PoisoningAttack, pred: np.ndarray, pred_triggered: np.ndarray | None, yt: np.ndarray,
+            trigger: Trigger | None) -> Outcome:
+    """A model's figures from its answers on the clean test records (``pred``) and on the same
+    records with the trigger (``pred_triggered``, backdoors)."""
+    outcome = Outcome(clean_accuracy=float(np.mean(pred == yt)))
     p = attack.params
     source, target = getattr(p, "source", None), getattr(p, "target", None)
     if source is not None and target is not None:
         mask = yt == source
         if mask.any():
-            outcome.source_accuracy = float(np.mean(pred[0][mask] == source))
-            outcome.attack_success = float(np.mean(pred[0][mask] == target))
-    if trigger is not None:
+            outcome.source_accuracy = float(np.mean(pred[mask] == source))
+            outcome.attack_success = float(np.mean(pred[mask] == target))
+    if trigger is not None and pred_triggered is not None:
         mask = yt != trigger.target_class
-        outcome.attack_success = float(np.mean(pred[1][mask] == trigger.target_class)) if mask.any() else None
-    return outcome, model
+        outcome.attack_success = float(np.mean(pred_triggered[mask] == trigger.target_class)) if mask.any() else None
+    return outcome

@@ -7,6 +7,9 @@ hash, and measures on the eval data: clean accuracy, accuracy on the targeted cl
 success, each detector's precision and recall on the poisoned records with the figures of a model
 retrained without what it flagged, and, for backdoors, STRIP (:mod:`bastion.monitor.strip`) on
 the poisoned model: the share of triggered test inputs it flags and of clean ones it wrongly flags.
+With ``online_batch_size``, it also feeds the training records batch by batch to the trainer's
+incremental learner (:mod:`bastion.attacks.poisoning.online`), ``online_fraction`` of each batch
+poisoned, and measures the learner after every round beside one fed the clean batches.
 
 Findings: ``BASTION-PO-001`` (label flips) and ``BASTION-PO-002`` (backdoors) at the smallest
 fraction where the attack succeeds on at least half of its test records (severity from that
@@ -25,6 +28,7 @@ from pydantic import Field, field_validator
 
 from bastion.attacks.poisoning.base import POISONING_ATTACKS, PoisoningAttack, Trigger, get_poisoning_attack
 from bastion.attacks.poisoning.detectors import POISON_DETECTORS, PoisonDetector, get_poison_detector
+from bastion.attacks.poisoning.online import OnlineSimulation, simulate_online
 from bastion.attacks.poisoning.simulate import Outcome, Simulation, simulate
 from bastion.campaign.checks.base import Check, CheckContext, CheckFailed, CheckParams, Interrupted, register_check
 from bastion.campaign.gates import GateView
@@ -37,7 +41,9 @@ from bastion.errors import BastionError, UsageError
 
 MEASURED = frozenset({"clean_accuracy", "source_accuracy", "attack_success", "detector_precision", "detector_recall",
                       "sanitised_clean_accuracy", "sanitised_source_accuracy", "sanitised_attack_success",
-                      "strip_detection_rate", "strip_false_alarm_rate", "train_records"})
+                      "strip_detection_rate", "strip_false_alarm_rate", "train_records",
+                      *(f"online_{r}{m}" for r in ("", "reference_")
+                        for m in ("clean_accuracy", "source_accuracy", "attack_success"))})
 SUCCESS = 0.5  # an attack "works" once it gets the attacker's answer on half of its test records
 
 
@@ -75,6 +81,9 @@ class PoisoningParams(CheckParams):
                                           description="Detectors of poisoned records: a name or {detector: NAME, "
                                                       "params: {...}}; poison_rate defaults to the fraction simulated.")
     strip: bool = Field(True, description="Measure STRIP on each backdoored model.")
+    online_batch_size: int | None = Field(None, ge=2, description="Also simulate online learning: the trainer's "
+                                          "learner updated batch by batch from the training records (None: not).")
+    online_fraction: float = Field(0.1, gt=0, lt=1, description="Share of each online batch that is poisoned.")
     max_records: int | None = Field(None, gt=0, description="At most this many training records (a seeded sample).")
 
     @field_validator("attacks", mode="before")
@@ -116,7 +125,7 @@ class PoisoningCheck(Check):
         return GateView(self.name, frozenset({self.name, self.kind, *(a.label for a in self.attacks)}), MEASURED,
                         {"attack": frozenset(a.label for a in self.attacks),
                          "fraction": frozenset(f"{f:g}" for f in [0.0, *self.params.fractions]),
-                         "detector": frozenset(d.label for d in self.detectors)})
+                         "detector": frozenset(d.label for d in self.detectors), "round": None})
 
     def run(self, ctx: CheckContext) -> CheckResult:
         from bastion.campaign.executors import make_executor
@@ -139,15 +148,25 @@ class PoisoningCheck(Check):
 
         errors: list[str] = []
         sims: list[Simulation] = []
+        eval_x, classes = spec.validate(data.x, what="eval data"), list(range(target.n_classes))
         for attack in self.attacks:
             n = len(self.params.fractions) + 1
             try:
                 with ctx.bar(f"{self.name}: {attack.label}: fractions", n) as advance:
                     sims.append(simulate(
-                        attack, Dataset(xtr, ytr), Dataset(spec.validate(data.x, what="eval data"), y),
-                        self.params.fractions, ctx.trainer, detectors=self.detectors, spec=spec,
-                        classes=list(range(target.n_classes)), ctx=run.spawn(attack.label, progress=advance),
+                        attack, Dataset(xtr, ytr), Dataset(eval_x, y), self.params.fractions, ctx.trainer,
+                        detectors=self.detectors, spec=spec, classes=classes,
+                        ctx=run.spawn(attack.label, progress=advance),
                         probe=strip_probe if attack.backdoor and self.params.strip else None))
+                if self.params.online_batch_size is not None:
+                    online = simulate_online(
+                        attack, Dataset(xtr, ytr), Dataset(eval_x, y), ctx.trainer,
+                        fraction=self.params.online_fraction, batch_size=self.params.online_batch_size, spec=spec,
+                        classes=classes, ctx=run.spawn(attack.label))
+                    online.record(res)
+                    res.artifacts.append(_online_curve(online))
+                    res.findings += _online_findings(online, attack, self.name)
+                    res.metrics.setdefault("online", {})[online.attack] = online.model_dump(mode="json")
             except KeyboardInterrupt:
                 raise Interrupted(self._finish(res, sims, errors + [f"{attack.label}: interrupted"], t0)) from None
             except BastionError as exc:
@@ -200,9 +219,45 @@ def _curve(sim: Simulation) -> PoisoningCurve:
                                                      for o in sim.outcomes]
     if sim.kind in ("targeted-flip", "backdoor"):
         series["attack_success"] = [o.model.attack_success if o.model else None for o in sim.outcomes]
-    return PoisoningCurve(attack=sim.attack, fractions=fractions, series=series,
+    return PoisoningCurve(attack=sim.attack, x=fractions, series=series,
                           title=f"Poisoning: {sim.attack}" + (f" (class {sim.source} to {sim.target})"
                                                               if sim.kind == "targeted-flip" else ""))
+
+
+def _online_curve(sim: OnlineSimulation) -> PoisoningCurve:
+    rounds = [float(r.round) for r in sim.rounds]
+    series: dict[str, list[float | None]] = {
+        "clean_accuracy": [r.attacked.clean_accuracy for r in sim.rounds],
+        "clean_accuracy without poison": [r.clean.clean_accuracy for r in sim.rounds]}
+    if any(r.attacked.attack_success is not None for r in sim.rounds):
+        series["attack_success"] = [r.attacked.attack_success for r in sim.rounds]
+        series["attack_success without poison"] = [r.clean.attack_success for r in sim.rounds]
+    return PoisoningCurve(attack=sim.attack, x=rounds, xlabel=f"round ({sim.batch_size} records each)", series=series,
+                          title=f"Online learning: {sim.attack}, {sim.fraction:.0%} of each batch poisoned")
+
+
+def _online_findings(sim: OnlineSimulation, attack: PoisoningAttack, check: str) -> list[Finding]:
+    """A finding when, after the last round, the poisoned learner gives the attacker what they want
+    (the thresholds of :func:`_works`, against the learner fed the clean stream)."""
+    last = sim.rounds[-1] if sim.rounds else None
+    if last is None:
+        return []
+    a, c = last.attacked, last.clean
+    if a.attack_success is not None:
+        works = a.attack_success >= SUCCESS and a.attack_success - (c.attack_success or 0.0) >= 0.25
+        what = f"attack success {a.attack_success:.1%} (without poison: {(c.attack_success or 0.0):.1%})"
+    else:
+        works = c.clean_accuracy - a.clean_accuracy >= 0.05
+        what = f"accuracy {a.clean_accuracy:.1%} (without poison: {c.clean_accuracy:.1%})"
+    if not works:
+        return []
+    return [get_rule(BACKDOOR_RULE if attack.backdoor else FLIP_RULE).finding(
+        title=f"{sim.attack}: online learning with {sim.fraction:.0%} of each batch poisoned", check=check,
+        severity=_severity(sim.fraction),
+        description=f"A learner updated in {len(sim.rounds)} rounds of {sim.batch_size} records, {sim.fraction:.0%} of "
+                    f"each poisoned, ends at {what}.",
+        metrics={"attack": sim.attack, "online_fraction": sim.fraction, "rounds": len(sim.rounds),
+                 **a.model_dump()})]
 
 
 def _severity(fraction: float) -> Severity:

@@ -123,10 +123,10 @@ def reliability_diagrams(arts: Sequence[ReliabilityDiagram]) -> list[Block]:
 def poisoning_curves(arts: Sequence[PoisoningCurve]) -> list[Block]:
     out = []
     for a in arts:
-        series = [(name.replace("_", " "), a.fractions, [float("nan") if v is None else v for v in values])
+        series = [(name.replace("_", " "), a.x, [float("nan") if v is None else v for v in values])
                   for name, values in a.series.items()]
         out.append(_figure(a.title or f"Poisoning: {a.attack}", plots.line_chart(
-            series, xlabel="share of poisoned training records", ylabel="share of test records"),
+            series, xlabel=a.xlabel, ylabel="share of test records"),
             "What a model trained on the poisoned data does on clean test records (accuracy) and how often the "
             "attacker gets the answer they want (attack success), as the attacker controls more training records."))
     return out
