@@ -19,7 +19,7 @@ from bastion.cli.main import main
 from bastion.core.spec import InputSpec
 from bastion.core.targets.torch_target import TorchTarget
 from bastion.core.targets.variants import StandInTarget, torch_int8
-from bastion.errors import PolicyError, TargetError
+from bastion.errors import PolicyError, TargetError, UsageError
 
 SPEC = InputSpec(shape=(1, 4, 4), lower=0.0, upper=1.0, kind="image")
 
@@ -154,7 +154,7 @@ def _policy(tmp_path: Path, **check: object) -> dict:
     return {"version": 1, "name": "t", "target": {"model": "demo:digits-cnn"},
             "data": {"source": "demo:digits", "limit": 24},
             "checks": [{"name": "edge", "kind": "variants", "attacks": [{"name": "pgd", "params": {"steps": 3}}],
-                        "samples": 24, **check}],
+                        "blackbox": {"name": "square", "params": {"max_queries": 50}}, "samples": 24, **check}],
             "gates": ["robust_accuracy[edge, variant=torch-int8, attack=all] >= 0"],
             "output": {"dir": str(tmp_path / "r"), "formats": ["json", "html"]}}
 
@@ -214,3 +214,18 @@ def test_a_variant_with_other_classes_is_refused_in_python() -> None:
     with pytest.raises(TargetError, match="variant 'distilled'.*expected \\(batch, 2\\)"):
         build_variants(target(), quantize=[], distilled=torch.nn.Sequential(torch.nn.Flatten(),
                                                                             torch.nn.Linear(16, 3)))
+
+
+def test_a_black_box_attack_joins_for_every_model_when_a_variant_borrows_gradients() -> None:
+    x, y = data(12)
+    full = target(leak=0.2)
+    variants = build_variants(full, quantize=[], distilled=Rounded())
+    res = evaluate_variants(full, x, y, variants, attacks=[PGD], eps=0.1,
+                            blackbox={"name": "square", "params": {"max_queries": 20}})
+    assert res.attacks == ["pgd", "square"] and set(res.by_attack["full"]) == {"pgd", "square"}
+    assert not res.row("distilled").notes[1:]
+    res = evaluate_variants(full, x, y, variants, attacks=[PGD], eps=0.1, blackbox=None)
+    assert res.attacks == ["pgd"] and "an upper bound" in res.row("distilled").notes[-1]
+    assert not res.row("full").notes
+    with pytest.raises(UsageError, match="blackbox: 'pgd' uses gradients"):
+        evaluate_variants(full, x, y, variants, attacks=[PGD], eps=0.1, blackbox="pgd")

@@ -43,6 +43,10 @@ from bastion.errors import TargetError, UsageError
 Builtin = Literal["torch-int8", "onnx-int8"]
 BUILTINS: tuple[str, ...] = ("torch-int8", "onnx-int8")
 FULL = "full"
+#: The black-box attack added when a variant is attacked through the full model's gradients.
+BLACKBOX = "square"
+UPPER_BOUND = ("robust accuracy from the full model's gradients only (no black-box attack): an upper bound, since "
+               "those gradients may not follow this variant")
 
 
 class AttackSpec(BaseModel):
@@ -209,9 +213,13 @@ class VariantsResult(BaseModel):
 def evaluate_variants(target: Target, x: np.ndarray, y: np.ndarray, variants: Sequence[Variant], *,
                       attacks: Sequence[str | AttackSpec | dict[str, Any]] = ("pgd",), eps: float = 0.1,
                       norm: str = "linf", threshold: float = 0.05, alpha: float = 0.01, seed: int = 0,
+                      blackbox: str | AttackSpec | dict[str, Any] | None = BLACKBOX,
                       progress: Callable[[int], None] | None = None) -> VariantsResult:
     """Evaluate ``target`` and its ``variants`` on the same inputs ``x`` (labels ``y`` as class
-    indices) under the same ``attacks`` at ``eps`` (see the module docstring)."""
+    indices) under the same ``attacks`` at ``eps`` (see the module docstring). ``blackbox``: a black-box
+    attack run on every model as well when a variant is attacked through the full model's gradients and
+    no black-box attack is named (those gradients may not follow the variant); None leaves it out, and
+    the rows of such variants say that their robust accuracy is an upper bound."""
     if not attacks:
         raise UsageError("name at least one attack for the comparison")
     if not 0 <= threshold <= 1 or not 0 < alpha < 1:
@@ -229,6 +237,19 @@ def evaluate_variants(target: Target, x: np.ndarray, y: np.ndarray, variants: Se
         check_compatible(v.target, target, what=f"the variant '{v.name}'")
     run = RunContext(seed=seed)
     models = [_probed(v, target, x, y) for v in models]
+    stand_ins = [v for v in models if v.gradients != "own"]
+    upper: set[str] = set()
+    if stand_ins and all(a.needs_gradients for a in built):
+        if blackbox is not None:
+            spec = blackbox if isinstance(blackbox, AttackSpec) else AttackSpec(name=blackbox) \
+                if isinstance(blackbox, str) else AttackSpec(**blackbox)
+            extra = spec.build(eps, norm)
+            if extra.needs_gradients:
+                raise UsageError(f"blackbox: '{extra.name}' uses gradients; name a black-box attack (e.g. square)")
+            built.append(extra)
+            names.append(extra.name)
+        else:
+            upper = {v.name for v in stand_ins}
     clean = {v.name: _predict(v.target, x) for v in models}
     robust: dict[str, np.ndarray] = {}
     adv: dict[str, np.ndarray] = {}
@@ -255,7 +276,8 @@ def evaluate_variants(target: Target, x: np.ndarray, y: np.ndarray, variants: Se
         row = VariantRow(variant=v.name, source=v.source, gradients=v.gradients,
                          clean_accuracy=float(np.mean(clean[v.name] == y)),
                          robust_accuracy=float(np.mean(robust[v.name])),
-                         agreement=float(np.mean(clean[v.name] == clean[FULL])), notes=v.notes)
+                         agreement=float(np.mean(clean[v.name] == clean[FULL])),
+                         notes=[*v.notes, *([UPPER_BOUND] if v.name in upper else [])])
         if v.name != FULL:
             ok = robust[v.name]
             b, c = int(np.sum(full_ok & ~ok)), int(np.sum(ok & ~full_ok))

@@ -15,11 +15,12 @@ from pydantic import Field, field_validator, model_validator
 from bastion.campaign.checks.base import Check, CheckContext, CheckInputError, CheckParams, register_check
 from bastion.campaign.gates import GateView
 from bastion.campaign.variant_rules import WEAKER_RULE
-from bastion.campaign.variants import BUILTINS, FULL, AttackSpec, Builtin, ModelSpec, VariantsResult
+from bastion.campaign.variants import BLACKBOX, BUILTINS, FULL, AttackSpec, Builtin, ModelSpec, VariantsResult
 from bastion.core.results import CheckResult, Severity, VariantTable
 from bastion.core.rules import get_rule
 from bastion.core.run import RunContext
 from bastion.core.schemes import model_file
+from bastion.errors import UsageError
 
 MEASURED = frozenset({"clean_accuracy", "robust_accuracy", "agreement", "transfer_from_full", "transfer_to_full",
                       "robustness_drop", "p_value", "n"})
@@ -36,6 +37,9 @@ class VariantsParams(CheckParams):
                                                                       "differentiable}.")
     attacks: list[AttackSpec] = Field(default_factory=lambda: [AttackSpec(name="pgd")],
                                       description="Attacks run on every model: names or {name, params}.")
+    blackbox: AttackSpec | None = Field(default_factory=lambda: AttackSpec(name=BLACKBOX), description=(
+        "Black-box attack run on every model too when a variant is attacked through the full model's gradients "
+        "and no black-box attack is named; null leaves it out (those variants' figures are then upper bounds)."))
     eps: float = Field(0.1, gt=0, allow_inf_nan=False)
     norm: Literal["linf", "l2"] = "linf"
     samples: int = Field(200, ge=1, description="Eval inputs compared (a seeded random subset).")
@@ -48,6 +52,11 @@ class VariantsParams(CheckParams):
     def _names(cls, v: Any) -> Any:
         v = [v] if isinstance(v, (str, dict)) else v
         return [{"name": a} if isinstance(a, str) else a for a in v] if isinstance(v, list) else v
+
+    @field_validator("blackbox", mode="before")
+    @classmethod
+    def _name(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _some(self) -> VariantsParams:
@@ -71,6 +80,9 @@ class VariantsCheck(Check):
         self.params: VariantsParams = params
         for a in params.attacks:
             a.build(params.eps, params.norm)  # bad attack parameters: refused when the policy loads
+        if params.blackbox is not None and params.blackbox.build(params.eps, params.norm).needs_gradients:
+            raise UsageError(f"blackbox: '{params.blackbox.name}' uses gradients; name a black-box attack "
+                             "(e.g. square)")
 
     @classmethod
     def threat_params(cls, threat: dict[str, Any]) -> dict[str, Any]:
@@ -92,7 +104,7 @@ class VariantsCheck(Check):
     def gate_view(self) -> GateView:
         p = self.params
         names = [FULL, *p.quantize, *(["distilled"] if p.distilled else []), *(m.name for m in p.models)]
-        attacks = [a.name for a in p.attacks]
+        attacks = [a.name for a in p.attacks] + ([p.blackbox.name] if p.blackbox is not None else [])
         return GateView(self.name, frozenset({self.name, self.kind, *attacks}), MEASURED,
                         {"variant": frozenset(names), "attack": frozenset([*attacks, WORST]),
                          "eps": frozenset({f"{p.eps:g}"}), "norm": frozenset({p.norm})})
@@ -118,11 +130,12 @@ class VariantsCheck(Check):
         t0 = time.perf_counter()
         rows = np.sort(RunContext(seed=ctx.seed).spawn(self.name).rng("subset").permutation(len(y))[:p.samples])
         variants = self._variants(ctx)
-        total = len(rows) * len(p.attacks) * (len(variants) + 1)
-        with ctx.bar(f"{self.name}: {len(variants) + 1} models × {len(p.attacks)} attacks", total) as advance:
+        n_attacks = len(p.attacks) + int(p.blackbox is not None and any(v.gradients != "own" for v in variants))
+        total = len(rows) * n_attacks * (len(variants) + 1)
+        with ctx.bar(f"{self.name}: {len(variants) + 1} models × {n_attacks} attacks", total) as advance:
             res = evaluate_variants(target, data.x[rows], y[rows], variants, attacks=p.attacks, eps=p.eps,
                                     norm=p.norm, threshold=p.threshold, alpha=p.alpha, seed=ctx.seed,
-                                    progress=advance)
+                                    blackbox=p.blackbox, progress=advance)
         return self._result(res, time.perf_counter() - t0)
 
     def _result(self, res: VariantsResult, seconds: float) -> CheckResult:
