@@ -1,5 +1,6 @@
 """Rules of the privacy and theft checks, registered in the catalogue of :mod:`bastion.core.rules`:
-membership inference (``CATALOGUE``, ids ``BASTION-MI-*``) and model extraction
+membership inference, attribute inference and model inversion (``CATALOGUE``, ids
+``BASTION-MI-*``) and model extraction
 (``EXTRACTION_CATALOGUE``, ids ``BASTION-EX-*``). Kept free of heavy imports: reports load it to
 describe findings."""
 
