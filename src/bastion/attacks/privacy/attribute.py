@@ -26,11 +26,12 @@ from pydantic import Field
 
 from bastion.attacks.privacy.imputation import LEARNERS, Learner, fit_predict, record_features
 from bastion.attacks.privacy.inference import AttributeInference, AttributeTask
-from bastion.attacks.privacy.shadows import predict_all, true_class_log_probability
+from bastion.attacks.privacy.shadows import true_class_log_probability
 from bastion.core.params import Params
 from bastion.core.run import RunContext
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
+from bastion.core.trained import predict_all
 
 
 def candidate_log_probs(target: Target, x: np.ndarray, attribute: int, candidates: np.ndarray) -> np.ndarray:
