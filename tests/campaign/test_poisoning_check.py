@@ -80,6 +80,7 @@ def test_a_trainer_failing_on_poisoned_data_is_a_finding(tmp_path: Path) -> None
 @pytest.mark.parametrize("check, msg", [({"attacks": ["nope"]}, "unknown poisoning attack 'nope'"),
                                         ({"fractions": [0.0]}, "fractions must be one or more numbers in"),
                                         ({"detectors": ["nope"]}, "unknown poison detector 'nope'"),
+                                        ({"attacks": ["feature-collision"]}, "run it from Python"),
                                         ({"attacks": [{"attack": "label-flip", "params": {"mode": "x"}}]},
                                          "mode")])
 def test_bad_parameters_are_refused_when_the_policy_loads(tmp_path: Path, check: dict, msg: str) -> None:

@@ -234,3 +234,31 @@ def test_online_learning_with_a_torch_procedure_learns_the_trigger_round_by_roun
     with pytest.raises(UsageError, match="has no partial_fit"):
         simulate_online(get_poisoning_attack("label-flip"), Dataset(*images(100, 0)), Dataset(*images(50, 1)),
                         _logreg(), fraction=0.1, batch_size=50)
+
+
+def test_feature_collision_keeps_labels_and_collides_in_feature_space() -> None:
+    import torch
+
+    from bastion.attacks.poisoning.feature_collision import FeatureCollision, _features
+    from bastion.core.training import Adam, TorchTrainingProcedure
+
+    spec = InputSpec(shape=(1, 6, 6), lower=0.0, upper=1.0)
+    x, y = images(300, 0)
+    proc = TorchTrainingProcedure(_mlp_module, optimizer=Adam(0.01), epochs=5, batch_size=32)
+    model = proc(TrainRequest(x, y, input_spec=spec, classes=[0, 1]))
+    xt, yt = images(100, 1)
+    target = xt[yt == 1][:1]
+    attack = FeatureCollision(model, target, base_class=0, max_poisons=5, steps=200, lr=0.05, opacity=0.0)
+    res = attack.poison(Dataset(x, y), ThreatModel(poisoning_fraction=0.05), spec=spec)  # clean-label: the base checks it
+    assert len(res.poison_indices) == 5 and (res.y == y).all() and (res.y[res.poison_indices] == 0).all()
+    f = _features(model)
+    with torch.no_grad():
+        before = (f(torch.as_tensor(x[res.poison_indices])) - f(torch.as_tensor(target))).norm(dim=1)
+        after = (f(torch.as_tensor(res.x[res.poison_indices])) - f(torch.as_tensor(target))).norm(dim=1)
+    assert (after < before / 5).all()  # the poisons' features sit on the target's
+    sim = simulate(attack, Dataset(x, y), Dataset(xt, yt), [0.05], proc, spec=spec, cache=False)
+    assert sim.kind == "clean-label" and sim.target == 0
+    assert sim.outcomes[0].model.attack_success == 0.0  # the clean model answers the target's own class
+    assert 0.0 <= sim.outcomes[1].model.attack_success <= 1.0
+    with pytest.raises(UsageError, match="white-box"):
+        FeatureCollision(object(), target, base_class=0)

@@ -95,6 +95,11 @@ class PoisoningAttack(Configurable, ABC):
         return PoisonResult(attack=self.label, x=x, y=y, poison_indices=idx, fraction=len(idx) / len(x),
                             trigger=trigger, seconds=meter.seconds)
 
+    def goal(self) -> tuple[np.ndarray, int] | None:
+        """For an attack aimed at chosen inputs (clean-label feature collision): those inputs and
+        the class the attacker wants them answered as; None for the others."""
+        return None
+
     def _check(self, x0: np.ndarray, y0: np.ndarray, x: np.ndarray, y: np.ndarray, idx: np.ndarray,
                fraction: float, trigger: Trigger | None) -> None:
         def fail(what: str) -> BastionRuntimeError:
@@ -131,6 +136,7 @@ POISONING_ATTACKS: Registry[type[PoisoningAttack]] = Registry("poisoning attack"
     "badnets": f"{_HERE}.backdoor:BadNets",
     "blended": f"{_HERE}.backdoor:Blended",
     "table-trigger": f"{_HERE}.backdoor:TableTrigger",
+    "feature-collision": f"{_HERE}.feature_collision:FeatureCollision",
 }, group="bastion.poisoning_attacks")
 """Poisoning attacks by name: bastion's own and those of the ``bastion.poisoning_attacks`` entry points."""
 

@@ -9,7 +9,8 @@ and measures on clean test records:
 - ``source_accuracy`` (targeted label flip): accuracy on the test records of the source class;
 - ``attack_success``: for a targeted flip, the share of source-class test records answered as
   the target class; for a backdoor, the share of test records not of the target class that the
-  trigger turns into the target class;
+  trigger turns into the target class; for an attack aimed at chosen inputs (``attack.goal()``,
+  clean-label feature collision), the share of them answered as the attacker's class;
 
 then, for each detector, its precision and recall on the poisoned records and the same figures for
 a model retrained on the training set without the flagged records. Fraction 0 is the clean model.
@@ -132,8 +133,10 @@ def simulate(attack: PoisoningAttack, train: Dataset, test: Dataset, fractions: 
         for f in sorted({0.0, *map(float, fractions)})]
     outcomes = run_units(trainer, units, ctx, what=f"poisoned models ({attack.label})")
     p = attack.params
-    source, target = getattr(p, "source", None), getattr(p, "target", getattr(p, "target_class", None))
-    kind = "backdoor" if attack.backdoor else ("targeted-flip" if source is not None else attack.label)
+    source = getattr(p, "source", None)
+    target = getattr(p, "target", getattr(p, "target_class", getattr(p, "base_class", None)))
+    kind = ("backdoor" if attack.backdoor else "targeted-flip" if source is not None else
+            "clean-label" if attack.goal() is not None else attack.label)
     return Simulation(attack=attack.label, kind=kind, source=source, target=target, outcomes=outcomes,
                       seconds=time.perf_counter() - t0)
 
@@ -205,12 +208,18 @@ def _detect(det: PoisonDetector, attack: PoisoningAttack, poisoned: PoisonResult
 def _train_and_measure(attack: PoisoningAttack, trainer: Any, x: np.ndarray, y: np.ndarray, seed: int,
                        xt: np.ndarray, yt: np.ndarray, trigger: Trigger | None, spec: InputSpec, classes: list[Any],
                        cache: bool, what: str, keep_model: bool) -> tuple[Outcome, Any]:
-    queries = [xt] if trigger is None else [xt, trigger.apply(xt)]
+    goal = attack.goal()
+    queries = [xt if goal is None else np.concatenate([xt, goal[0]])]
+    if trigger is not None:
+        queries.append(trigger.apply(queries[0]))
     request = TrainRequest(x, y, seed=seed, input_spec=spec, classes=classes)
     logp, model = trained_answers(trainer, request, queries, what=what, kind="poisoning", cache=cache,
                                   keep_model=keep_model)
-    pred = logp.argmax(-1)
-    return measure(attack, pred[0], pred[1] if trigger is not None else None, yt, trigger), model
+    pred = logp.argmax(-1)[:, :len(xt)]
+    outcome = measure(attack, pred[0], pred[1] if trigger is not None else None, yt, trigger)
+    if goal is not None:  # the share of the attacker's chosen inputs answered as the class they want
+        outcome.attack_success = float(np.mean(logp.argmax(-1)[0, len(xt):] == goal[1]))
+    return outcome, model
 
 
 def measure(attack: PoisoningAttack, pred: np.ndarray, pred_triggered: np.ndarray | None, yt: np.ndarray,

@@ -44,6 +44,7 @@ MEASURED = frozenset({"clean_accuracy", "source_accuracy", "attack_success", "de
                       "strip_detection_rate", "strip_false_alarm_rate", "train_records",
                       *(f"online_{r}{m}" for r in ("", "reference_")
                         for m in ("clean_accuracy", "source_accuracy", "attack_success"))})
+MODEL_ATTACKS = frozenset({"feature-collision"})  # built from a model and inputs, not from parameters alone
 SUCCESS = 0.5  # an attack "works" once it gets the attacker's answer on half of its test records
 
 
@@ -56,6 +57,9 @@ class AttackSpec(CheckParams):
     def _known(cls, v: str) -> str:
         if v not in POISONING_ATTACKS:
             raise ValueError(f"unknown poisoning attack '{v}'; available: {', '.join(POISONING_ATTACKS)}")
+        if v in MODEL_ATTACKS:
+            raise ValueError(f"'{v}' crafts its poisons on the attacker's model and chosen target inputs: run it from "
+                             "Python (docs/poisoning.md, clean-label attacks)")
         return v
 
 
