@@ -152,9 +152,9 @@ def test_build_variants_quantises_in_torch_and_onnx_runtime() -> None:
 # --- the check in a scan, and bad input ------------------------------------------------------------
 def _policy(tmp_path: Path, **check: object) -> dict:
     return {"version": 1, "name": "t", "target": {"model": "demo:digits-cnn"},
-            "data": {"source": "demo:digits", "limit": 24},
+            "data": {"source": "demo:digits", "limit": 16},
             "checks": [{"name": "edge", "kind": "variants", "attacks": [{"name": "pgd", "params": {"steps": 3}}],
-                        "blackbox": {"name": "square", "params": {"max_queries": 50}}, "samples": 24, **check}],
+                        "blackbox": {"name": "square", "params": {"max_queries": 30}}, "samples": 16, **check}],
             "gates": ["robust_accuracy[edge, variant=torch-int8, attack=all] >= 0"],
             "output": {"dir": str(tmp_path / "r"), "formats": ["json", "html"]}}
 
@@ -229,3 +229,43 @@ def test_a_black_box_attack_joins_for_every_model_when_a_variant_borrows_gradien
     assert not res.row("full").notes
     with pytest.raises(UsageError, match="blackbox: 'pgd' uses gradients"):
         evaluate_variants(full, x, y, variants, attacks=[PGD], eps=0.1, blackbox="pgd")
+
+
+def test_ctrl_c_keeps_the_models_measured_in_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bastion.attacks.evasion.pgd import PGD as Pgd
+
+    real = Pgd._attack_batch
+
+    def stop_on_the_student(self, target, x, goal, rows, run):  # noqa: ANN001, ANN202
+        if target.name == "distilled":
+            raise KeyboardInterrupt
+        return real(self, target, x, goal, rows, run)
+
+    monkeypatch.setattr(Pgd, "_attack_batch", stop_on_the_student)
+    x, y = data(12)
+    full = target()
+    variants = build_variants(full, quantize=[], distilled=Linear2(leak=0.2))
+    variants[0].target.name = "distilled"
+    res = evaluate_variants(full, x, y, variants, attacks=[PGD], eps=0.1)
+    assert res.interrupted and not res.complete and "interrupted during pgd on 'distilled'" in res.reason
+    assert [r.variant for r in res.rows] == ["full"] and list(res.by_attack) == ["full"]
+
+
+def test_the_finding_points_to_its_rule_with_the_evasion_threat_ids_and_its_test() -> None:
+    from bastion.campaign.checks.variants import VariantsCheck, VariantsParams
+
+    x, y = data()
+    full = target()
+    res = evaluate_variants(full, x, y, build_variants(full, quantize=[], distilled=Linear2(leak=0.2)),
+                            attacks=[PGD], eps=0.1)
+    check = VariantsCheck("edge", VariantsParams(quantize=[], distilled="python:student.py:make", attacks=["pgd"]))
+    out = check._result(res, 1.0)
+    (finding,) = out.findings
+    assert finding.rule_id == "BASTION-VA-001" and finding.atlas == ["AML.T0015", "AML.T0043"]
+    assert finding.owasp == ["ML01"] and finding.severity.value == "critical"  # a 100-point drop
+    assert finding.metrics["p_value"] == pytest.approx(0.5 ** 40) and finding.metrics["only_full_robust"] == 40
+    assert "40 withstand every attack on the full model" in finding.description
+    assert out.values("robustness_drop", variant="distilled") == [1.0]
+    assert out.values("robust_accuracy", variant="full", attack="all") == [1.0]
+    table = out.artifacts[0]
+    assert table.type == "variant_table" and [r.flagged for r in table.rows] == [False, True]

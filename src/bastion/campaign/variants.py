@@ -200,6 +200,7 @@ class VariantsResult(BaseModel):
     by_attack: dict[str, dict[str, float]]
     complete: bool = True
     reason: str | None = None
+    interrupted: bool = False  # Ctrl-C: ``rows`` hold the models measured in full before it
 
     def row(self, name: str) -> VariantRow:
         return next(r for r in self.rows if r.variant == name)
@@ -255,6 +256,7 @@ def evaluate_variants(target: Target, x: np.ndarray, y: np.ndarray, variants: Se
     adv: dict[str, np.ndarray] = {}
     by_attack: dict[str, dict[str, float]] = {}
     complete, reason = True, None
+    interrupted = False
     for v in models:
         ok = np.ones(len(y), bool)
         x_adv = x.copy()
@@ -267,12 +269,18 @@ def evaluate_variants(target: Target, x: np.ndarray, y: np.ndarray, variants: Se
             x_adv = np.where(_rows(fooled & ok, x.ndim), res.x_adv, x_adv)  # the first attack that fooled it
             ok &= ~fooled
             by_attack[v.name][attack.name] = float(np.mean(res.adv_pred == y))
-            if res.interrupted:
-                raise KeyboardInterrupt
+            if res.interrupted:  # Ctrl-C: keep the models measured in full, say the rest is missing
+                interrupted, reason = True, f"interrupted during {attack.name} on '{v.name}'"
+                del by_attack[v.name]
+                break
+        if interrupted:
+            break
         robust[v.name], adv[v.name] = ok, x_adv
-    full_clean, full_ok = clean[FULL] == y, robust[FULL]
+    done = [v for v in models if v.name in robust] if FULL in robust else []
+    full_clean = clean[FULL] == y
+    full_ok = robust.get(FULL, np.zeros(len(y), bool))
     rows = []
-    for v in models:
+    for v in done:
         row = VariantRow(variant=v.name, source=v.source, gradients=v.gradients,
                          clean_accuracy=float(np.mean(clean[v.name] == y)),
                          robust_accuracy=float(np.mean(robust[v.name])),
@@ -290,7 +298,8 @@ def evaluate_variants(target: Target, x: np.ndarray, y: np.ndarray, variants: Se
                 "flagged": bool(drop >= threshold and p < alpha and drop > 0)})
         rows.append(row)
     return VariantsResult(eps=eps, norm=norm, attacks=names, n=len(y), threshold=threshold, alpha=alpha, rows=rows,
-                          by_attack=by_attack, complete=complete, reason=reason)
+                          by_attack=by_attack, complete=complete and not interrupted, reason=reason,
+                          interrupted=interrupted)
 
 
 def _probed(v: Variant, full: Target, x: np.ndarray, y: np.ndarray) -> Variant:

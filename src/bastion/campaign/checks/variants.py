@@ -12,7 +12,14 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from bastion.campaign.checks.base import Check, CheckContext, CheckInputError, CheckParams, register_check
+from bastion.campaign.checks.base import (
+    Check,
+    CheckContext,
+    CheckInputError,
+    CheckParams,
+    Interrupted,
+    register_check,
+)
 from bastion.campaign.gates import GateView
 from bastion.campaign.variant_rules import WEAKER_RULE
 from bastion.campaign.variants import BLACKBOX, BUILTINS, FULL, AttackSpec, Builtin, ModelSpec, VariantsResult
@@ -136,7 +143,10 @@ class VariantsCheck(Check):
             res = evaluate_variants(target, data.x[rows], y[rows], variants, attacks=p.attacks, eps=p.eps,
                                     norm=p.norm, threshold=p.threshold, alpha=p.alpha, seed=ctx.seed,
                                     blackbox=p.blackbox, progress=advance)
-        return self._result(res, time.perf_counter() - t0)
+        result = self._result(res, time.perf_counter() - t0)
+        if res.interrupted:
+            raise Interrupted(result)
+        return result
 
     def _result(self, res: VariantsResult, seconds: float) -> CheckResult:
         out = CheckResult(name=self.name, kind=self.kind, seconds=seconds,
@@ -158,6 +168,8 @@ class VariantsCheck(Check):
                 out.measure("transfer_to_full", r.transfer_to_full, "ratio", **v, **at)
                 out.measure("robustness_drop", r.drop, "ratio", **v, **at)
                 out.measure("p_value", r.p_value, "", **v, **at)
+        if not res.rows:
+            return out
         out.artifacts.append(VariantTable(title=f"The model and its deployment variants ({res.norm}, ε={res.eps:g})",
                                           eps=res.eps, norm=res.norm, attacks=res.attacks, rows=res.rows))
         full = res.row(FULL)

@@ -194,7 +194,8 @@ def variant_tables(arts: Sequence[VariantTable]) -> list[Block]:
         out.append({"kind": "table", "title": a.title or "Deployment variants",
                     "header": ["model", "source", "white-box gradients", "clean", "robust", "agrees with full",
                                "full → it", "it → full", "McNemar p"], "rows": rows,
-                    "caption": "Transfer: share of the inputs that fooled one model which also fool the other."})
+                    "caption": " ".join(["Transfer: share of the inputs that fooled one model which also fool the "
+                                         "other.", *(f"{r.variant}: {n}." for r in a.rows for n in r.notes)])})
     return out
 
 
