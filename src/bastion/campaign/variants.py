@@ -262,7 +262,8 @@ def evaluate_variants(target: Target, x: np.ndarray, y: np.ndarray, variants: Se
         x_adv = x.copy()
         by_attack[v.name] = {}
         for attack in built:
-            res = attack.run(v.target, x, y, None, run.spawn(f"{v.name}/{attack.name}"), progress=progress)
+            # the same random streams (starts, search) for every model: the comparison is paired
+            res = attack.run(v.target, x, y, None, run.spawn(attack.name), progress=progress)
             if not res.complete:
                 complete, reason = False, f"{attack.name} on '{v.name}': {res.reason}"
             fooled = res.adv_pred != y
