@@ -269,3 +269,20 @@ def test_the_finding_points_to_its_rule_with_the_evasion_threat_ids_and_its_test
     assert out.values("robust_accuracy", variant="full", attack="all") == [1.0]
     table = out.artifacts[0]
     assert table.type == "variant_table" and [r.flagged for r in table.rows] == [False, True]
+
+
+def test_user_onnx_files_are_loaded_as_variants_and_quantised(tmp_path: Path) -> None:
+    from bastion.core.targets.variants import onnx_export
+
+    full = TorchTarget(Mlp(), SPEC)
+    onnx_export(full, tmp_path / "edge.onnx")
+    variants = build_variants(full, quantize=["onnx-int8"], onnx="edge.onnx", base_dir=tmp_path,
+                              models=[{"name": "phone", "model": "onnx:edge.onnx"}])
+    assert [(v.name, v.source, v.gradients) for v in variants] == [
+        ("onnx-int8", "onnx-int8", "full model (BPDA)"), ("phone", "file", "full model (BPDA)")]
+    assert "given ONNX file" in variants[0].notes[0]
+    x = np.random.default_rng(2).random((8, 1, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(variants[1].target.predict_proba(x), full.predict_proba(x), atol=1e-5)
+    with pytest.raises(UsageError, match="differentiable"):
+        build_variants(full, quantize=[], base_dir=tmp_path,
+                       models=[{"name": "phone", "model": "onnx:edge.onnx", "differentiable": True}])

@@ -129,8 +129,8 @@ def build_variants(target: Target, *, quantize: Sequence[str] = BUILTINS, onnx: 
             out.append(Variant("onnx-int8", onnx_int8(source, target, Path(tmp) / "int8.onnx"), "onnx-int8",
                                stand_in, [note]))
     if distilled is not None:
-        out.append(_load(target, ModelSpec(name="distilled", model="<object>") if not isinstance(distilled, str)
-                         else ModelSpec(name="distilled", model=distilled), base, "distilled", distilled))
+        shown = distilled if isinstance(distilled, str) else type(distilled).__name__
+        out.append(_load(target, ModelSpec(name="distilled", model=shown), base, "distilled", distilled))
     for spec in models:
         m = spec if isinstance(spec, ModelSpec) else ModelSpec.model_validate(spec)
         out.append(_load(target, m, base, "file", m.model))
@@ -166,8 +166,7 @@ def _load(full: Target, spec: ModelSpec, base: Path, source: str, model: Any) ->
     bounds = (float(lo.min()), float(hi.max())) if full.input_spec.features is None else None
     try:
         variant = load_target(model, input_shape=tuple(full.input_spec.shape), bounds=bounds,
-                              classes=list(full.classes), output="auto" if isinstance(model, str)
-                              and model.startswith("onnx:") else None)
+                              classes=list(full.classes))
     except TargetError as exc:
         hint = (f"a variant must answer the model's {full.n_classes} classes, in the same order"
                 if "per declared class" in exc.message else exc.hint)
