@@ -86,3 +86,16 @@ def test_gradient_masking_takes_the_adaptive_path_of_a_defended_target(digits_ta
     res = GradientMaskingCheck("gm", params).run(CheckContext(target=defended, data=digits_data, y=digits_data.y))
     assert any("adaptive path 'adaptive(bit-depth" in n for n in res.metrics["notes"])
     assert res.metrics["checks"]["zero-gradients"]["flagged"] is False  # BPDA: gradients cross the rounding
+
+
+def test_a_defense_on_inputs_outside_its_range_is_refused_naming_the_policy_field(tmp_path: Path) -> None:
+    from bastion.errors import BastionError
+
+    policy = {"version": 2, "name": "table behind JPEG",
+              "target": {"model": "demo:breast-cancer", "defenses": [{"kind": "jpeg"}]},
+              "datasets": {"eval": {"source": "demo:breast-cancer", "limit": 10}},
+              "checks": [{"name": "pgd", "kind": "evasion", "attack": "pgd"}],
+              "output": {"dir": str(tmp_path / "out")}}
+    with pytest.raises(BastionError, match=r"expects inputs in \[0, 1\]") as err:
+        scan(policy)
+    assert "target.defenses[0]" in str(err.value)

@@ -112,6 +112,7 @@ class DetectorEvalCheck(Check):
                 raise UsageError(f"detector-eval runs attacks with an ε budget; '{a}' is a minimal-perturbation attack",
                                  hint="use fgsm, pgd, apgd-ce, apgd-dlr, square, ...")
             self.attacks.append(attack)
+        # the adaptive attack's settings are refused when the policy loads, not after the other attacks ran
         GuardedPGD(eps=params.eps[0], norm=params.norm, steps=params.adaptive_steps, c=tuple(params.adaptive_c))
 
     def gate_view(self) -> GateView:
