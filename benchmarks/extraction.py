@@ -120,6 +120,8 @@ def art_extract(kind: str, victim: Any, queries: np.ndarray, seed: int, mean: np
     from bastion.core.surrogate import surrogate_module
     from bastion.core.training import init_weights
 
+    np.random.seed(seed)  # ART draws its selection from numpy's global generator,
+    torch.manual_seed(seed)  # and its batches from torch's
     module = surrogate_module((1, 8, 8), 10, mean, std)
     init_weights(module, torch.Generator().manual_seed(seed))
     thief = PyTorchClassifier(model=module, loss=torch.nn.CrossEntropyLoss(),
@@ -206,13 +208,50 @@ def detection(target: Any, train_x: np.ndarray, test_x: np.ndarray, streams: dic
     return out
 
 
+def markdown(out: dict[str, Any]) -> str:
+    """The tables of benchmarks/results/extraction.md from a run's JSON (medians over seeds)."""
+    rows = out["fidelity"]
+    lines = ["| query set | attack | queries | bastion fidelity | ART fidelity | bastion accuracy | ART accuracy | "
+             "bastion ≥ ART (seeds) | bastion / ART CPU |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    keys = sorted({(r["query_set"], r["attack"], r["budget"]) for r in rows}, key=lambda k: (k[0] != "ood", k[1], k[2]))
+    for q, a, b in keys:
+        sel = [r for r in rows if (r["query_set"], r["attack"], r["budget"]) == (q, a, b)]
+        med = lambda k: float(np.median([r[k] for r in sel]))  # noqa: E731
+        wins = sum(r["bastion_fidelity"] >= r["art_fidelity"] for r in sel)
+        cpu = sum(r["bastion_cpu_s"] for r in sel) / max(sum(r["art_cpu_s"] for r in sel), 1e-9)
+        lines.append(f"| {q} | {a} | {b} | {med('bastion_fidelity'):.3f} | {med('art_fidelity'):.3f} | "
+                     f"{med('bastion_accuracy'):.3f} | {med('art_accuracy'):.3f} | {wins}/{len(sel)} | {cpu:.2f}× |")
+    jac = out["jacobian"]
+    lines += ["", "| Jacobian augmentation | queries | fidelity (360 test digits) | accuracy |", "| --- | --- | --- | --- |"]
+    lines += [f"| seed {j['seed']} | {j['queries'][-1]} | {j['fidelity']:.3f} | {j['accuracy']:.3f} |" for j in jac]
+    eq = out["equation_solving"]
+    lines += ["", f"Equation solving (logistic regression, {eq['features']} features, {eq['classes']} classes): "
+              f"{eq['queries']} queries, largest parameter error {eq['max_parameter_error']:.1e}, fidelity "
+              f"{eq['fidelity_test']:.3f}.", ""]
+    det = out["detectors"]
+    names = list(next(iter(det.values()))["delay"])
+    lines += ["| attack stream | " + " | ".join(det) + " |", "| --- |" + " --- |" * len(det)]
+    for n in names:
+        lines.append(f"| {n} | " + " | ".join("no alarm" if d["delay"][n] is None else f"{d['delay'][n]} queries"
+                                             for d in det.values()) + " |")
+    lines.append("| benign: clients alarmed / alarms in windows | " + " | ".join(
+        f"{d['benign_clients_alarmed']}/{d['benign_clients']} clients, {d['benign_alarms']}/{d['benign_windows']} windows "
+        f"({d['benign_queries']} queries)" for d in det.values()) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budgets", default="250,500,1000,2000")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--jacobian-budget", type=int, default=1600)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--markdown", default=None, help="print the tables of a run's JSON and exit")
     args = ap.parse_args()
+    if args.markdown:
+        with open(args.markdown, encoding="utf-8") as f:
+            print(markdown(json.load(f)))
+        return
     import torch
 
     torch.set_num_threads(1)
