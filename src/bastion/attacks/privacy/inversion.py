@@ -37,7 +37,7 @@ from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
 
 TV_EPS = 1e-6
-CostGrad = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+CostGrad = Callable[[np.ndarray, np.ndarray, bool], tuple[np.ndarray, np.ndarray | None]]
 
 
 class MIFaceParams(Params):
@@ -69,7 +69,7 @@ class MIFace(ModelInversion):
         view = target.adaptive_view()
         device = getattr(view, "device", "cpu")
 
-        def cost_grad(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        def cost_grad(x: np.ndarray, labels: np.ndarray, want_grad: bool) -> tuple[np.ndarray, np.ndarray]:
             xt = torch.from_numpy(x).to(device).requires_grad_(True)
             logp = torch.log_softmax(view.logits(xt).double(), dim=1)  # type: ignore[attr-defined]
             own = logp[torch.arange(len(x)), torch.from_numpy(labels).to(device)]  # log Pr(c | x)
@@ -96,7 +96,9 @@ class MIFaceScores(ModelInversion):
             logp = target.predict_log_proba(np.clip(x, lo, hi).astype(np.float32))
             return 1 - np.exp(logp[np.arange(len(x)), labels])
 
-        def cost_grad(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        def cost_grad(x: np.ndarray, labels: np.ndarray, want_grad: bool) -> tuple[np.ndarray, np.ndarray | None]:
+            if not want_grad:  # the last step: no probes
+                return cost(x, labels), None
             u = rng.standard_normal((len(x), half, *x.shape[1:])) * (p.sigma * (hi - lo))
             probes = np.concatenate([x[:, None] + u, x[:, None] - u], axis=1)  # (n, 2 half, ...)
             c = cost(probes.reshape(-1, *x.shape[1:]), np.repeat(labels, 2 * half)).reshape(len(x), 2 * half)
@@ -108,9 +110,9 @@ class MIFaceScores(ModelInversion):
 
 
 def descend(cost_grad: CostGrad, target: Target, p: MIFaceParams) -> np.ndarray:
-    """MI-Face's loop for every class at once: ``cost_grad(x, labels)`` gives the model's part of
-    the cost and its gradient; the prior, the projection and the stopping rules are added here.
-    Returns each class's lowest-cost input."""
+    """MI-Face's loop for every class at once: ``cost_grad(x, labels, want_grad)`` gives the
+    model's part of the cost and its gradient (None when not wanted, at the last step); the prior,
+    the projection and the stopping rules are added here. Returns each class's lowest-cost input."""
     spec = target.input_spec
     lo, hi = (b.astype(np.float64) for b in spec.bounds_arrays())
     span = hi - lo
@@ -122,17 +124,18 @@ def descend(cost_grad: CostGrad, target: Target, p: MIFaceParams) -> np.ndarray:
     stale = np.zeros(k, np.int64)
     active = np.arange(k)
     for step in range(p.steps + 1):
-        c, g = cost_grad(x[active].astype(np.float32), active)
+        c, g = cost_grad(x[active].astype(np.float32), active, step < p.steps)
         if tv:
             c = c + tv * total_variation(x[active])
-            g = g + tv * total_variation_grad(x[active])
         better = c < best_cost[active] - 1e-12
         idx = active[better]
         best[idx], best_cost[idx] = x[idx], c[better]
         stale[active] = np.where(better, 0, stale[active] + 1)
         keep = (stale[active] < p.patience) & (best_cost[active] > p.gamma)
-        if step == p.steps or not keep.any():
+        if step == p.steps or g is None or not keep.any():
             break
+        if tv:
+            g = g + tv * total_variation_grad(x[active])
         active, g = active[keep], g[keep]
         rms = np.sqrt(np.mean(g.reshape(len(g), -1) ** 2, axis=1)).reshape(-1, *([1] * len(spec.shape)))
         x[active] = np.clip(x[active] - p.step_size * span * g / np.maximum(rms, 1e-12), lo, hi)
