@@ -23,7 +23,7 @@ campaign measures inference-time detectors such as STRIP without this module imp
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -111,7 +111,7 @@ def _outcome(check: CheckResult, o: Outcome, prefix: str = "", **where: Any) -> 
 
 
 def simulate(attack: PoisoningAttack, train: Dataset, test: Dataset, fractions: list[float], trainer: Any, *,
-             detectors: list[PoisonDetector] = (), spec: InputSpec | None = None,  # type: ignore[assignment]
+             detectors: Sequence[PoisonDetector] = (), spec: InputSpec | None = None,
              classes: list[Any] | None = None, ctx: RunContext | None = None, cache: bool = True,
              probe: Probe | None = None) -> Simulation:
     """Run ``attack`` at each of ``fractions`` (0 adds the clean model) through ``trainer``; labels

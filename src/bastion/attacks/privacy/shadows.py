@@ -42,7 +42,6 @@ from bastion.core.trained import (
     fit_model,
     load_model,
     model_folder,
-    predict_all,
     read_cached,
     run_units,
     save_model,
