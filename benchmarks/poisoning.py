@@ -279,15 +279,16 @@ def render(result: dict[str, Any], figure: str | None) -> str:
         for ax, (name, entry) in zip(np.atleast_1d(axes), sims.items(), strict=True):
             outs = entry["simulation"]["outcomes"]
             fr = [o["fraction"] for o in outs]
-            for key, label in (("clean_accuracy", "clean accuracy"), ("source_accuracy", "class-1 accuracy"),
-                               ("attack_success", "attack success")):
+            for key, label, color in (("clean_accuracy", "clean accuracy", "C0"),
+                                      ("source_accuracy", "class-1 accuracy", "C1"),
+                                      ("attack_success", "attack success", "C3")):
                 ys = [(o["model"] or {}).get(key) for o in outs]
                 if any(v is not None for v in ys):
-                    ax.plot(fr, [np.nan if v is None else v for v in ys], marker="o", label=label)
+                    ax.plot(fr, [np.nan if v is None else v for v in ys], marker="o", label=label, color=color)
             ax.set_title(name)
             ax.set_xlabel("poisoned share of training records")
+            ax.legend(fontsize=8)
         np.atleast_1d(axes)[0].set_ylabel("share of test records")
-        np.atleast_1d(axes)[0].legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(figure, dpi=90)
     return "\n".join(lines)

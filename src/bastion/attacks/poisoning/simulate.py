@@ -116,7 +116,7 @@ def simulate(attack: PoisoningAttack, train: Dataset, test: Dataset, fractions: 
              probe: Probe | None = None) -> Simulation:
     """Run ``attack`` at each of ``fractions`` (0 adds the clean model) through ``trainer``; labels
     of ``train`` and ``test`` are class indices. Each detector whose ``poison_rate`` is not set
-    by the caller is told the fraction simulated (the defender who knows the rate: its best case)."""
+    by the caller is told the share actually poisoned (the defender who knows the rate: its best case)."""
     if not fractions or any(not 0 <= f < 1 for f in fractions):
         raise UsageError(f"poison fractions must lie in [0, 1), got {fractions}")
     t0 = time.perf_counter()
@@ -181,8 +181,8 @@ def fraction_unit(ctx: RunContext, attack: PoisoningAttack, x: np.ndarray, y: np
 def _detect(det: PoisonDetector, attack: PoisoningAttack, poisoned: PoisonResult, truth: np.ndarray, fraction: float,
             model: Any, trainer: Any, seed: int, xt: np.ndarray, yt: np.ndarray, trigger: Trigger | None,
             spec: InputSpec, classes: list[Any], cache: bool, ctx: RunContext) -> DetectorOutcome:
-    if "poison_rate" not in det.params.model_fields_set:
-        det = type(det)(**{**det.params.model_dump(exclude_unset=True), "poison_rate": fraction})
+    if "poison_rate" not in det.params.model_fields_set:  # the share actually poisoned (a targeted flip may fall short)
+        det = type(det)(**{**det.params.model_dump(exclude_unset=True), "poison_rate": poisoned.fraction})
     rate = float(det.params.poison_rate)  # type: ignore[attr-defined]
     try:
         found = det.detect(poisoned.x, poisoned.y, ctx, model=model, trainer=trainer, spec=spec, classes=classes)
