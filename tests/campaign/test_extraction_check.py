@@ -63,7 +63,7 @@ def test_the_attackers_chain_transfers_from_the_copy_better_than_noise(tmp_path:
     res = _scan(_policy(tmp_path, [{
         "name": "theft", "kind": "extraction", "query_budget": 120,
         "attacks": [{"attack": "knockoff", "params": {"rounds": 2, "epochs": 60, "lr": 0.01}}, "equation-solving"],
-        "transfer": {"eps": 0.15, "steps": 20}}]))
+        "transfer": {"eps": 0.15, "steps": 20}}], ["transfer_success_rate[theft, attack=knockoff, eps=0.15, norm=linf] <= 0.3"]))
     check = res.checks[0]
     assert check.status == "complete", check.reason
     assert check.values("queries", attack="knockoff") == [120.0] and len(check.artifacts) == 2
@@ -72,3 +72,14 @@ def test_the_attackers_chain_transfers_from_the_copy_better_than_noise(tmp_path:
         (noise,) = check.values("noise_success_rate", attack=attack)
         assert t > noise + 0.2, (attack, t, noise)
     assert check.metrics["attacks"]["knockoff"]["transfer"]["inputs"] > 20
+    assert not res.gates[0].passed  # a gate reads the chain's figure by attack, eps and norm
+
+
+def test_a_gate_on_a_transfer_eps_the_check_does_not_run_is_refused(tmp_path: Path) -> None:
+    import pytest
+
+    from bastion.errors import PolicyError
+
+    with pytest.raises(PolicyError, match="eps"):
+        _scan(_policy(tmp_path, [{"name": "theft", "kind": "extraction", "attacks": ["equation-solving"],
+                                  "transfer": {"eps": 0.15}}], ["transfer_success_rate[theft, eps=0.3] <= 0.3"]))

@@ -109,8 +109,13 @@ class ExtractionCheck(Check):
         return frozenset({self.params.pool.role, *([q.role] if q else [])})
 
     def gate_view(self) -> GateView:
+        """Bare selectors match the check, its kind or an attack; with ``transfer``, ``eps`` and
+        ``norm`` select the chain's figures."""
         names = frozenset(a.label for a in self.attacks)
-        return GateView(self.name, frozenset({self.name, self.kind, *names}), MEASURED, {"attack": names})
+        fields: dict[str, frozenset[str] | None] = {"attack": names}
+        if (t := self.params.transfer) is not None:
+            fields.update({"eps": frozenset({f"{t.eps:g}"}), "norm": frozenset({t.norm})})
+        return GateView(self.name, frozenset({self.name, self.kind, *names}), MEASURED, fields)
 
     def run(self, ctx: CheckContext) -> CheckResult:
         target, _, _ = ctx.require_model(self.name)
