@@ -114,6 +114,9 @@ def test_attribute_policy_requirements_are_checked_when_it_loads(tmp_path: Path)
                                      "attacks": ["nope"]}])
     with pytest.raises(PolicyError, match="unknown attribute attack 'nope'; available: fredrikson, learned"):
         load_policy(path)
+    path = _table_policy(tmp_path, [{"name": "a", "kind": "attribute-inference", "attribute": 0, "bins": 3}])
+    with pytest.raises(PolicyError, match="bins apply to a numeric attribute"):
+        load_policy(path)
 
 
 def _digits_policy(tmp_path: Path, checks: list[dict], model: str = "demo:digits-cnn") -> Path:

@@ -17,7 +17,7 @@ import time
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from bastion.attacks.privacy.inference import (
     ATTRIBUTE_ATTACKS,
@@ -85,6 +85,14 @@ class AttributeParams(CheckParams):
         if v is not None and not v:
             raise ValueError("give at least one attribute attack")
         return v
+
+    @model_validator(mode="after")
+    def _kind_fits(self) -> AttributeParams:
+        if self.attribute_kind == "categorical" and "bins" in self.model_fields_set:
+            raise ValueError("bins apply to a numeric attribute: add 'attribute_kind: numeric' or remove 'bins'")
+        if self.attribute_kind == "numeric" and self.candidates is not None:
+            raise ValueError("candidates apply to a categorical attribute; a numeric one is binned ('bins')")
+        return self
 
 
 @register_check
