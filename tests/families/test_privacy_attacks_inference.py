@@ -140,3 +140,26 @@ def test_total_variation_gradient_matches_finite_differences() -> None:
         e[idx] = h
         num = (total_variation(x + e) - total_variation(x - e))[idx[0]] / (2 * h)
         assert g[idx] == pytest.approx(num, rel=1e-4, abs=1e-8)
+
+
+def test_mi_face_takes_gradients_in_expectation_on_a_randomised_target(digits_target, digits_data) -> None:
+    import torch
+
+    from bastion.core.targets.torch_target import TorchTarget
+
+    class Noisy(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x + 0.3 * torch.randn_like(x))
+
+    noisy = TorchTarget(Noisy(digits_target.module), InputSpec(shape=(1, 8, 8), kind="image"), classes=list(range(10)))
+    noisy.randomized = True
+    first = get_inversion_attack("mi-face", steps=10).run(noisy, digits_data)
+    assert first.queries == 10 * 11 * 8  # 8 draws per class and step
+    again = get_inversion_attack("mi-face", steps=10).run(noisy, digits_data)
+    np.testing.assert_array_equal(first.reconstructions, again.reconstructions)  # draws seeded from the run
+    one = get_inversion_attack("mi-face", steps=10, eot_iter=1).run(noisy, digits_data)
+    assert one.queries == 10 * 11

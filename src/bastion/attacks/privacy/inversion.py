@@ -16,7 +16,9 @@ size ``step_size`` (λ) as a share of each feature's range, along the gradient n
 RMS, so one λ suits any model's scale.
 
 - ``mi-face``: white-box, gradients through the target's ``adaptive_view()``; each step is one
-  query per class.
+  query per class. On a target that declares itself randomised (``randomized = True``) and whose
+  view does not already average its draws, gradients are taken in expectation over ``eot_iter``
+  draws (EOT, Athalye et al. 2018, arXiv:1707.07397; each draw a query), seeded from the run.
 - ``mi-face-scores``: scores only, the model's gradient estimated from queries (NES with antithetic
   Gaussian directions, Ilyas et al. 2018, arXiv:1804.08598): ``samples`` queries per class and step,
   plus one to score the new point. The prior's gradient needs no query.
@@ -37,6 +39,7 @@ from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
 
 TV_EPS = 1e-6
+EOT_DRAWS = 8
 CostGrad = Callable[[np.ndarray, np.ndarray, bool], tuple[np.ndarray, np.ndarray | None]]
 
 
@@ -50,6 +53,11 @@ class MIFaceParams(Params):
                                                                              "0) or midway between the bounds.")
 
 
+class MIFaceWhiteBoxParams(MIFaceParams):
+    eot_iter: int | None = Field(default=None, ge=1, le=1000, description="Draws per gradient on a randomised "
+                                 f"target (default: {EOT_DRAWS} when the target declares itself randomised, else 1).")
+
+
 class MIFaceScoresParams(MIFaceParams):
     samples: int = Field(default=20, ge=2, le=10_000, description="Queries per class and step for the gradient "
                                                                   "estimate (antithetic pairs).")
@@ -60,13 +68,21 @@ class MIFace(ModelInversion):
     """MI-Face (Fredrikson et al. 2015) with the target's gradients."""
 
     name = "mi-face"
-    Params = MIFaceParams
+    Params = MIFaceWhiteBoxParams
     needs_gradients = True
 
     def _invert(self, target: Target, threat: ThreatModel, ctx: RunContext) -> np.ndarray:
         import torch
 
+        from bastion.core.defense import ExpectationView
+        from bastion.core.run import model_draws
+
         view = target.adaptive_view()
+        draws = self.params.eot_iter  # type: ignore[attr-defined]
+        if draws is None:
+            draws = EOT_DRAWS if target.randomized and getattr(view, "draws_per_call", 1) == 1 else 1
+        if draws > 1:
+            view = ExpectationView(view, draws)  # type: ignore[arg-type]
         device = getattr(view, "device", "cpu")
 
         def cost_grad(x: np.ndarray, labels: np.ndarray, want_grad: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +93,8 @@ class MIFace(ModelInversion):
             (grad,) = torch.autograd.grad(cost.sum(), xt)
             return cost.detach().cpu().numpy(), grad.detach().cpu().numpy().astype(np.float64)
 
-        return descend(cost_grad, target, self.params)  # type: ignore[arg-type]
+        with model_draws(ctx.key("draws")):  # a randomised model's draws: reproducible from the run's seed
+            return descend(cost_grad, target, self.params)  # type: ignore[arg-type]
 
 
 class MIFaceScores(ModelInversion):
