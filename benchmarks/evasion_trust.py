@@ -35,8 +35,11 @@ Run from the repository root with a venv that has ART (see benchmarks/RESULTS.md
     nice -n 10 .benchenv/bin/python benchmarks/evasion_trust.py --label before
     nice -n 10 .benchenv/bin/python benchmarks/evasion_trust.py --label after --skip-art --skip-hand
 
-Results are merged into ``--json`` (ART and hand-written results are kept from earlier runs unless
-rerun), and the table is rewritten from it into ``--md``. Trained models are cached in benchmarks/.cache.
+``--declared`` adds a bastion run with the rounding / sqrt step declared for BPDA (``TorchTarget(...,
+bpda=BPDA(module=...))``). Parts can run in parallel into separate files (``--models``, ``--eps``,
+``--json``) and be folded together with ``--merge-from``. Results are merged into ``--json`` (ART and
+hand-written results are kept from earlier runs unless rerun), and the table is rewritten from it into
+``--md``. Trained models are cached in benchmarks/.cache.
 The hand-written attacks need no bastion code beyond the demo data and can run on a GPU
 (``--device cuda --hand-out DIR`` there, then ``--hand-from DIR [DIR ...]`` here scores the saved inputs).
 """
@@ -82,15 +85,23 @@ class Scaled(nn.Module):
         return self.base(x) * self.scale
 
 
-class Rounded(nn.Module):
-    """3-bit input quantisation inside ``forward``: zero gradient almost everywhere."""
+class Quantise(nn.Module):
+    """``round(levels · x) / levels``: zero gradient almost everywhere."""
 
-    def __init__(self, base: nn.Module, levels: int = 7) -> None:
+    def __init__(self, levels: int = 7) -> None:
         super().__init__()
-        self.base, self.levels = base, levels
+        self.levels = levels
 
-    def quantise(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.round(x * self.levels) / self.levels
+
+
+class Rounded(nn.Module):
+    """3-bit input quantisation inside ``forward`` (the submodule ``quantise``)."""
+
+    def __init__(self, base: nn.Module) -> None:
+        super().__init__()
+        self.base, self.quantise = base, Quantise(7)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(self.quantise(x))
@@ -107,16 +118,19 @@ class Noisy(nn.Module):
         return self.base(x + self.sigma * torch.randn_like(x))
 
 
-class SqrtSqrt(nn.Module):
+class SqrtStep(nn.Module):
     """``sqrt(x) * sqrt(x)``: the identity on [0, 1], with a NaN gradient at every zero pixel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(x) * torch.sqrt(x)
+
+
+class SqrtSqrt(nn.Module):
+    """The sqrt·sqrt step (the submodule ``step``) before the CNN."""
 
     def __init__(self, base: nn.Module) -> None:
         super().__init__()
-        self.base = base
-
-    @staticmethod
-    def step(x: torch.Tensor) -> torch.Tensor:
-        return torch.sqrt(x) * torch.sqrt(x)
+        self.base, self.step = base, SqrtStep()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(self.step(x))
@@ -237,24 +251,37 @@ def score(model: nn.Module, x: np.ndarray, x_adv: np.ndarray, y: np.ndarray, eps
 
 
 # --- bastion ------------------------------------------------------------------------------------------
-def _target(model: nn.Module) -> Any:
+#: The submodule with the non-differentiable step, for bastion's BPDA declaration (``--declared``).
+BPDA_MODULE = {"round3": "quantise", "sqrt": "step"}
+
+
+def _target(model: nn.Module, bpda_module: str | None = None) -> Any:
     from bastion.core.spec import InputSpec
     from bastion.core.targets.torch_target import TorchTarget
 
-    return TorchTarget(model, InputSpec(shape=(1, 8, 8), lower=0.0, upper=1.0, kind="image"))
+    spec = InputSpec(shape=(1, 8, 8), lower=0.0, upper=1.0, kind="image")
+    if bpda_module is None:
+        return TorchTarget(model, spec)
+    from bastion.core.defense import BPDA  # bastion's declaration (issue 9); identity straight-through
+
+    return TorchTarget(model, spec, bpda=BPDA(module=bpda_module))
 
 
-def run_bastion_auto(model: nn.Module, x: np.ndarray, y: np.ndarray, eps: float, draws: int) -> dict:
-    """``auto`` as a user runs it: defaults, seed 0, through the Python API."""
+def run_bastion_auto(model: nn.Module, x: np.ndarray, y: np.ndarray, eps: float, draws: int,
+                     bpda_module: str | None = None) -> dict:
+    """``auto`` as a user runs it: defaults, seed 0, through the Python API; with ``bpda_module``, the
+    model's non-differentiable step declared to bastion for BPDA."""
     from bastion.attacks import AutoAttack
 
-    target = _target(model)
+    target = _target(model, bpda_module)
     w0, c0 = time.perf_counter(), time.process_time()
     res = AutoAttack(eps=eps, norm="linf", seed=0).run(target, x, y)
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-    return {**score(model, x, res.x_adv, y, eps, draws), "headline": res.robust_accuracy, "wall_s": wall,
+    e = res.expectation  # bastion's own measurement of a randomised target: draws and 95% bootstrap CI
+    own = {} if e is None else {"headline_draws": e.draws, "headline_eot": e.eot, "headline_ci": list(e.ci)}
+    return {**score(model, x, res.x_adv, y, eps, draws), "headline": res.robust_accuracy, **own, "wall_s": wall,
             "cpu_s": cpu, "complete": res.complete, "reason": res.reason, "stages": res.extra.get("stages"),
-            "notes": res.extra.get("notes")}
+            "gradients": res.extra.get("gradients"), "notes": res.extra.get("notes")}
 
 
 def run_masking_check(model: nn.Module, x: np.ndarray, y: np.ndarray, eps: float) -> dict:
@@ -423,7 +450,7 @@ def load_hand(model: nn.Module, x: np.ndarray, y: np.ndarray, eps: float, files:
     found = [f for f in files if f.exists()]
     if not found:
         raise FileNotFoundError(f"no saved hand-written attack among {', '.join(map(str, files))}")
-    cands = [sanitise(x, np.load(f)["x_adv"], eps)[0] for f in found]
+    cands = [sanitise(x, np.load(f)["x_adv"][:len(x)], eps)[0] for f in found]  # saved for the first N ≥ n
     sel = np.stack([correctness(model, c, y, draws, seed=3) for c in cands])
     pick = sel.argmin(0)
     x_adv = np.stack(cands)[pick, np.arange(len(x))]
@@ -434,29 +461,102 @@ def load_hand(model: nn.Module, x: np.ndarray, y: np.ndarray, eps: float, files:
             "wall_s": sum(m["wall_s"] for m in metas)}
 
 
+def merge(data: dict, other: dict) -> None:
+    """Fold another result file's runs and rows into ``data`` (bastion runs and masking checks by label;
+    ART and hand-written results replaced where the other file has them)."""
+    runs = data["meta"].setdefault("runs", {})
+    for run_id, argv in other["meta"].get("runs", {}).items():
+        while run_id in runs and runs[run_id] != argv:  # parts started in the same minute
+            run_id += "'"
+        runs[run_id] = argv
+    for key, value in other["meta"].items():
+        if key in ("art", "hand") or (key != "runs" and key not in data["meta"]):
+            data["meta"][key] = value
+    for name, row in other["rows"].items():
+        mine = data["rows"].setdefault(name, {})
+        for field, value in row.items():
+            if field in ("bastion", "masking"):
+                mine.setdefault(field, {}).update(value)
+            else:
+                mine[field] = value
+
+
 # --- report ---------------------------------------------------------------------------------------------------
 def _pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.1f}%"
+
+
+def _pm(result: dict | None) -> str:
+    """A robust accuracy, with ± the 95% interval of its expectation over draws where it has one."""
+    if not result or "robust" not in result:
+        return "—"
+    return _pct(result["robust"]) + (f" ± {100 * result['ci95']:.1f}" if "ci95" in result else "")
+
+
+def _ci(result: dict) -> str:
+    """bastion's own 95% bootstrap interval of an expected robust accuracy, where it reported one."""
+    ci = result.get("headline_ci")
+    return f", CI {100 * ci[0]:.1f}–{100 * ci[1]:.1f}%" if ci else ""
 
 
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.1f}×" if b > 0 else "—"
 
 
-def best_known(row: dict) -> tuple[float | None, str]:
-    known = [(row[k]["robust"], k) for k in ("art", "hand") if row.get(k) and "robust" in row[k]]
+def best_known(row: dict, n: int | None = None) -> tuple[float | None, str]:
+    """The lower robust accuracy of ART and the hand-written attack (over the first ``n`` inputs if given:
+    a bastion run on fewer inputs is compared on those)."""
+    known = [(float(np.mean(row[k]["per_input"][:n])) if n else row[k]["robust"], k)
+             for k in ("art", "hand") if row.get(k) and "robust" in row[k]]
     return min(known) if known else (None, "")
+
+
+def _n(result: dict) -> int | None:
+    return len(result["per_input"]) if "per_input" in result else None
 
 
 def any_tool(row: dict) -> float | None:
     """Per input the lowest correctness any tool reached, averaged: the strongest known per input."""
     per = [row[k]["per_input"] for k in ("art", "hand") if row.get(k) and "per_input" in row[k]]
     per += [b["per_input"] for b in row.get("bastion", {}).values() if "per_input" in b]
+    full = max((len(p) for p in per), default=0)
+    per = [p for p in per if len(p) == full]  # runs on fewer inputs are left out
     return float(np.mean(np.min(np.array(per), axis=0))) if per else None
 
 
+def targets(rows: dict, labels: list[str]) -> list[str]:
+    """Issue 9's targets per bastion run: within 1 point of the best known attack; a masking finding on
+    each masked model and none on the others; ART's CPU time at least 5× bastion's."""
+    out = []
+    for lab in labels:
+        gap, mask, speed = [], [], []
+        for r in rows.values():
+            b = r.get("bastion", {}).get(lab)
+            bk = best_known(r, _n(b))[0] if b else None
+            if b and bk is not None and b["robust"] - bk > 0.01 + 1e-9:
+                gap.append(f"{r['model']} ε={r['eps']} +{100 * (b['robust'] - bk):.1f}")
+            art = r.get("art")
+            if b and art and art.get("cpu_s") and art["cpu_s"] < 5 * b["cpu_s"]:
+                speed.append(f"{r['model']} ε={r['eps']} {art['cpu_s'] / b['cpu_s']:.1f}×")
+            m = r.get("masking", {}).get(lab.split("+")[0])
+            if m and "+" not in lab:
+                raised = bool(m["findings"])
+                if raised != (r["model"] in MASKED):
+                    mask.append(f"{r['model']} ε={r['eps']} ({'raised' if raised else 'none'})")
+        n_b = sum(1 for r in rows.values() if r.get("bastion", {}).get(lab))
+        out.append(f"- `{lab}` ({n_b} rows): within 1 pp of the best known: "
+                   + ("**met**" if not gap else "**not met** on " + "; ".join(gap))
+                   + ". Masking findings as expected: "
+                   + ("—" if "+" in lab else "**met**" if not mask else "**not met** on " + "; ".join(mask))
+                   + ". ART CPU ≥ 5× bastion's: "
+                   + ("**met**" if not speed else "**not met** on " + "; ".join(speed))
+                   + " (rows with an ART time).")
+    return out
+
+
 def write_md(data: dict, path: Path) -> None:
-    meta, rows = data["meta"], data["rows"]
+    meta = data["meta"]
+    rows = dict(sorted(data["rows"].items(), key=lambda kv: (MODELS.index(kv[1]["model"]), kv[1]["eps"])))
     labels = sorted({lab for r in rows.values() for lab in r.get("bastion", {})})
     L = ["# Evasion figures a user can trust: bastion `auto` vs ART AutoAttack vs hand-written adaptive attacks",
          "", "Script: `benchmarks/evasion_trust.py`; raw figures: `evasion-trust.json`. Written by the script.", "",
@@ -466,11 +566,13 @@ def write_md(data: dict, path: Path) -> None:
          f"{NOISE_SIGMA}; its figures are expected accuracies over {meta.get('draws')} fresh noise draws "
          "(± the 95% interval of that expectation), for every tool alike.",
          *([f"- {meta['hand']}."] if meta.get("hand") else []),
-         "- Runs: " + "; ".join(f"`{k}`: {v}" for k, v in meta.get("runs", {}).items()), "",
+         "- Runs (label, start; arguments):", *[f"  - {k}: `{v}`" for k, v in meta.get("runs", {}).items()], "",
          "## Robust accuracy (L∞)", "",
          "bastion cells: robust accuracy of its adversarial inputs scored by this script (bastion's own headline "
-         "in brackets). Best known: the lower of ART and the hand-written attack. Any tool: per input the lowest "
-         "accuracy any tool reached (bastion included). Δ: bastion minus best known.", ""]
+         "in brackets; for the noise model bastion's own expectation over its own fresh draws with its 95% "
+         "bootstrap CI). ± on the noise row: the 95% interval of the expectation over this script's draws. Best known: the lower of ART and the hand-written attack. Any tool: per input the lowest "
+         "accuracy any tool reached (bastion included). Δ: bastion minus best known, over the inputs that bastion "
+         "run attacked (a run labelled `-nN` attacked the first N only).", ""]
     head = (["model", "ε", "clean"] + [f"bastion auto ({lab})" for lab in labels]
             + ["ART AutoAttack", "hand-written adaptive", "best known", "any tool, per input"]
             + [f"Δ {lab} (pp)" for lab in labels])
@@ -480,10 +582,11 @@ def write_md(data: dict, path: Path) -> None:
         bs = [r.get("bastion", {}).get(lab) for lab in labels]
         art, hand = r.get("art"), r.get("hand")
         cells = ([r["model"], str(r["eps"]), _pct(r.get("clean"))]
-                 + ["—" if b is None else f"{_pct(b['robust'])} ({_pct(b['headline'])})" for b in bs]
-                 + [_pct(art and art.get("robust")), _pct(hand and hand.get("robust")), _pct(bk),
+                 + ["—" if b is None else f"{_pm(b)} ({_pct(b['headline'])}{_ci(b)})" for b in bs]
+                 + [_pm(art), _pm(hand), _pct(bk),
                     _pct(any_tool(r))]
-                 + ["—" if b is None or bk is None else f"{100 * (b['robust'] - bk):+.1f}" for b in bs])
+                 + ["—" if b is None or best_known(r, _n(b))[0] is None
+                    else f"{100 * (b['robust'] - best_known(r, _n(b))[0]):+.1f}" for b in bs])
         L.append("| " + " | ".join(cells) + " |")
     L += ["", "## Times (1 torch thread; bastion and ART alternate within a run)", "",
           "| model | ε | bastion run | bastion wall s | bastion CPU s | ART run | ART wall s | ART CPU s "
@@ -497,12 +600,20 @@ def write_md(data: dict, path: Path) -> None:
             L.append(f"| {r['model']} | {r['eps']} | {lab} | {b['wall_s']:.1f} | {b['cpu_s']:.1f} | {art['run']} | "
                      f"{art['wall_s']:.1f} | {art['cpu_s']:.1f} | {_ratio(art['wall_s'], b['wall_s'])} | "
                      f"{_ratio(art['cpu_s'], b['cpu_s'])} |")
+    for lab in labels:  # summed over the rows that have both times
+        pairs = [(r["bastion"][lab], r["art"]) for r in rows.values() if r.get("art") and lab in r.get("bastion", {})]
+        if pairs:
+            bw, bc, aw, ac = (sum(p[i][k] for p in pairs) for i, k in ((0, "wall_s"), (0, "cpu_s"), (1, "wall_s"),
+                                                                       (1, "cpu_s")))
+            L.append(f"| all {len(pairs)} rows | | {lab} | {bw:.1f} | {bc:.1f} | | {aw:.1f} | {ac:.1f} | "
+                     f"{_ratio(aw, bw)} | {_ratio(ac, bc)} |")
     L += ["", "## Masking check (`gradient-masking`, default parameters)", "",
           "| model | ε | run | flagged signs | findings (severity) |", "| --- | --- | --- | --- | --- |"]
     for r in rows.values():
         for lab, m in sorted(r.get("masking", {}).items()):
             f = ", ".join(f"{x['rule']} ({x['severity']})" for x in m["findings"]) or "none"
             L.append(f"| {r['model']} | {r['eps']} | {lab} | {', '.join(m['flagged'] or []) or 'none'} | {f} |")
+    L += ["", "## Targets (computed from the rows above)", ""] + targets(rows, labels)
     L += ["", "## Stages", "", "bastion `auto` per stage (robust accuracy by bastion's own count, seconds); "
           "ART per stage (robust by ART's own count, seconds).", ""]
     for r in rows.values():
@@ -520,6 +631,17 @@ def write_md(data: dict, path: Path) -> None:
     path.write_text("\n".join(L) + "\n")
 
 
+def _commit() -> str:
+    """The git commit of the bastion source this run imports (``unknown`` outside a checkout)."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "-C", str(Path(bastion.__file__).parent), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
@@ -530,8 +652,10 @@ def main() -> None:
     ap.add_argument("--label", default="before", help="name of this bastion run (before / after / ...)")
     ap.add_argument("--skip-art", action="store_true", help="keep ART results from --json")
     ap.add_argument("--skip-hand", action="store_true", help="keep hand-written results from --json")
-    ap.add_argument("--skip-bastion", action="store_true")
+    ap.add_argument("--skip-bastion", action="store_true", help="skip the default bastion run (not --declared)")
     ap.add_argument("--skip-masking", action="store_true")
+    ap.add_argument("--declared", action="store_true",
+                    help="also run bastion auto with the BPDA declaration on the rounding and sqrt models")
     ap.add_argument("--hand-steps", type=int, default=200)
     ap.add_argument("--hand-restarts", type=int, default=5, help="CE and margin runs each (deterministic)")
     ap.add_argument("--hand-targets", type=int, default=3, help="targeted-margin runs (top classes)")
@@ -544,38 +668,43 @@ def main() -> None:
                     help="score hand-written adversarial inputs saved by --hand-out instead of running the attacks "
                          "(e.g. computed on a GPU machine); with several folders, per input the run with the "
                          "lowest accuracy on selection draws")
+    ap.add_argument("--merge-from", nargs="+", metavar="JSON",
+                    help="only merge the rows and runs of these result files (parts run in parallel) into --json")
     ap.add_argument("--json", default="benchmarks/results/evasion-trust.json")
     ap.add_argument("--md", default="benchmarks/results/evasion-trust.md")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.json)
     data = json.loads(out.read_text()) if out.exists() else {"meta": {"runs": {}}, "rows": {}}
-    run_id = f"{args.label} {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
-    art_version = None
-    if not args.skip_art:
-        import art
-
-        art_version = art.__version__
-    data["meta"].update({
-        "machine": f"{platform.machine()}, 2-core CPU shared with other jobs, 1 torch thread",
-        "python": platform.python_version(), "torch": torch.__version__, "bastion": bastion.__version__,
-        "n": args.n, "draws": args.draws, "noise_sigma": NOISE_SIGMA, "scale": SCALE})
-    if art_version:
-        data["meta"]["art"] = art_version
-    if args.hand_from:
-        data["meta"]["hand"] = (f"hand-written attacks computed by earlier --hand-out runs "
-                                f"({', '.join(args.hand_from)}), scored by this run; their wall times are "
-                                "those runs' (device in the JSON)")
-    data["meta"].setdefault("runs", {})[args.label] = run_id + " — " + " ".join(
-        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("json", "md", "label"))
-    test = demo_data("digits")
-    x, y = test.x[:args.n].astype(np.float32), test.y[:args.n].astype(np.int64)
-    models = build_models(args.models)
 
     def save() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(data, indent=1))
         write_md(data, Path(args.md))
+
+    if args.merge_from:
+        for f in args.merge_from:
+            merge(data, json.loads(Path(f).read_text()))
+        save()
+        return
+    data["meta"].update({
+        "machine": f"{platform.machine()}, 2-core CPU shared with other jobs, 1 torch thread",
+        "python": platform.python_version(), "torch": torch.__version__, "bastion": bastion.__version__,
+        "n": args.n, "draws": args.draws, "noise_sigma": NOISE_SIGMA, "scale": SCALE})
+    if not args.skip_art:
+        import art
+
+        data["meta"]["art"] = art.__version__
+    if args.hand_from:
+        data["meta"]["hand"] = (f"hand-written attacks computed by earlier --hand-out runs "
+                                f"({', '.join(args.hand_from)}), scored by this run; their wall times are "
+                                "those runs' (device in the JSON)")
+    run_id = f"{args.label} {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC, bastion at {_commit()}"
+    data["meta"].setdefault("runs", {})[run_id] = " ".join(
+        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("json", "md", "label"))
+    test = demo_data("digits")
+    x, y = test.x[:args.n].astype(np.float32), test.y[:args.n].astype(np.int64)
+    models = build_models(args.models)
 
     k = 0
     for mname, model in models.items():
@@ -596,6 +725,12 @@ def main() -> None:
                       f"wall {res['wall_s']:.1f}s cpu {res['cpu_s']:.1f}s", flush=True)
                 save()
             k += 1
+            if args.declared and mname in BPDA_MODULE:
+                res = run_bastion_auto(model, x, y, eps, args.draws, BPDA_MODULE[mname])
+                row.setdefault("bastion", {})[f"{args.label}+bpda"] = {**res, "run": args.label}
+                print(f"  {mname} ε={eps} bastion+bpda: robust {res['robust']:.3f} (headline {res['headline']:.3f})"
+                      f" wall {res['wall_s']:.1f}s cpu {res['cpu_s']:.1f}s", flush=True)
+                save()
             if args.hand_from:
                 res = load_hand(model, x, y, eps, [Path(d) / f"hand-{mname}-{eps}.npz" for d in args.hand_from],
                                 args.draws)
