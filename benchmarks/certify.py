@@ -8,7 +8,8 @@ interval bound propagation's verified accuracy on the digits CNN.
    chunks; in each chunk the tools take turns (bastion, ART at the same batch size, ART at its
    default batch size 32, and the bare forward passes: the same 10,100 noisy copies through the
    module with nothing else, the floor any implementation pays), in an order that alternates from
-   chunk to chunk. CPU seconds (process time) and wall seconds per tool; throughput = inputs
+   chunk to chunk; bastion runs twice, as is and with ``jit`` (the module traced and optimised for
+   inference, trace time included, on the same noise draws). CPU seconds (process time) and wall seconds per tool; throughput = inputs
    certified per CPU second. Decisions: the two tools draw different noise (bastion from its
    seeded torch generators, ART from NumPy's global generator, seeded per chunk), so the abstention
    decisions are compared input by input and each disagreement is listed with both tools' lower
@@ -92,6 +93,8 @@ def smoothing_benchmark(target: Any, x: np.ndarray, y: np.ndarray, args: argpars
 
     cert = smoothing.RandomizedSmoothing(sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha,
                                          batch_size=args.batch)
+    cert_jit = smoothing.RandomizedSmoothing(sigma=args.sigma, n0=args.n0, n=args.n, alpha=args.alpha,
+                                             batch_size=args.batch, jit=True)
     art = PyTorchRandomizedSmoothing(model=copy.deepcopy(target.module).eval(), loss=torch.nn.CrossEntropyLoss(),
                                      input_shape=tuple(x.shape[1:]), nb_classes=target.n_classes,
                                      clip_values=(0.0, 1.0), device_type="cpu", sample_size=args.n0,
@@ -102,26 +105,27 @@ def smoothing_benchmark(target: Any, x: np.ndarray, y: np.ndarray, args: argpars
     art._lower_confidence_bound = a_bound
     floor_gen = torch.Generator().manual_seed(args.seed)
 
-    def run_bastion(xc: np.ndarray, yc: np.ndarray, k: int) -> Any:
-        return cert.certify(target, xc, yc, RunContext(seed=args.seed).spawn(f"chunk{k}"))
+    def run_bastion(xc: np.ndarray, yc: np.ndarray, k: int, jit: bool) -> Any:
+        return (cert_jit if jit else cert).certify(target, xc, yc, RunContext(seed=args.seed).spawn(f"chunk{k}"))
 
     def run_art(xc: np.ndarray, batch: int, k: int) -> Any:
         np.random.seed(args.seed * 1000 + k)
         return art.certify(xc, n=args.n, batch_size=batch)
 
-    tools = ["bastion", "art", "art-default-batch", "bare-forward"]
+    tools = ["bastion", "bastion-jit", "art", "art-default-batch", "bare-forward"]
     cpu = {t: 0.0 for t in tools}
     wall = {t: 0.0 for t in tools}
-    out: dict[str, Any] = {"bastion": ([], []), "art": ([], []), "art-default-batch": ([], [])}
-    bounds: dict[str, list[float]] = {"bastion": [], "art": [], "art-default-batch": []}
+    compared = ["bastion", "bastion-jit", "art", "art-default-batch"]
+    out: dict[str, Any] = {t: ([], []) for t in compared}
+    bounds: dict[str, list[float]] = {t: [] for t in compared}
     for k, start in enumerate(range(0, len(x), args.chunk)):
         xc, yc = x[start:start + args.chunk], y[start:start + args.chunk]
         order = tools if k % 2 == 0 else tools[::-1]
         for tool in order:
             a_bound.values, b_bound.values = [], []
             w0, c0 = time.perf_counter(), time.process_time()
-            if tool == "bastion":
-                res = run_bastion(xc, yc, k)
+            if tool.startswith("bastion"):
+                res = run_bastion(xc, yc, k, tool == "bastion-jit")
                 pred, radius = res.prediction, res.radius
             elif tool == "bare-forward":
                 bare_forward(target.module, xc, args.n0, args.n, args.sigma, args.batch, floor_gen)
@@ -132,7 +136,7 @@ def smoothing_benchmark(target: Any, x: np.ndarray, y: np.ndarray, args: argpars
             if tool != "bare-forward":
                 out[tool][0].extend(np.asarray(pred).tolist())
                 out[tool][1].extend(np.asarray(radius, np.float64).tolist())
-                bounds[tool].extend((b_bound if tool == "bastion" else a_bound).values)
+                bounds[tool].extend((b_bound if tool.startswith("bastion") else a_bound).values)
         print(f"chunk {k}: {start + len(xc)} inputs; CPU s so far "
               + ", ".join(f"{t} {cpu[t]:.1f}" for t in tools), flush=True)
     n_in = len(x)
@@ -142,12 +146,20 @@ def smoothing_benchmark(target: Any, x: np.ndarray, y: np.ndarray, args: argpars
         "inputs_per_cpu_s": {t: n_in / cpu[t] for t in tools},
         "speedup_cpu": {"vs_art_same_batch": cpu["art"] / cpu["bastion"],
                         "vs_art_default_batch": cpu["art-default-batch"] / cpu["bastion"],
+                        "jit_vs_art_same_batch": cpu["art"] / cpu["bastion-jit"],
+                        "jit_vs_art_default_batch": cpu["art-default-batch"] / cpu["bastion-jit"],
+                        "bastion_jit_over_bare_forward": cpu["bastion-jit"] / cpu["bare-forward"],
                         "bastion_over_bare_forward": cpu["bastion"] / cpu["bare-forward"],
                         "art_over_bare_forward": cpu["art"] / cpu["bare-forward"],
                         "art_default_batch_over_bare_forward": cpu["art-default-batch"] / cpu["bare-forward"]},
         "speedup_wall": {"vs_art_same_batch": wall["art"] / wall["bastion"],
-                         "vs_art_default_batch": wall["art-default-batch"] / wall["bastion"]},
+                         "vs_art_default_batch": wall["art-default-batch"] / wall["bastion"],
+                         "jit_vs_art_same_batch": wall["art"] / wall["bastion-jit"],
+                         "jit_vs_art_default_batch": wall["art-default-batch"] / wall["bastion-jit"]},
     }
+    jp, jr = np.array(out["bastion-jit"][0]), np.array(out["bastion-jit"][1])
+    result["jit_identical_to_eager"] = {"predictions": int((jp == np.array(out["bastion"][0])).sum()),
+                                        "radii": int((jr == np.array(out["bastion"][1])).sum())}
     bp, br = np.array(out["bastion"][0]), np.array(out["bastion"][1])
     for tool in ("art", "art-default-batch"):
         ap, ar = np.array(out[tool][0]), np.array(out[tool][1])

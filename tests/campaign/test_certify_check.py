@@ -105,3 +105,14 @@ def test_cli_verifies_with_ibp_at_eps(capsys, monkeypatch, tmp_path: Path) -> No
     code, _, err = _main(["certify", "-t", "demo:digits-cnn", "-d", "demo:digits", "--certifier", "ibp",
                           "-o", str(tmp_path / "x")], capsys, monkeypatch)
     assert code == 2 and "certification 'ibp': parameter 'eps' is required" in " ".join(err.split())
+
+
+def test_cli_jit_certifies_the_same(capsys, monkeypatch, tmp_path: Path) -> None:  # noqa: ANN001
+    args = ["certify", "-t", "demo:digits-cnn", "-d", "demo:digits", "--n", "200", "--n0", "10", "--samples", "4",
+            "-r", "0", "-r", "0.3", "--json"]
+    runs = [_main([*args, "-o", str(tmp_path / str(i)), *extra], capsys, monkeypatch) for i, extra in
+            enumerate(([], ["--jit"]))]
+    docs = [json.loads(out) for code, out, _ in runs if code == 0]
+    assert len(docs) == 2 and docs[1]["metrics"]["params"]["jit"] is True
+    assert docs[0]["metrics"]["certified_accuracy"] == docs[1]["metrics"]["certified_accuracy"]
+    assert docs[0]["metrics"]["radius_median"] == docs[1]["metrics"]["radius_median"]

@@ -121,3 +121,42 @@ def test_a_non_torch_target_is_refused_clearly() -> None:
     target = SklearnTarget(LogisticRegression().fit(x, y), InputSpec(shape=(4,), lower=0, upper=1))
     with pytest.raises(UsageError, match="needs a PyTorch"):
         RandomizedSmoothing(n=10, n0=5).certify(target, x[:2], y[:2])
+
+
+def test_jit_gives_the_same_certificates_and_predictions(mlp) -> None:
+    target, x, y = mlp
+    params = {"sigma": 0.5, "n0": 20, "n": 300, "alpha": 0.01, "batch_size": 64}
+    eager = RandomizedSmoothing(**params).certify(target, x, y, RunContext(seed=7))
+    traced = RandomizedSmoothing(**params, jit=True).certify(target, x, y, RunContext(seed=7))
+    assert np.array_equal(eager.prediction, traced.prediction) and np.array_equal(eager.radius, traced.radius)
+    assert traced.queries == eager.queries == len(x) * 320
+    assert np.array_equal(RandomizedSmoothing(**params, jit=True).predict(target, x, RunContext(seed=7)),
+                          RandomizedSmoothing(**params).predict(target, x, RunContext(seed=7)))
+
+
+class Branchy(torch.nn.Module):  # input-dependent control flow: a trace would freeze one branch
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x):  # noqa: ANN001, ANN202
+        return self.fc(x) if x.sum() > 0 else -self.fc(x)
+
+
+class Noisy(torch.nn.Module):  # randomness in forward: the trace cannot reproduce the model's draws
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x):  # noqa: ANN001, ANN202
+        return self.fc(x + torch.randn_like(x))
+
+
+@pytest.mark.parametrize("module,words", [(Branchy(), "cannot be traced for jit"), (Noisy(), "disagrees with the model")])
+def test_jit_refuses_models_a_trace_would_change(module, words) -> None:  # noqa: ANN001
+    from bastion.errors import UsageError
+
+    x, y = blobs(3, 0)
+    target = TorchTarget(module, InputSpec(shape=(4,), lower=0, upper=1))
+    with pytest.raises(UsageError, match=words):
+        RandomizedSmoothing(n=10, n0=5, jit=True).certify(target, x, y)
