@@ -183,7 +183,7 @@ class NoiseDraws:
 def traced_forward(target: DifferentiableTarget, x0: np.ndarray, sigma: float, name: str
                    ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The module of a PyTorch target as a frozen TorchScript trace optimised for inference
-    (``torch.jit.optimize_for_inference``: folded batch norm, fused convolutions), counting queries
+    (``torch.jit.optimize_for_inference``: batch norm folded, convolutions on oneDNN), counting queries
     like the target. Refused (UsageError) when the target is not a plain PyTorch model, when tracing
     warns (input-dependent control flow, Python numbers taken from tensors) or fails, or when on a
     probe batch of noisy copies of ``x0``, of another size than the trace's, the trace's predictions
