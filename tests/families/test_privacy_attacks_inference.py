@@ -129,6 +129,10 @@ def test_inversion_refuses_what_it_cannot_attack(digits_data) -> None:
                                InputSpec(shape=(1, 8, 8), lower=-np.inf, upper=np.inf))
     with pytest.raises(UsageError, match="infinite"):
         get_inversion_attack("mi-face-scores").run(unbounded, digits_data)
+    labels_only = CallableTarget(lambda v: np.eye(10)[np.zeros(len(v), int)], list(range(10)), spec)
+    labels_only.label_only = True
+    with pytest.raises(UsageError, match="needs the model's scores, but the target .* answers labels only"):
+        get_inversion_attack("mi-face-scores").run(labels_only, digits_data)
 
 
 def test_total_variation_gradient_matches_finite_differences() -> None:
