@@ -424,6 +424,20 @@ def test_html_rgb_and_single_channel_examples() -> None:
                             "adversarial": np.zeros((1, 2, 4, 4)).tolist()})
 
 
+def test_inversion_grid_draws_colour_and_grey_and_refuses_mismatched_data() -> None:
+    from bastion.outputs.report import plots
+
+    rng = np.random.default_rng(0)
+    for shape in ([3, 6, 5], [1, 6, 5], [6, 5]):
+        grid = {"shape": shape, "class_means": rng.uniform(0, 1, (3, *shape)).tolist(),
+                "reconstructions": rng.uniform(-1, 2, (3, *shape)).tolist(), "labels": ["a", "b", "c"],
+                "similarity": [0.5, 0.1, -0.2], "nearest": ["a", "c", "c"]}
+        assert plots.inversion_grid(grid).startswith("data:image/png;base64,")
+    with pytest.raises(ValueError, match="different numbers of images"):
+        plots.inversion_grid({"shape": [4, 4], "class_means": np.zeros((2, 4, 4)).tolist(),
+                              "reconstructions": np.zeros((3, 4, 4)).tolist()})
+
+
 def test_html_minimal_result() -> None:
     doc = render_html(ScanResult())
     p = _parse(doc)
