@@ -32,8 +32,17 @@ after the other in the same run (the order alternates between rows), 1 torch thr
 
 Run from the repository root with a venv that has ART (see benchmarks/RESULTS.md):
 
-    nice -n 10 .benchenv/bin/python benchmarks/evasion_trust.py --label before
-    nice -n 10 .benchenv/bin/python benchmarks/evasion_trust.py --label after --skip-art --skip-hand
+    .benchenv/bin/python benchmarks/evasion_trust.py --label main
+
+The recorded figures (benchmarks/results/evasion-trust.md) came from two parts run side by side, a
+BPDA-declared part and a merge into a fresh ``--json``, with the hand-written attacks computed earlier on a GPU:
+
+    H="--hand-from benchmarks/.cache/hand-gpu1 benchmarks/.cache/hand-gpu2"
+    .benchenv/bin/python benchmarks/evasion_trust.py --models round3 noise sqrt $H --json /tmp/a.json --md /tmp/a.md
+    .benchenv/bin/python benchmarks/evasion_trust.py --models standard pgd-at logits1000 $H --json /tmp/b.json --md /tmp/b.md
+    .benchenv/bin/python benchmarks/evasion_trust.py --models round3 sqrt --declared --skip-bastion --skip-art \
+        --skip-hand --skip-masking --json /tmp/c.json --md /tmp/c.md
+    .benchenv/bin/python benchmarks/evasion_trust.py --merge-from /tmp/a.json /tmp/b.json /tmp/c.json
 
 ``--declared`` adds a bastion run with the rounding / sqrt step declared for BPDA (``TorchTarget(...,
 bpda=BPDA(module=...))``). Parts can run in parallel into separate files (``--models``, ``--eps``,
@@ -649,7 +658,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200, help="test images (the first n of the digits test split)")
     ap.add_argument("--square-queries", type=int, default=5000, help="ART Square iterations (one run)")
     ap.add_argument("--draws", type=int, default=100, help="noise draws per expected accuracy")
-    ap.add_argument("--label", default="before", help="name of this bastion run (before / after / ...)")
+    ap.add_argument("--label", default="main", help="name of this bastion run (before / after / ...)")
     ap.add_argument("--skip-art", action="store_true", help="keep ART results from --json")
     ap.add_argument("--skip-hand", action="store_true", help="keep hand-written results from --json")
     ap.add_argument("--skip-bastion", action="store_true", help="skip the default bastion run (not --declared)")
