@@ -204,6 +204,13 @@ def test_trainings_are_cached_and_a_failing_trainer_costs_one_fraction(tmp_path:
     assert trainer.calls() == 3
     again = simulate(attack, train, test, [0.1, 0.2], trainer)
     assert trainer.calls() == 3 and again.outcomes == first.outcomes  # nothing trained again
+    other = simulate(get_poisoning_attack("label-flip"), train, test, [0.1], trainer,
+                     detectors=[get_poison_detector("spectral-signatures"), get_poison_detector("knn")])
+    assert trainer.calls() == 5  # one seed for every model: the clean model is shared, cached; + poisoned + knn's
+    assert other.outcomes[0].model.clean_accuracy == first.outcomes[0].model.clean_accuracy
+    ss, knn = other.outcomes[1].detectors
+    assert "need a neural network" in ss.error and ss.recall is None  # the detector that cannot run says why
+    assert knn.error is None and knn.recall is not None
     n0 = int((train.y == 0).sum())
     fragile = Counting(str(tmp_path / "fragile"), fail_over=n0 + 30)  # fails once 30+ records become class 0
     sim = simulate(attack, train, test, [0.1, 0.2], fragile)

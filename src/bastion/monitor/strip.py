@@ -53,8 +53,9 @@ class STRIP(Detector):
         return (-(p * np.log(p)).sum(axis=1)).reshape(len(x), n).mean(axis=1)
 
     def _fit(self, reference: np.ndarray) -> Any:
-        h = self.entropies(reference, reference, np.random.default_rng([self.params.seed, 2**32]))  # type: ignore[attr-defined]
-        return {"x": reference, "boundary": float(np.quantile(h, self.params.frr))}  # type: ignore[attr-defined]
+        p: STRIPParams = self.params  # type: ignore[assignment]
+        h = self.entropies(reference, reference, np.random.default_rng([p.seed, 2**32]))
+        return {"x": reference, "boundary": float(np.quantile(h, p.frr))}
 
     def _initial_state(self) -> Any:
         return {"window": 0}

@@ -175,7 +175,7 @@ class ActivationClustering(PoisonDetector):
                 continue
             small = int(sizes.argmin())
             sil = float(silhouette_score(z, labels))
-            # the smaller cluster scores the split's separation; ties within it broken by distance from the other cluster
+            # the smaller cluster scores the split's separation; ties broken by the distance to the other cluster
             other = z[labels != small].mean(axis=0)
             far = np.linalg.norm(z[labels == small] - other, axis=1)
             scores[idx[labels == small]] = 1 + sil + 1e-6 * far / (far.max() + 1e-12)

@@ -30,7 +30,7 @@ from bastion.errors import UsageError
 
 
 class FeatureCollisionParams(Params):
-    base_class: int = Field(..., ge=0, description="Class the target inputs should be answered as (the poisons' label).")
+    base_class: int = Field(..., ge=0, description="Class the targets should be answered as (the poisons' label).")
     max_poisons: int = Field(50, ge=1, description="At most this many poisons (within the threat's fraction).")
     steps: int = Field(300, ge=1, description="Optimisation steps.")
     lr: Number = Field(0.01, gt=0, description="Step size of the forward (feature) step.")

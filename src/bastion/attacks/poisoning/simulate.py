@@ -14,7 +14,10 @@ and measures on clean test records:
 
 then, for each detector, its precision and recall on the poisoned records and the same figures for
 a model retrained on the training set without the flagged records. Fraction 0 is the clean model.
-A trainer that fails on some poisoned set is recorded for that fraction (``error``); the others go on.
+Every model of a simulation trains with the same seed, so that only the poison differs between
+fractions (and between attacks: the clean model is trained once and cached). A trainer that fails
+on some poisoned set is recorded for that fraction (``error``), a detector that cannot run on the
+model (activations of a model that is not a neural network) for that detector; the others go on.
 A ``probe`` (a picklable function of the poisoned model, the trigger, the test records and a run
 context, returning named figures) looks at each poisoned model where it was trained: how the
 campaign measures inference-time detectors such as STRIP without this module importing them.
@@ -38,7 +41,7 @@ from bastion.core.spec import InputSpec
 from bastion.core.threat import ThreatModel
 from bastion.core.trained import run_units, trained_answers
 from bastion.core.training import TrainRequest
-from bastion.errors import BastionRuntimeError, UsageError
+from bastion.errors import BastionError, BastionRuntimeError, UsageError
 
 
 Probe = Callable[[Any, Trigger | None, np.ndarray, np.ndarray, RunContext], dict[str, float | None]]
@@ -120,7 +123,9 @@ def simulate(attack: PoisoningAttack, train: Dataset, test: Dataset, fractions: 
     if not fractions or any(not 0 <= f < 1 for f in fractions):
         raise UsageError(f"poison fractions must lie in [0, 1), got {fractions}")
     t0 = time.perf_counter()
-    ctx = (ctx or RunContext()).spawn(f"simulate-{attack.label}")
+    run = ctx or RunContext()
+    train_seed = int(run.key("poisoning-train") % 2**31)  # one seed for every model: only the poison differs
+    ctx = run.spawn(f"simulate-{attack.label}")
     x, y = np.asarray(train.x, np.float32), np.asarray(train.y).astype(np.int64)
     xt, yt = np.asarray(test.x, np.float32), np.asarray(test.y).astype(np.int64)
     spec = spec or InputSpec(shape=x.shape[1:], lower=-np.inf, upper=np.inf)
@@ -128,8 +133,8 @@ def simulate(attack: PoisoningAttack, train: Dataset, test: Dataset, fractions: 
     poison_seed = int(ctx.key("poison") % 2**63)  # one trigger for every fraction
     units = [Unit(fraction_unit, f"fraction-{f:g}", {
         "attack": attack, "x": x, "y": y, "xt": xt, "yt": yt, "fraction": float(f), "top": float(max(fractions)),
-        "poison_seed": poison_seed, "trainer": trainer, "detectors": list(detectors), "spec": spec,
-        "classes": classes, "cache": cache, "probe": probe})
+        "poison_seed": poison_seed, "train_seed": train_seed, "trainer": trainer, "detectors": list(detectors),
+        "spec": spec, "classes": classes, "cache": cache, "probe": probe})
         for f in sorted({0.0, *map(float, fractions)})]
     outcomes = run_units(trainer, units, ctx, what=f"poisoned models ({attack.label})")
     p = attack.params
@@ -142,7 +147,7 @@ def simulate(attack: PoisoningAttack, train: Dataset, test: Dataset, fractions: 
 
 
 def fraction_unit(ctx: RunContext, attack: PoisoningAttack, x: np.ndarray, y: np.ndarray, xt: np.ndarray,
-                  yt: np.ndarray, fraction: float, top: float, poison_seed: int, trainer: Any,
+                  yt: np.ndarray, fraction: float, top: float, poison_seed: int, train_seed: int, trainer: Any,
                   detectors: list[PoisonDetector], spec: InputSpec, classes: list[Any], cache: bool,
                   probe: Probe | None = None) -> FractionOutcome:
     """One fraction: poison, train, measure, detect, retrain on what each detector left. Fraction 0
@@ -158,11 +163,10 @@ def fraction_unit(ctx: RunContext, attack: PoisoningAttack, x: np.ndarray, y: np
         poisoned = attack.poison(Dataset(x, y), ThreatModel(poisoning_fraction=fraction), poison_ctx, spec=spec)
         trigger = poisoned.trigger
     out = FractionOutcome(fraction=fraction, poisoned=len(poisoned.poison_indices))
-    seed = int(ctx.key("train") % 2**31)
     need_model = (probe is not None or any(d.needs_model for d in detectors)) and fraction > 0
     try:
-        out.model, model = _train_and_measure(attack, trainer, poisoned.x, poisoned.y, seed, xt, yt, trigger, spec,
-                                              classes, cache, f"the model poisoned at {fraction:g}", need_model)
+        out.model, model = _train_and_measure(attack, trainer, poisoned.x, poisoned.y, train_seed, xt, yt, trigger,
+                                              spec, classes, cache, f"the model poisoned at {fraction:g}", need_model)
     except BastionRuntimeError as exc:
         out.error = exc.message
         return out
@@ -173,8 +177,8 @@ def fraction_unit(ctx: RunContext, attack: PoisoningAttack, x: np.ndarray, y: np
     truth = np.zeros(len(poisoned.x), bool)
     truth[poisoned.poison_indices] = True
     for det in detectors:
-        out.detectors.append(_detect(det, attack, poisoned, truth, fraction, model, trainer, seed, xt, yt, trigger,
-                                     spec, classes, cache, ctx))
+        out.detectors.append(_detect(det, attack, poisoned, truth, fraction, model, trainer, train_seed, xt, yt,
+                                     trigger, spec, classes, cache, ctx))
     return out
 
 
@@ -186,7 +190,7 @@ def _detect(det: PoisonDetector, attack: PoisoningAttack, poisoned: PoisonResult
     rate = float(det.params.poison_rate)  # type: ignore[attr-defined]
     try:
         found = det.detect(poisoned.x, poisoned.y, ctx, model=model, trainer=trainer, spec=spec, classes=classes)
-    except BastionRuntimeError as exc:
+    except BastionError as exc:  # e.g. a detector that needs a neural network, on another model
         return DetectorOutcome(detector=det.label, poison_rate=rate, flagged=0, precision=None, recall=None,
                                error=exc.message)
     flagged = np.zeros(len(truth), bool)

@@ -311,15 +311,17 @@ def _findings(sim: Simulation, check: str) -> list[Finding]:
         return out
     best = max(top.detectors, key=lambda d: (d.retrained is not None and not _works(sim, d.retrained), d.recall or 0))
     if best.retrained is None or _works(sim, best.retrained) or (best.recall or 0) < 0.5:
-        after = ("could not be retrained" if best.retrained is None else
-                 f"retrained without them still {'gives the attacker what they want' if _works(sim, best.retrained) else 'resists the attack'} "
-                 f"(clean accuracy {best.retrained.clean_accuracy:.1%}"
-                 + (f", attack success {best.retrained.attack_success:.1%})" if best.retrained.attack_success is not None
-                    else ")"))
+        r = best.retrained
+        after = "could not be retrained" if r is None else (
+            "retrained without them still " + ("gives the attacker what they want" if _works(sim, r) else
+                                               "resists the attack")
+            + f" (clean accuracy {r.clean_accuracy:.1%}"
+            + (f", attack success {r.attack_success:.1%})" if r.attack_success is not None else ")"))
         out.append(get_rule(SANITISE_RULE).finding(
             title=f"{sim.attack} at {top.fraction:.1%}: the best detector ({best.detector}) finds "
                   f"{(best.recall or 0):.1%} of the poison", check=check,
-            description=f"{best.detector} flagged {best.flagged} records (1.5x the expected rate {best.poison_rate:.1%}) "
-                        f"with precision {best.precision or 0:.1%} and recall {best.recall or 0:.1%}; the model {after}.",
+            description=f"{best.detector} flagged {best.flagged} records (1.5x the expected rate "
+                        f"{best.poison_rate:.1%}) with precision {best.precision or 0:.1%} and recall "
+                        f"{best.recall or 0:.1%}; the model {after}.",
             metrics={"attack": sim.attack, "fraction": top.fraction, **best.model_dump(mode="json")}))
     return out
