@@ -198,7 +198,8 @@ def test_column_of_numbers_and_placeholders_is_mixed(tmp_path: Path, engine: str
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_header_that_is_not_utf8_is_read_and_reported(tmp_path: Path, engine: str, capsys, monkeypatch) -> None:  # noqa: ANN001
+def test_header_that_is_not_utf8_is_read_and_reported(tmp_path: Path, engine: str, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(tmp_path / "train.csv", rows(40, 0, "tr"), header=["x1", "\u00e2ge", *HEADER[2:]])
     path.write_bytes(path.read_bytes().replace("\u00e2".encode(), b"\xe2"))   # a Latin-1 column name
     res = audit_table(sources_from([path]), label="label", engine=engine, audits=("integrity",))
@@ -210,6 +211,18 @@ def test_header_that_is_not_utf8_is_read_and_reported(tmp_path: Path, engine: st
         code, out, _ = _main(["audit-data", str(path), "--label", "label", "--audits", "integrity", "--format", fmt],
                              capsys, monkeypatch)
         assert code == 0 and "\\ufffdge" in out
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_file_cut_inside_a_quoted_field_is_truncated(tmp_path: Path, engine: str) -> None:
+    path = tmp_path / "d.csv"
+    with open(path, "w", newline="") as fh:
+        csv.writer(fh, quoting=csv.QUOTE_ALL).writerows([HEADER, *rows(20, 0, "tr")])
+    raw = path.read_bytes()
+    path.write_bytes(raw[:raw.rindex(b" tr 19") + 4])  # the last record ends inside its quoted 'notes' field
+    res = audit_table(sources_from([path]), label="label", engine=engine, audits=("integrity",))
+    (f,) = by_rule(res, "BASTION-DA-030")
+    assert "truncated" in f.title and res.profile.n == 19 and res.usage_problems
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -234,8 +247,8 @@ def test_compressed_or_utf16_file_is_unreadable_not_garbage(tmp_path: Path) -> N
     wide.write_bytes(good.read_text().encode("utf-16"))
     res = audit_table(sources_from([gz, wide, good]), label="label", audits=("integrity", "duplicates"))
     titles = sorted(f.title for f in by_rule(res, "BASTION-DA-030"))
-    assert titles == ["packed.csv: not a text table: the file looks gzip-compressed",
-                      "wide.csv: not a text table: the file looks UTF-16 text"]
+    assert titles == ["packed.csv: not a text table: it looks like gzip-compressed data",
+                      "wide.csv: not a text table: it looks like UTF-16 text"]
     assert res.profile.n == 30 and res.profile.columns == HEADER and len(res.usage_problems) == 2
     assert {f.rule_id for f in res.check.findings} == {"BASTION-DA-030"}     # no garbage columns, no false duplicates
 

@@ -27,9 +27,10 @@ CSV_SUFFIXES = {".csv", ".tsv", ".txt"}
 PARQUET_SUFFIXES = {".parquet", ".pq"}
 MAX_FIELD_CHARS = 10_000_000  #: a CSV field longer than this is a malformed row (the stdlib default is 131072)
 #: leading bytes of files that are not text tables: (magic, what the file is)
-_BINARY_MAGIC = ((b"\x1f\x8b", "gzip-compressed"), (b"PK\x03\x04", "a ZIP archive (or an Excel .xlsx workbook)"),
-                 (b"BZh", "bzip2-compressed"), (b"\xfd7zXZ\x00", "xz-compressed"), (b"\x28\xb5\x2f\xfd", "zstd-compressed"),
-                 (b"PAR1", "a Parquet file"), (b"\xd0\xcf\x11\xe0", "an OLE2 file (an Excel .xls workbook?)"),
+_BINARY_MAGIC = ((b"\x1f\x8b", "gzip-compressed data"), (b"BZh", "bzip2-compressed data"),
+                 (b"\xfd7zXZ\x00", "xz-compressed data"), (b"\x28\xb5\x2f\xfd", "zstd-compressed data"),
+                 (b"PK\x03\x04", "a ZIP archive (or an Excel .xlsx workbook)"), (b"PAR1", "a Parquet file"),
+                 (b"\xd0\xcf\x11\xe0", "an OLE2 file (an Excel .xls workbook?)"),
                  (b"\xff\xfe", "UTF-16 text"), (b"\xfe\xff", "UTF-16 text"))
 
 
@@ -127,9 +128,9 @@ def _refuse_binary(path: Path) -> None:
         head = fh.read(4096)
     what = next((name for magic, name in _BINARY_MAGIC if head.startswith(magic)), None)
     if what is None and b"\x00" in head:
-        what = "binary (it holds NUL bytes; UTF-16 text?)"
+        what = "binary data (it holds NUL bytes; UTF-16 text?)"
     if what is not None:
-        raise UsageError(f"{path}: not a text table: the file looks {what}",
+        raise UsageError(f"{path}: not a text table: it looks like {what}",
                          hint="give an uncompressed CSV/TSV in UTF-8, or a .parquet file")
 
 
