@@ -15,6 +15,11 @@ is listed with the records it names outside the injected ones (false positives).
 
     python benchmarks/audit_data.py --rows 1000000 --out /tmp/auditbench      # generate + audit
     python benchmarks/audit_data.py --rows 1000000 --out /tmp/auditbench --deepchecks .benchenv/bin/python
+    python benchmarks/audit_data.py --rows 1000000 --out /tmp/auditbench --no-bastion \
+        --deepchecks .benchenv/bin/python --deepchecks-timeout 1800     # deepchecks alone, stopped after 30 min
+
+deepchecks (0.19.1 needs NumPy < 2, pandas < 3 and scikit-learn < 1.6) lives in the benchmark virtualenv only.
+Figures: RESULTS.md ("Data audit at a million rows") and results/audit-data.md.
 """
 
 from __future__ import annotations
