@@ -237,6 +237,13 @@ def test_records_after_a_skipped_row_point_to_their_own_rows(tmp_path: Path, eng
     assert dup.samples == ["d.csv:22 = d.csv:27"]    # the file's data rows, counted from 1
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_header_with_a_quoted_line_break(tmp_path: Path, engine: str) -> None:
+    path = write(tmp_path / "d.csv", rows(20, 0, "tr"), header=["x1", "x2\n(cm)", *HEADER[2:]])
+    res = audit_table(sources_from([path]), label="label", engine=engine, audits=("integrity",))
+    assert res.profile.n == 20 and res.check.findings == [] and res.profile.columns[1] == "x2\n(cm)"
+
+
 def test_compressed_or_utf16_file_is_unreadable_not_garbage(tmp_path: Path) -> None:
     import gzip
 

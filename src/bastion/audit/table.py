@@ -254,19 +254,21 @@ def _arrow_csv_chunks(source: Source, chunk_rows: int, problems: list[ReadProble
 
     # every column as raw bytes: types are inferred per chunk by bastion, so a column whose type changes
     # after the first block is a finding, not a reader crash; bytes keep text that is not UTF-8. Columns
-    # are named by position (the header row is skipped): a header that is not UTF-8, or that repeats a
-    # name, reads like any other
-    positional = [f"_{i}" for i in range(len(names))]
+    # are named by position (f0, f1, ...; the header is read as the first row and dropped): a header that
+    # is not UTF-8, repeats a name or has a quoted line break reads like any other
+    positional = [f"f{i}" for i in range(len(names))]
     reader = pcsv.open_csv(
         source.path,
-        read_options=pcsv.ReadOptions(block_size=1 << 24, use_threads=False, column_names=positional, skip_rows=1),
+        read_options=pcsv.ReadOptions(block_size=1 << 24, use_threads=False, autogenerate_column_names=True),
         parse_options=pcsv.ParseOptions(delimiter=_delimiter(source.path), invalid_row_handler=on_invalid,
                                         newlines_in_values=True),
         convert_options=pcsv.ConvertOptions(column_types={n: pa.binary() for n in positional},
                                             strings_can_be_null=False, quoted_strings_can_be_null=False,
                                             null_values=[]))
-    start, pending, pending_n = 0, [], 0
+    start, pending, pending_n, first = 0, [], 0, True
     for batch in reader:
+        if first and batch.num_rows:
+            batch, first = batch.slice(1), False   # the header row
         pending.append(batch)
         pending_n += batch.num_rows
         while pending_n >= chunk_rows:
