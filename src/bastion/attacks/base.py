@@ -299,7 +299,10 @@ class EvasionAttack(ABC):
                         rows = s + todo
                         batch = ((work, x[rows], goal[rows], rows) if self._legacy_batch else
                                  (work, x[rows], goal[rows], rows, run))
-                        x_adv[rows] = target.input_spec.enforce(x[rows], self._attack_batch(*batch))
+                        try:
+                            x_adv[rows] = target.input_spec.enforce(x[rows], self._attack_batch(*batch))
+                        except RuntimeError as exc:
+                            raise _no_gradient_path(self.name, exc) from exc
                     if progress:
                         progress(min(self.batch_size, len(x) - s))
             except QueryBudgetExceeded as exc:
@@ -378,6 +381,22 @@ def _own_init_params(cls: type) -> list[str]:
     return [name for c in cls.__mro__ if "__init__" in c.__dict__ and c is not EvasionAttack and c is not object
             for name, p in inspect.signature(c.__init__).parameters.items()
             if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+_GRAPH_ERRORS = ("appears to not have been used in the graph", "does not require grad and does not have a grad_fn")
+
+
+def _no_gradient_path(attack: str, exc: RuntimeError) -> Exception:
+    """torch's autograd error when the model's output does not depend differentiably on its input
+    (a dynamically quantised module, a ``.detach()`` or a NumPy round trip inside ``forward``) as a
+    clear error saying what to do; any other RuntimeError unchanged."""
+    if not any(m in str(exc) for m in _GRAPH_ERRORS):
+        return exc
+    return TargetError(f"{attack}: the model passes no gradient to its input (its output is not a differentiable "
+                       "function of it, as in a quantised module or a detach/NumPy step inside forward), so a "
+                       "gradient-based attack cannot run on it",
+                       hint="use a black-box attack (square) or a transfer attack, or declare a differentiable "
+                            "stand-in for the model (target.bpda)")
 
 
 def _predict(target: Target, x: np.ndarray, batch_size: int) -> np.ndarray:
