@@ -211,6 +211,12 @@ def test_trainings_are_cached_and_a_failing_trainer_costs_one_fraction(tmp_path:
     ss, knn = other.outcomes[1].detectors
     assert "need a neural network" in ss.error and ss.recall is None  # the detector that cannot run says why
     assert knn.error is None and knn.recall is not None
+    from bastion.core.run import RunContext
+
+    run = RunContext(seed=3)  # attacks in child contexts of one run (as the check runs them) share the clean model
+    simulate(attack, train, test, [0.1], trainer, ctx=run.spawn("one"))
+    simulate(get_poisoning_attack("label-flip"), train, test, [0.1], trainer, ctx=run.spawn("two"))
+    assert trainer.calls() == 5 + 2 + 1
     n0 = int((train.y == 0).sum())
     fragile = Counting(str(tmp_path / "fragile"), fail_over=n0 + 30)  # fails once 30+ records become class 0
     sim = simulate(attack, train, test, [0.1, 0.2], fragile)

@@ -124,7 +124,8 @@ def simulate(attack: PoisoningAttack, train: Dataset, test: Dataset, fractions: 
         raise UsageError(f"poison fractions must lie in [0, 1), got {fractions}")
     t0 = time.perf_counter()
     run = ctx or RunContext()
-    train_seed = int(run.key("poisoning-train") % 2**31)  # one seed for every model: only the poison differs
+    # one seed for every model of the run (keyed by its seed alone): only the poison differs between models
+    train_seed = int(RunContext(seed=run.seed).key("poisoning-train") % 2**31)
     ctx = run.spawn(f"simulate-{attack.label}")
     x, y = np.asarray(train.x, np.float32), np.asarray(train.y).astype(np.int64)
     xt, yt = np.asarray(test.x, np.float32), np.asarray(test.y).astype(np.int64)
