@@ -211,10 +211,10 @@ def test_output_hardening_and_black_box_targets() -> None:
 def test_defenses_are_reachable_by_name() -> None:
     from bastion.core.defense import DEFENSES
 
-    DEFENSES.add("bit-depth", BitDepth)
+    DEFENSES.add("test-rounding", BitDepth)
     try:
-        assert DEFENSES.get_object("bit-depth")().wrap(linear_target()).white_box
-        with pytest.raises(UsageError, match="unknown defense 'bit-dept'"):
-            DEFENSES.get_object("bit-dept")
+        assert DEFENSES.get_object("test-rounding")().wrap(linear_target()).white_box
+        with pytest.raises(UsageError, match="unknown defense 'test-roundin'"):
+            DEFENSES.get_object("test-roundin")
     finally:
-        DEFENSES.remove("bit-depth")
+        DEFENSES.remove("test-rounding")
