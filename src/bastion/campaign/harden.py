@@ -77,6 +77,9 @@ class HardenResult(BaseModel):
     kept_epoch: int = Field(description="The epoch whose weights were kept (harden.keep: best or last).")
     train_seconds: float = Field(description="Wall seconds of training, the per-epoch log included.")
     weights: str | None = Field(description="The safetensors file written (None when nothing was written).")
+    privacy: dict[str, Any] | None = Field(default=None, description="DP training (dp-sgd): the accountant's ε "
+                                           "spent at δ, the noise multiplier, clipping norm, sample rate, steps.")
+    notes: list[str] = Field(default_factory=list, description="What the defenses changed (e.g. layers converted).")
     before: ModelFigures
     after: ModelFigures
     report: ScanResult
@@ -85,13 +88,14 @@ class HardenResult(BaseModel):
 def harden(policy: str | Path | dict[str, Any] | LoadedPolicy, *, out_dir: str | Path | None = None,
            method: str | None = None, epochs: int | None = None, limit: int | None = None,
            progress: ProgressFactory | None = None, on_epoch: EpochCallback | None = None,
-           write: bool = True) -> HardenResult:
+           write: bool = True, params: dict[str, Any] | None = None) -> HardenResult:
     """Harden the policy's target (see the module docstring). ``method`` and ``epochs`` override
-    the policy's; ``limit`` keeps a seeded subset of the eval data. ``progress(description, total)``
+    the policy's, ``params`` the method's parameters (e.g. ``{"epsilon": 3, "delta": 1e-5}`` for
+    ``dp-sgd``); ``limit`` keeps a seeded subset of the eval data. ``progress(description, total)``
     opens progress bars (as for ``scan``); ``on_epoch`` is told each epoch's log. Returns the typed
     result; with ``write`` the weights and the reports go to ``out_dir`` (default ``output.dir``)."""
     loaded = policy if isinstance(policy, LoadedPolicy) else load_policy(policy)
-    plan = _plan(loaded, method, epochs)
+    plan = _plan(loaded, method, epochs, params)
     out = Path(out_dir) if out_dir is not None else Path(loaded.policy.output.dir)
     if write:
         from bastion.outputs.report.writer import require_formats
@@ -109,13 +113,15 @@ def harden(policy: str | Path | dict[str, Any] | LoadedPolicy, *, out_dir: str |
     _check_torch(loaded, target)
     datasets, trainer = _load_v2(loaded)
     train, holdout = _training_data(loaded, target, datasets, plan.spec)
-    procedure, module = _procedure(loaded, plan, target, trainer, train.x[:4])
+    procedure, module, notes = _procedure(loaded, plan, target, trainer, train.x[:4], len(train.y))
     ctx = CheckContext(target=target, data=data, y=y, seed=loaded.policy.seed, out_dir=out, progress=progress,
                        policy_dir=loaded.base_dir)
     before = _evaluate(ctx, "auto (before)", plan)
     t0 = time.perf_counter()
+    state: dict[str, Any] = {}
     trained, log, stopped, kept = _train(loaded, plan, procedure, module, target, train, holdout, progress,
-                                         on_epoch)
+                                         on_epoch, state)
+    privacy = _privacy(state)
     train_seconds = time.perf_counter() - t0
     from bastion.core.targets.torch_target import TorchTarget
 
@@ -124,10 +130,12 @@ def harden(policy: str | Path | dict[str, Any] | LoadedPolicy, *, out_dir: str |
     ctx.target = hardened
     after = _evaluate(ctx, "auto (after)", plan)
     weights = out / plan.spec.weights
-    training = _training_check(plan, log, stopped, kept, train_seconds, weights, len(train.y), len(holdout.y))
+    training = _training_check(plan, log, stopped, kept, train_seconds, weights, len(train.y), len(holdout.y),
+                               privacy, notes)
     report = _report(loaded, target, data, [before, training, after])
     result = HardenResult(method=plan.method, defenses=plan.described, eps=plan.eps, norm=plan.norm, epochs=log,
                           stopped=stopped, kept_epoch=kept, train_seconds=train_seconds, weights=str(weights) if write else None,
+                          privacy=privacy, notes=notes,
                           before=_figures(before), after=_figures(after), report=report)
     if write:
         save_weights(trained, weights)
@@ -148,7 +156,8 @@ class _Plan:
                                                 params=self.spec.evaluate))
 
 
-def _plan(loaded: LoadedPolicy, method: str | None, epochs: int | None) -> _Plan:
+def _plan(loaded: LoadedPolicy, method: str | None, epochs: int | None, params: dict[str, Any] | None = None
+          ) -> _Plan:
     """The training defenses to apply (``harden.method`` or ``method``, then ``harden.also``), each
     built from its parameters; ε and norm default to the policy's threat."""
     from bastion.core.defense import DEFENSES, TrainingDefense
@@ -161,6 +170,8 @@ def _plan(loaded: LoadedPolicy, method: str | None, epochs: int | None) -> _Plan
         raise UsageError(f"--epochs must be >= 1, got {epochs}")
     spec = pol.harden.model_copy(update={"epochs": epochs} if epochs is not None else {})
     name = method or spec.method
+    if params:
+        spec = spec.model_copy(update={"params": {**(spec.params if name == spec.method else {}), **params}})
     threat = pol.threat.check_fields() if pol.threat else {}
     defaults = {k: v for k, v in (("eps", _first(threat.get("eps"))), ("norm", threat.get("norm"))) if v is not None}
     wanted = [(("harden",), "method", name, spec.params, defaults),
@@ -249,11 +260,11 @@ def holdout_split(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]
     return order[k:], order[:k]
 
 
-def _procedure(loaded: LoadedPolicy, plan: _Plan, target: Target, trainer: Any, probe: np.ndarray
-               ) -> tuple[Any, Any]:
-    """The training procedure with the defenses' hooks, and the module to start from (None: a
-    fresh one, initialised from the seed). The architecture is built once and checked on a probe
-    batch of the training data first."""
+def _procedure(loaded: LoadedPolicy, plan: _Plan, target: Target, trainer: Any, probe: np.ndarray, n_train: int
+               ) -> tuple[Any, Any, list[str]]:
+    """The training procedure with the defenses' hooks, the module to start from (None: a fresh
+    one, initialised from the seed) and the defenses' notes. The architecture is built once,
+    checked on a probe batch of the training data and by each defense first."""
     from bastion.core.loader import call_factory
     from bastion.core.training import TorchTrainingProcedure, adam
 
@@ -273,11 +284,15 @@ def _procedure(loaded: LoadedPolicy, plan: _Plan, target: Target, trainer: Any, 
                                            epochs=spec.epochs, batch_size=spec.batch_size,
                                            name=f"hardened ({plan.method})")
     with loaded.blame(*where):
-        _checked_module(_build(procedure.model, label), label, target, probe)
+        built = _checked_module(_build(procedure.model, label), label, target, probe)
+    start = _copy_module(target.module) if spec.init == "pretrained" else None  # type: ignore[attr-defined]
+    notes: list[str] = []
     for i, defense in enumerate(plan.defenses):
+        with loaded.blame("harden", *(("also", i - 1) if i else ()), "params"):
+            notes += defense.check(start if start is not None else built, n_train)
         with loaded.blame("harden", *(("also", i - 1) if i else ())):
             procedure = defense.apply(procedure)
-    return procedure, _copy_module(target.module) if spec.init == "pretrained" else None  # type: ignore[attr-defined]
+    return procedure, start, notes
 
 
 def _build(factory: Callable[[], Any], label: str) -> Any:
@@ -335,12 +350,12 @@ def _copy_module(module: Any) -> Any:
 
 # --- training --------------------------------------------------------------------------------------
 def _train(loaded: LoadedPolicy, plan: _Plan, procedure: Any, module: Any, target: Target, train: Dataset,
-           holdout: Dataset, progress: ProgressFactory | None, on_epoch: EpochCallback | None
-           ) -> tuple[Any, list[EpochLog], str | None, int]:
+           holdout: Dataset, progress: ProgressFactory | None, on_epoch: EpochCallback | None,
+           state: dict[str, Any]) -> tuple[Any, list[EpochLog], str | None, int]:
     """Fit the procedure with a logging epoch hook (clean and PGD accuracy on the held-out
     samples); returns the trained module (with ``keep: best``, the weights of the epoch of best
     held-out PGD accuracy, the later one on a tie), the log, why training stopped early (if it
-    did) and the epoch whose weights were kept."""
+    did) and the epoch whose weights were kept. ``state`` becomes the run's scratch space."""
     import copy
 
     import torch
@@ -384,7 +399,8 @@ def _train(loaded: LoadedPolicy, plan: _Plan, procedure: Any, module: Any, targe
         _open(bars, progress, f"epoch 1/{procedure.epochs}", len(train.y))
     try:
         with loaded.blame("harden"):
-            trained = procedure.fit(request, module, progress=lambda n: bars["advance"](n) if bars else None)
+            trained = procedure.fit(request, module, progress=lambda n: bars["advance"](n) if bars else None,
+                                    state=state)
     finally:
         _close(bars)
     stopped = captured.get("state", {}).get("stopped")
@@ -442,13 +458,21 @@ def _figures(res: CheckResult) -> ModelFigures:
                         seconds=res.seconds, status=res.status)
 
 
+def _privacy(state: dict[str, Any]) -> dict[str, Any] | None:
+    """What a DP training defense recorded in the run's state: the ε spent (at δ) and its settings."""
+    privacy = state.get("privacy")
+    return {k: v for k, v in privacy.items() if k != "notes"} if isinstance(privacy, dict) else None
+
+
 def _training_check(plan: _Plan, log: list[EpochLog], stopped: str | None, kept: int, seconds: float,
-                    weights: Path, n_train: int, n_holdout: int) -> CheckResult:
+                    weights: Path, n_train: int, n_holdout: int, privacy: dict[str, Any] | None = None,
+                    notes: list[str] | None = None) -> CheckResult:
     res = CheckResult(name="harden", kind="harden", seconds=seconds,
                       metrics={"method": plan.method, "defenses": plan.described, "weights": str(weights),
                                "train_samples": n_train, "holdout_samples": n_holdout,
                                "epochs": [e.model_dump() for e in log], "stopped": stopped,
-                               "kept_epoch": kept, "keep": plan.spec.keep})
+                               "kept_epoch": kept, "keep": plan.spec.keep, "privacy": privacy,
+                               "notes": list(notes or [])})
     res.measure("train_seconds", seconds, "seconds", method=plan.method)
     res.measure("epochs", float(len(log)), "count", method=plan.method)
     res.measure("kept_epoch", float(kept), "count", method=plan.method)
@@ -456,6 +480,9 @@ def _training_check(plan: _Plan, log: list[EpochLog], stopped: str | None, kept:
         res.measure("holdout_clean_accuracy", e.clean_accuracy, "ratio", method=plan.method, epoch=e.epoch)
         res.measure("holdout_robust_accuracy", e.robust_accuracy, "ratio", method=plan.method, epoch=e.epoch,
                     attack="pgd", eps=plan.eps, norm=plan.norm)
+    if privacy is not None:
+        res.measure("dp_epsilon", privacy["epsilon"], "score", method=plan.method, delta=privacy["delta"],
+                    accountant=privacy["accountant"])
     if stopped:
         res.reason = stopped
     return res

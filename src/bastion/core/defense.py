@@ -16,7 +16,7 @@ declare BPDA, a randomised defense must declare EOT, a transformed input keeps t
 shape and bounds, and a transformed output is a probability row.
 
 A :class:`TrainingDefense` changes a ``TorchTrainingProcedure`` through its hooks (a batch hook
-for adversarial training or augmentation, a step hook for DP-SGD).
+for adversarial training or augmentation, a setup hook for DP-SGD).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from bastion.errors import BastionRuntimeError, DataError, UsageError
 if TYPE_CHECKING:
     import torch
 
-    from bastion.core.training import EpochEnd, TorchTrainingProcedure, TrainStep
+    from bastion.core.training import EpochEnd, TorchTrainingProcedure, TrainSetup, TrainStep
 
 Bpda = Literal["exact", "identity", "approximation"]
 
@@ -415,8 +415,10 @@ class TrainingDefense(Configurable, ABC):
     """Base of defenses that change how a model is trained (adversarial training, noise
     augmentation, DP-SGD, ...). Override any of ``batch_hook`` (replace each batch before the
     forward pass), ``loss_hook`` (replace the objective: per-sample losses of the batch),
-    ``step_hook`` (between backward and the optimiser step: rewrite ``module``'s gradients) and
-    ``epoch_hook`` (after each epoch; return True to stop training); ``apply`` returns a new
+    ``step_hook`` (between backward and the optimiser step: rewrite ``module``'s gradients),
+    ``epoch_hook`` (after each epoch; return True to stop training) and ``setup_hook`` (once before
+    the first step: replace the module, optimiser or batch sampling); ``check`` refuses a model or
+    training data the defense cannot train, before any training; ``apply`` returns a new
     :class:`~bastion.core.training.TorchTrainingProcedure` with them (the given procedure is not
     changed). The base checks that a replaced batch keeps the per-sample shape and pairs every
     input with a label, and that the objective gives one loss per sample. A defense keeps the state
@@ -441,6 +443,15 @@ class TrainingDefense(Configurable, ABC):
         """Called after each epoch; True stops training."""
         raise NotImplementedError
 
+    def setup_hook(self, setup: TrainSetup) -> None:
+        """Called once before the first step; may change ``setup`` (see TrainSetup)."""
+        raise NotImplementedError
+
+    def check(self, module: Any, n_samples: int, *, weighted: bool = False) -> list[str]:
+        """Refuse (UsageError) a model or training data this defense cannot train, before training;
+        returns notes on what it will change (none by default)."""
+        return []
+
     def _defines(self, hook: str) -> bool:
         return getattr(type(self), hook) is not getattr(TrainingDefense, hook)
 
@@ -451,13 +462,14 @@ class TrainingDefense(Configurable, ABC):
             raise UsageError(f"training defense '{self.label}' changes a TorchTrainingProcedure; the trainer is a "
                              f"{type(procedure).__name__}",
                              hint="train with bastion.core.training.TorchTrainingProcedure to use training defenses")
-        hooks = ("batch_hook", "loss_hook", "step_hook", "epoch_hook")
+        hooks = ("batch_hook", "loss_hook", "step_hook", "epoch_hook", "setup_hook")
         if not any(self._defines(h) for h in hooks):
             raise UsageError(f"training defense '{self.label}' defines none of {', '.join(hooks)}")
         return procedure.with_hooks(batch=[self._checked_batch] if self._defines("batch_hook") else [],
                                     loss=self._checked_loss if self._defines("loss_hook") else None,
                                     step=[self.step_hook] if self._defines("step_hook") else [],
-                                    epoch=[self.epoch_hook] if self._defines("epoch_hook") else [])
+                                    epoch=[self.epoch_hook] if self._defines("epoch_hook") else [],
+                                    setup=[self.setup_hook] if self._defines("setup_hook") else [])
 
     def _checked_batch(self, step: TrainStep) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.batch_hook(step)
@@ -480,6 +492,7 @@ DEFENSES: Registry[type[TargetDefense] | type[TrainingDefense]] = Registry("defe
     "trades": f"{_ADV_TRAINING}.trades:Trades",
     "fast-fgsm": f"{_ADV_TRAINING}.fast_fgsm:FastFGSMTraining",
     "gaussian-noise": "bastion.certify.noise_training:GaussianNoiseTraining",
+    "dp-sgd": "bastion.defenses.dp_sgd:DPSGD",
     **{name: f"bastion.defenses.transforms:{cls}" for name, cls in (
         ("bit-depth", "BitDepthReduction"), ("median-smoothing", "MedianSmoothing"),
         ("spatial-smoothing", "SpatialSmoothing"), ("jpeg", "JpegCompression"), ("rescale", "Rescale"),

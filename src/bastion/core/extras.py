@@ -28,6 +28,7 @@ EXTRA_FOR_PACKAGE: dict[str, str] = {
     "h5py": "formats",
     "jsonschema": "schema",
     "pyarrow": "audit",
+    "opacus": "dp",
 }
 
 

@@ -16,6 +16,7 @@ torch's global generator is never seeded.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -195,6 +196,37 @@ class EpochEnd:
     y_val: Any = None
 
 
+@dataclass
+class TrainSetup:
+    """The start of a training run, as setup hooks see it (the module built and initialised, no
+    step taken). A hook may replace ``module`` (e.g. BatchNorm -> GroupNorm), set ``net`` (what
+    each step runs forward and backward: the module, or a wrapper computing per-sample gradients),
+    ``optimizer`` (built from ``make_optimizer`` after the hooks when left None), ``batches``
+    (epoch -> the index tensors of each step's samples; by default a seeded shuffle cut into
+    ``batch_size`` pieces) and ``step_context`` (a context manager factory around each step's
+    objective and backward pass, e.g. to enable per-sample gradient hooks there only), and add
+    ``cleanup`` callbacks, run when training ends. ``n``: training samples; ``weighted``: the
+    request has sample weights; ``loss_hook``: a defense replaces the objective; ``state``: the
+    run's scratch space."""
+
+    module: Any
+    make_optimizer: Callable[[Any], Any]
+    batches: Callable[[int], Any]
+    n: int
+    batch_size: int
+    epochs: int
+    weighted: bool
+    loss_hook: bool
+    generator: Any
+    state: dict[str, Any]
+    device: str = "cpu"
+    net: Any = None
+    optimizer: Any = None
+    step_context: Callable[[], Any] = contextlib.nullcontext
+    cleanup: list[Callable[[], None]] = field(default_factory=list)
+
+
+SetupHook = Callable[[TrainSetup], None]  # before the first step: may replace the module, optimizer, batches
 BatchHook = Callable[[TrainStep], tuple[Any, Any]]  # returns the batch to train on, e.g. adversarial inputs
 StepHook = Callable[[TrainStep], None]  # after backward, before optimizer.step(): may rewrite .grad
 LossHook = Callable[[TrainStep], Any]  # the per-sample losses of the step's batch (replaces ``loss``)
@@ -237,8 +269,10 @@ class TorchTrainingProcedure:
     optimiser from the parameters, ``loss`` gives per-sample losses (weighted by the request's
     sample weights). ``batch_hooks`` may replace each batch (adversarial training), ``loss_hook``
     may replace the objective (TRADES: clean loss plus a term at an adversarial point),
-    ``step_hooks`` run between backward and the optimiser step (DP-SGD: clip and noise the
-    gradients), ``epoch_hooks`` run after each epoch and may stop training (early stopping).
+    ``step_hooks`` run between backward and the optimiser step (clip or rewrite the gradients),
+    ``epoch_hooks`` run after each epoch and may stop training (early stopping), ``setup_hooks``
+    run once before the first step and may replace the module, optimiser and batch sampling
+    (DP-SGD: per-sample gradients, a private optimiser, Poisson sampling).
     """
 
     model: Callable[[], Any]
@@ -250,6 +284,7 @@ class TorchTrainingProcedure:
     step_hooks: Sequence[StepHook] = ()
     loss_hook: LossHook | None = None
     epoch_hooks: Sequence[EpochHook] = ()
+    setup_hooks: Sequence[SetupHook] = ()
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -257,7 +292,8 @@ class TorchTrainingProcedure:
             raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
 
     def with_hooks(self, *, batch: Sequence[BatchHook] = (), step: Sequence[StepHook] = (),
-                   loss: LossHook | None = None, epoch: Sequence[EpochHook] = ()) -> TorchTrainingProcedure:
+                   loss: LossHook | None = None, epoch: Sequence[EpochHook] = (),
+                   setup: Sequence[SetupHook] = ()) -> TorchTrainingProcedure:
         """The same procedure with more hooks (how a training defense changes it). There is one
         objective: a second ``loss`` hook is refused."""
         if loss is not None and self.loss_hook is not None:
@@ -265,7 +301,8 @@ class TorchTrainingProcedure:
                              "combine at most one of them with others")
         return dataclasses.replace(self, batch_hooks=(*self.batch_hooks, *batch),
                                    step_hooks=(*self.step_hooks, *step), loss_hook=loss or self.loss_hook,
-                                   epoch_hooks=(*self.epoch_hooks, *epoch))
+                                   epoch_hooks=(*self.epoch_hooks, *epoch),
+                                   setup_hooks=(*self.setup_hooks, *setup))
 
     def __call__(self, request: TrainRequest) -> Target:
         from bastion.core.targets.torch_target import TorchTarget
@@ -275,10 +312,11 @@ class TorchTrainingProcedure:
                            name=self.name or type(module).__name__)
 
     def fit(self, request: TrainRequest, module: Any = None, *, epochs: int | None = None,
-            progress: Callable[[int], None] | None = None) -> Any:
+            progress: Callable[[int], None] | None = None, state: dict[str, Any] | None = None) -> Any:
         """Train and return the module (in eval mode). ``module`` continues training an existing one
         (warm start); ``epochs`` overrides the procedure's; ``progress`` is told the number of
-        samples of each batch trained on."""
+        samples of each batch trained on; ``state`` (a dict) becomes the run's scratch space, to
+        read after training (e.g. the privacy a DP-SGD run spent)."""
         import torch
 
         gen = torch.Generator().manual_seed(int(request.seed))
@@ -290,26 +328,50 @@ class TorchTrainingProcedure:
         module.train()
         for p in module.parameters():
             p.requires_grad_(True)
-        opt = self.optimizer(module.parameters())
         x, y = _tensors(request.x, request.y, request.device)
         w = (None if request.sample_weight is None else
              torch.as_tensor(np.asarray(request.sample_weight, np.float32), device=request.device))
         x_val, y_val = _tensors(request.x_val, request.y_val, request.device)
         shuffle = torch.Generator().manual_seed(int(request.seed))
-        step, state, spec = 0, {}, request.spec
-        for epoch in range(self.epochs if epochs is None else epochs):
+        n_epochs = self.epochs if epochs is None else epochs
+
+        def shuffled(epoch: int) -> Any:
             perm = torch.randperm(len(x), generator=shuffle).to(request.device)
-            for i in range(0, len(x), self.batch_size):
-                idx = perm[i:i + self.batch_size]
+            return (perm[i:i + self.batch_size] for i in range(0, len(x), self.batch_size))
+
+        state = {} if state is None else state
+        setup = TrainSetup(module, self.optimizer, shuffled, len(x), self.batch_size, n_epochs, w is not None,
+                           self.loss_hook is not None, gen, state, request.device)
+        try:
+            for hook in self.setup_hooks:
+                hook(setup)
+            module, net = setup.module, setup.net if setup.net is not None else setup.module
+            opt = setup.optimizer if setup.optimizer is not None else setup.make_optimizer(module.parameters())
+            self._loop(setup, net, opt, (x, y, w), (x_val, y_val), request.spec, progress)
+        finally:
+            for done in setup.cleanup:
+                done()
+        return setup.module.eval()
+
+    def _loop(self, setup: TrainSetup, net: Any, opt: Any, train: tuple[Any, Any, Any], val: tuple[Any, Any],
+              spec: InputSpec, progress: Callable[[int], None] | None) -> None:
+        """The epochs: each step's batch through the batch hooks, the loss, backward, the step hooks,
+        the optimiser step; the epoch hooks after each epoch (True from any stops training)."""
+        (x, y, w), (x_val, y_val) = train, val
+        module, gen, state, step = setup.module, setup.generator, setup.state, 0
+        for epoch in range(setup.epochs):
+            for idx in setup.batches(epoch):
                 xb, yb = x[idx], y[idx]
                 for hook in self.batch_hooks:
                     xb, yb = hook(TrainStep(module, xb, yb, epoch, step, gen, state=state, spec=spec))
                 module.train()  # a hook may have switched to eval mode to craft its batch
                 opt.zero_grad()
-                losses = (self.loss(module(xb), yb) if self.loss_hook is None
-                          else self.loss_hook(TrainStep(module, xb, yb, epoch, step, gen, state=state, spec=spec)))
-                loss = (losses * w[idx]).sum() / w[idx].sum().clamp_min(1e-12) if w is not None else losses.mean()
-                loss.backward()
+                with setup.step_context():
+                    losses = (self.loss(net(xb), yb) if self.loss_hook is None
+                              else self.loss_hook(TrainStep(module, xb, yb, epoch, step, gen, state=state, spec=spec)))
+                    loss = ((losses * w[idx]).sum() / w[idx].sum().clamp_min(1e-12) if w is not None
+                            else losses.sum() / max(len(losses), 1))  # the mean; 0 for an empty (Poisson) batch
+                    loss.backward()
                 for shook in self.step_hooks:
                     shook(TrainStep(module, xb, yb, epoch, step, gen, losses.detach(), state, spec))
                 opt.step()
@@ -320,7 +382,6 @@ class TorchTrainingProcedure:
             module.train()
             if any(stop):
                 break
-        return module.eval()
 
 
 def _tensors(x: Any, y: Any, device: str) -> tuple[Any, Any]:

@@ -1,0 +1,191 @@
+"""DP-SGD (Abadi et al., 2016, "Deep Learning with Differential Privacy", arXiv:1607.00133) through
+Opacus: per-sample gradients clipped to ``max_grad_norm``, Gaussian noise added to their sum, batches
+drawn by Poisson sampling, and an accountant (RDP or PRV) that gives the (ε, δ) spent. The noise
+multiplier is the one Opacus's ``PrivacyEngine.make_private_with_epsilon`` calibrates for the
+target ε and δ over the planned epochs.
+
+The guarantee holds only under the accountant's assumptions, so this module refuses what would
+silently break them: a sampler that is not uniform (a weighted or custom one; sample weights), a
+δ of 1/n or more, and layers whose per-sample gradients Opacus cannot compute. BatchNorm mixes the
+samples of a batch; it is converted to GroupNorm (``ModuleValidator.fix``) and the layers converted
+are named in the notes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from bastion.core.defense import TrainingDefense
+from bastion.core.params import Number, Params
+from bastion.errors import UsageError
+
+if TYPE_CHECKING:
+    from bastion.core.training import EpochEnd, TrainSetup
+
+_KEY = "dp-sgd"
+
+
+def opacus() -> Any:
+    """The opacus package, or the one-line ``install bastion[dp]`` error."""
+    try:
+        import opacus as _opacus
+    except ImportError as exc:
+        from bastion.core.extras import missing_extra
+
+        raise (missing_extra(exc) or exc) from None
+    return _opacus
+
+
+class DPSGDParams(Params):
+    epsilon: Number = Field(..., gt=0, description="Target ε of the whole training run.")
+    delta: Number = Field(1e-5, gt=0, lt=1, description="Target δ; must be below 1/n (n: training samples).")
+    max_grad_norm: Number = Field(1.0, gt=0, description="Per-sample gradient clipping norm C.")
+    accountant: Literal["rdp", "prv"] = Field("prv", description="Opacus's accountant: 'rdp' (Mironov 2017) "
+                                                                 "or 'prv' (Gopi et al. 2021, tighter).")
+
+
+class DPSGD(TrainingDefense):
+    """``dp-sgd``: differentially private training (Abadi et al. 2016) with Opacus. The spent ε and
+    δ are in the run's ``state["privacy"]`` after each epoch (the accountant's figure for the steps
+    taken).
+
+    >>> from bastion.defenses.dp_sgd import DPSGD
+    >>> defense = DPSGD(epsilon=3.0, delta=1e-5)
+    """
+
+    name = "dp-sgd"
+    Params = DPSGDParams
+
+    def check(self, module: Any, n_samples: int, *, weighted: bool = False) -> list[str]:
+        """Refuse sample weights, a δ of 1/n or more and layers Opacus cannot train privately
+        (with its reasons); notes name the BatchNorm layers that will become GroupNorm."""
+        if weighted:
+            raise UsageError("dp-sgd: sample weights make the sampling non-uniform, which breaks the privacy "
+                             "accounting", hint="train without sample weights (or resample the data beforehand)")
+        delta = float(self.params.delta)
+        if delta >= 1.0 / n_samples:
+            raise UsageError(f"dp-sgd: delta={delta:g} must be below 1/n = {1.0 / n_samples:.3g} "
+                             f"(n = {n_samples} training samples)",
+                             hint="a δ of 1/n or more allows releasing a sample outright; use e.g. 1/(10 n)")
+        return fix_module(module)[1]
+
+    def setup_hook(self, setup: TrainSetup) -> None:
+        """Fix the module, make it, its optimiser and the batches private (Poisson sampling)."""
+        import torch
+
+        if setup.loss_hook:
+            raise UsageError("dp-sgd cannot be combined with a defense that replaces the training objective "
+                             "(e.g. trades)", hint="combine dp-sgd with batch defenses only (pgd-at, gaussian-noise)")
+        notes = self.check(setup.module, setup.n, weighted=setup.weighted)
+        module, _ = fix_module(setup.module)
+        module = module.to(setup.device)
+        optimizer = setup.make_optimizer(module.parameters())
+        seed = int(torch.randint(0, 2**62, (1,), generator=setup.generator).item())
+        indices = torch.utils.data.TensorDataset(torch.arange(setup.n))
+        loader = torch.utils.data.DataLoader(indices, batch_size=min(setup.batch_size, setup.n), shuffle=True,
+                                             generator=torch.Generator().manual_seed(seed))
+        engine, net, private_opt, private_loader = make_private(
+            module, optimizer, loader, epsilon=float(self.params.epsilon), delta=float(self.params.delta),
+            epochs=setup.epochs, max_grad_norm=float(self.params.max_grad_norm),
+            accountant=self.params.accountant, seed=seed)
+        device = setup.device
+
+        def batches(epoch: int) -> Any:
+            return (b[0].to(device) for b in private_loader)
+
+        net.disable_hooks()  # per-sample gradients only inside a step (not for crafted batches or evaluations)
+
+        @contextmanager
+        def hooked() -> Iterator[None]:
+            net.enable_hooks()
+            try:
+                yield
+            finally:
+                net.disable_hooks()
+
+        setup.module, setup.net, setup.optimizer, setup.batches = module, net, private_opt, batches
+        setup.step_context = hooked
+        setup.cleanup.append(net.cleanup)
+        setup.state[_KEY] = {"engine": engine}
+        setup.state["privacy"] = {
+            "mechanism": "dp-sgd", "accountant": self.params.accountant, "target_epsilon": float(self.params.epsilon),
+            "delta": float(self.params.delta), "epsilon": 0.0, "noise_multiplier": float(private_opt.noise_multiplier),
+            "max_grad_norm": float(self.params.max_grad_norm), "sample_rate": 1.0 / len(loader),
+            "steps": 0, "notes": notes}
+
+    def epoch_hook(self, end: EpochEnd) -> bool:
+        """Record the ε spent so far (the accountant's, at the target δ)."""
+        engine = end.state[_KEY]["engine"]
+        privacy = end.state["privacy"]
+        privacy["epsilon"] = float(engine.get_epsilon(privacy["delta"]))
+        privacy["steps"] = int(end.steps)
+        return False
+
+
+def fix_module(module: Any) -> tuple[Any, list[str]]:
+    """``module`` made trainable by Opacus: BatchNorm layers converted to GroupNorm (a new module;
+    the notes name them), refused with Opacus's reasons when other layers are incompatible."""
+    lib = opacus()
+    validator = lib.validators.ModuleValidator
+
+    def problems(m: Any) -> list[Exception]:
+        return [*validator.validate(m, strict=False), *lib.GradSampleModule.validate(m, strict=False)]
+
+    module.train()  # what is validated: the module as it trains
+    if not problems(module):
+        return module, []
+    before = {name: type(m).__name__ for name, m in module.named_modules()}
+    fixed = validator.fix(module)
+    remaining = problems(fixed)
+    if remaining:
+        reasons = "; ".join(sorted({str(e) for e in remaining}))
+        raise UsageError(f"dp-sgd cannot train this model privately: {reasons}",
+                         hint="replace the layers named above (Opacus computes per-sample gradients only for "
+                              "layers whose outputs depend on one sample each)")
+    changed = [f"{name or '(root)'} ({before[name]} -> {type(m).__name__})" for name, m in fixed.named_modules()
+               if name in before and before[name] != type(m).__name__]
+    notes = [f"dp-sgd: converted {', '.join(changed)}: BatchNorm mixes the samples of a batch; the hardened "
+             f"weights are for the converted architecture"] if changed else []
+    return fixed, notes
+
+
+def check_uniform_loader(loader: Any) -> None:
+    """Refuse a data loader whose sampling is not uniform (a weighted or custom sampler, a custom
+    batch sampler): Opacus's accounting assumes every sample is drawn with the same probability."""
+    import torch.utils.data as tud
+
+    sampler = loader.sampler
+    batch_sampler = loader.batch_sampler
+    uniform = (isinstance(sampler, tud.SequentialSampler)
+               or (type(sampler) is tud.RandomSampler and not sampler.replacement
+                   and sampler.num_samples == len(sampler.data_source)))
+    if batch_sampler is not None and type(batch_sampler) is not tud.BatchSampler:
+        raise UsageError(f"dp-sgd: the data loader's batch sampler is a {type(batch_sampler).__name__}; the privacy "
+                         f"accounting needs uniform sampling", hint="use a plain DataLoader(dataset, batch_size, "
+                                                                    "shuffle=True): Opacus replaces it by Poisson sampling")
+    if not uniform:
+        raise UsageError(f"dp-sgd: the data loader's sampler is a {type(sampler).__name__}, which does not draw every "
+                         f"sample with the same probability; the privacy accounting would silently be wrong",
+                         hint="use a plain DataLoader(dataset, batch_size, shuffle=True): Opacus replaces it by "
+                              "Poisson sampling")
+
+
+def make_private(module: Any, optimizer: Any, loader: Any, *, epsilon: float, delta: float, epochs: int,
+                 max_grad_norm: float, accountant: str = "prv", seed: int = 0) -> tuple[Any, Any, Any, Any]:
+    """Opacus's ``make_private_with_epsilon`` with Poisson sampling, after refusing a non-uniform
+    ``loader``: returns the PrivacyEngine (its ``get_epsilon(delta)`` is the ε spent), the module
+    that computes per-sample gradients, the private optimiser and the Poisson data loader. For
+    training loops of your own; ``loader.generator`` seeds the sampling, ``seed`` the noise."""
+    import torch
+
+    check_uniform_loader(loader)
+    engine = opacus().PrivacyEngine(accountant=accountant)
+    net, opt, private_loader = engine.make_private_with_epsilon(
+        module=module, optimizer=optimizer, data_loader=loader, target_epsilon=epsilon, target_delta=delta,
+        epochs=epochs, max_grad_norm=max_grad_norm, poisson_sampling=True,
+        noise_generator=torch.Generator(device=next(module.parameters()).device).manual_seed(seed))
+    return engine, net, opt, private_loader

@@ -1,0 +1,127 @@
+"""DP-SGD through Opacus (Abadi et al. 2016) as a TrainingDefense on a tiny MLP: the accountant's ε
+spent is at most the target and grows with the steps, clipping and noise change the training,
+BatchNorm is converted to GroupNorm (named), incompatible layers and non-uniform sampling refused,
+and bad ε / δ refused naming the parameter."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("opacus")
+
+from bastion.core.params import ParamError  # noqa: E402
+from bastion.core.training import TorchTrainingProcedure, TrainRequest, adam  # noqa: E402
+from bastion.defenses.dp_sgd import DPSGD, check_uniform_loader, fix_module  # noqa: E402
+from bastion.errors import UsageError  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def _data(n: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 8)).astype(np.float32)
+    return x, (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+
+
+def mlp() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+
+
+def bn_mlp() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
+                               torch.nn.Linear(16, 2))
+
+
+class Buffered(torch.nn.Module):
+    """A trainable layer with a buffer: Opacus computes no per-sample gradient for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(2))
+        self.register_buffer("mean", torch.zeros(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) * self.w
+
+
+def _fit(model=mlp, epochs: int = 2, **params) -> tuple[torch.nn.Module, dict]:
+    x, y = _data()
+    state: dict = {}
+    proc = TorchTrainingProcedure(model, optimizer=adam(0.05), epochs=epochs, batch_size=32)
+    defense = DPSGD(**{"epsilon": 3.0, "delta": 1e-3, "accountant": "rdp", **params})
+    module = defense.apply(proc).fit(TrainRequest(x, y, seed=1), state=state)
+    return module, state
+
+
+def test_spent_epsilon_is_the_accountants_and_within_the_target() -> None:
+    module, state = _fit()
+    p = state["privacy"]
+    assert 2.5 < p["epsilon"] <= 3.0 + 1e-6 and p["delta"] == 1e-3 and p["noise_multiplier"] > 0.3
+    assert p["sample_rate"] == pytest.approx(1 / 10) and p["steps"] == 20
+    assert not any(hasattr(q, "grad_sample") for q in module.parameters())  # Opacus's hooks removed
+    assert isinstance(module, torch.nn.Sequential)  # the plain module, not Opacus's wrapper
+    _, one_epoch = _fit(epochs=1)  # the noise is calibrated for the planned epochs: half of them spend less
+    assert one_epoch["privacy"]["epsilon"] < p["epsilon"]
+
+
+def test_private_training_differs_from_plain_and_still_learns() -> None:
+    x, y = _data()
+    plain = TorchTrainingProcedure(mlp, optimizer=adam(0.05), epochs=2, batch_size=32).fit(TrainRequest(x, y, seed=1))
+    private, _ = _fit(epsilon=50.0)
+    weak, _ = _fit(epsilon=0.05, max_grad_norm=0.01)
+    flat = [torch.cat([q.detach().flatten() for q in m.parameters()]) for m in (plain, private)]
+    assert not torch.allclose(*flat)
+    acc = lambda m: float((m(torch.as_tensor(x)).argmax(1).numpy() == y).mean())  # noqa: E731
+    assert acc(private) > 0.7 and acc(private) > acc(weak)
+
+
+def test_batchnorm_becomes_groupnorm_with_a_note_naming_the_layer() -> None:
+    module, state = _fit(bn_mlp)
+    assert [type(m).__name__ for m in module] == ["Linear", "GroupNorm", "ReLU", "Linear"]
+    notes = state["privacy"]["notes"]
+    assert len(notes) == 1 and "1 (BatchNorm1d -> GroupNorm)" in notes[0]
+    assert fix_module(mlp())[1] == []
+
+
+def test_incompatible_layers_are_refused_with_opacus_reason() -> None:
+    with pytest.raises(UsageError, match="dp-sgd cannot train this model privately: .*buffers"):
+        fix_module(torch.nn.Sequential(torch.nn.Linear(8, 2), Buffered()))
+    assert fix_module(mlp().eval())[1] == []  # a model in eval mode is validated as it trains
+
+
+def test_non_uniform_sampling_is_refused() -> None:
+    ds = torch.utils.data.TensorDataset(torch.arange(10))
+    check_uniform_loader(torch.utils.data.DataLoader(ds, batch_size=2, shuffle=True))
+    weighted = torch.utils.data.WeightedRandomSampler(torch.ones(10), 10)
+    with pytest.raises(UsageError, match="WeightedRandomSampler"):
+        check_uniform_loader(torch.utils.data.DataLoader(ds, batch_size=2, sampler=weighted))
+    with pytest.raises(UsageError, match="RandomSampler"):
+        check_uniform_loader(torch.utils.data.DataLoader(ds, sampler=torch.utils.data.RandomSampler(
+            ds, replacement=True)))
+    x, y = _data()
+    proc = DPSGD(epsilon=3.0, delta=1e-3).apply(TorchTrainingProcedure(mlp, epochs=1))
+    with pytest.raises(UsageError, match="sample weights"):
+        proc.fit(TrainRequest(x, y, sample_weight=np.linspace(0.1, 1, len(y))))
+
+
+@pytest.mark.parametrize("params, field", [({"epsilon": 0}, "epsilon"), ({"epsilon": -1}, "epsilon"),
+                                           ({"epsilon": 1, "delta": 0}, "delta"),
+                                           ({"epsilon": 1, "delta": 1.0}, "delta"),
+                                           ({"epsilon": 1, "max_grad_norm": 0}, "max_grad_norm")])
+def test_bad_parameters_are_refused_naming_them(params: dict, field: str) -> None:
+    with pytest.raises(ParamError) as err:
+        DPSGD(**params)
+    assert err.value.field == field
+
+
+def test_delta_of_one_over_n_or_more_is_refused() -> None:
+    with pytest.raises(UsageError, match=r"delta=0.01 must be below 1/n = 0.00333 \(n = 300"):
+        DPSGD(epsilon=1.0, delta=0.01).check(mlp(), 300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(UsageError, match="delta"):
+            _fit(delta=0.01)
