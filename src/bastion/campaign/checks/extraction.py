@@ -30,7 +30,7 @@ from pydantic import Field, field_validator
 
 from bastion.attacks.extraction import EXTRACTION_ATTACKS, ExtractionResult, ModelExtraction, get_extraction_attack
 from bastion.campaign.checks.base import Check, CheckContext, CheckFailed, CheckParams, Interrupted, register_check
-from bastion.campaign.checks.membership import RecordSet
+from bastion.campaign.checks.records import RecordSet
 from bastion.campaign.privacy_rules import EXTRACTION_RULE
 from bastion.campaign.gates import GateView
 from bastion.core.data import Dataset, align_labels
