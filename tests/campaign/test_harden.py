@@ -173,7 +173,7 @@ def test_cli_exit_0_and_json(project: Path, capsys: pytest.CaptureFixture[str],
     (("threat: {norm: linf, eps: 0.1}", "threat: {norm: linf, eps: -0.1}"), ["threat.eps", "greater than 0"]),
     (("params: {steps: 2}", "params: {steps: 0}"), ["harden.params.steps", "greater than or equal to 1"]),
     (("  train: {source: npz:train.npz}\n", ""), ["datasets", "needs training data"]),
-    (("method: pgd-at", "method: jpeg"), ["harden.method", "allowed: dp-sgd, fast-fgsm, gaussian-noise, pgd-at, trades"]),
+    (("method: pgd-at", "method: jpeg"), ["harden.method", "allowed: dp-sgd, fast-fgsm, gaussian-noise, ibp, pgd-at, trades"]),
     (("evaluate: {stages: [apgd-ce], steps: 5}", "evaluate: {stepz: 5}"), ["harden.evaluate", "stepz"]),
 ])
 def test_cli_bad_input_exit_2_naming_the_field(project: Path, capsys: pytest.CaptureFixture[str],

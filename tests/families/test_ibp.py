@@ -185,3 +185,42 @@ def test_models_ibp_cannot_bound_are_refused() -> None:
         IntervalBoundPropagation()
     with pytest.raises(UsageError, match=r"eps=-0.1 is not allowed: every ε must be a finite number >= 0"):
         IntervalBoundPropagation(eps=-0.1)
+
+
+def test_ibp_training_raises_the_verified_accuracy() -> None:
+    from bastion.certify.ibp_training import IBPTraining
+    from bastion.core.training import TorchTrainingProcedure, TrainRequest, adam
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.25, 0.25], [0.75, 0.3], [0.5, 0.8]])
+    y = rng.integers(0, 3, 300)
+    x = np.clip(centres[y] + 0.12 * rng.normal(size=(300, 2)), 0, 1).astype(np.float32)
+    spec = InputSpec(shape=(2,), lower=0, upper=1)
+
+    def net() -> nn.Module:
+        return nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3))
+
+    plain = TorchTrainingProcedure(model=net, optimizer=adam(0.01), epochs=30, batch_size=50)
+    defense = IBPTraining(eps=0.08, warmup_epochs=2, ramp_epochs=10)
+    verified = []
+    for procedure in (plain, defense.apply(plain)):
+        module = procedure.fit(TrainRequest(x, y, seed=0, input_spec=spec))
+        res = IntervalBoundPropagation(eps=0.08).certify(TorchTarget(module, spec), x, y)
+        verified.append(res.certified_accuracy(0.08))
+    assert verified[1] >= verified[0] + 0.08, verified
+    assert defense.schedule(0) == (0.0, 1.0) and defense.schedule(1) == (0.0, 1.0)
+    assert defense.schedule(2) == pytest.approx((0.008, 0.95)) and defense.schedule(40) == pytest.approx((0.08, 0.5))
+
+
+def test_ibp_training_refuses_what_it_cannot_bound() -> None:
+    from bastion.certify.ibp_training import IBPTraining
+    from bastion.core.params import ParamError
+    from bastion.core.training import TorchTrainingProcedure, TrainRequest
+
+    x, y = np.random.default_rng(0).uniform(0, 1, (20, 2)).astype(np.float32), np.arange(20) % 2
+    procedure = IBPTraining(eps=0.1, warmup_epochs=0).apply(TorchTrainingProcedure(
+        model=lambda: nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)), epochs=1, batch_size=10))
+    with pytest.raises(UsageError, match=r"layer '1' \(BatchNorm1d\): the layer is in training mode"):
+        procedure.fit(TrainRequest(x, y, seed=0))
+    with pytest.raises(ParamError, match="norm='l2' is not allowed"):
+        IBPTraining(eps=0.1, norm="l2")

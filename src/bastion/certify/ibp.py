@@ -147,7 +147,7 @@ def sequential_layers(module: Any, path: str = "") -> list[Any]:
     elif isinstance(module, (nn.MaxPool1d, nn.MaxPool2d)) and module.return_indices:
         problem = "return_indices=True returns a tuple"
     elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.Dropout)) and module.training:
-        problem = "the layer is in training mode (call model.eval())"
+        problem = "the layer is in training mode, where batch statistics and dropout have no interval rule"
     elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) and module.running_mean is None:
         problem = "batch norm needs running statistics (track_running_stats=True)"
     elif not isinstance(module, (*_monotone_types(), *_affine_types(), nn.LeakyReLU)):
@@ -193,11 +193,11 @@ def _affine(layer: Any, mid: torch.Tensor, rad: torch.Tensor) -> Bounds:
     return mid * scale.reshape(shape) + shift.reshape(shape), rad * scale.abs().reshape(shape)
 
 
-def margin_lower_bound(layers: list[Any], lower: torch.Tensor, upper: torch.Tensor, cls: torch.Tensor
-                       ) -> torch.Tensor:
-    """Per input, a lower bound over the box ``[lower, upper]`` of ``min_{k != c} z_c - z_k`` for
-    its class ``c`` (``cls``): positive means verified. A final Linear layer is folded into the
-    margin (Gowal et al., Section 3)."""
+def margin_bounds(layers: list[Any], lower: torch.Tensor, upper: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    """Per input and class ``k``, a lower bound over the box ``[lower, upper]`` of the logit margin
+    ``z_c - z_k`` for the input's class ``c`` (``cls``), shape (inputs, classes), 0 at ``k = c``. A
+    final Linear layer is folded into the margin (Gowal et al., Section 3). Differentiable in the
+    layers' parameters (IBP training)."""
     import torch
     from torch import nn
 
@@ -210,13 +210,19 @@ def margin_lower_bound(layers: list[Any], lower: torch.Tensor, upper: torch.Tens
         w = head.weight.double()
         b = head.bias.double() if head.bias is not None else torch.zeros(len(w), dtype=w.dtype, device=w.device)
         mid, rad = (hi + lo) / 2, (hi - lo) / 2
-        margin = torch.empty(len(lo), len(w), dtype=w.dtype, device=w.device)
-        for c in cls.unique().tolist():
-            rows = cls == c
-            diff = w[c] - w  # (classes, features): the specification e_c - e_k folded into the layer
-            margin[rows] = mid[rows] @ diff.T + (b[c] - b) - rad[rows] @ diff.abs().T
-    margin.scatter_(1, cls[:, None], torch.inf)
-    return margin.min(dim=1).values
+        diff = w[cls][:, None] - w[None]  # (inputs, classes, features): the specification e_c - e_k folded into the layer
+        margin = (torch.einsum("nkf,nf->nk", diff, mid) + (b[cls][:, None] - b[None])
+                  - torch.einsum("nkf,nf->nk", diff.abs(), rad))
+    return margin.scatter(1, cls[:, None], 0.0)
+
+
+def margin_lower_bound(layers: list[Any], lower: torch.Tensor, upper: torch.Tensor, cls: torch.Tensor
+                       ) -> torch.Tensor:
+    """Per input, a lower bound over the box of ``min_{k != c} z_c - z_k``: positive means verified."""
+    import torch
+
+    margin = margin_bounds(layers, lower, upper, cls)
+    return margin.scatter(1, cls[:, None], torch.inf).min(dim=1).values
 
 
 def _torch_module(target: Target, name: str) -> Any:

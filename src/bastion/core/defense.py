@@ -493,6 +493,7 @@ DEFENSES: Registry[type[TargetDefense] | type[TrainingDefense]] = Registry("defe
     "fast-fgsm": f"{_ADV_TRAINING}.fast_fgsm:FastFGSMTraining",
     "gaussian-noise": "bastion.certify.noise_training:GaussianNoiseTraining",
     "dp-sgd": "bastion.defenses.dp_sgd:DPSGD",
+    "ibp": "bastion.certify.ibp_training:IBPTraining",
     **{name: f"bastion.defenses.transforms:{cls}" for name, cls in (
         ("bit-depth", "BitDepthReduction"), ("median-smoothing", "MedianSmoothing"),
         ("spatial-smoothing", "SpatialSmoothing"), ("jpeg", "JpegCompression"), ("rescale", "Rescale"),
