@@ -9,21 +9,25 @@ interval bound propagation's verified accuracy on the digits CNN.
    default batch size 32, and the bare forward passes: the same 10,100 noisy copies through the
    module with nothing else, the floor any implementation pays), in an order that alternates from
    chunk to chunk; bastion runs twice, as is and with ``jit`` (the module traced and optimised for
-   inference, trace time included, on the same noise draws). CPU seconds (process time) and wall seconds per tool; throughput = inputs
-   certified per CPU second. Decisions: the two tools draw different noise (bastion from its
-   seeded torch generators, ART from NumPy's global generator, seeded per chunk), so the abstention
-   decisions are compared input by input and each disagreement is listed with both tools' lower
-   bound p_A (recorded from inside each tool's Clopper-Pearson call) and its distance to 1/2.
-2. **IBP** (Gowal et al. 2018): verified robust accuracy of the shipped demo CNN, the
-   noise-trained one and one trained by the ``ibp`` training defense at ε = 0.05 at several L∞ ε on all 360 test images, with PGD's robust accuracy at the same
-   ε (40 steps, 5 restarts) as the empirical upper bound; an input IBP verifies and PGD breaks
-   would be a soundness bug (counted, must be 0).
+   inference, trace time included, on the same noise draws). CPU seconds (process time) and wall
+   seconds per tool; throughput = inputs certified per CPU second. Decisions: the two tools draw
+   different noise (bastion from its seeded torch generators, ART from NumPy's global generator,
+   seeded per chunk), so the abstention decisions are compared input by input and each
+   disagreement is listed with both tools' lower bound p_A (recorded from inside each tool's
+   Clopper-Pearson call) and its distance to 1/2.
+2. **IBP** (Gowal et al. 2018): verified robust accuracy of the shipped demo CNN, the noise-trained
+   one and one trained by the ``ibp`` training defense at ε = 0.05, at several L∞ ε on all 360 test
+   images, with PGD's robust accuracy at the same ε (40 steps, 5 restarts) as the empirical upper
+   bound; an input IBP verifies and PGD breaks would be a soundness bug (counted, must be 0).
 
-Run in a venv with ART (never a bastion dependency)::
+Run in a venv with ART (never a bastion dependency; ART's Clopper-Pearson bound needs statsmodels)::
 
     python -m venv --system-site-packages .benchenv
-    .benchenv/bin/pip install --no-deps -e . && .benchenv/bin/pip install adversarial-robustness-toolbox==1.20.1 statsmodels
+    .benchenv/bin/pip install --no-deps -e .
+    .benchenv/bin/pip install adversarial-robustness-toolbox==1.20.1 statsmodels
     OMP_NUM_THREADS=1 nice -n 15 .benchenv/bin/python benchmarks/certify.py --out benchmarks/results/certify.json
+
+``--only-ibp`` reruns the IBP part and keeps the smoothing figures already in ``--out``.
 """
 
 from __future__ import annotations

@@ -152,7 +152,8 @@ class Noisy(torch.nn.Module):  # randomness in forward: the trace cannot reprodu
         return self.fc(x + torch.randn_like(x))
 
 
-@pytest.mark.parametrize("module,words", [(Branchy(), "cannot be traced for jit"), (Noisy(), "disagrees with the model")])
+@pytest.mark.parametrize("module,words", [(Branchy(), "cannot be traced for jit"),
+                                          (Noisy(), "disagrees with the model")])
 def test_jit_refuses_models_a_trace_would_change(module, words) -> None:  # noqa: ANN001
     from bastion.errors import UsageError
 

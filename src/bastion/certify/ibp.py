@@ -210,7 +210,7 @@ def margin_bounds(layers: list[Any], lower: torch.Tensor, upper: torch.Tensor, c
         w = head.weight.double()
         b = head.bias.double() if head.bias is not None else torch.zeros(len(w), dtype=w.dtype, device=w.device)
         mid, rad = (hi + lo) / 2, (hi - lo) / 2
-        diff = w[cls][:, None] - w[None]  # (inputs, classes, features): the specification e_c - e_k folded into the layer
+        diff = w[cls][:, None] - w[None]  # (inputs, classes, features): the specification e_c - e_k in the layer
         margin = (torch.einsum("nkf,nf->nk", diff, mid) + (b[cls][:, None] - b[None])
                   - torch.einsum("nkf,nf->nk", diff.abs(), rad))
     return margin.scatter(1, cls[:, None], 0.0)
