@@ -194,7 +194,7 @@ def test_output_hardening_and_black_box_targets() -> None:
         def adaptive(self) -> AdaptivePath:
             return AdaptivePath(bpda="identity")
 
-        def postprocess(self, probs):
+        def postprocess(self, probs, rng):
             return np.eye(probs.shape[1])[probs.argmax(1)]
 
     x, y = inputs()

@@ -53,10 +53,31 @@ CATALOGUE += [
                       "privacy; where a class stands for one person, reconsider training on identifying data.")),
 ]
 
+CATALOGUE += [
+    Rule(id="BASTION-MI-005", title="An output defense leaves membership inference and extraction where they were",
+         threat="membership-inference", default_severity=Severity.medium,
+         help=("Output hardening (top-k, rounding, reverse sigmoid, noise on the scores) changes what the API "
+               "answers. When membership inference and model extraction reach the same figures through it as "
+               "without it (within their 95 % intervals), the defense buys no protection against these attacks "
+               "while it is counted on for some."),
+         remediation=("Do not rely on this defense against membership inference or extraction: train with "
+                      "differential privacy (DP-SGD), regularise until the train/test gap closes, answer labels only, "
+                      "and enforce per-client query budgets; re-run the privacy-defense-eval check.")),
+    Rule(id="BASTION-MI-006", title="An output defense costs accuracy", threat="membership-inference",
+         default_severity=Severity.low,
+         help=("A defense that changes the answered top-1 label (rounding ties, noise without keep_label) makes "
+               "the model wrong where it was right. The cost is the drop in task accuracy, or the share of answers "
+               "whose label differs from the undefended model's."),
+         remediation=("Choose parameters that keep the top-1 label (keep_label: true, more decimals), or a defense "
+                      "that keeps it by construction (top-k, reverse sigmoid, label-only).")),
+]
+
 MEMBERSHIP_RULE = "BASTION-MI-001"
 GAP_RULE = "BASTION-MI-002"
 ATTRIBUTE_RULE = "BASTION-MI-003"
 INVERSION_RULE = "BASTION-MI-004"
+USELESS_DEFENSE_RULE = "BASTION-MI-005"
+DEFENSE_COST_RULE = "BASTION-MI-006"
 
 EXTRACTION_CATALOGUE: list[Rule] = [
     Rule(id="BASTION-EX-001", title="Model can be copied through its prediction API (model extraction)",

@@ -69,6 +69,7 @@ class TargetDefense(Configurable, ABC):
 
     family: ClassVar[str] = "defense"
     randomized: ClassVar[bool] = False
+    label_only: ClassVar[bool] = False  # the defended model answers labels only (one-hot rows)
 
     def adaptive(self) -> AdaptivePath:
         """The adaptive path white-box attacks take through this defense."""
@@ -87,9 +88,12 @@ class TargetDefense(Configurable, ABC):
         """A differentiable function close to ``preprocess`` (BPDA's backward pass)."""
         raise NotImplementedError
 
-    def postprocess(self, probs: np.ndarray) -> np.ndarray:
+    def postprocess(self, probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Output hardening applied to the probability rows (identity by default)."""
         return probs
+
+    def hardens_output(self) -> bool:
+        return type(self).postprocess is not TargetDefense.postprocess
 
     def check_input(self, spec: InputSpec) -> None:
         """Refuse (UsageError) a target whose inputs this defense cannot transform (range, layout)."""
@@ -111,7 +115,7 @@ class TargetDefense(Configurable, ABC):
         if self.randomized and path.eot_samples < 2:
             raise UsageError(f"defense '{self.label}' is randomised; an attack needs an expectation over its "
                              f"randomness", hint="declare adaptive() -> AdaptivePath(eot_samples=...) with 2 or more")
-        if type(self).postprocess is not TargetDefense.postprocess and path.bpda == "exact":
+        if self.hardens_output() and path.bpda == "exact":
             raise UsageError(f"defense '{self.label}' post-processes outputs in numpy; declare BPDA for it",
                              hint="declare adaptive() -> AdaptivePath(bpda='identity')")
         return path
@@ -133,7 +137,8 @@ class DefendedTarget(Target):
         defense.check_input(inner.input_spec)
         super().__init__(inner.classes, inner.input_spec, name=name or f"{defense.label}({inner.name})")
         self.inner, self.defense = inner, defense
-        self.label_only = getattr(inner, "label_only", False)  # what the wrapped model offers, it still offers
+        # what the wrapped model offers, it still offers; a label-only defense takes the scores away
+        self.label_only = defense.label_only or getattr(inner, "label_only", False)
         self.remote = getattr(inner, "remote", False)
         self.rng = np.random.default_rng(seed)
         self.randomized = True if defense.randomized else inner.randomized
@@ -147,7 +152,7 @@ class DefendedTarget(Target):
             raise BastionRuntimeError(exc.message) from exc
 
     def harden(self, probs: np.ndarray) -> np.ndarray:
-        out = np.asarray(self.defense.postprocess(probs), np.float64)
+        out = np.asarray(self.defense.postprocess(probs, self.rng), np.float64)
         return check_probabilities(out, len(probs), self.n_classes, source=f"defense '{self.defense.label}'")
 
     def _predict_proba(self, x: np.ndarray) -> np.ndarray:
@@ -157,6 +162,25 @@ class DefendedTarget(Target):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "defense": self.defense.label, "inner": self.inner.describe(),
                 "adaptive": {"bpda": self.path.bpda, "eot_samples": self.path.eot_samples}}
+
+
+def harden_like(target: Target, logp: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Log-probabilities ``logp`` (..., n_classes) of an attacker's own models passed through every
+    output-hardening defense on ``target``, innermost first, as an attacker who knows the deployed
+    defense hardens its shadow models' answers to compare like with like (Kerckhoffs: the defense
+    is public). Input transformations are not replayed. Unchanged when ``target`` hardens nothing."""
+    layers = []
+    while isinstance(target, DefendedTarget):
+        if target.defense.hardens_output():
+            layers.append(target.defense)
+        target = target.inner
+    if not layers:
+        return logp
+    probs = np.exp(np.asarray(logp, np.float64)).reshape(-1, logp.shape[-1])
+    probs /= probs.sum(1, keepdims=True)
+    for defense in reversed(layers):
+        probs = np.asarray(defense.postprocess(probs, rng), np.float64)
+    return np.log(np.clip(probs, np.finfo(np.float64).tiny, None)).reshape(logp.shape)
 
 
 class DifferentiableDefendedTarget(DefendedTarget, DifferentiableTarget):
@@ -181,7 +205,7 @@ class DifferentiableDefendedTarget(DefendedTarget, DifferentiableTarget):
         inner = self.inner.adaptive_view() if adaptive else self.inner
         assert isinstance(inner, DifferentiableTarget)
         out = inner._raw_logits(z)
-        if type(self.defense).postprocess is TargetDefense.postprocess:
+        if not self.defense.hardens_output():
             return out
         p = torch.softmax(out, dim=1)
         hard = torch.as_tensor(self.harden(p.detach().double().cpu().numpy()), dtype=p.dtype, device=p.device)
@@ -498,6 +522,9 @@ DEFENSES: Registry[type[TargetDefense] | type[TrainingDefense]] = Registry("defe
         ("bit-depth", "BitDepthReduction"), ("median-smoothing", "MedianSmoothing"),
         ("spatial-smoothing", "SpatialSmoothing"), ("jpeg", "JpegCompression"), ("rescale", "Rescale"),
         ("inference-noise", "InferenceNoise"), ("transform-chain", "TransformChain"))},
+    **{name: f"bastion.defenses.outputs:{cls}" for name, cls in (
+        ("top-k", "TopK"), ("label-only", "LabelOnly"), ("rounding", "Rounding"),
+        ("reverse-sigmoid", "ReverseSigmoid"), ("output-noise", "OutputNoise"))},
 })
 """Defenses by name: bastion's own and those of the ``bastion.defenses`` entry points. Training
 defenses (``bastion harden``) and target defenses (``target.defenses`` in a policy) share it."""

@@ -239,10 +239,36 @@ class VariantTable(_Artifact):
     rows: list[VariantRow]
 
 
+class DefenseCostRow(BaseModel):
+    """One model of an output-defense comparison (the undefended model first): accuracy, top-1 agreement
+    with the undefended model, and per attack the membership AUC and TPR at ``fpr`` or the extraction
+    fidelity, each with its 95 % interval."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    defense: str
+    accuracy: Number
+    agreement: Number = Field(description="Share of eval inputs where its label equals the undefended model's.")
+    membership: dict[str, dict[str, Any]] = Field(default_factory=dict, description=(
+        "Per attack: auc, auc_ci (Hanley-McNeil), tpr, tpr_ci (Clopper-Pearson) at the table's fpr."))
+    extraction: dict[str, dict[str, Any]] = Field(default_factory=dict, description=(
+        "Per attack: fidelity, fidelity_ci (Clopper-Pearson over the held-out inputs), queries."))
+    notes: list[str] = Field(default_factory=list)
+
+
+class DefenseCostTable(_Artifact):
+    """Output defenses side by side: what each buys against membership inference and extraction, and
+    what it costs in accuracy."""
+
+    type: Literal["defense_cost_table"] = "defense_cost_table"
+    fpr: float
+    rows: list[DefenseCostRow]
+
+
 Artifact = Annotated[
     RobustnessCurve | ExampleGrid | TabularExamples | StageChart | QueryCurve | Histogram | RocCurve
     | FidelityCurve | DriftSeries | QueryLog | ReliabilityDiagram | VariantTable | InversionGrid
-    | PoisoningCurve,
+    | PoisoningCurve | DefenseCostTable,
     Field(discriminator="type"),
 ]
 

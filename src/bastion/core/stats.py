@@ -67,3 +67,14 @@ def mcnemar_greater(b: int, c: int) -> float:
     if b < 0 or c < 0:
         raise ValueError(f"counts must be >= 0, got b={b}, c={c}")
     return binom_sf(b, b + c, 0.5)
+
+
+def auc_interval(auc: float, n_pos: int, n_neg: int, z: float = 1.959964) -> tuple[float, float]:
+    """An approximate 95 % interval of a ROC AUC measured on ``n_pos`` positives and ``n_neg``
+    negatives, from Hanley & McNeil's (1982) standard error, clipped to [0, 1]."""
+    if n_pos < 1 or n_neg < 1:
+        raise ValueError(f"need positives and negatives, got {n_pos} and {n_neg}")
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / (n_pos * n_neg)
+    se = math.sqrt(max(var, 0.0))
+    return max(0.0, auc - z * se), min(1.0, auc + z * se)

@@ -78,7 +78,7 @@ class LiRA(MembershipInference):
                              hint="set shadow_models >= 2, or mode: offline")
         q = query_records(splits)
         out = shadow_outputs(trainer, q, n_models=p.shadow_models, online=online, augment=p.augment,
-                             spec=target.input_spec, classes=target.classes, ctx=ctx, cache=p.cache)
+                             spec=target.input_spec, classes=target.classes, ctx=ctx, cache=p.cache, like=target)
         single = not online and p.shadow_models == 1
         rows = slice(0, len(q.x)) if single else q.targets  # one shadow: σ from the reference records too
         t = logit_confidence(predict_all(target, [x[rows] for x in augmented(q.x, p.augment)]), q.y[rows])

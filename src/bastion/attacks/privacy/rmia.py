@@ -73,7 +73,7 @@ class RMIA(MembershipInference):
             raise UsageError("online RMIA needs at least 2 reference models", hint="or use mode: offline")
         q = query_records(splits)
         out = shadow_outputs(trainer, q, n_models=p.reference_models, online=online, augment=p.augment,
-                             spec=target.input_spec, classes=target.classes, ctx=ctx, cache=p.cache)
+                             spec=target.input_spec, classes=target.classes, ctx=ctx, cache=p.cache, like=target)
         pt = true_class_probability(predict_all(target, augmented(q.x, p.augment)), q.y)  # (n_aug, n_q)
         pr = true_class_probability(out.logp, q.y)  # (m, n_aug, n_q)
         if online:

@@ -34,8 +34,10 @@ from typing import Any, Literal
 import numpy as np
 
 from bastion.attacks.privacy.membership import MembershipSplits
+from bastion.core.defense import harden_like
 from bastion.core.run import RunContext, Unit
 from bastion.core.spec import InputSpec
+from bastion.core.targets.base import Target
 from bastion.core.trained import (
     answer,
     digest,
@@ -150,9 +152,11 @@ class ShadowOutputs:
 
 
 def shadow_outputs(trainer: Any, queries: QueryRecords, *, n_models: int, online: bool, augment: Augment,
-                   spec: InputSpec, classes: list[Any], ctx: RunContext, cache: bool = True) -> ShadowOutputs:
+                   spec: InputSpec, classes: list[Any], ctx: RunContext, cache: bool = True,
+                   like: Target | None = None) -> ShadowOutputs:
     """Train ``n_models`` models on random halves of the pool (see the module docstring) and
-    return their outputs on every query record."""
+    return their outputs on every query record, hardened by the output defenses of ``like`` (the
+    target) when it has some: the attacker knows the deployed defense."""
     if n_models < 1:
         raise UsageError(f"the number of shadow models must be >= 1, got {n_models}")
     pool = np.arange(len(queries.x)) if online else np.arange(queries.reference.start, len(queries.x))
@@ -190,7 +194,10 @@ def shadow_outputs(trainer: Any, queries: QueryRecords, *, n_models: int, online
         done = run_units(trainer, [u for _, u in units], ctx, what="shadow models")
         for (i, _), out in zip(units, done, strict=True):
             outputs[i] = out
-    return ShadowOutputs(np.stack(outputs), keep, len(units))  # type: ignore[arg-type]
+    logp = np.stack(outputs)  # type: ignore[arg-type]
+    if like is not None:
+        logp = harden_like(like, logp, ctx.rng("harden-shadows"))
+    return ShadowOutputs(logp, keep, len(units))
 
 
 def _balanced_halves(rng: np.random.Generator, m: int, n: int) -> np.ndarray:

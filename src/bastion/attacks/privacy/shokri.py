@@ -54,7 +54,7 @@ class ShadowModelAttack(MembershipInference):
                              "none", hint="give the policy 'datasets: {reference: ...}'")
         q = query_records(splits)
         out = shadow_outputs(trainer, q, n_models=p.shadow_models, online=False, augment="none",
-                             spec=target.input_spec, classes=target.classes, ctx=ctx, cache=p.cache)
+                             spec=target.input_spec, classes=target.classes, ctx=ctx, cache=p.cache, like=target)
         ref = np.arange(q.reference.start, len(q.x))
         feats = np.concatenate([_features(out.logp[i, 0, ref], q.y[ref]) for i in range(len(out.logp))])
         labels = np.concatenate([out.keep[i, ref] for i in range(len(out.logp))]).astype(int)

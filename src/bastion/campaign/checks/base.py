@@ -155,6 +155,7 @@ CHECKS: Registry[type[Check]] = Registry("check", {
     "certify": "bastion.campaign.checks.certify:CertifyCheck",
     "variants": "bastion.campaign.checks.variants:VariantsCheck",
     "poisoning": "bastion.campaign.checks.poisoning:PoisoningCheck",
+    "privacy-defense-eval": "bastion.campaign.checks.privacy_defense_eval:PrivacyDefenseEvalCheck",
 })
 """Every check kind: bastion's own and those of the ``bastion.checks`` entry points."""
 

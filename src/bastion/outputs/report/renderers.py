@@ -14,6 +14,7 @@ from typing import Any
 
 from bastion.core.registry import Registry
 from bastion.core.results import (
+    DefenseCostTable,
     DriftSeries,
     ExampleGrid,
     FidelityCurve,
@@ -199,6 +200,36 @@ def variant_tables(arts: Sequence[VariantTable]) -> list[Block]:
     return out
 
 
+def defense_cost_tables(arts: Sequence[DefenseCostTable]) -> list[Block]:
+    """Output defenses side by side: accuracy, membership TPR at low FPR and extraction fidelity as bars,
+    and the full table with intervals."""
+    out: list[Block] = []
+    for a in arts:
+        names = [r.defense for r in a.rows]
+        mia = sorted({k for r in a.rows for k in r.membership})
+        ext = sorted({k for r in a.rows for k in r.extraction})
+        series = [("accuracy", [r.accuracy for r in a.rows])]
+        series += [(f"{k} TPR @ {a.fpr:.0%} FPR", [r.membership.get(k, {}).get("tpr") for r in a.rows]) for k in mia]
+        series += [(f"{k} fidelity", [r.extraction.get(k, {}).get("fidelity") for r in a.rows]) for k in ext]
+        out.append(_figure(a.title or "Output defenses", plots.grouped_bars(names, series, ylabel="share"),
+                           "Each defense on the same records: lower membership TPR and extraction fidelity mean "
+                           "more protection; accuracy should stay level. A missing bar was not measured.", wide=True))
+
+        def ci(m: dict[str, Any], key: str) -> str:
+            v, (lo, hi) = m.get(key), m.get(f"{key}_ci", (None, None))
+            return "—" if v is None else f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{v:.3f}"
+
+        rows = [[r.defense, _ratio(r.accuracy), _ratio(r.agreement),
+                 *(ci(r.membership.get(k, {}), f) for k in mia for f in ("auc", "tpr")),
+                 *(ci(r.extraction.get(k, {}), "fidelity") for k in ext)] for r in a.rows]
+        header = ["defense", "accuracy", "agrees with undefended",
+                  *(f"{k} {f}" for k in mia for f in ("AUC", f"TPR @ {a.fpr:g}")), *(f"{k} fidelity" for k in ext)]
+        out.append({"kind": "table", "title": a.title or "Output defenses", "header": header, "rows": rows,
+                    "caption": " ".join(["Brackets: 95 % intervals.",
+                                         *(f"{r.defense}: {n}." for r in a.rows for n in r.notes)])})
+    return out
+
+
 _HERE = __name__
 #: Artifact type -> renderer (entry-point group ``bastion.renderers``).
 RENDERERS: Registry[Renderer] = Registry("renderer", {
@@ -216,4 +247,5 @@ RENDERERS: Registry[Renderer] = Registry("renderer", {
     "variant_table": f"{_HERE}:variant_tables",
     "inversion_grid": f"{_HERE}:inversion_grids",
     "poisoning_curve": f"{_HERE}:poisoning_curves",
+    "defense_cost_table": f"{_HERE}:defense_cost_tables",
 })

@@ -1,0 +1,77 @@
+"""The privacy-defense-eval check: rows per output defense, intervals, findings, bad parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+from sklearn.linear_model import LogisticRegression
+
+from bastion.campaign.checks.base import CheckContext
+from bastion.campaign.checks.privacy_defense_eval import PrivacyDefenseEvalCheck, PrivacyDefenseEvalParams
+from bastion.core.data import Dataset
+from bastion.core.spec import InputSpec
+from bastion.core.training import TrainRequest, sklearn_train_fn
+
+
+def records(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    x = np.clip(0.5 + 0.15 * rng.normal(size=(n, 32)) + 0.03 * (2 * y[:, None] - 1), 0, 1)
+    return x.astype(np.float32), y
+
+
+def run(defenses: list[dict], **extra: object):
+    (xm, ym), (xn, yn) = records(40, 0), records(200, 1)
+    spec = InputSpec(shape=(32,), lower=0.0, upper=1.0)
+    target = sklearn_train_fn(LogisticRegression(C=10.0, max_iter=500))(
+        TrainRequest(xm, ym, seed=0, input_spec=spec, classes=[0, 1]))
+    params = PrivacyDefenseEvalParams(
+        defenses=defenses, membership={"attacks": ["loss-threshold"]},
+        extraction={"attacks": [{"attack": "knockoff", "params": {"queries": 80, "rounds": 1, "epochs": 3}}],
+                    "pool": {"role": "non_members"}}, **extra)
+    ctx = CheckContext(target=target, data=Dataset(xn, yn), y=yn,
+                       datasets={"members": Dataset(xm, ym), "non_members": Dataset(xn, yn)})
+    return PrivacyDefenseEvalCheck("pde", params).run(ctx)
+
+
+def test_rows_side_by_side_with_intervals_and_findings() -> None:
+    res = run([{"kind": "top-k", "k": 1}, {"kind": "label-only"},
+               {"kind": "output-noise", "scale": 0.5, "keep_label": False}])
+    rows = {r["defense"]: r for r in res.metrics["rows"]}
+    assert list(rows) == ["undefended", "top-k(k=1)", "label-only", "output-noise(scale=0.5, distribution=laplace, "
+                                                                    "keep_label=False)"]
+    base = rows["undefended"]
+    assert base["agreement"] == 1.0 and base["membership"]["loss-threshold"]["auc"] > 0.6
+    lo, hi = base["membership"]["loss-threshold"]["auc_ci"]
+    assert lo < base["membership"]["loss-threshold"]["auc"] < hi
+    # top-1 only: the loss attack sees probabilities of 0 or 1, so it falls to the accuracy gap
+    assert rows["top-k(k=1)"]["membership"]["loss-threshold"]["auc"] < base["membership"]["loss-threshold"]["auc"]
+    assert rows["top-k(k=1)"]["agreement"] == 1.0
+    assert rows["label-only"]["membership"] == {} and "needs scores" in rows["label-only"]["notes"][0]
+    assert "knockoff" in rows["label-only"]["extraction"]  # run on the labels
+    noisy = rows["output-noise(scale=0.5, distribution=laplace, keep_label=False)"]
+    assert noisy["agreement"] < 0.9
+    rules = {(f.rule_id, f.metrics["defense"]) for f in res.findings}
+    assert ("BASTION-MI-006", noisy["defense"]) in rules
+    assert ("BASTION-MI-006", "top-k(k=1)") not in rules
+    assert not any(d == "label-only" and r == "BASTION-MI-005" for r, d in rules)  # membership not compared
+    assert res.values("fidelity", defense="undefended", attack="knockoff")
+    assert [a.type for a in res.artifacts] == ["defense_cost_table"]
+
+
+def test_a_defense_that_changes_nothing_is_said_to_buy_nothing() -> None:
+    res = run([{"kind": "rounding", "decimals": 6}])
+    assert [f.rule_id for f in res.findings] == ["BASTION-MI-005"]
+    assert res.status == "complete"
+
+
+@pytest.mark.parametrize("defenses,match", [
+    ([{"kind": "top-k", "k": 0}], r"defenses\[0\]: .*k=0"),
+    ([{"kind": "rounding"}, {"kind": "jpeg"}], r"defenses\[1\]: 'jpeg' transforms the input"),
+    ([{"kind": "nope"}], r"defenses\[0\]: unknown defense 'nope'; output defenses: top-k"),
+    ([{"kind": "pgd-at"}], r"training defense"),
+])
+def test_bad_defenses_are_refused_naming_the_entry(defenses: list[dict], match: str) -> None:
+    with pytest.raises(ValidationError, match=match):
+        PrivacyDefenseEvalParams(defenses=defenses)
