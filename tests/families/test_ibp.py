@@ -210,6 +210,7 @@ def test_ibp_training_raises_the_verified_accuracy() -> None:
     assert verified[1] >= verified[0] + 0.08, verified
     assert defense.schedule(0) == (0.0, 1.0) and defense.schedule(1) == (0.0, 1.0)
     assert defense.schedule(2) == pytest.approx((0.008, 0.95)) and defense.schedule(40) == pytest.approx((0.08, 0.5))
+    assert defense.eps_at(0) == 0 and defense.eps_at(2) == pytest.approx(0.008)  # what bastion harden logs
 
 
 def test_ibp_training_refuses_what_it_cannot_bound() -> None:

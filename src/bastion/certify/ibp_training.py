@@ -54,6 +54,10 @@ class IBPTraining(TrainingDefense):
         done = max(0.0, done) if epoch >= p.warmup_epochs else 0.0
         return p.eps * done, 1.0 - done * (1.0 - p.kappa)
 
+    def eps_at(self, epoch: int) -> float:
+        """The ε trained at in ``epoch`` (what ``bastion harden`` logs)."""
+        return self.schedule(epoch)[0]
+
     def loss_hook(self, step: TrainStep) -> torch.Tensor:
         from torch.nn import functional as F
 
