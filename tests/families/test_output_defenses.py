@@ -107,3 +107,28 @@ def test_shadow_answers_are_hardened_like_the_target() -> None:
     rounded = DEFENSES["rounding"](decimals=1).wrap(DEFENSES["top-k"](k=1).wrap(t))
     out = np.exp(harden_like(rounded, logp, np.random.default_rng(0)))
     assert out.shape == logp.shape and set(np.round(np.unique(out), 6)) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("attack,params", [("lira", {"mode": "offline", "shadow_models": 1, "cache": False}),
+                                           ("rmia", {"reference_models": 1, "cache": False})])
+def test_shadow_and_reference_models_are_hardened_like_the_target(monkeypatch: pytest.MonkeyPatch, attack: str,
+                                                                  params: dict) -> None:
+    from sklearn.linear_model import LogisticRegression as LR
+
+    import bastion.attacks.privacy.shadows as shadows
+    from bastion.core.training import sklearn_train_fn
+
+    seen: list[object] = []
+
+    def spy(target, logp, rng):  # noqa: ANN001, ANN202 - the real function, recording its target
+        seen.append(target)
+        return harden_like(target, logp, rng)
+
+    monkeypatch.setattr(shadows, "harden_like", spy)
+    rng = np.random.default_rng(0)
+    x = rng.random((120, 4)).astype(np.float32)
+    y = (x[:, 0] > 0.5).astype(int)
+    defended = DEFENSES["rounding"](decimals=1).wrap(target())
+    splits = MembershipSplits(x[:30], y[:30], x[30:60], y[30:60], reference_x=x[60:], reference_y=y[60:])
+    get_membership_attack(attack, **params).run(defended, splits, trainer=sklearn_train_fn(LR(C=10.0)))
+    assert seen == [defended]
