@@ -24,10 +24,7 @@ from bastion.core.params import Number, Params
 from bastion.errors import UsageError
 
 if TYPE_CHECKING:
-    from bastion.core.training import EpochEnd, TrainSetup
-
-_KEY = "dp-sgd"
-
+    from bastion.core.training import TrainSetup
 
 def opacus() -> Any:
     """The opacus package, or the one-line ``install bastion[dp]`` error."""
@@ -50,8 +47,8 @@ class DPSGDParams(Params):
 
 class DPSGD(TrainingDefense):
     """``dp-sgd``: differentially private training (Abadi et al. 2016) with Opacus. The spent ε and
-    δ are in the run's ``state["privacy"]`` after each epoch (the accountant's figure for the steps
-    taken).
+    δ are in the run's ``state["privacy"]`` when training ends (the accountant's figure for the
+    steps taken).
 
     >>> from bastion.defenses.dp_sgd import DPSGD
     >>> defense = DPSGD(epsilon=3.0, delta=1e-5)
@@ -94,8 +91,8 @@ class DPSGD(TrainingDefense):
             accountant=self.params.accountant, seed=seed)
         device = setup.device
 
-        def batches(epoch: int) -> Any:
-            return (b[0].to(device) for b in private_loader)
+        def batches(epoch: int) -> Any:  # the Poisson sampler's index batches (no per-sample dataset fetch)
+            return (torch.as_tensor(list(b), dtype=torch.long, device=device) for b in private_loader.batch_sampler)
 
         net.disable_hooks()  # per-sample gradients only inside a step (not for crafted batches or evaluations)
 
@@ -109,21 +106,19 @@ class DPSGD(TrainingDefense):
 
         setup.module, setup.net, setup.optimizer, setup.batches = module, net, private_opt, batches
         setup.step_context = hooked
-        setup.cleanup.append(net.cleanup)
-        setup.state[_KEY] = {"engine": engine}
-        setup.state["privacy"] = {
+        privacy: dict[str, Any] = {
             "mechanism": "dp-sgd", "accountant": self.params.accountant, "target_epsilon": float(self.params.epsilon),
             "delta": float(self.params.delta), "epsilon": 0.0, "noise_multiplier": float(private_opt.noise_multiplier),
             "max_grad_norm": float(self.params.max_grad_norm), "sample_rate": 1.0 / len(loader),
             "steps": 0, "notes": notes}
+        setup.state["privacy"] = privacy
 
-    def epoch_hook(self, end: EpochEnd) -> bool:
-        """Record the ε spent so far (the accountant's, at the target δ)."""
-        engine = end.state[_KEY]["engine"]
-        privacy = end.state["privacy"]
-        privacy["epsilon"] = float(engine.get_epsilon(privacy["delta"]))
-        privacy["steps"] = int(end.steps)
-        return False
+        def spent() -> None:  # when training ends (done, stopped early or failed): the accountant's ε so far
+            net.cleanup()
+            privacy["steps"] = sum(n for _, _, n in engine.accountant.history)
+            privacy["epsilon"] = float(engine.get_epsilon(privacy["delta"])) if privacy["steps"] else 0.0
+
+        setup.cleanup.append(spent)
 
 
 def fix_module(module: Any) -> tuple[Any, list[str]]:
