@@ -125,3 +125,25 @@ def test_delta_of_one_over_n_or_more_is_refused() -> None:
         warnings.simplefilter("ignore")
         with pytest.raises(UsageError, match="delta"):
             _fit(delta=0.01)
+
+
+def test_make_private_refuses_a_weighted_loader_before_calling_opacus() -> None:
+    from bastion.defenses.dp_sgd import make_private
+
+    ds = torch.utils.data.TensorDataset(torch.zeros(10, 8), torch.zeros(10, dtype=torch.long))
+    loader = torch.utils.data.DataLoader(ds, batch_size=2,
+                                         sampler=torch.utils.data.WeightedRandomSampler(torch.ones(10), 10))
+    net = mlp()
+    with pytest.raises(UsageError, match="WeightedRandomSampler"):
+        make_private(net, torch.optim.SGD(net.parameters(), lr=0.1), loader, epsilon=1.0, delta=1e-3, epochs=1,
+                     max_grad_norm=1.0)
+
+
+def test_without_opacus_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from bastion.errors import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "opacus", None)  # import opacus -> ImportError
+    with pytest.raises(MissingExtraError, match=r"bastion\[dp\]"):
+        DPSGD(epsilon=1.0).check(mlp(), 300)
