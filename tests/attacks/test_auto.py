@@ -71,7 +71,8 @@ def test_auto_stays_in_the_ball_and_bounds(norm: str, eps: float, seed: int) -> 
 
 
 class _Wrap(torch.nn.Module):
-    """The MLP with a step inside ``forward``: logits ×1000, 3-bit rounding, or Gaussian input noise."""
+    """The MLP with a step inside ``forward``: logits ×1000, 3-bit rounding, sqrt·sqrt (NaN gradients
+    at 0), or Gaussian input noise."""
 
     def __init__(self, inner: torch.nn.Module, kind: str) -> None:
         super().__init__()
@@ -80,6 +81,8 @@ class _Wrap(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "round":
             x = torch.round(x * 7) / 7
+        elif self.kind == "sqrt":
+            x = torch.sqrt(x) * torch.sqrt(x)
         elif self.kind == "noise":
             x = x + 0.2 * torch.randn_like(x)
         out = self.inner(x)
@@ -112,7 +115,8 @@ def test_square_budget_follows_gradient_health() -> None:
     """Healthy gradients: Square gets healthy_share of the queries; rounding in forward: all of them."""
     _, x, y = digits_mlp_target()
     x, y = x[:40], y[:40]
-    kw = {"eps": 0.03, "stages": ["apgd-ce", "square"], "steps": 10, "blackbox_queries": 200, "healthy_share": 0.1}
+    kw = {"eps": 0.03, "stages": ["apgd-ce", "square"], "steps": 10, "blackbox_queries": 200, "healthy_share": 0.1,
+          "straight_through": False}
     per_input = {}
     for kind in ("plain", "round"):
         res = AutoAttack(**kw).run(_wrapped(kind), x, y)
@@ -147,3 +151,59 @@ def test_restart_rounds_run_near_the_boundary_and_stop_when_they_stop_paying() -
     assert rounds[0]["round"] == 2 and 0 < rounds[0]["inputs"] <= robust_after_first
     assert len(rounds) <= 2 and all(r["fooled"] > 0 for r in rounds[:-1])  # continues only while it pays
     assert res.robust_accuracy <= none.robust_accuracy
+
+
+def test_straight_through_mode_gradients_and_values() -> None:
+    """Rounding passes the identity's gradient, sqrt·sqrt at 0 the identity's (not NaN); values stay."""
+    from bastion.core.straight_through import StraightThrough
+
+    x = torch.tensor([0.0, 0.26, 0.5, 0.9], requires_grad=True)
+    for step in (lambda v: torch.round(v * 7) / 7, lambda v: v.floor() + v.sign(),
+                 lambda v: torch.sqrt(v) * torch.sqrt(v), lambda v: (v ** 0.5) * v.sqrt()):
+        (plain,) = torch.autograd.grad(step(x).sum(), x)
+        assert not (torch.isfinite(plain).all() and (plain != 0).all())  # the step breaks gradients
+        with StraightThrough():
+            out = step(x)
+        (g,) = torch.autograd.grad(out.sum(), x)
+        assert torch.isfinite(g).all() and (g != 0).all()
+        assert torch.allclose(out, step(x.detach()), atol=1e-3)
+    with StraightThrough():  # other ops untouched
+        (g,) = torch.autograd.grad((x.exp() * 2).sum(), x)
+    assert torch.allclose(g, 2 * x.detach().exp())
+
+
+@pytest.mark.parametrize(("kind", "eps"), [("round", 0.1), ("sqrt", 0.05)])
+def test_auto_straight_through_fools_what_plain_apgd_cannot(kind: str, eps: float) -> None:
+    """Rounding / sqrt·sqrt in forward, no BPDA declared: the automatic straight-through gradients
+    fool inputs the model's own gradients cannot, judged by the real model."""
+    _, x, y = digits_mlp_target()
+    x, y = x[:60], y[:60]
+    kw = {"eps": eps, "steps": 15, "n_target_classes": 3, "stages": ["apgd-ce", "apgd-t", "fab-t"]}
+    target = _wrapped(kind)
+    plain = AutoAttack(**kw, straight_through=False).run(target, x, y)
+    auto = AutoAttack(**kw).run(target, x, y)
+    assert "straight_through" not in plain.extra
+    assert auto.robust_accuracy <= plain.robust_accuracy - 0.05
+    assert auto.extra["straight_through"]["used"] > 0
+    assert any("automatic straight-through gradients used" in n for n in auto.extra["notes"])
+    assert np.array_equal(auto.adv_pred, target.predict(auto.x_adv))  # the real model's verdict
+    assert auto.norms["linf"].max() <= eps + 1e-6
+
+
+def test_auto_straight_through_changes_nothing_on_healthy_gradients() -> None:
+    _, x, y = digits_mlp_target()
+    x, y = x[:40], y[:40]
+    kw = {"eps": 0.05, "steps": 10, "n_target_classes": 3, "stages": ["apgd-ce", "apgd-t", "fab-t"]}
+    on, off = (AutoAttack(**kw, straight_through=s).run(_wrapped("plain"), x, y) for s in (True, False))
+    assert np.array_equal(on.x_adv, off.x_adv) and on.robust_accuracy == off.robust_accuracy
+    assert "straight_through" not in on.extra
+
+
+def test_apgd_t_on_a_randomised_model_runs_only_the_most_likely_targets() -> None:
+    """Every APGD-T target runs on every input of a randomised model: 3 by default, not 9."""
+    _, x, y = digits_mlp_target()
+    x, y = x[:20], y[:20]
+    kw = {"eps": 0.05, "steps": 5, "n_target_classes": 9, "stages": ["apgd-ce", "apgd-t"], "eot_iter": 2}
+    default, three, wide = (AutoAttack(**{**kw, **more}).run(_wrapped("noise"), x, y).extra["stages"][1]["queries"]
+                            for more in ({}, {"n_target_classes": 3}, {"randomised_target_classes": 9}))
+    assert default == three < wide

@@ -57,7 +57,9 @@ from bastion.attacks.evasion.apgd import APGD, APGDRun, apgd_optimise, dlr_loss
 from bastion.attacks.evasion.expectation import EOT_DEFAULT, draw_counts, shares
 from bastion.attacks.evasion.fab import FABRun, fab_optimise
 from bastion.core.run import model_draws
+from bastion.core.straight_through import StraightThroughView
 from bastion.core.targets.base import DifferentiableTarget, Target
+from bastion.core.targets.torch_target import TorchTarget
 from bastion.errors import QueryBudgetExceeded
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,11 @@ class AutoParams(GradientParams):
     near: float = Field(0.1, ge=0, le=1,
                         description="Restart rounds: inputs whose best targeted DLR loss is above -near.")
     n_target_classes: int = Field(9, ge=1, le=1000, description="Target classes of the APGD-T stage.")
+    randomised_target_classes: int = Field(
+        3, ge=1, le=1000, description="Randomised model: APGD-T's target classes at most (the most likely ones).")
+    straight_through: bool = Field(
+        True, description="Torch model with no declared BPDA: inputs whose gradients are zero or not finite take "
+                          "the white-box stages' gradients straight through rounding and singular steps.")
     fab_targets: int = Field(1, ge=1, le=1000,
                              description="FAB-T runs per input, towards its most promising classes (AutoAttack: 9).")
     targets_kept: int = Field(3, ge=1, le=1000,
@@ -141,6 +148,12 @@ class AutoAttack(EvasionAttack):
             res.extra["gradients"] = {"probed": int(st.healthy[0] + st.healthy[1]), "healthy": int(st.healthy[0])}
         if st.restart_rounds:
             res.extra["apgd_t_restarts"] = st.restart_rounds
+        if st.straight[1]:
+            res.extra["straight_through"] = {"unhealthy": st.straight[0], "used": st.straight[1]}
+            run.notes.append(f"automatic straight-through gradients used for {st.straight[1]} of the "
+                             f"{st.straight[0]} inputs whose gradients were zero or not finite (BPDA with the "
+                             "identity through rounding and singular steps; predictions from the real model); "
+                             "declare BPDA on the model for a substitute of your own")
 
     def _attack_batch(self, target: Target, x: np.ndarray, goal: np.ndarray, rows: np.ndarray,
                       run: AttackRun) -> np.ndarray:
@@ -154,6 +167,8 @@ class AutoAttack(EvasionAttack):
             pred = target.predict_proba(x).argmax(1)
             robust = (pred != goal) if self.targeted else (pred == goal)
         b = _Batch(x, goal, rows, x.copy(), robust, st, np.full((len(x), k), -np.inf), run.expectation)
+        if self.straight_through and not run.expectation and isinstance(target, TorchTarget) and target.bpda is None:
+            b.straight_through(target, np.flatnonzero(robust))
         left = np.full(len(x), np.inf)  # randomised: share of draws on which the best candidate has not succeeded
         stages: dict[str, Callable[[Target, _Batch, np.ndarray, AttackRun], np.ndarray]] = {
             "apgd-ce": self._apgd_ce, "apgd-t": self._apgd_t, "fab-t": self._fab_t, "square": self._square}
@@ -171,7 +186,7 @@ class AutoAttack(EvasionAttack):
         x, goal = b.x, b.goal
         t0, q0 = time.perf_counter(), run.ledger.spent
         try:
-            adv = target.input_spec.enforce(x[todo], fn(target, b, todo, s.run))
+            adv = target.input_spec.enforce(x[todo], self._candidates(target, s, b, todo, fn))
             if run.expectation:  # keep the candidate right on the fewest draws, never the clean input
                 rest, now = (self._right(target, xs, goal[todo], run.ctx.key("select", s.name, str(b.rows[0])))
                              for xs in (adv, b.x_adv[todo]))  # the same draws for both: a paired comparison
@@ -194,6 +209,20 @@ class AutoAttack(EvasionAttack):
             run.stop = s.run.stop
         log.debug("auto stage %s: %d of %d still robust", s.name, int(b.robust.sum()), len(x))
 
+    @staticmethod
+    def _candidates(target: Target, s: _Stage, b: _Batch, todo: np.ndarray,
+                    fn: Callable[[Target, _Batch, np.ndarray, AttackRun], np.ndarray]) -> np.ndarray:
+        """Stage ``s`` on ``todo``; a white-box stage takes the straight-through view's gradients
+        on the inputs whose own gradients are unhealthy and healthy through it."""
+        on = None if b.view is None or s.name == "square" else b.fixed[todo]
+        if on is None or not on.any():
+            return fn(target, b, todo, s.run)
+        out = np.empty_like(b.x[todo])
+        for t, m in ((target, ~on), (b.view, on)):
+            if m.any():
+                out[m] = fn(t, b, todo[m], s.run)
+        return out
+
     def _right(self, target: Target, x: np.ndarray, goal: np.ndarray, key: int) -> np.ndarray:
         """Randomised target: per input, the share of EOT_DEFAULT draws (seeded by ``key``) on which
         the attack has not succeeded (the attacker's own queries)."""
@@ -212,8 +241,9 @@ class AutoAttack(EvasionAttack):
     def _apgd_t(self, target: Target, b: _Batch, todo: np.ndarray, run: AttackRun) -> np.ndarray:
         """APGD-T towards the top-k classes side by side, then restart rounds near the boundary
         (randomised target: APGD's own expectation path, every target on every input)."""
-        if run.expectation:
-            return self._apgd("dlr", self.n_target_classes)._attack_batch(target, b.x[todo], b.goal[todo],
+        if run.expectation:  # every target runs on every input: only the most likely ones
+            k = min(self.n_target_classes, self.randomised_target_classes)
+            return self._apgd("dlr", k)._attack_batch(target, b.x[todo], b.goal[todo],
                                                                           b.rows[todo], run)
         assert isinstance(target, DifferentiableTarget)
         dev = target.device
@@ -334,6 +364,7 @@ class _AutoState:
     x_stage: np.ndarray | None  # randomised target: the inputs after each stage (measured in expectation)
     healthy: list[int] | None = None  # probed inputs with healthy, unhealthy gradients
     restart_rounds: list[dict[str, int]] = field(default_factory=list)
+    straight: list[int] = field(default_factory=lambda: [0, 0])  # inputs with unhealthy gradients, fixed by the view
 
 
 @dataclass
@@ -350,6 +381,22 @@ class _Batch:
     randomised: bool  # a randomised target's gradients are never healthy (one draw misleads)
     top: np.ndarray | None = None  # (inputs, k) the other classes by clean logits
     healthy: np.ndarray | None = None  # -1 not probed, 0 unhealthy, 1 healthy
+    view: DifferentiableTarget | None = None  # the straight-through view, where it heals some inputs
+    fixed: np.ndarray | None = None  # per input: its gradients are taken from ``view``
+
+    def straight_through(self, target: TorchTarget, todo: np.ndarray) -> None:
+        """Probe ``todo``; the inputs with unhealthy gradients that the straight-through view heals
+        take their white-box gradients from it."""
+        sick = todo[~self.health(target, todo)]
+        if not len(sick):
+            return
+        view = StraightThroughView(target)
+        ok = gradient_health(view, to_tensor(self.x[sick], target.device),
+                             to_tensor(self.goal[sick], target.device, torch.long)).cpu().numpy()
+        self.st.straight = [self.st.straight[0] + len(sick), self.st.straight[1] + int(ok.sum())]
+        if ok.any():
+            self.view, self.fixed = view, np.zeros(len(self.x), bool)
+            self.fixed[sick[ok]] = True
 
     def classes(self, target: DifferentiableTarget, todo: np.ndarray) -> np.ndarray:
         """The top-k other classes of the inputs ``todo`` (by their clean logits)."""
