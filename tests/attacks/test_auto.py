@@ -126,6 +126,10 @@ def test_square_budget_follows_gradient_health() -> None:
         per_input[kind] = sq["queries"] / probed
     assert per_input["plain"] <= 20 + 3  # 10% of 200, plus the probe
     assert per_input["round"] > 100
+    # healed by the automatic straight-through gradients: healthy for Square, as with a declared BPDA
+    healed = AutoAttack(**{**kw, "straight_through": True}).run(_wrapped("round"), x, y)
+    assert healed.extra["straight_through"]["used"] > 0
+    assert healed.extra["stages"][-1]["queries"] <= 23 * healed.extra["gradients"]["probed"]
 
 
 def test_stage_table_is_the_headline_on_a_randomised_model() -> None:
@@ -199,11 +203,15 @@ def test_auto_straight_through_changes_nothing_on_healthy_gradients() -> None:
     assert "straight_through" not in on.extra
 
 
-def test_apgd_t_on_a_randomised_model_runs_only_the_most_likely_targets() -> None:
-    """Every APGD-T target runs on every input of a randomised model: 3 by default, not 9."""
+def test_apgd_t_on_a_randomised_model_can_run_only_the_most_likely_targets() -> None:
+    """Every APGD-T target runs on every input of a randomised model; randomised_target_classes
+    keeps the most likely ones (deterministic models keep n_target_classes)."""
     _, x, y = digits_mlp_target()
     x, y = x[:20], y[:20]
     kw = {"eps": 0.05, "steps": 5, "n_target_classes": 9, "stages": ["apgd-ce", "apgd-t"], "eot_iter": 2}
-    default, three, wide = (AutoAttack(**{**kw, **more}).run(_wrapped("noise"), x, y).extra["stages"][1]["queries"]
-                            for more in ({}, {"n_target_classes": 3}, {"randomised_target_classes": 9}))
-    assert default == three < wide
+    pruned, three, wide = (AutoAttack(**{**kw, **more}).run(_wrapped("noise"), x, y).extra["stages"][1]["queries"]
+                           for more in ({"randomised_target_classes": 3}, {"n_target_classes": 3}, {}))
+    assert pruned == three < wide
+    plain = [AutoAttack(**{**kw, **more}).run(_wrapped("plain"), x, y).x_adv
+             for more in ({"randomised_target_classes": 1}, {})]
+    assert np.array_equal(*plain)

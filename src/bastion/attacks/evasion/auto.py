@@ -18,7 +18,10 @@ Stages, each run only on the inputs still robust after the previous ones:
 
 Square's budget follows the gradients: before it, each input still robust is probed once (the DLR
 gradient APGD-T follows finite and non-zero, the CE gradient finite, the logits the same on a
-second call). Where they are healthy the white-box stages have done their job and Square gets
+second call). On a torch model with no declared BPDA the probe runs before the first stage, and an
+input whose gradients are unhealthy but healthy under :class:`StraightThroughView` (BPDA with the
+identity through rounding, singular functions evaluated inside their domain) takes the white-box
+stages' gradients from that view and counts as healthy for Square, as with a declared BPDA. Where they are healthy the white-box stages have done their job and Square gets
 ``healthy_share`` of its queries; where they are not (quantisation, a non-differentiable step,
 randomness) it gets them all.
 
@@ -75,7 +78,8 @@ class AutoParams(GradientParams):
                         description="Restart rounds: inputs whose best targeted DLR loss is above -near.")
     n_target_classes: int = Field(9, ge=1, le=1000, description="Target classes of the APGD-T stage.")
     randomised_target_classes: int = Field(
-        3, ge=1, le=1000, description="Randomised model: APGD-T's target classes at most (the most likely ones).")
+        9, ge=1, le=1000, description="Randomised model (every target runs on every input): APGD-T's target "
+                                      "classes at most, the most likely ones; fewer is faster.")
     straight_through: bool = Field(
         True, description="Torch model with no declared BPDA: inputs whose gradients are zero or not finite take "
                           "the white-box stages' gradients straight through rounding and singular steps.")
@@ -386,7 +390,7 @@ class _Batch:
 
     def straight_through(self, target: TorchTarget, todo: np.ndarray) -> None:
         """Probe ``todo``; the inputs with unhealthy gradients that the straight-through view heals
-        take their white-box gradients from it."""
+        take their white-box gradients from it, and Square's budget for healthy gradients."""
         sick = todo[~self.health(target, todo)]
         if not len(sick):
             return
@@ -397,6 +401,7 @@ class _Batch:
         if ok.any():
             self.view, self.fixed = view, np.zeros(len(self.x), bool)
             self.fixed[sick[ok]] = True
+            self.healthy[sick[ok]] = 1  # Square's budget: as for a declared BPDA's healthy gradients
 
     def classes(self, target: DifferentiableTarget, todo: np.ndarray) -> np.ndarray:
         """The top-k other classes of the inputs ``todo`` (by their clean logits)."""
