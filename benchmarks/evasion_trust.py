@@ -44,6 +44,13 @@ BPDA-declared part and a merge into a fresh ``--json``, with the hand-written at
         --skip-hand --skip-masking --json /tmp/c.json --md /tmp/c.md
     .benchenv/bin/python benchmarks/evasion_trust.py --merge-from /tmp/a.json /tmp/b.json /tmp/c.json
 
+then bastion's rows alone re-run after the automatic straight-through gradients of ``auto`` (ART and
+hand-written figures kept from the runs above):
+
+    .benchenv/bin/python benchmarks/evasion_trust.py --models round3 sqrt standard pgd-at logits1000 \
+        --skip-art --skip-hand --skip-masking --json /tmp/d.json --md /tmp/d.md
+    .benchenv/bin/python benchmarks/evasion_trust.py --merge-from /tmp/d.json
+
 ``--declared`` adds a bastion run with the rounding / sqrt step declared for BPDA (``TorchTarget(...,
 bpda=BPDA(module=...))``). Parts can run in parallel into separate files (``--models``, ``--eps``,
 ``--json``) and be folded together with ``--merge-from``. Results are merged into ``--json`` (ART and
@@ -598,6 +605,8 @@ def write_md(data: dict, path: Path) -> None:
                     else f"{100 * (b['robust'] - best_known(r, _n(b))[0]):+.1f}" for b in bs])
         L.append("| " + " | ".join(cells) + " |")
     L += ["", "## Times (1 torch thread; bastion and ART alternate within a run)", "",
+          "A row's bastion and ART figures may come from different runs of the same label (see Runs), on the "
+          "same machine under another load; CPU time depends less on the load than wall time.", "",
           "| model | ε | bastion run | bastion wall s | bastion CPU s | ART run | ART wall s | ART CPU s "
           "| ART / bastion wall | ART / bastion CPU |", "| --- " * 10 + "|"]
     for r in rows.values():
