@@ -2,7 +2,7 @@
 
 A policy (version 2) names the target (the model as deployed), ``datasets.train`` (and
 optionally ``holdout`` and ``eval``) and a ``harden`` section: a training defense registered in
-``DEFENSES`` (``pgd-at``, ``trades``, ``fast-fgsm``; ``also`` adds more, e.g. DP-SGD) and the
+``DEFENSES`` (``pgd-at``, ``trades``, ``fast-fgsm``, ``dp-sgd``, ...; ``also`` adds more) and the
 training settings. The model is trained by a :class:`~bastion.core.training.TorchTrainingProcedure`
 (the policy's ``trainer`` when it is one, else one built from ``harden``) changed by the defenses'
 hooks; after each epoch the clean and PGD accuracy on held-out training samples are logged. The

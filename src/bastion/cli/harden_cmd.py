@@ -27,7 +27,8 @@ def register(app: typer.Typer) -> None:
         out: Path | None = typer.Option(None, "--out", "-o", help="Directory for the weights and the reports "
                                                                   "(default: the policy's output.dir)."),
         method: str | None = typer.Option(None, "--method", "-m", help="Training defense: pgd-at, trades, "
-                                                                       "fast-fgsm (default: harden.method)."),
+                                                                       "fast-fgsm, gaussian-noise, dp-sgd "
+                                                                       "(default: harden.method)."),
         epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs (default: harden.epochs)."),
         dp: bool = typer.Option(False, "--dp", help="Train with DP-SGD (method dp-sgd; needs bastion[dp])."),
         epsilon: float | None = typer.Option(None, "--epsilon", help="DP-SGD: target ε of the run (> 0)."),

@@ -13,6 +13,7 @@ are named in the notes.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
@@ -100,7 +101,9 @@ class DPSGD(TrainingDefense):
         def hooked() -> Iterator[None]:
             net.enable_hooks()
             try:
-                yield
+                with warnings.catch_warnings():  # torch's note on inputs without gradients, once per step
+                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                    yield
             finally:
                 net.disable_hooks()
 
