@@ -82,6 +82,12 @@ def test_private_training_differs_from_plain_and_still_learns() -> None:
 def test_batchnorm_becomes_groupnorm_with_a_note_naming_the_layer() -> None:
     module, state = _fit(bn_mlp)
     assert [type(m).__name__ for m in module] == ["Linear", "GroupNorm", "ReLU", "Linear"]
+    assert module[1].num_groups == 1  # over the 16 features: one group per channel would output a constant
+    x, y = _data()
+    with torch.no_grad():
+        one = module(torch.as_tensor(x[:1]))  # a batch of one passes
+        acc = float((module(torch.as_tensor(x)).argmax(1).numpy() == y).mean())
+    assert one.shape == (1, 2) and acc > 0.7
     notes = state["privacy"]["notes"]
     assert len(notes) == 1 and "1 (BatchNorm1d -> GroupNorm)" in notes[0]
     assert fix_module(mlp())[1] == []

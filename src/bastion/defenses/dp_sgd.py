@@ -137,7 +137,7 @@ def fix_module(module: Any) -> tuple[Any, list[str]]:
     if not problems(module):
         return module, []
     before = {name: type(m).__name__ for name, m in module.named_modules()}
-    fixed = validator.fix(module)
+    fixed = _one_group_for_batchnorm1d(validator.fix(module), before)
     remaining = problems(fixed)
     if remaining:
         reasons = "; ".join(sorted({str(e) for e in remaining}))
@@ -149,6 +149,20 @@ def fix_module(module: Any) -> tuple[Any, list[str]]:
     notes = [f"dp-sgd: converted {', '.join(changed)}: BatchNorm mixes the samples of a batch; the hardened "
              f"weights are for the converted architecture"] if changed else []
     return fixed, notes
+
+
+def _one_group_for_batchnorm1d(fixed: Any, before: dict[str, str]) -> Any:
+    """Opacus turns BatchNorm1d(C) into GroupNorm(min(32, C), C): on (N, C) features each group then
+    holds one value per sample and its output is constant (and fails on a batch of one). A
+    BatchNorm1d becomes GroupNorm(1, C) instead: each sample normalised over its C features."""
+    import torch.nn as nn
+
+    for name, m in list(fixed.named_modules()):
+        if before.get(name) == "BatchNorm1d" and isinstance(m, nn.GroupNorm):
+            parent, _, child = name.rpartition(".")
+            setattr(fixed.get_submodule(parent) if parent else fixed, child,
+                    nn.GroupNorm(1, m.num_channels, eps=m.eps, affine=m.affine))
+    return fixed
 
 
 def check_uniform_loader(loader: Any) -> None:
