@@ -192,3 +192,28 @@ def test_a_schema_2_0_report_reads_as_all_trusted(tmp_path: Path) -> None:
     (tmp_path / "report.json").write_text(json.dumps(doc))
     res = read_report(tmp_path / "report.json")
     assert res.checks[0].measurements[0].untrusted is None and res.gates[0].untrusted is None
+
+
+def _worst_case(*attacks: str) -> CheckResult:
+    res = CheckResult(name="variants", kind="variants")
+    for model in ("full", "torch-int8"):
+        for attack in (*attacks, "all"):
+            res.measurements.append(Measurement(name="robust_accuracy", value=0.9, unit="ratio",
+                                                where={"variant": model, "attack": attack}))
+    return res
+
+
+def test_a_worst_case_over_attacks_is_in_doubt_only_when_each_attack_is() -> None:
+    """Before, a worst case (attack 'all', as the variants check reports) was never marked: a gate on it
+    passed on a masked model whose every attack was gradient-based."""
+    only_gradients = _worst_case("pgd", "apgd-ce")
+    assert mark_untrusted([_finding("zero-gradients", "gradient"), only_gradients]) == ["variants"]
+    assert all(m.untrusted for m in only_gradients.measurements)
+    with_square = _worst_case("pgd", "square")
+    assert mark_untrusted([_finding("zero-gradients", "gradient"), with_square]) == ["variants"]
+    worst = [m for m in with_square.measurements if m.where["attack"] == "all"]
+    assert worst and all(m.untrusted is None for m in worst)  # at most Square's figure, which stays trusted
+    assert all(m.untrusted for m in with_square.measurements if m.where["attack"] == "pgd")
+    unknown = CheckResult(name="x", kind="variants")
+    unknown.measurements.append(Measurement(name="robust_accuracy", value=0.9, unit="ratio", where={"attack": "all"}))
+    assert mark_untrusted([_finding("zero-gradients", "gradient"), unknown]) == ["x"]

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 from bastion.attacks.base import available_attacks
 from bastion.campaign.rules import EVASION_RULE, MASKING_RULE, MINIMAL_RULE
-from bastion.core.results import CheckResult, Finding
+from bastion.core.results import CheckResult, Finding, Measurement
 
+#: The ``attack`` of a worst case over a check's attacks (e.g. the ``variants`` check's): it is in
+#: doubt only when every attack it is taken over is (the minimum of figures is at most each of them).
+WORST_CASE = "all"
 #: Measurements masking cannot distort: they stay trusted.
 UNAFFECTED = frozenset({"n", "clean_accuracy", "n_attacked", "queries", "queries_per_sample", "seconds", "draws"})
 _MASKING_IDS = frozenset(MASKING_RULE.values())
@@ -35,6 +38,36 @@ def _concerned(attack: str, doubts: list[Finding], in_expectation: set[str]) -> 
         return []
     return [f for f in doubts if spec.needs_gradients and f.metrics.get("concerns", "gradient") == "gradient"
             or f.metrics.get("concerns") == "all" and attack not in in_expectation]
+
+
+def _figure(m: Measurement) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """A measurement's name and place, its attack left out."""
+    return m.name, tuple(sorted((k, str(v)) for k, v in m.where.items() if k != "attack"))
+
+
+def _worst_case_parts(check: CheckResult) -> dict[tuple[str, tuple[tuple[str, str], ...]], set[str]]:
+    """For each figure of the check, the attacks it was measured for (a worst case is taken over them)."""
+    parts: dict[tuple[str, tuple[tuple[str, str], ...]], set[str]] = {}
+    for m in check.measurements:
+        attack = m.where.get("attack")
+        if isinstance(attack, str) and attack != WORST_CASE:
+            parts.setdefault(_figure(m), set()).add(attack)
+    return parts
+
+
+def _worst_case_concerned(attacks: set[str], doubts: list[Finding], in_expectation: set[str]) -> list[Finding]:
+    """A worst case is in doubt when each attack it is taken over is; when those attacks are not
+    known, whenever there is any doubt (never trusted by default)."""
+    if not attacks:
+        return list(doubts)
+    each = [_concerned(a, doubts, in_expectation) for a in sorted(attacks)]
+    if not all(each):
+        return []
+    out: list[Finding] = []
+    for f in (f for c in each for f in c):
+        if all(f is not g for g in out):
+            out.append(f)
+    return out
 
 
 def _reason(attack: str, doubts: list[Finding]) -> str:
@@ -57,11 +90,15 @@ def mark_untrusted(checks: list[CheckResult]) -> list[str]:
         reasons: dict[str, str] = {}
         in_expectation = {str(m.where.get("attack")) for m in check.measurements
                           if m.name == "draws" and m.value is not None and m.value > 1}
+        parts = _worst_case_parts(check)
         for m in check.measurements:
             attack = m.where.get("attack")
             if m.name in UNAFFECTED or not isinstance(attack, str):
                 continue
-            concerned = _concerned(attack, doubts, in_expectation)
+            if attack == WORST_CASE:
+                concerned = _worst_case_concerned(parts.get(_figure(m), set()), doubts, in_expectation)
+            else:
+                concerned = _concerned(attack, doubts, in_expectation)
             if concerned:
                 reasons.setdefault(attack, _reason(attack, concerned))
                 m.untrusted = m.untrusted or reasons[attack]

@@ -21,6 +21,7 @@ from bastion.campaign.checks.base import (
     register_check,
 )
 from bastion.campaign.gates import GateView
+from bastion.campaign.trust import WORST_CASE
 from bastion.campaign.variant_rules import WEAKER_RULE
 from bastion.campaign.variants import BLACKBOX, BUILTINS, FULL, AttackSpec, Builtin, ModelSpec, VariantsResult
 from bastion.core.results import CheckResult, Severity, VariantTable
@@ -31,7 +32,7 @@ from bastion.errors import UsageError
 
 MEASURED = frozenset({"clean_accuracy", "robust_accuracy", "agreement", "transfer_from_full", "transfer_to_full",
                       "robustness_drop", "p_value", "n"})
-WORST = "all"  # the attack field of the worst case over every attack
+WORST = WORST_CASE  # the attack field of the worst case over every attack
 
 
 class VariantsParams(CheckParams):
