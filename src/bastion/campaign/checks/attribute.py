@@ -26,7 +26,8 @@ from bastion.attacks.privacy.inference import (
     AttributeResult,
     get_attribute_attack,
 )
-from bastion.campaign.checks.base import Check, CheckContext, CheckFailed, CheckParams, Interrupted, register_check
+from bastion.campaign.checks.base import (AttackChoice, Check, CheckContext, CheckFailed, CheckParams, Interrupted,
+                                          register_check)
 from bastion.campaign.checks.records import RecordSet, select_records
 from bastion.campaign.gates import GateView
 from bastion.campaign.privacy_rules import ATTRIBUTE_RULE
@@ -43,16 +44,9 @@ MEASURED = frozenset({"attribute_accuracy", "baseline_accuracy", "attribute_adva
 SIGNIFICANCE = 0.05
 
 
-class AttributeAttackSpec(CheckParams):
-    attack: str
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("attack")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in ATTRIBUTE_ATTACKS:
-            raise ValueError(f"unknown attribute attack '{v}'; available: {', '.join(ATTRIBUTE_ATTACKS)}")
-        return v
+class AttributeAttackSpec(AttackChoice):
+    registry = ATTRIBUTE_ATTACKS
+    what = "attribute attack"
 
 
 class AttributeParams(CheckParams):

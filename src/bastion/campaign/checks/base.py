@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bastion.campaign.gates import GateView
 from bastion.core.data import Dataset
@@ -41,6 +41,23 @@ class CheckParams(BaseModel):
     """Base of every check's parameters: unknown fields are errors."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class AttackChoice(CheckParams):
+    """``{attack: NAME, params: {...}}`` naming an entry of the subclass's ``registry`` (``what`` names
+    the family in the error, e.g. "membership attack")."""
+
+    registry: ClassVar[Any]
+    what: ClassVar[str] = "attack"
+    attack: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("attack")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in cls.registry:
+            raise ValueError(f"unknown {cls.what} '{v}'; available: {', '.join(cls.registry)}")
+        return v
 
 
 class CheckInputError(ValueError):

@@ -29,7 +29,8 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from bastion.attacks.extraction import EXTRACTION_ATTACKS, ExtractionResult, ModelExtraction, get_extraction_attack
-from bastion.campaign.checks.base import Check, CheckContext, CheckFailed, CheckParams, Interrupted, register_check
+from bastion.campaign.checks.base import (AttackChoice, Check, CheckContext, CheckFailed, CheckParams, Interrupted,
+                                          register_check)
 from bastion.campaign.checks.records import RecordSet
 from bastion.campaign.privacy_rules import EXTRACTION_RULE
 from bastion.campaign.gates import GateView
@@ -44,16 +45,9 @@ MEASURED = frozenset({"fidelity", "surrogate_accuracy", "queries", "transfer_suc
 SEVERITY_AT = ((0.9, Severity.high), (0.75, Severity.medium), (0.5, Severity.low))
 
 
-class ExtractionAttackSpec(CheckParams):
-    attack: str
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("attack")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in EXTRACTION_ATTACKS:
-            raise ValueError(f"unknown extraction attack '{v}'; available: {', '.join(EXTRACTION_ATTACKS)}")
-        return v
+class ExtractionAttackSpec(AttackChoice):
+    registry = EXTRACTION_ATTACKS
+    what = "extraction attack"
 
 
 class TransferSpec(CheckParams):

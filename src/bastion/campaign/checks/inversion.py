@@ -25,7 +25,8 @@ from bastion.attacks.privacy.inference import (
     ModelInversion,
     get_inversion_attack,
 )
-from bastion.campaign.checks.base import Check, CheckContext, CheckFailed, CheckParams, Interrupted, register_check
+from bastion.campaign.checks.base import (AttackChoice, Check, CheckContext, CheckFailed, CheckParams, Interrupted,
+                                          register_check)
 from bastion.campaign.checks.records import RecordSet, select_records
 from bastion.campaign.gates import GateView
 from bastion.campaign.privacy_rules import INVERSION_RULE
@@ -41,16 +42,9 @@ MEASURED = frozenset({"inversion_identified", "inversion_similarity", "inversion
 SIGNIFICANCE = 0.05
 
 
-class InversionAttackSpec(CheckParams):
-    attack: str
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("attack")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in INVERSION_ATTACKS:
-            raise ValueError(f"unknown inversion attack '{v}'; available: {', '.join(INVERSION_ATTACKS)}")
-        return v
+class InversionAttackSpec(AttackChoice):
+    registry = INVERSION_ATTACKS
+    what = "inversion attack"
 
 
 class InversionParams(CheckParams):

@@ -30,7 +30,8 @@ from bastion.attacks.privacy.membership import (
     MembershipSplits,
     get_membership_attack,
 )
-from bastion.campaign.checks.base import Check, CheckContext, CheckFailed, CheckParams, Interrupted, register_check
+from bastion.campaign.checks.base import (AttackChoice, Check, CheckContext, CheckFailed, CheckParams, Interrupted,
+                                          register_check)
 from bastion.campaign.checks.records import RecordSet, select_records
 from bastion.campaign.gates import GateView
 from bastion.campaign.privacy_rules import GAP_RULE, MEMBERSHIP_RULE
@@ -46,16 +47,9 @@ MEASURED = frozenset({"membership_auc", "membership_advantage", "tpr_at_fpr", "t
                       "test_accuracy", "accuracy_gap", "members", "non_members"})
 
 
-class AttackSpec(CheckParams):
-    attack: str
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("attack")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in MEMBERSHIP_ATTACKS:
-            raise ValueError(f"unknown membership attack '{v}'; available: {', '.join(MEMBERSHIP_ATTACKS)}")
-        return v
+class AttackSpec(AttackChoice):
+    registry = MEMBERSHIP_ATTACKS
+    what = "membership attack"
 
 
 class MembershipParams(CheckParams):

@@ -30,7 +30,8 @@ from bastion.attacks.poisoning.base import POISONING_ATTACKS, PoisoningAttack, T
 from bastion.attacks.poisoning.detectors import POISON_DETECTORS, PoisonDetector, get_poison_detector
 from bastion.attacks.poisoning.online import OnlineSimulation, simulate_online
 from bastion.attacks.poisoning.simulate import Outcome, Simulation, simulate
-from bastion.campaign.checks.base import Check, CheckContext, CheckFailed, CheckParams, Interrupted, register_check
+from bastion.campaign.checks.base import (AttackChoice, Check, CheckContext, CheckFailed, CheckParams, Interrupted,
+                                          register_check)
 from bastion.campaign.gates import GateView
 from bastion.campaign.poisoning_rules import BACKDOOR_RULE, FLIP_RULE, SANITISE_RULE, TRAIN_FAILED_RULE
 from bastion.core.data import Dataset, align_labels
@@ -48,15 +49,13 @@ MODEL_ATTACKS = frozenset({"feature-collision"})  # built from a model and input
 SUCCESS = 0.5  # an attack "works" once it gets the attacker's answer on half of its test records
 
 
-class AttackSpec(CheckParams):
-    attack: str
-    params: dict[str, Any] = Field(default_factory=dict)
+class AttackSpec(AttackChoice):
+    registry = POISONING_ATTACKS
+    what = "poisoning attack"
 
     @field_validator("attack")
     @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in POISONING_ATTACKS:
-            raise ValueError(f"unknown poisoning attack '{v}'; available: {', '.join(POISONING_ATTACKS)}")
+    def _from_a_policy(cls, v: str) -> str:
         if v in MODEL_ATTACKS:
             raise ValueError(f"'{v}' crafts its poisons on the attacker's model and chosen target inputs: run it from "
                              "Python (docs/poisoning.md, clean-label attacks)")
