@@ -14,10 +14,10 @@ same learner without the model's answers — else the majority value) and the ga
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from bastion.attacks.privacy.inference import (
     ATTRIBUTE_ATTACKS,
@@ -26,8 +26,8 @@ from bastion.attacks.privacy.inference import (
     AttributeResult,
     get_attribute_attack,
 )
-from bastion.campaign.checks.base import (AttackChoice, Check, CheckContext, CheckFailed, CheckParams, Interrupted,
-                                          register_check)
+from bastion.campaign.checks.base import (AttackChoice, AttackList, Check, CheckContext, CheckFailed, CheckParams,
+                                          Interrupted, register_check)
 from bastion.campaign.checks.records import RecordSet, select_records
 from bastion.campaign.gates import GateView
 from bastion.campaign.privacy_rules import ATTRIBUTE_RULE
@@ -58,7 +58,7 @@ class AttributeParams(CheckParams):
     bins: int = Field(default=5, ge=2, le=64, description="Quantile bins of a numeric attribute.")
     candidates: list[float] | None = Field(default=None, description="The values a categorical attribute may take "
                                            "(default: those present).")
-    attacks: list[AttributeAttackSpec] | None = Field(
+    attacks: AttackList[AttributeAttackSpec] | None = Field(
         default=None, description="Attribute attacks: a name or {attack: NAME, params: {...}} (default: fredrikson, "
                                   "and learned when there are known records).")
     records: RecordSet | None = Field(default=None, description="The records whose attribute is inferred (default: "
@@ -67,18 +67,6 @@ class AttributeParams(CheckParams):
                                     "(default: the 'reference' dataset when the policy has one).")
     max_records: int | None = Field(default=None, gt=0, description="At most this many records (a seeded sample).")
     query_budget: int | None = Field(default=None, gt=0)
-
-    @field_validator("attacks", mode="before")
-    @classmethod
-    def _names(cls, v: Any) -> Any:
-        return [{"attack": a} if isinstance(a, str) else a for a in v] if isinstance(v, list) else v
-
-    @field_validator("attacks")
-    @classmethod
-    def _some(cls, v: list[AttributeAttackSpec] | None) -> list[AttributeAttackSpec] | None:
-        if v is not None and not v:
-            raise ValueError("give at least one attribute attack")
-        return v
 
     @model_validator(mode="after")
     def _kind_fits(self) -> AttributeParams:

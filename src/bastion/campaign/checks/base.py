@@ -12,10 +12,10 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bastion.campaign.gates import GateView
 from bastion.core.data import Dataset
@@ -58,6 +58,23 @@ class AttackChoice(CheckParams):
         if v not in cls.registry:
             raise ValueError(f"unknown {cls.what} '{v}'; available: {', '.join(cls.registry)}")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, v: Any) -> Any:
+        """A bare name stands for ``{attack: NAME}``."""
+        return {"attack": v} if isinstance(v, str) else v
+
+
+def _at_least_one(v: list[Any]) -> list[Any]:
+    if not v:
+        raise ValueError("give at least one attack, or leave the field out for the default")
+    return v
+
+
+ChoiceT = TypeVar("ChoiceT", bound=AttackChoice)
+AttackList = Annotated[list[ChoiceT], AfterValidator(_at_least_one)]
+"""A non-empty list of attack choices, each a name or ``{attack: NAME, params: {...}}``."""
 
 
 class CheckInputError(ValueError):

@@ -26,11 +26,11 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from bastion.attacks.extraction import EXTRACTION_ATTACKS, ExtractionResult, ModelExtraction, get_extraction_attack
-from bastion.campaign.checks.base import (AttackChoice, Check, CheckContext, CheckFailed, CheckParams, Interrupted,
-                                          register_check)
+from bastion.campaign.checks.base import (AttackChoice, AttackList, Check, CheckContext, CheckFailed, CheckParams,
+                                          Interrupted, register_check)
 from bastion.campaign.checks.records import RecordSet
 from bastion.campaign.privacy_rules import EXTRACTION_RULE
 from bastion.campaign.gates import GateView
@@ -60,7 +60,7 @@ class TransferSpec(CheckParams):
 
 
 class ExtractionCheckParams(CheckParams):
-    attacks: list[ExtractionAttackSpec] = Field(
+    attacks: AttackList[ExtractionAttackSpec] = Field(
         default_factory=lambda: [ExtractionAttackSpec(attack="equation-solving")],
         description="Extraction attacks to run: a name or {attack: NAME, params: {...}}.")
     pool: RecordSet = Field(default_factory=lambda: RecordSet(role="eval"),
@@ -70,18 +70,6 @@ class ExtractionCheckParams(CheckParams):
     query_budget: int | None = Field(default=None, gt=0, description="Queries each attack may send.")
     transfer: TransferSpec | None = Field(default=None, description="Craft adversarial inputs on each copy and "
                                                                     "measure how many fool the model.")
-
-    @field_validator("attacks", mode="before")
-    @classmethod
-    def _names(cls, v: Any) -> Any:
-        return [{"attack": a} if isinstance(a, str) else a for a in v] if isinstance(v, list) else v
-
-    @field_validator("attacks")
-    @classmethod
-    def _some(cls, v: list[ExtractionAttackSpec]) -> list[ExtractionAttackSpec]:
-        if not v:
-            raise ValueError("give at least one extraction attack")
-        return v
 
 
 @register_check

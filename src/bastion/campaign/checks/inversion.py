@@ -14,10 +14,9 @@ reconstructions beside the class means. Identification above chance (exact binom
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from bastion.attacks.privacy.inference import (
     INVERSION_ATTACKS,
@@ -25,8 +24,8 @@ from bastion.attacks.privacy.inference import (
     ModelInversion,
     get_inversion_attack,
 )
-from bastion.campaign.checks.base import (AttackChoice, Check, CheckContext, CheckFailed, CheckParams, Interrupted,
-                                          register_check)
+from bastion.campaign.checks.base import (AttackChoice, AttackList, Check, CheckContext, CheckFailed, CheckParams,
+                                          Interrupted, register_check)
 from bastion.campaign.checks.records import RecordSet, select_records
 from bastion.campaign.gates import GateView
 from bastion.campaign.privacy_rules import INVERSION_RULE
@@ -48,24 +47,12 @@ class InversionAttackSpec(AttackChoice):
 
 
 class InversionParams(CheckParams):
-    attacks: list[InversionAttackSpec] | None = Field(
+    attacks: AttackList[InversionAttackSpec] | None = Field(
         default=None, description="Inversion attacks: a name or {attack: NAME, params: {...}} (default: mi-face on a "
                                   "white-box target, else mi-face-scores).")
     records: RecordSet | None = Field(default=None, description="The private records the reconstructions are compared "
                                       "with (default: the 'train' dataset when the policy has one, else 'eval').")
     query_budget: int | None = Field(default=None, gt=0)
-
-    @field_validator("attacks", mode="before")
-    @classmethod
-    def _names(cls, v: Any) -> Any:
-        return [{"attack": a} if isinstance(a, str) else a for a in v] if isinstance(v, list) else v
-
-    @field_validator("attacks")
-    @classmethod
-    def _some(cls, v: list[InversionAttackSpec] | None) -> list[InversionAttackSpec] | None:
-        if v is not None and not v:
-            raise ValueError("give at least one inversion attack")
-        return v
 
 
 @register_check

@@ -20,7 +20,7 @@ from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from bastion.attacks.privacy.membership import (
     LOW_FPRS,
@@ -30,8 +30,8 @@ from bastion.attacks.privacy.membership import (
     MembershipSplits,
     get_membership_attack,
 )
-from bastion.campaign.checks.base import (AttackChoice, Check, CheckContext, CheckFailed, CheckParams, Interrupted,
-                                          register_check)
+from bastion.campaign.checks.base import (AttackChoice, AttackList, Check, CheckContext, CheckFailed, CheckParams,
+                                          Interrupted, register_check)
 from bastion.campaign.checks.records import RecordSet, select_records
 from bastion.campaign.gates import GateView
 from bastion.campaign.privacy_rules import GAP_RULE, MEMBERSHIP_RULE
@@ -53,7 +53,7 @@ class AttackSpec(AttackChoice):
 
 
 class MembershipParams(CheckParams):
-    attacks: list[AttackSpec] = Field(
+    attacks: AttackList[AttackSpec] = Field(
         default_factory=lambda: [AttackSpec(attack="loss-threshold"), AttackSpec(attack="confidence-threshold")],
         description="Membership attacks to run: a name or {attack: NAME, params: {...}}.")
     members: RecordSet = Field(default_factory=lambda: RecordSet(role="members"))
@@ -63,18 +63,6 @@ class MembershipParams(CheckParams):
     max_records: int | None = Field(default=None, gt=0, description="At most this many members and non-members "
                                     "(a seeded sample of each).")
     query_budget: int | None = Field(default=None, gt=0)
-
-    @field_validator("attacks", mode="before")
-    @classmethod
-    def _names(cls, v: Any) -> Any:
-        return [{"attack": a} if isinstance(a, str) else a for a in v] if isinstance(v, list) else v
-
-    @field_validator("attacks")
-    @classmethod
-    def _some(cls, v: list[AttackSpec]) -> list[AttackSpec]:
-        if not v:
-            raise ValueError("give at least one membership attack")
-        return v
 
 
 @register_check

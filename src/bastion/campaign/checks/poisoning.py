@@ -30,8 +30,8 @@ from bastion.attacks.poisoning.base import POISONING_ATTACKS, PoisoningAttack, T
 from bastion.attacks.poisoning.detectors import POISON_DETECTORS, PoisonDetector, get_poison_detector
 from bastion.attacks.poisoning.online import OnlineSimulation, simulate_online
 from bastion.attacks.poisoning.simulate import Outcome, Simulation, simulate
-from bastion.campaign.checks.base import (AttackChoice, Check, CheckContext, CheckFailed, CheckParams, Interrupted,
-                                          register_check)
+from bastion.campaign.checks.base import (AttackChoice, AttackList, Check, CheckContext, CheckFailed, CheckParams,
+                                          Interrupted, register_check)
 from bastion.campaign.gates import GateView
 from bastion.campaign.poisoning_rules import BACKDOOR_RULE, FLIP_RULE, SANITISE_RULE, TRAIN_FAILED_RULE
 from bastion.core.data import Dataset, align_labels
@@ -75,7 +75,7 @@ class DetectorSpec(CheckParams):
 
 
 class PoisoningParams(CheckParams):
-    attacks: list[AttackSpec] = Field(default_factory=lambda: [AttackSpec(attack="label-flip")],
+    attacks: AttackList[AttackSpec] = Field(default_factory=lambda: [AttackSpec(attack="label-flip")],
                                       description="Poisoning attacks: a name or {attack: NAME, params: {...}}.")
     fractions: list[float] = Field(default_factory=lambda: [0.01, 0.05, 0.1, 0.2],
                                    description="Shares of the training records the attacker controls (0 is added: "
@@ -88,11 +88,6 @@ class PoisoningParams(CheckParams):
                                           "learner updated batch by batch from the training records (None: not).")
     online_fraction: float = Field(0.1, gt=0, lt=1, description="Share of each online batch that is poisoned.")
     max_records: int | None = Field(None, gt=0, description="At most this many training records (a seeded sample).")
-
-    @field_validator("attacks", mode="before")
-    @classmethod
-    def _attack_names(cls, v: Any) -> Any:
-        return [{"attack": a} if isinstance(a, str) else a for a in v] if isinstance(v, list) else v
 
     @field_validator("detectors", mode="before")
     @classmethod
