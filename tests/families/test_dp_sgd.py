@@ -153,3 +153,70 @@ def test_without_opacus_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setitem(sys.modules, "opacus", None)  # import opacus -> ImportError
     with pytest.raises(MissingExtraError, match=r"bastion\[dp\]"):
         DPSGD(epsilon=1.0).check(mlp(), 300)
+
+
+def tiny_cnn() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.GroupNorm(1, 3), torch.nn.ReLU(),
+                               torch.nn.Flatten(), torch.nn.Linear(3 * 5 * 5, 2))
+
+
+def _clipped_step_grads(model, mode: str, x: torch.Tensor, y: torch.Tensor, clip: float) -> list[torch.Tensor]:
+    """The gradient one private step hands the optimiser, with the noise set to zero."""
+    from bastion.core.training import TrainSetup, cross_entropy
+
+    torch.manual_seed(0)
+    setup = TrainSetup(model(), lambda ps: torch.optim.SGD(ps, lr=1.0), lambda e: iter(()), 40, 8, 1, False,
+                       False, torch.Generator().manual_seed(0), {})
+    DPSGD(epsilon=3.0, delta=1e-3, max_grad_norm=clip, grad_sample_mode=mode, accountant="rdp").setup_hook(setup)
+    opt = setup.optimizer
+    opt.noise_multiplier = 0.0
+    opt.zero_grad()
+    with setup.step_context():
+        losses = cross_entropy(setup.net(x), y)
+        setup.backward(losses) if setup.backward else (losses.sum() / len(losses)).backward()
+    assert opt.pre_step() is not False
+    grads = [p.grad.detach().clone() for p in setup.module.parameters()]
+    for done in setup.cleanup:
+        done()
+    return grads
+
+
+@pytest.mark.parametrize("model, shape", [(mlp, (8,)), (tiny_cnn, (1, 5, 5))])
+def test_ghost_clipping_gives_the_clipped_sum_of_a_per_sample_loop(model, shape) -> None:
+    """The fast path (ghost clipping) and Opacus's per-sample gradients (hooks) both give
+    sum_i g_i * min(1, C / |g_i|) / expected batch size, computed here one sample at a time."""
+    from bastion.core.training import cross_entropy
+
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.randn(11, *shape, generator=gen), torch.randint(0, 2, (11,), generator=gen)
+    clip = 0.3  # below most per-sample norms: clipping is active
+    torch.manual_seed(0)
+    ref = model()
+    total = [torch.zeros_like(p) for p in ref.parameters()]
+    norms = []
+    for i in range(len(x)):
+        g = torch.autograd.grad(cross_entropy(ref(x[i:i + 1]), y[i:i + 1]).sum(), list(ref.parameters()))
+        norm = torch.sqrt(sum((t ** 2).sum() for t in g))
+        norms.append(float(norm))
+        for acc, t in zip(total, g, strict=True):
+            acc += t * min(1.0, clip / (float(norm) + 1e-6))
+    assert sum(n > clip for n in norms) >= 6
+    expected = [t / 8 for t in total]  # the expected batch size (40 samples, batch 8)
+    for mode in ("ghost", "hooks"):
+        got = _clipped_step_grads(model, mode, x, y, clip)
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_ghost_mode_survives_an_empty_poisson_batch() -> None:
+    from bastion.core.training import TrainSetup
+
+    setup = TrainSetup(mlp(), lambda ps: torch.optim.SGD(ps, lr=1.0), lambda e: iter(()), 40, 8, 1, False,
+                       False, torch.Generator().manual_seed(0), {})
+    DPSGD(epsilon=3.0, delta=1e-3).setup_hook(setup)
+    with setup.step_context():
+        setup.backward(setup.net(torch.zeros(0, 8)).sum(dim=1))
+    assert setup.optimizer.pre_step() is not False
+    assert all(torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in setup.module.parameters())  # noise
+    for done in setup.cleanup:
+        done()

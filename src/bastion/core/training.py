@@ -204,8 +204,10 @@ class TrainSetup:
     ``optimizer`` (built from ``make_optimizer`` after the hooks when left None), ``batches``
     (epoch -> the index tensors of each step's samples; by default a seeded shuffle cut into
     ``batch_size`` pieces) and ``step_context`` (a context manager factory around each step's
-    objective and backward pass, e.g. to enable per-sample gradient hooks there only), and add
-    ``cleanup`` callbacks, run when training ends. ``n``: training samples; ``weighted``: the
+    objective and backward pass, e.g. to enable per-sample gradient hooks there only), ``backward``
+    (the step's backward pass from the batch's per-sample losses, replacing the mean's; for
+    unweighted runs: a hook that sets it refuses sample weights) and add ``cleanup`` callbacks,
+    run when training ends. ``n``: training samples; ``weighted``: the
     request has sample weights; ``loss_hook``: a defense replaces the objective; ``state``: the
     run's scratch space."""
 
@@ -223,6 +225,7 @@ class TrainSetup:
     net: Any = None
     optimizer: Any = None
     step_context: Callable[[], Any] = contextlib.nullcontext
+    backward: Callable[[Any], None] | None = None
     cleanup: list[Callable[[], None]] = field(default_factory=list)
 
 
@@ -369,9 +372,12 @@ class TorchTrainingProcedure:
                 with setup.step_context():
                     losses = (self.loss(net(xb), yb) if self.loss_hook is None
                               else self.loss_hook(TrainStep(module, xb, yb, epoch, step, gen, state=state, spec=spec)))
-                    loss = ((losses * w[idx]).sum() / w[idx].sum().clamp_min(1e-12) if w is not None
-                            else losses.sum() / max(len(losses), 1))  # the mean; 0 for an empty (Poisson) batch
-                    loss.backward()
+                    if setup.backward is not None:
+                        setup.backward(losses)
+                    else:
+                        loss = ((losses * w[idx]).sum() / w[idx].sum().clamp_min(1e-12) if w is not None
+                                else losses.sum() / max(len(losses), 1))  # the mean; 0 for an empty (Poisson) batch
+                        loss.backward()
                 for shook in self.step_hooks:
                     shook(TrainStep(module, xb, yb, epoch, step, gen, losses.detach(), state, spec))
                 opt.step()

@@ -4,6 +4,13 @@ drawn by Poisson sampling, and an accountant (RDP or PRV) that gives the (ε, δ
 multiplier is the one Opacus's ``PrivacyEngine.make_private_with_epsilon`` calibrates for the
 target ε and δ over the planned epochs.
 
+Per-sample clipping is by default Opacus's ghost clipping (Li et al. 2022, "Large Language Models
+Can Be Strong Differentially Private Learners", arXiv:2110.05679; Opacus's fast gradient
+clipping): each sample's gradient norm from the layer's activations and output gradients without
+materialising the per-sample gradients, then a second backward pass of the clipped-weighted loss
+gives the sum of clipped gradients. ``grad_sample_mode="hooks"`` materialises them instead (the
+same sum; slower).
+
 The guarantee holds only under the accountant's assumptions, so this module refuses what would
 silently break them: a sampler that is not uniform (a weighted or custom one; sample weights), a
 δ of 1/n or more, and layers whose per-sample gradients Opacus cannot compute. BatchNorm mixes the
@@ -44,6 +51,10 @@ class DPSGDParams(Params):
     max_grad_norm: Number = Field(1.0, gt=0, description="Per-sample gradient clipping norm C.")
     accountant: Literal["rdp", "prv"] = Field("prv", description="Opacus's accountant: 'rdp' (Mironov 2017) "
                                                                  "or 'prv' (Gopi et al. 2021, tighter).")
+    grad_sample_mode: Literal["ghost", "hooks"] = Field(
+        "ghost", description="How per-sample gradients are clipped: 'ghost' (per-sample norms without "
+                             "the per-sample gradients, two backward passes; faster) or 'hooks' (Opacus's "
+                             "per-sample gradients); the same clipped sum.")
 
 
 class DPSGD(TrainingDefense):
@@ -86,10 +97,11 @@ class DPSGD(TrainingDefense):
         indices = torch.utils.data.TensorDataset(torch.arange(setup.n))
         loader = torch.utils.data.DataLoader(indices, batch_size=min(setup.batch_size, setup.n), shuffle=True,
                                              generator=torch.Generator().manual_seed(seed))
+        mode = self.params.grad_sample_mode
         engine, net, private_opt, private_loader = make_private(
             module, optimizer, loader, epsilon=float(self.params.epsilon), delta=float(self.params.delta),
             epochs=setup.epochs, max_grad_norm=float(self.params.max_grad_norm),
-            accountant=self.params.accountant, seed=seed)
+            accountant=self.params.accountant, seed=seed, grad_sample_mode=mode)
         device = setup.device
 
         def batches(epoch: int) -> Any:  # the Poisson sampler's index batches (no per-sample dataset fetch)
@@ -109,10 +121,13 @@ class DPSGD(TrainingDefense):
 
         setup.module, setup.net, setup.optimizer, setup.batches = module, net, private_opt, batches
         setup.step_context = hooked
+        if mode == "ghost":
+            setup.backward = lambda losses: ghost_backward(net, private_opt, losses)
         privacy: dict[str, Any] = {
             "mechanism": "dp-sgd", "accountant": self.params.accountant, "target_epsilon": float(self.params.epsilon),
             "delta": float(self.params.delta), "epsilon": 0.0, "noise_multiplier": float(private_opt.noise_multiplier),
-            "max_grad_norm": float(self.params.max_grad_norm), "sample_rate": 1.0 / len(loader),
+            "max_grad_norm": float(self.params.max_grad_norm), "grad_sample_mode": mode,
+            "sample_rate": 1.0 / len(loader),
             "steps": 0, "notes": notes}
         setup.state["privacy"] = privacy
 
@@ -187,17 +202,36 @@ def check_uniform_loader(loader: Any) -> None:
 
 
 def make_private(module: Any, optimizer: Any, loader: Any, *, epsilon: float, delta: float, epochs: int,
-                 max_grad_norm: float, accountant: str = "prv", seed: int = 0) -> tuple[Any, Any, Any, Any]:
+                 max_grad_norm: float, accountant: str = "prv", seed: int = 0,
+                 grad_sample_mode: str = "hooks") -> tuple[Any, Any, Any, Any]:
     """Opacus's ``make_private_with_epsilon`` with Poisson sampling, after refusing a non-uniform
     ``loader``: returns the PrivacyEngine (its ``get_epsilon(delta)`` is the ε spent), the module
     that computes per-sample gradients, the private optimiser and the Poisson data loader. For
-    training loops of your own; ``loader.generator`` seeds the sampling, ``seed`` the noise."""
+    training loops of your own; ``loader.generator`` seeds the sampling, ``seed`` the noise. With
+    ``grad_sample_mode="ghost"`` each step's backward pass is :func:`ghost_backward`."""
     import torch
 
     check_uniform_loader(loader)
     engine = opacus().PrivacyEngine(accountant=accountant)
-    net, opt, private_loader = engine.make_private_with_epsilon(
+    out = engine.make_private_with_epsilon(
         module=module, optimizer=optimizer, data_loader=loader, target_epsilon=epsilon, target_delta=delta,
-        epochs=epochs, max_grad_norm=max_grad_norm, poisson_sampling=True,
+        epochs=epochs, max_grad_norm=max_grad_norm, poisson_sampling=True, grad_sample_mode=grad_sample_mode,
         noise_generator=torch.Generator(device=next(module.parameters()).device).manual_seed(seed))
+    net, opt, private_loader = out[0], out[1], out[-1]  # ghost mode also returns a criterion wrapper
     return engine, net, opt, private_loader
+
+
+def ghost_backward(net: Any, optimizer: Any, losses: Any) -> None:
+    """One step's backward pass in ghost mode from the batch's per-sample ``losses``: the sum of
+    the clipped per-sample gradients in each parameter's ``.grad`` (Opacus's
+    ``DPTensorFastGradientClipping``: a pass for the norms, one for the clipped-weighted loss); the
+    optimiser then adds the noise. An empty (Poisson) batch contributes zero gradients."""
+    import torch
+
+    if len(losses) == 0:
+        for p in optimizer.params:
+            p.grad = torch.zeros_like(p)
+        return
+    from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+
+    DPTensorFastGradientClipping(net, optimizer, losses, loss_reduction="mean").backward()
