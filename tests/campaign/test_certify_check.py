@@ -111,8 +111,9 @@ def test_cli_jit_certifies_the_same(capsys, monkeypatch, tmp_path: Path) -> None
     args = ["certify", "-t", "demo:digits-cnn", "-d", "demo:digits", "--n", "200", "--n0", "10", "--samples", "4",
             "-r", "0", "-r", "0.3", "--json"]
     runs = [_main([*args, "-o", str(tmp_path / str(i)), *extra], capsys, monkeypatch) for i, extra in
-            enumerate(([], ["--jit"]))]
+            enumerate(([], ["--jit"], ["--no-jit"]))]
     docs = [json.loads(out) for code, out, _ in runs if code == 0]
-    assert len(docs) == 2 and docs[1]["metrics"]["params"]["jit"] is True
-    assert docs[0]["metrics"]["certified_accuracy"] == docs[1]["metrics"]["certified_accuracy"]
-    assert docs[0]["metrics"]["radius_median"] == docs[1]["metrics"]["radius_median"]
+    assert len(docs) == 3 and [d["metrics"]["params"]["jit"] for d in docs] == ["auto", True, False]
+    for doc in docs[1:]:
+        assert docs[0]["metrics"]["certified_accuracy"] == doc["metrics"]["certified_accuracy"]
+        assert docs[0]["metrics"]["radius_median"] == doc["metrics"]["radius_median"]

@@ -153,7 +153,7 @@ class Noisy(torch.nn.Module):  # randomness in forward: the trace cannot reprodu
 
 
 @pytest.mark.parametrize("module,words", [(Branchy(), "cannot be traced for jit"),
-                                          (Noisy(), "disagrees with the model")])
+                                          (Noisy(), "changed between two identical calls")])
 def test_jit_refuses_models_a_trace_would_change(module, words) -> None:  # noqa: ANN001
     from bastion.errors import UsageError
 
@@ -161,3 +161,64 @@ def test_jit_refuses_models_a_trace_would_change(module, words) -> None:  # noqa
     target = TorchTarget(module, InputSpec(shape=(4,), lower=0, upper=1))
     with pytest.raises(UsageError, match=words):
         RandomizedSmoothing(n=10, n0=5, jit=True).certify(target, x, y)
+
+
+class CountingCNN(torch.nn.Module):  # a plain CNN that counts the calls of its Python forward
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                                       torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        self.calls = 0
+
+    def forward(self, x):  # noqa: ANN001, ANN202
+        self.calls += 1
+        return self.net(x)
+
+
+def test_jit_auto_is_the_default_and_traces_a_plain_cnn_with_the_same_certificates() -> None:
+    torch.manual_seed(0)
+    target = TorchTarget(CountingCNN(), InputSpec(shape=(1, 4, 4), lower=0, upper=1), copy=False)
+    rng = np.random.default_rng(0)
+    x, y = rng.random((5, 1, 4, 4), dtype=np.float32), rng.integers(0, 3, 5)
+    target.module.calls = 0  # the target's own probe at construction
+    params = {"sigma": 0.3, "n0": 20, "n": 500, "alpha": 0.01, "batch_size": 100}
+    assert RandomizedSmoothing().params.jit == "auto"
+    eager = RandomizedSmoothing(**params, jit=False).certify(target, x, y, RunContext(seed=3))
+    eager_calls, target.module.calls = target.module.calls, 0
+    auto = RandomizedSmoothing(**params).certify(target, x, y, RunContext(seed=3))
+    assert eager_calls == 5 * (1 + 5)  # one selection batch and five estimation batches per input
+    assert target.module.calls == 3  # the trace (1) and the probe check (2): the counts ran on the trace
+    assert np.array_equal(auto.prediction, eager.prediction) and np.array_equal(auto.radius, eager.radius)
+    assert auto.queries == eager.queries == 5 * 520
+    assert (auto.radius > 0).any()  # not a degenerate comparison
+
+
+def _defended_mlp(mlp):  # noqa: ANN001, ANN202 - a white-box target that is not a plain PyTorch module
+    from bastion.defenses.outputs import TopK
+
+    return TopK(k=1).wrap(mlp[0])
+
+
+@pytest.mark.parametrize("make,deterministic", [
+    (lambda mlp: TorchTarget(Branchy(), InputSpec(shape=(4,), lower=0, upper=1)), True),
+    (lambda mlp: TorchTarget(Noisy(), InputSpec(shape=(4,), lower=0, upper=1)), False),
+    (_defended_mlp, True)], ids=["control-flow", "random-forward", "defended-target"])
+def test_jit_auto_falls_back_to_the_model_as_it_is(make, deterministic, mlp, caplog) -> None:  # noqa: ANN001
+    import logging
+
+    torch.manual_seed(0)
+    target = make(mlp)
+    x, y = blobs(3, 0)
+    with caplog.at_level(logging.INFO, logger="bastion.certify.smoothing"):
+        auto = RandomizedSmoothing(n=40, n0=5, sigma=0.3).certify(target, x, y, RunContext(seed=1))
+    assert "jit: auto runs the model as it is" in caplog.text
+    if deterministic:  # the same certificates as with jit: false (a random model's differ by its own draws)
+        eager = RandomizedSmoothing(n=40, n0=5, sigma=0.3, jit=False).certify(target, x, y, RunContext(seed=1))
+        assert np.array_equal(auto.prediction, eager.prediction) and np.array_equal(auto.radius, eager.radius)
+
+
+def test_jit_accepts_true_false_and_auto_only() -> None:
+    assert RandomizedSmoothing(jit=True).params.jit is True and RandomizedSmoothing(jit=False).params.jit is False
+    with pytest.raises(ParamError) as err:
+        RandomizedSmoothing(jit="sometimes")
+    assert err.value.field == "jit"

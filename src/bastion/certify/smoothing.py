@@ -13,14 +13,15 @@ Noise: sample ``j`` of input ``i`` in phase ``p`` comes from a torch generator s
 (:class:`~bastion.core.run.RunContext`), ``i``, ``p`` and the block ``j // NOISE_BLOCK``; so the
 draws, and the certificate, do not depend on the batch size nor on the other inputs (they do on
 the device: CPU and CUDA generators differ). The base model runs on batches of noisy copies of
-one input at a time, on its own device; with ``jit`` as a frozen TorchScript trace optimised for
-inference, checked against the model first.
+one input at a time, on its own device; by default (``jit: auto``) on the CPU as a frozen
+TorchScript trace optimised for inference, checked against the model first, else as it is.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     import torch
 
 NOISE_BLOCK = 256  # noisy samples drawn from one generator seed
+log = logging.getLogger(__name__)
 
 
 class SmoothingParams(Params):
@@ -44,9 +46,13 @@ class SmoothingParams(Params):
     alpha: Number = Field(0.001, gt=0, lt=1, description="Failure probability α: the certificate holds with "
                                                          "probability at least 1 - α.")
     batch_size: int = Field(1000, ge=1, le=1_000_000, description="Noisy samples per forward pass.")
-    jit: bool = Field(False, description="Run the base model as a frozen TorchScript trace optimised for inference "
-                                         "(fused kernels: several times faster on small CPU models); refused when "
-                                         "tracing warns or the trace disagrees with the model on a probe batch.")
+    jit: bool | Literal["auto"] = Field(
+        "auto", description="Run the base model as a frozen TorchScript trace optimised for inference (fused "
+                            "kernels: several times faster on small CPU models). auto: trace a plain PyTorch "
+                            "model on the CPU, and run it as it is when the trace is refused; true: trace on any "
+                            "device, and stop when refused; false: never. A trace is refused when tracing warns, "
+                            "the model's outputs change between identical calls, or the trace disagrees with the "
+                            "model on a probe batch.")
 
     @field_validator("n")
     @classmethod
@@ -115,10 +121,19 @@ class RandomizedSmoothing(Certifier):
 
     def base_forward(self, target: DifferentiableTarget, x: np.ndarray) -> Callable[[torch.Tensor], torch.Tensor]:
         """The base model's scores on a batch (queries counted): the target's logits, or with ``jit`` its
-        module traced for inference (:func:`traced_forward`)."""
-        if not self.params.jit:
+        module traced for inference (:func:`traced_forward`). ``jit: auto`` traces a PyTorch model on
+        the CPU (where the trace was measured faster) and falls back to the logits, with an info
+        message, when the trace is refused."""
+        jit = self.params.jit
+        if jit is False or (jit == "auto" and str(getattr(target, "device", "")) != "cpu"):
             return target.logits
-        return traced_forward(target, x[0], self.params.sigma, self.label)
+        try:
+            return traced_forward(target, x[0], self.params.sigma, self.label)
+        except UsageError as exc:
+            if jit is True:
+                raise
+            log.info("%s (jit: auto runs the model as it is)", exc.message)
+            return target.logits
 
     def counts(self, target: DifferentiableTarget, x: np.ndarray, ctx: RunContext, phase: str, num: int, *,
                advance: bool = False, forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
@@ -184,20 +199,22 @@ def traced_forward(target: DifferentiableTarget, x0: np.ndarray, sigma: float, n
                    ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The module of a PyTorch target as a frozen TorchScript trace optimised for inference
     (``torch.jit.optimize_for_inference``: batch norm folded, convolutions on oneDNN), counting queries
-    like the target. Refused (UsageError) when the target is not a plain PyTorch model, when tracing
-    warns (input-dependent control flow, Python numbers taken from tensors) or fails, or when on a
-    probe batch of noisy copies of ``x0``, of another size than the trace's, the trace's predictions
-    differ from the model's or its scores by more than float rounding."""
+    like the target. Refused (UsageError) when the target is not a plain PyTorch model (or is declared
+    randomised), when tracing warns (input-dependent control flow, Python numbers taken from tensors)
+    or fails, or when on a probe batch of noisy copies of ``x0``, of another size than the trace's,
+    the model's outputs differ between two identical calls (randomness in forward), or the trace's
+    predictions differ from the model's or its scores by more than float rounding."""
     import warnings
 
     import torch
 
     from bastion.core.targets.torch_target import TorchTarget
 
-    hint = "set jit: false to run the model as it is"
-    if not isinstance(target, TorchTarget) or target.bpda is not None:
-        raise UsageError(f"certifier '{name}': jit traces a plain PyTorch module; this {target.kind} target "
-                         f"{'declares a BPDA substitute' if isinstance(target, TorchTarget) else 'is not one'}",
+    hint = "set jit: false (or auto) to run the model as it is"
+    if not isinstance(target, TorchTarget) or target.bpda is not None or target.randomized:
+        why = ("is not one" if not isinstance(target, TorchTarget) else
+               "declares a BPDA substitute" if target.bpda is not None else "is declared randomised")
+        raise UsageError(f"certifier '{name}': jit traces a plain PyTorch module; this {target.kind} target {why}",
                          hint=hint)
     gen = torch.Generator(device=target.device).manual_seed(0)
     xi = torch.from_numpy(x0).to(target.device)
@@ -216,7 +233,11 @@ def traced_forward(target: DifferentiableTarget, x0: np.ndarray, sigma: float, n
                          hint=hint) from exc
     with torch.inference_mode():
         batch = probe(37)
-        want, got = target.module(batch).reshape(37, -1), traced(batch).reshape(37, -1)
+        want, again = target.module(batch).reshape(37, -1), target.module(batch).reshape(37, -1)
+        got = traced(batch).reshape(37, -1)
+    if not torch.equal(want, again):
+        raise UsageError(f"certifier '{name}': the model's outputs changed between two identical calls "
+                         "(randomness in forward): a trace would not reproduce its draws", hint=hint)
     scale = float(want.abs().max()) + 1e-12
     if not torch.equal(want.argmax(1), got.argmax(1)) or float((want - got).abs().max()) > 1e-4 * scale:
         raise UsageError(f"certifier '{name}': the traced model disagrees with the model on a probe batch "

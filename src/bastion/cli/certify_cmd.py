@@ -29,8 +29,9 @@ def register(app: typer.Typer) -> None:
         alpha: float | None = typer.Option(None, "--alpha", help="smoothing: failure probability in (0, 1) "
                                                                  "(default 0.001)."),
         batch_size: int | None = typer.Option(None, "--batch-size", help="smoothing: noisy samples per forward pass."),
-        jit: bool = typer.Option(False, "--jit", help="smoothing: run the model as a TorchScript trace optimised "
-                                                      "for inference (faster; checked against the model)."),
+        jit: bool | None = typer.Option(None, "--jit/--no-jit", help="smoothing: run the model as a TorchScript "
+                                        "trace optimised for inference (checked against the model), or never "
+                                        "(default: auto, a plain PyTorch model on the CPU is traced when it can be)."),
         eps: float | None = typer.Option(None, "--eps", help="ibp: the L∞ ε to verify."),
         radius: list[float] = typer.Option([], "--radius", "-r", help="Radius of the certified-accuracy curve "
                                            "(repeatable; default 0, .25, .5, .75, 1 for smoothing, 0 and ε for ibp)."),
@@ -53,8 +54,8 @@ def register(app: typer.Typer) -> None:
 
         given = {"sigma": sigma, "n0": n0, "n": n, "alpha": alpha, "batch_size": batch_size, "eps": eps}
         params = {k: v for k, v in given.items() if v is not None}
-        if jit:
-            params["jit"] = True
+        if jit is not None:
+            params["jit"] = jit
         cls = CERTIFIERS.get_object(certifier)  # an unknown certifier: exit 2, named
         if cls.radii_param is not None and cls.radii_param not in params and radius:
             params[cls.radii_param] = radius  # ibp without --eps verifies at the --radius values
