@@ -172,6 +172,18 @@ def test_the_check_reports_a_table_and_a_plot_and_gates_read_it(tmp_path: Path) 
     assert "agrees with full" in html and "data:image/svg" in html and "torch-int8" in html
 
 
+def test_a_scan_builds_the_variants_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bastion.campaign.variants as variants_module
+
+    calls = []
+    real = variants_module.build_variants
+    monkeypatch.setattr(variants_module, "build_variants", lambda *a, **k: calls.append(1) or real(*a, **k))
+    policy = _policy(tmp_path, quantize=["torch-int8"], samples=8, blackbox=None)
+    result = scan({**policy, "data": {"source": "demo:digits", "limit": 8}}, out_dir=tmp_path / "r")
+    assert result.checks[0].status == "complete", result.checks[0].reason
+    assert len(calls) == 1  # in prepare (a bad variant file stops the scan there); run reuses them
+
+
 @pytest.mark.parametrize("check,words", [
     ({"quantize": ["tflite"]}, ["checks[0].quantize[0]", "torch-int8"]),
     ({"quantize": []}, ["no variant to compare"]),

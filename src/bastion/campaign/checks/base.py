@@ -116,6 +116,7 @@ class CheckContext:
     options: dict[str, Any] = field(default_factory=dict)
     datasets: dict[str, Dataset] = field(default_factory=dict)  # policy v2 roles besides eval: train, holdout...
     trainer: Any = None  # policy v2: a TrainFn (bastion.core.training)
+    prepared: dict[str, Any] = field(default_factory=dict)  # what a check's prepare built, by check name, for its run
 
     def require_model(self, check: str) -> tuple[Target, Dataset, np.ndarray]:
         from bastion.errors import UsageError

@@ -127,8 +127,9 @@ class VariantsCheck(Check):
 
     def prepare(self, ctx: CheckContext) -> None:
         """Build and load every variant once before the scan runs: a variant file that is not a model or
-        answers other classes stops the scan as a user error (exit 2)."""
-        self._variants(ctx)
+        answers other classes stops the scan as a user error (exit 2). ``run`` takes them from
+        ``ctx.prepared`` (built once per scan)."""
+        ctx.prepared[self.name] = self._variants(ctx)
 
     def run(self, ctx: CheckContext) -> CheckResult:
         from bastion.campaign.variants import evaluate_variants
@@ -137,7 +138,7 @@ class VariantsCheck(Check):
         p = self.params
         t0 = time.perf_counter()
         rows = np.sort(RunContext(seed=ctx.seed).spawn(self.name).rng("subset").permutation(len(y))[:p.samples])
-        variants = self._variants(ctx)
+        variants = ctx.prepared.pop(self.name, None) or self._variants(ctx)
         n_attacks = len(p.attacks) + int(p.blackbox is not None and any(v.gradients != "own" for v in variants))
         total = len(rows) * n_attacks * (len(variants) + 1)
         with ctx.bar(f"{self.name}: {len(variants) + 1} models × {n_attacks} attacks", total) as advance:
