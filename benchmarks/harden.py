@@ -137,10 +137,11 @@ def auto_figures(module: torch.nn.Module, x: np.ndarray, y: np.ndarray, device: 
     t0 = time.perf_counter()
     r = get_attack("auto", eps=EPS, norm="linf").run(target, x, y)
     return {"clean_accuracy": r.clean_accuracy, "robust_accuracy": r.robust_accuracy,
-            "auto_seconds": time.perf_counter() - t0}
+            "auto_seconds": time.perf_counter() - t0,
+            "robust_correct": (r.adv_pred == r.y).astype(int).tolist()}  # per image, for the paired test
 
 
-def bastion_run(epochs: int, device: str, method: str, eval_limit: int | None) -> dict[str, Any]:
+def bastion_run(epochs: int, device: str, method: str, eval_limit: int | None, keep: str = "best") -> dict[str, Any]:
     """``bastion.harden`` on ``examples/harden-digits.yaml``; the weights it writes are also
     attacked exactly as ART's model is (``auto_figures``), so the two compare on one evaluation."""
     import tempfile
@@ -152,7 +153,7 @@ def bastion_run(epochs: int, device: str, method: str, eval_limit: int | None) -
     from bastion.core.demo import digits_cnn_module
 
     policy = yaml.safe_load((ROOT / "examples" / "harden-digits.yaml").read_text())
-    policy["harden"].update(epochs=epochs, device=device, method=method)
+    policy["harden"].update(epochs=epochs, device=device, method=method, keep=keep)
     policy["seed"] = SEED
     if method == "fast-fgsm":
         policy["harden"]["params"] = {}  # one FGSM step of 1.25·ε
@@ -171,7 +172,7 @@ def bastion_run(epochs: int, device: str, method: str, eval_limit: int | None) -
         sub = demo_data("digits").sample(eval_limit, 0)
         xte, yte = sub.x, sub.y
     same_eval = auto_figures(module.eval(), xte, yte, device)  # exactly as ART's model is evaluated
-    return {"epochs": len(result.epochs), "kept_epoch": result.kept_epoch, "train_seconds": result.train_seconds,
+    return {"keep": keep, "epochs": len(result.epochs), "kept_epoch": result.kept_epoch, "train_seconds": result.train_seconds,
             "after_same_eval_as_art": same_eval,
             "train_seconds_per_epoch": result.train_seconds / max(len(result.epochs), 1),
             "before": result.before.model_dump(), "after": result.after.model_dump(),
@@ -211,6 +212,41 @@ def art_run(epochs: int, device: str, eval_limit: int | None) -> dict[str, Any]:
             "train_seconds_per_epoch": seconds / epochs, "after": auto_figures(trained, xte, yte, device)}
 
 
+# --- 3. paired comparison over seeds -------------------------------------------------------------
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value: ``b`` and ``c`` are the discordant pairs (images only one
+    of the two models keeps correct); under the null each is Binomial(b + c, 1/2)."""
+    from math import comb
+
+    n, k = b + c, min(b, c)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def paired_summary(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per seed and pooled over seeds: each bastion run against ART's on the same images (the
+    ``robust_correct`` vectors of ``auto``): robust accuracies, discordant pairs and the exact
+    McNemar p-value. Pooling treats seed x image pairs as one sample (seeds are independent runs)."""
+    out: dict[str, Any] = {}
+    for key in sorted({k for d in docs for k in d.get("bastion", {})}):
+        rows, pooled_b, pooled_c = [], 0, 0
+        for d in docs:
+            if key not in d.get("bastion", {}) or "art" not in d:
+                continue
+            ours = np.array(d["bastion"][key]["after_same_eval_as_art"]["robust_correct"])
+            art_ = np.array(d["art"]["after"]["robust_correct"])
+            b, c = int((ours & (1 - art_)).sum()), int(((1 - ours) & art_).sum())
+            pooled_b, pooled_c = pooled_b + b, pooled_c + c
+            rows.append({"seed": d["seed"], "bastion": float(ours.mean()), "art": float(art_.mean()),
+                         "bastion_only": b, "art_only": c, "mcnemar_p": mcnemar_exact(b, c)})
+        if rows:
+            out[key] = {"seeds": rows, "bastion_mean": statistics.mean(r["bastion"] for r in rows),
+                        "art_mean": statistics.mean(r["art"] for r in rows), "bastion_only": pooled_b,
+                        "art_only": pooled_c, "pooled_mcnemar_p": mcnemar_exact(pooled_b, pooled_c)}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=int, default=30, help="training epochs of part 2")
@@ -220,9 +256,15 @@ def main() -> None:
     ap.add_argument("--eval-limit", type=int, default=None, help="attack a seeded subset of the 360 test images")
     ap.add_argument("--skip-art", action="store_true")
     ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--keep", default="best", help="harden.keep of part 2, comma-separated (best,last: one run each)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--paired", type=Path, nargs="+", default=None,
+                    help="only summarise earlier --out files (one per seed): paired per-image comparison")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    if args.paired:
+        print(json.dumps(paired_summary([json.loads(p.read_text()) for p in args.paired]), indent=2))
+        return
     global SEED
     SEED = args.seed
     doc: dict[str, Any] = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
@@ -235,11 +277,14 @@ def main() -> None:
         print(json.dumps({"timing": {k: v for k, v in doc["timing"].items() if not isinstance(v, dict)}}), flush=True)
     doc["bastion"] = {}
     for method in filter(None, args.methods.split(",")):
-        doc["bastion"][method] = bastion_run(args.epochs, args.device, method, args.eval_limit)
-        print(json.dumps({method: {k: v for k, v in doc["bastion"][method].items() if k != "log"}}), flush=True)
+        for keep in args.keep.split(","):
+            key = f"{method}/keep-{keep}"
+            doc["bastion"][key] = bastion_run(args.epochs, args.device, method, args.eval_limit, keep)
+            print(json.dumps({key: {k: v for k, v in doc["bastion"][key].items()
+                                    if k not in ("log", "after_same_eval_as_art")}}), flush=True)
     if not args.skip_art:
         doc["art"] = art_run(args.epochs, args.device, args.eval_limit)
-        print(json.dumps({"art": doc["art"]}), flush=True)
+        print(json.dumps({"art": {k: v for k, v in doc["art"].items() if k != "after"}}), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(doc, indent=2) + "\n")
