@@ -17,14 +17,20 @@ classes), recovered from d+1 = 65 queries; the largest parameter error against i
 parameters (w_j - w_0, b_j - b_0) and the fidelity on the test digits.
 
 Detectors (one instance per client, windows of 10 queries; rows = input and the model's
-probabilities): PRADA and the query-distribution signal, fitted on the training digits. Delay =
-queries sent before the first alert (none: no alert in the attack's whole stream). Benign traffic:
-10,000 queries from 50 clients of 200, each replaying test digits in its own random order.
+probabilities): PRADA, the query-distribution signal and query coverage (calibrated for benign
+sessions of 200 queries), fitted on the training digits. Delay = queries sent before the first alert
+(none: no alert in the attack's whole stream). Benign traffic: 10,000 queries from 50 clients of
+200, each replaying test digits in its own random order. Two more streams: an in-distribution
+attacker with data the detectors were not fitted on (all 360 test digits, one client), and a benign
+client with a long, narrow session (2,000 queries among the test digits of 3 predicted classes).
 
 Run in the benchmark virtualenv (ART installed there, never a bastion dependency):
 
     OMP_NUM_THREADS=1 nice -n 15 .benchenv/bin/python benchmarks/extraction.py --budgets 250,500,1000,2000 \
         --seeds 2 --jacobian-budget 1600 --out benchmarks/results/extraction.json
+
+``--detection-only`` measures the detectors alone (seed 0's attack streams, bastion's attacks only, no
+ART needed): ``--out benchmarks/results/extraction-detectors.json``.
 """
 
 from __future__ import annotations
@@ -169,9 +175,42 @@ def equation_solving() -> dict[str, Any]:
             "classes": 10, "features": 64}
 
 
+def jacobian_run(target: Any, train_x: np.ndarray, test: Any, ref: np.ndarray, seed: int,
+                 budget: int) -> tuple[dict[str, Any], np.ndarray]:
+    """Jacobian augmentation: 100 seed digits from the training split, doubled each round up to the
+    budget; its figures and the queries it sent."""
+    from bastion.attacks.extraction import get_extraction_attack
+    from bastion.core.run import RunContext
+    from bastion.core.threat import ThreatModel
+
+    t0 = time.process_time()
+    with Recorder(target) as rec:
+        rounds = int(np.ceil(np.log2(budget / 100))) + 1  # 100, 200, 400, ... up to the budget
+        res = get_extraction_attack("jacobian", seed_size=100, rounds=rounds, step=0.1, epochs=EPOCHS,
+                                    batch_size=BATCH, lr=LR).run(target, test.x, ThreatModel(query_budget=budget),
+                                                                 RunContext(seed=seed), query_set=train_x)
+    pred = res.surrogate.predict(test.x)
+    return {"seed": seed, "queries": res.curve.queries, "curve_fidelity_holdout": res.curve.fidelity,
+            "fidelity": agreement(pred, ref), "accuracy": agreement(pred, test.y),
+            "cpu_s": round(time.process_time() - t0, 2)}, rec.stream()
+
+
+def detection_streams(target: Any, train: Any, test: Any, ref: np.ndarray, budgets: list[int],
+                      jacobian_budget: int) -> dict[str, np.ndarray]:
+    """The attack streams the full run records (seed 0, largest budgets), from bastion's attacks alone."""
+    ood = natural_patches(max(budgets), seed=1234)
+    in_budget = max(b for b in budgets if b <= len(train.x))
+    queries = {"ood natural patches": ood[np.random.default_rng(0).permutation(len(ood))[:max(budgets)]],
+               "in-distribution digits": train.x[np.random.default_rng(0).permutation(len(train.x))[:in_budget]]}
+    streams = {f"{kind} ({qset})": bastion_extract(kind, target, test.x, q, 0)[2]
+               for qset, q in queries.items() for kind in ("knockoff", "copycat")}
+    streams["jacobian (100 seeds + synthetic)"] = jacobian_run(target, train.x, test, ref, 0, jacobian_budget)[1]
+    return streams
+
+
 def detection(target: Any, train_x: np.ndarray, test_x: np.ndarray, streams: dict[str, np.ndarray],
               seed: int, window: int = 10) -> dict[str, Any]:
-    from bastion.monitor.extraction import Prada, QueryDistribution
+    from bastion.monitor.extraction import Prada, QueryCoverage, QueryDistribution
 
     def rows(x: np.ndarray) -> np.ndarray:
         with target.uncounted():
@@ -187,10 +226,15 @@ def detection(target: Any, train_x: np.ndarray, test_x: np.ndarray, streams: dic
     rng = np.random.default_rng(seed)
     ref = rows(train_x)
     benign = [rows(test_x[rng.permutation(len(test_x))[:200]]) for _ in range(50)]
+    streams = dict(streams)
+    streams["in-distribution, fresh data (360 test digits)"] = test_x[rng.permutation(len(test_x))]
+    narrow = np.flatnonzero(np.isin(rows(test_x)[:, -10:].argmax(1), [0, 1, 2]))
+    streams["benign, long and narrow (2,000 queries, 3 classes)"] = test_x[rng.choice(narrow, 2000)]
     out: dict[str, Any] = {}
-    for det in (Prada(outputs=10), QueryDistribution(outputs=10)):
-        det.fit(ref)
+    for det in (Prada(outputs=10), QueryDistribution(outputs=10), QueryCoverage(outputs=10, session=200)):
         t0 = time.process_time()
+        det.fit(ref)
+        fit_cpu, t0 = time.process_time() - t0, time.process_time()
         delays = {name: delay(det, rows(s)) for name, s in streams.items()}
         alarmed, windows, alarms = 0, 0, 0
         for s in benign:
@@ -204,12 +248,14 @@ def detection(target: Any, train_x: np.ndarray, test_x: np.ndarray, streams: dic
             alarmed += hit
         out[det.label] = {"delay": delays, "benign_clients": len(benign), "benign_queries": sum(map(len, benign)),
                           "benign_clients_alarmed": alarmed, "benign_windows": windows, "benign_alarms": alarms,
-                          "cpu_s": round(time.process_time() - t0, 2)}
+                          "fit_cpu_s": round(fit_cpu, 2), "cpu_s": round(time.process_time() - t0, 2)}
     return out
 
 
 def markdown(out: dict[str, Any]) -> str:
     """The tables of benchmarks/results/extraction.md from a run's JSON (medians over seeds)."""
+    if "fidelity" not in out:  # a --detection-only run
+        return "\n".join(detector_table(out["detectors"]))
     rows = out["fidelity"]
     lines = ["| query set | attack | queries | bastion fidelity | ART fidelity | bastion accuracy | ART accuracy | "
              "bastion ≥ ART (seeds) | bastion / ART CPU |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -228,16 +274,20 @@ def markdown(out: dict[str, Any]) -> str:
     lines += ["", f"Equation solving (logistic regression, {eq['features']} features, {eq['classes']} classes): "
               f"{eq['queries']} queries, largest parameter error {eq['max_parameter_error']:.1e}, fidelity "
               f"{eq['fidelity_test']:.3f}.", ""]
-    det = out["detectors"]
+    return "\n".join(lines + detector_table(out["detectors"]))
+
+
+def detector_table(det: dict[str, Any]) -> list[str]:
+    """Delay per attack stream and benign false alarms, one column per detector."""
     names = list(next(iter(det.values()))["delay"])
-    lines += ["| attack stream | " + " | ".join(det) + " |", "| --- |" + " --- |" * len(det)]
+    lines = ["| attack stream | " + " | ".join(det) + " |", "| --- |" + " --- |" * len(det)]
     for n in names:
         lines.append(f"| {n} | " + " | ".join("no alarm" if d["delay"][n] is None else f"{d['delay'][n]} queries"
                                              for d in det.values()) + " |")
     lines.append("| benign: clients alarmed / alarms in windows | " + " | ".join(
         f"{d['benign_clients_alarmed']}/{d['benign_clients']} clients, {d['benign_alarms']}/{d['benign_windows']} windows "
         f"({d['benign_queries']} queries)" for d in det.values()) + " |")
-    return "\n".join(lines)
+    return lines
 
 
 def main() -> None:
@@ -247,6 +297,7 @@ def main() -> None:
     ap.add_argument("--jacobian-budget", type=int, default=1600)
     ap.add_argument("--out", default=None)
     ap.add_argument("--markdown", default=None, help="print the tables of a run's JSON and exit")
+    ap.add_argument("--detection-only", action="store_true", help="only the detectors (seed 0's streams, no ART)")
     args = ap.parse_args()
     if args.markdown:
         with open(args.markdown, encoding="utf-8") as f:
@@ -256,8 +307,6 @@ def main() -> None:
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
-    import art
-
     import bastion
     from bastion.core.demo import demo_data, digits_cnn
     from bastion.core.surrogate import input_statistics
@@ -267,6 +316,20 @@ def main() -> None:
     train, test = demo_data("digits-train"), demo_data("digits")
     with target.uncounted():
         ref = target.predict(test.x)
+    machine = {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
+               "bastion": bastion.__version__, "numpy": np.__version__}
+    if args.detection_only:
+        streams = detection_streams(target, train, test, ref, budgets, args.jacobian_budget)
+        det = detection(target, train.x, test.x, streams, seed=0)
+        print(json.dumps(det), flush=True)
+        if args.out:
+            with open(args.out, "w", encoding="utf-8") as f:
+                json.dump({"machine": machine, "settings": {"budgets": budgets, "jacobian_budget": args.jacobian_budget},
+                           "detectors": det}, f, indent=1)
+        return
+    import art
+
+    machine["art"] = art.__version__
     victim = art_victim(target.module)
     ood_all = natural_patches(max(budgets), seed=1234)
     rows: list[dict[str, Any]] = []
@@ -296,34 +359,18 @@ def main() -> None:
                         streams[f"{kind} (ood natural patches)"] = sent
                     if seed == 0 and budget == max(b for b in budgets if b <= len(train.x)) and qset == "in":
                         streams[f"{kind} (in-distribution digits)"] = sent
-    # Jacobian augmentation: 100 seed digits from the training split, doubled each round up to the budget
-    from bastion.attacks.extraction import get_extraction_attack
-    from bastion.core.run import RunContext
-    from bastion.core.threat import ThreatModel
-
     jac = []
     for seed in range(args.seeds):
-        t0 = time.process_time()
-        with Recorder(target) as rec:
-            rounds = int(np.ceil(np.log2(args.jacobian_budget / 100))) + 1  # 100, 200, 400, ... up to the budget
-            res = get_extraction_attack("jacobian", seed_size=100, rounds=rounds, step=0.1, epochs=EPOCHS,
-                                        batch_size=BATCH, lr=LR).run(target, test.x,
-                                                                     ThreatModel(query_budget=args.jacobian_budget),
-                                                   RunContext(seed=seed), query_set=train.x)
-        pred = res.surrogate.predict(test.x)
-        jac.append({"seed": seed, "queries": res.curve.queries, "curve_fidelity_holdout": res.curve.fidelity,
-                    "fidelity": agreement(pred, ref), "accuracy": agreement(pred, test.y),
-                    "cpu_s": round(time.process_time() - t0, 2)})
-        print(json.dumps(jac[-1]), flush=True)
+        record, sent = jacobian_run(target, train.x, test, ref, seed, args.jacobian_budget)
+        jac.append(record)
+        print(json.dumps(record), flush=True)
         if seed == 0:
-            streams["jacobian (100 seeds + synthetic)"] = rec.stream()
+            streams["jacobian (100 seeds + synthetic)"] = sent
     eq = equation_solving()
     print(json.dumps(eq), flush=True)
     det = detection(target, train.x, test.x, streams, seed=0)
     print(json.dumps(det), flush=True)
-    out = {"machine": {"python": platform.python_version(), "platform": platform.platform(),
-                       "torch": torch.__version__, "art": art.__version__, "bastion": bastion.__version__,
-                       "numpy": np.__version__},
+    out = {"machine": machine,
            "settings": {"epochs": EPOCHS, "batch": BATCH, "lr": LR, "budgets": budgets, "seeds": args.seeds},
            "fidelity": rows, "jacobian": jac, "equation_solving": eq, "detectors": det}
     if args.out:

@@ -1,15 +1,16 @@
 """Extraction detectors on one client's stream: PRADA (Juuti et al. 2019) alarms on synthetic
 Jacobian-style queries, the query-distribution signal (after Atli et al. 2020) on natural data from
-another distribution; neither alarms on benign in-distribution streams; online equals offline."""
+another distribution, query coverage (after Kesarwani et al. 2018) on a long in-distribution stream
+that neither of the others sees; none alarms on benign in-distribution streams; online equals offline."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bastion.errors import DataError
+from bastion.errors import DataError, UsageError
 from bastion.monitor import DETECTORS
-from bastion.monitor.extraction import Prada, QueryDistribution
+from bastion.monitor.extraction import Prada, QueryCoverage, QueryDistribution
 
 D, K = 16, 4
 
@@ -109,3 +110,36 @@ def test_prada_in_batches_equals_the_papers_query_by_query_loop() -> None:
     det = Prada(outputs=K, delta=0.999).fit(_natural(50, 0))
     (alert,) = det.update(stream)
     assert 1.0 - alert.score == pytest.approx(_naive_prada_w(stream), abs=1e-9)
+
+
+def test_query_coverage_alarms_on_in_distribution_extraction_not_on_benign_sessions() -> None:
+    det = QueryCoverage(outputs=K, session=50, cells=50).fit(_natural(400, 0))
+    assert all(_delay(det, _natural(50, s)) is None for s in range(1, 21))  # benign sessions of the calibrated length
+    few = _natural(10, 77)  # a benign client asking about the same few inputs, at length
+    assert _delay(det, few[np.random.default_rng(3).integers(0, 10, 1000)]) is None
+    attack = _natural(400, 30)  # Knockoff-style: natural data of the model's own distribution, at length
+    delay = _delay(det, attack)
+    assert delay is not None and 50 < delay <= 200
+    assert _delay(Prada(outputs=K).fit(_natural(50, 0)), attack) is None  # what the other two signals miss
+    assert _delay(QueryDistribution(outputs=K).fit(_natural(400, 0)), attack) is None
+    windows = np.array_split(attack, 40)
+    offline = det.scan(windows)
+    det.reset()
+    assert [a for w in windows for a in det.update(w)] == offline
+    assert offline[0].detector == "query-coverage" and offline[0].score > offline[0].threshold
+    assert "benign sessions of 50 queries" in offline[0].message
+
+
+def test_query_coverage_refuses_what_cannot_work() -> None:
+    with pytest.raises(UsageError, match="not fitted"):
+        QueryCoverage(outputs=K).update(_natural(10, 1))
+    det = QueryCoverage(outputs=K, session=50, cells=50).fit(_natural(400, 0))
+    with pytest.raises(DataError, match="rows of 16 values, but it was fitted on rows of 20"):
+        det.update(np.zeros((3, D)))
+    with pytest.raises(DataError, match="reference has 300 inputs; with cells=50 and session=80 it needs at least 320"):
+        QueryCoverage(outputs=K, session=80, cells=50).fit(_natural(300, 0))
+    with pytest.raises(DataError, match="no client could stand out"):  # 4 cells: every session visits them all
+        QueryCoverage(outputs=K, session=50, cells=4).fit(_natural(400, 0))
+    with pytest.raises(UsageError, match="fpr"):
+        QueryCoverage(fpr=0.0)
+    assert DETECTORS.get_object("query-coverage") is QueryCoverage

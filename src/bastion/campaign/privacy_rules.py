@@ -88,9 +88,10 @@ EXTRACTION_CATALOGUE: list[Rule] = [
                "transfer to the real model. Fidelity is the share of held-out inputs on which the copy and the "
                "model agree."),
          remediation=("Return labels or rounded top-k scores rather than full probabilities (equation solving needs "
-                      "exact scores); enforce per-client query budgets and rate limits; monitor clients with an "
-                      "extraction detector (PRADA, class coverage) and block those that alarm; re-run this scan with "
-                      "the hardened API to measure the fidelity an attacker still reaches within the budget.")),
+                      "exact scores); enforce per-client query budgets and rate limits; monitor clients with the "
+                      "extraction detectors (prada, query-distribution, query-coverage) and block those that alarm; "
+                      "re-run this scan with the hardened API to measure the fidelity an attacker still reaches "
+                      "within the budget.")),
 ]
 
 EXTRACTION_RULE = "BASTION-EX-001"

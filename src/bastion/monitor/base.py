@@ -105,6 +105,7 @@ class Detector(Configurable, ABC):
 DETECTORS: Registry[type[Detector]] = Registry("detector", {
     "prada": "bastion.monitor.extraction:Prada",
     "query-distribution": "bastion.monitor.extraction:QueryDistribution",
+    "query-coverage": "bastion.monitor.extraction:QueryCoverage",
     "strip": "bastion.monitor.strip:STRIP",
     "feature-squeezing": "bastion.monitor.adversarial:FeatureSqueezing",
     "mahalanobis": "bastion.monitor.adversarial:Mahalanobis",

@@ -17,10 +17,17 @@ when the detector needs the predicted class.
   input exceeds the ``quantile`` of the reference's own; alarm when the client's share of novel
   queries is too high to be chance (exact binomial tail below ``alpha``).
 
-Neither signal separates an attacker who owns data from the model's own distribution from a
-benign client of the same distribution: their queries are alike, query by query. Against that
-attacker only per-client query budgets help (bastion's extraction check measures the fidelity a
-budget still allows).
+- :class:`QueryCoverage` (after Kesarwani et al. 2018, "Model Extraction Warning in MLaaS
+  Paradigm", ACSAC, arXiv:1711.07221: the extraction status of a client measured by how much of the
+  feature space its queries cover): the owner's data is partitioned into cells per predicted class
+  (k-means); alarm when the share of the model's data lying in cells the client has visited exceeds
+  what benign sessions of ``session`` queries reach (calibrated at fit, false-alarm rate ``fpr``).
+
+The first two compare a client's queries, one by one, with the model's data: an attacker who owns
+data of the model's own distribution looks like a benign client to them. Coverage catches that
+attacker by what it must do to copy the model, query all of its decision space; it cannot tell
+such an attacker from a benign client with a long, varied session, nor see an attacker who spreads
+queries over many clients (sybils) unless their streams are fed to one instance.
 """
 
 from __future__ import annotations
@@ -62,6 +69,12 @@ class _ClientDetector(Detector):
         if not k:
             return window, np.zeros(len(window), np.int64)
         return window[:, :-k], window[:, -k:].argmax(1)
+
+
+def _scale(x: np.ndarray) -> np.ndarray:
+    """Per-feature standard deviations of reference inputs (1 where a feature is constant)."""
+    sd = x.std(axis=0)
+    return np.where(sd > 1e-9, sd, 1.0)
 
 
 # --- PRADA ----------------------------------------------------------------------------------------
@@ -163,7 +176,7 @@ class QueryDistribution(_ClientDetector):
                             f"got {len(x)}")
         order = np.random.default_rng(0).permutation(len(x))
         near, calib = x[order[: len(x) // 2]], x[order[len(x) // 2:]]
-        scale = np.where(near.std(axis=0) > 1e-9, near.std(axis=0), 1.0)
+        scale = _scale(near)
         state = {"width": reference.shape[1], "near": near / scale, "scale": scale}
         state["threshold"] = float(np.quantile(self._nearest(calib, state), p.quantile))
         return state
@@ -196,3 +209,109 @@ class QueryDistribution(_ClientDetector):
                       message=f"{state.novel} of this client's {state.seen} queries lie far from the model's data "
                               f"(expected {1 - p.quantile:.0%}; binomial tail {tail:.1e}): out-of-distribution queries, "
                               "as in a Knockoff or Copycat extraction attack")]
+
+
+# --- query coverage -------------------------------------------------------------------------------
+class QueryCoverageParams(StreamParams):
+    session: int = Field(200, ge=10, le=1_000_000, description="queries a benign client may send without an alarm "
+                                                               "(the calibrated session length)")
+    cells: int = Field(200, ge=2, le=100_000, description="cells of the partition of the model's data (about "
+                                                          "`session`: fewer saturate, more need more reference data)")
+    fpr: float = Field(0.001, ge=1e-4, lt=0.5, description="share of benign sessions of `session` queries that may "
+                                                            "alarm (calibrated on 10 / fpr simulated sessions, at least 1,000)")
+
+
+@dataclass
+class _CoverageState:
+    visited: np.ndarray  # cell -> visited by this client
+    seen: int = 0
+
+
+class QueryCoverage(_ClientDetector):
+    """The share of the model's data in regions one client's queries have visited (feature-space
+    coverage, after Kesarwani et al. 2018), against what benign sessions of ``session`` queries reach."""
+
+    name = "query-coverage"
+    Params = QueryCoverageParams
+
+    def _fit(self, reference: np.ndarray) -> Any:
+        """Half of the reference is partitioned (k-means per predicted class) and weighs the cells;
+        benign sessions drawn from the other half, without replacement, calibrate the threshold."""
+        from sklearn.cluster import KMeans
+
+        p: QueryCoverageParams = self.params  # type: ignore[assignment]
+        x, labels = self._split(reference, fitted=False)
+        need = 2 * max(p.cells, p.session)
+        if len(x) < 2 * need:
+            raise DataError(f"detector '{self.label}': the reference has {len(x)} inputs; with cells={p.cells} and "
+                            f"session={p.session} it needs at least {2 * need} (half partitioned into cells, half "
+                            "for calibration)", hint="pass more in-distribution reference data or lower cells/session")
+        order = np.random.default_rng(0).permutation(len(x))
+        part, calib = order[: len(x) // 2], order[len(x) // 2:]
+        fit: dict[str, Any] = {"width": reference.shape[1], "scale": _scale(x[part])}
+        z, lab = x[part] / fit["scale"], labels[part]
+        centres, owner = [], []
+        with warnings.catch_warnings():  # duplicated inputs give fewer distinct cells than asked: harmless
+            warnings.simplefilter("ignore")
+            for c, n_c in zip(*np.unique(lab, return_counts=True), strict=True):
+                k = int(min(n_c, max(1, round(p.cells * n_c / len(part)))))
+                centres.append(KMeans(k, n_init=3, random_state=0).fit(z[lab == c]).cluster_centers_)
+                owner += [int(c)] * k
+        fit["centres"], fit["owner"] = np.concatenate(centres), np.asarray(owner)
+        fit["weight"] = np.bincount(self._cells(x[part], lab, fit), minlength=len(owner)) / len(part)
+        pool = calib[: 20 * p.session]  # enough for sessions without replacement; the correction does the rest
+        fit["threshold"] = self._calibrate(self._cells(x[pool], labels[pool], fit), fit["weight"])
+        if fit["threshold"] > 0.99:
+            raise DataError(f"detector '{self.label}': benign sessions of {p.session} queries already visit cells "
+                            f"holding up to {fit['threshold']:.1%} of the data, so no client could stand out",
+                            hint=f"use more cells (about session={p.session}) or a shorter session")
+        return fit
+
+    def _calibrate(self, cells: np.ndarray, weight: np.ndarray) -> float:
+        """The (1 - fpr) quantile of the coverage of simulated benign sessions, its spread widened by
+        the finite-population correction (sessions are drawn without replacement from ``cells``)."""
+        p: QueryCoverageParams = self.params  # type: ignore[assignment]
+        rng, sessions = np.random.default_rng(1), max(1000, int(np.ceil(10 / p.fpr)))
+        cov = []
+        for n in np.diff(np.append(np.arange(0, sessions, 1000), sessions)):  # blocks of 1,000 sessions
+            draws = rng.random((n, len(cells))).argsort(axis=1)[:, : p.session]
+            hit = np.zeros((n, len(weight)), bool)
+            hit[np.arange(n)[:, None], cells[draws]] = True
+            cov.append(hit @ weight)
+        cov = np.concatenate(cov)
+        mean = float(cov.mean())
+        fpc = np.sqrt((len(cells) - 1) / (len(cells) - p.session))
+        return min(1.0, mean + fpc * (float(np.quantile(cov, 1.0 - p.fpr)) - mean))
+
+    @staticmethod
+    def _cells(x: np.ndarray, labels: np.ndarray, fit: dict[str, Any]) -> np.ndarray:
+        """Each input's cell: the nearest centre among its predicted class's (among all centres when
+        the reference had no input of that class), in blocks."""
+        centres, owner = fit["centres"], fit["owner"]
+        sq = (centres ** 2).sum(1)
+        known = np.isin(labels, owner)
+        out = []
+        for idx in np.array_split(np.arange(len(x)), max(1, len(x) // 1024 + 1)):
+            z = x[idx] / fit["scale"]
+            d = (z ** 2).sum(1)[:, None] - 2 * z @ centres.T + sq[None]
+            d = np.where(known[idx, None] & (owner[None] != labels[idx, None]), np.inf, d)
+            out.append(d.argmin(1))
+        return np.concatenate(out)
+
+    def _initial_state(self) -> _CoverageState:
+        return _CoverageState(visited=np.zeros(len(self.reference_["owner"]), bool))
+
+    def _update(self, window: np.ndarray, state: _CoverageState) -> list[Alert]:
+        p: QueryCoverageParams = self.params  # type: ignore[assignment]
+        x, labels = self._split(window)
+        fit = self.reference_
+        state.visited[self._cells(x, labels, fit)] = True
+        state.seen += len(x)
+        coverage = float(fit["weight"] @ state.visited)
+        if state.seen < p.min_queries or coverage <= fit["threshold"]:
+            return []
+        return [Alert(detector=self.label, score=coverage, threshold=fit["threshold"],
+                      message=f"this client's {state.seen} queries have visited regions holding {coverage:.0%} of the "
+                              f"model's data; benign sessions of {p.session} queries reach {fit['threshold']:.0%} at "
+                              f"most (false-alarm rate {p.fpr}): the spread of a learning-based extraction attack "
+                              "(Knockoff, Copycat), also with data of the model's own distribution")]
