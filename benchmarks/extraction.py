@@ -230,12 +230,17 @@ def detection(target: Any, train_x: np.ndarray, test_x: np.ndarray, streams: dic
     streams["in-distribution, fresh data (360 test digits)"] = test_x[rng.permutation(len(test_x))]
     narrow = np.flatnonzero(np.isin(rows(test_x)[:, -10:].argmax(1), [0, 1, 2]))
     streams["benign, long and narrow (2,000 queries, 3 classes)"] = test_x[rng.choice(narrow, 2000)]
+    orders = {"in-distribution, 20 orders of 1,000 training digits": [
+                  rows(train_x[rng.permutation(len(train_x))[:1000]]) for _ in range(20)],
+              "in-distribution, fresh data, 20 orders of the 360 test digits": [
+                  rows(test_x[rng.permutation(len(test_x))]) for _ in range(20)]}
     out: dict[str, Any] = {}
     for det in (Prada(outputs=10), QueryDistribution(outputs=10), QueryCoverage(outputs=10, session=200)):
         t0 = time.process_time()
         det.fit(ref)
         fit_cpu, t0 = time.process_time() - t0, time.process_time()
         delays = {name: delay(det, rows(s)) for name, s in streams.items()}
+        spread = {name: [delay(det, s) for s in group] for name, group in orders.items()}
         alarmed, windows, alarms = 0, 0, 0
         for s in benign:
             det.reset()
@@ -246,7 +251,7 @@ def detection(target: Any, train_x: np.ndarray, test_x: np.ndarray, streams: dic
                 alarms += n
                 hit = hit or n > 0
             alarmed += hit
-        out[det.label] = {"delay": delays, "benign_clients": len(benign), "benign_queries": sum(map(len, benign)),
+        out[det.label] = {"delay": delays, "delay_orders": spread, "benign_clients": len(benign), "benign_queries": sum(map(len, benign)),
                           "benign_clients_alarmed": alarmed, "benign_windows": windows, "benign_alarms": alarms,
                           "fit_cpu_s": round(fit_cpu, 2), "cpu_s": round(time.process_time() - t0, 2)}
     return out
@@ -284,6 +289,13 @@ def detector_table(det: dict[str, Any]) -> list[str]:
     for n in names:
         lines.append(f"| {n} | " + " | ".join("no alarm" if d["delay"][n] is None else f"{d['delay'][n]} queries"
                                              for d in det.values()) + " |")
+    for n in next(iter(det.values())).get("delay_orders", {}):
+        cells = []
+        for d in det.values():
+            hit = [v for v in d["delay_orders"][n] if v is not None]
+            cells.append(f"{len(hit)}/{len(d['delay_orders'][n])} alarmed" + (
+                f", {min(hit)} / {int(np.median(hit))} / {max(hit)} queries" if hit else ""))
+        lines.append(f"| {n} (min / median / max) | " + " | ".join(cells) + " |")
     lines.append("| benign: clients alarmed / alarms in windows | " + " | ".join(
         f"{d['benign_clients_alarmed']}/{d['benign_clients']} clients, {d['benign_alarms']}/{d['benign_windows']} windows "
         f"({d['benign_queries']} queries)" for d in det.values()) + " |")

@@ -311,7 +311,7 @@ class QueryCoverage(_ClientDetector):
         if state.seen < p.min_queries or coverage <= fit["threshold"]:
             return []
         return [Alert(detector=self.label, score=coverage, threshold=fit["threshold"],
-                      message=f"this client's {state.seen} queries have visited regions holding {coverage:.0%} of the "
-                              f"model's data; benign sessions of {p.session} queries reach {fit['threshold']:.0%} at "
+                      message=f"this client's {state.seen} queries have visited regions holding {coverage:.1%} of the "
+                              f"model's data; benign sessions of {p.session} queries reach {fit['threshold']:.1%} at "
                               f"most (false-alarm rate {p.fpr}): the spread of a learning-based extraction attack "
                               "(Knockoff, Copycat), also with data of the model's own distribution")]
