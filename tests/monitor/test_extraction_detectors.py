@@ -83,6 +83,16 @@ def test_bad_input_is_refused_with_what_and_why() -> None:
     assert DETECTORS.get_object("prada") is Prada
 
 
+def test_prada_skips_repeated_queries() -> None:
+    """Regression: a benign client asking about the same 40 natural inputs again and again set PRADA
+    off after 60 queries (each repeat added a distance 0); repeats now tell it nothing new."""
+    det = Prada(outputs=K).fit(_natural(50, 0))
+    assert _delay(det, np.tile(_natural(40, 6), (5, 1))) is None
+    assert _delay(det, _natural(30, 5)[np.random.default_rng(0).integers(0, 30, 300)]) is None
+    stream = _synthetic(20, 10, 7)
+    assert _delay(det, np.concatenate([stream, stream])) == _delay(det, stream)  # still alarms on synthetic ones
+
+
 def _naive_prada_w(stream: np.ndarray) -> float:
     """PRADA as the paper writes it: one query at a time, against the growing set of its class."""
     from scipy.stats import shapiro

@@ -9,7 +9,9 @@ when the detector needs the predicted class.
   arXiv:1805.02628): for each query, the minimum L2 distance to the client's earlier queries of the
   same predicted class (its growing set); natural queries give distances that look normally
   distributed, the synthetic ones of Jacobian-style attacks do not. Alarm when the Shapiro-Wilk
-  statistic W of those distances drops below ``delta``.
+  statistic W of those distances drops below ``delta``. An exact repeat of one of the client's
+  earlier queries is skipped: it tells the client nothing, and its distance 0 would set the test off
+  on benign clients that repeat queries.
 - :class:`QueryDistribution` (after Atli et al. 2020, "Extraction of Complex DNN Models: Real
   Threat or Boogeyman?", arXiv:1910.05429): Knockoff-style attackers query natural data from
   another distribution than the model's (they lack its training data), which PRADA misses. Fitted
@@ -32,6 +34,7 @@ queries over many clients (sybils) unless their streams are fed to one instance.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -88,6 +91,7 @@ class _PradaState:
     kept: dict[int, list[float]] = field(default_factory=dict)          # class -> distances of the kept queries
     threshold: dict[int, float] = field(default_factory=dict)           # class -> T_c
     distances: list[float] = field(default_factory=list)                # D: every query's minimum distance
+    asked: set[bytes] = field(default_factory=set)                      # digests of the queries seen
 
 
 class Prada(_ClientDetector):
@@ -127,10 +131,23 @@ class Prada(_ClientDetector):
         if added:
             state.growing[c] = np.concatenate([g for g in (grown, np.stack(added)) if g is not None])
 
+    @staticmethod
+    def _new(x: np.ndarray, asked: set[bytes]) -> np.ndarray:
+        """Which rows are not exact repeats of a query asked before (or earlier in the window); adds them."""
+        new = np.zeros(len(x), bool)
+        for i, row in enumerate(x):
+            key = hashlib.blake2b(row.tobytes(), digest_size=16).digest()
+            if key not in asked:
+                asked.add(key)
+                new[i] = True
+        return new
+
     def _update(self, window: np.ndarray, state: _PradaState) -> list[Alert]:
         from scipy.stats import shapiro
 
         x, labels = self._split(window)
+        new = self._new(x, state.asked)
+        x, labels = x[new], labels[new]
         for c in np.unique(labels).tolist():
             self._grow(x[labels == c], c, state)
         if len(state.distances) < self.params.min_queries:
