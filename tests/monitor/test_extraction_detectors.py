@@ -140,6 +140,13 @@ def test_query_coverage_alarms_on_in_distribution_extraction_not_on_benign_sessi
     assert "benign sessions of 50 queries" in offline[0].message
 
 
+def test_query_coverage_sees_sybils_only_when_their_streams_are_fed_together() -> None:
+    det = QueryCoverage(outputs=K, session=50, cells=50).fit(_natural(400, 0))
+    attack = _natural(200, 31)
+    assert all(_delay(det, part) is None for part in np.array_split(attack, 4))  # 4 clients of 50: each looks benign
+    assert _delay(det, attack) is not None  # one instance for the 4 (Kesarwani et al.'s colluding users)
+
+
 def test_query_coverage_refuses_what_cannot_work() -> None:
     with pytest.raises(UsageError, match="not fitted"):
         QueryCoverage(outputs=K).update(_natural(10, 1))
