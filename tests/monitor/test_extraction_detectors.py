@@ -5,6 +5,8 @@ that neither of the others sees; none alarms on benign in-distribution streams; 
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -143,7 +145,10 @@ def test_query_coverage_alarms_on_in_distribution_extraction_not_on_benign_sessi
 def test_query_coverage_sees_sybils_only_when_their_streams_are_fed_together() -> None:
     det = QueryCoverage(outputs=K, session=50, cells=50).fit(_natural(400, 0))
     attack = _natural(200, 31)
-    assert all(_delay(det, part) is None for part in np.array_split(attack, 4))  # 4 clients of 50: each looks benign
+    clients = [copy.copy(det).reset() for _ in range(4)]  # one fit, a state per client
+    for client, part in zip(clients, np.array_split(attack, 4), strict=True):
+        assert not [a for w in np.array_split(part, 5) for a in client.update(w)]  # 50 queries each: benign-looking
+    assert all(c.reference_ is det.reference_ for c in clients)  # a shared state would alarm by the 4th
     assert _delay(det, attack) is not None  # one instance for the 4 (Kesarwani et al.'s colluding users)
 
 

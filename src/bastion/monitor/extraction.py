@@ -18,7 +18,6 @@ when the detector needs the predicted class.
   on in-distribution reference data, a query is "novel" when its distance to the nearest reference
   input exceeds the ``quantile`` of the reference's own; alarm when the client's share of novel
   queries is too high to be chance (exact binomial tail below ``alpha``).
-
 - :class:`QueryCoverage` (after Kesarwani et al. 2018, "Model Extraction Warning in MLaaS
   Paradigm", ACSAC, arXiv:1711.07221: the extraction status of a client measured by how much of the
   feature space its queries cover): the owner's data is partitioned into cells per predicted class
