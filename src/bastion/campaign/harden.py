@@ -8,7 +8,11 @@ training settings. The model is trained by a :class:`~bastion.core.training.Torc
 hooks; after each epoch the clean and PGD accuracy on held-out training samples are logged. The
 target and the hardened model are then attacked with the full ``auto`` ensemble on the eval data
 (the ``evasion`` check, unchanged) and the report set holds both, with the training log between
-them. Weights are written as safetensors, atomically, once training finished; an error or Ctrl-C
+them. A defense against privacy attacks (``dp-sgd``) needs no evasion ε: without ``threat.eps`` the
+evasion attacks and the per-epoch PGD log are not run (robust accuracy "not measured"); when the
+policy names ``non_members``, the ``membership`` check runs on the target (members: the
+``members`` role, else ``train``) and on the hardened model (members: the records it was trained
+on). Weights are written as safetensors, atomically, once training finished; an error or Ctrl-C
 before that writes nothing.
 """
 
@@ -24,8 +28,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from bastion import __version__
-from bastion.campaign.checks.base import CheckContext, Interrupted, ProgressFactory
+from bastion.campaign.checks.base import CheckContext, CheckFailed, Interrupted, ProgressFactory
 from bastion.campaign.checks.evasion import EvasionCheck, EvasionParams
+from bastion.campaign.checks.membership import MembershipCheck, MembershipParams
+from bastion.campaign.checks.records import RecordSet
 from bastion.campaign.policy import HardenSpec, LoadedPolicy, load_policy
 from bastion.campaign.runner import _load, _load_v2, _rel, _write_all
 from bastion.core.data import Dataset, align_labels
@@ -44,9 +50,10 @@ class EpochLog(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     epoch: int
-    eps: float
+    eps: float | None = Field(description="ε trained at (None: no evasion ε, e.g. dp-sgd without threat.eps).")
     clean_accuracy: float
-    robust_accuracy: float = Field(description="PGD accuracy (10 steps, full ε) on the held-out samples.")
+    robust_accuracy: float | None = Field(description="PGD accuracy (10 steps, full ε) on the held-out samples "
+                                                      "(None: not measured, no evasion ε).")
     seconds: float = Field(description="Training time of the epoch (the log's own evaluation excluded).")
 
 
@@ -58,7 +65,23 @@ class ModelFigures(BaseModel):
     clean_accuracy: float | None
     robust_accuracy: float | None
     seconds: float
-    status: str
+    status: str = Field(description="The evasion check's status, or 'not measured' (no evasion ε).")
+
+
+class MembershipFigures(BaseModel):
+    """One membership attack on the target (before) and on the hardened model (after): ROC AUC and
+    TPR at 1 % FPR (None: the attack failed, or too few non-members to measure that FPR)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    attack: str
+    auc_before: float | None
+    auc_after: float | None
+    tpr_at_1pct_fpr_before: float | None
+    tpr_at_1pct_fpr_after: float | None
+    members_before: int
+    members_after: int
+    non_members: int
 
 
 class HardenResult(BaseModel):
@@ -70,7 +93,7 @@ class HardenResult(BaseModel):
 
     method: str
     defenses: list[dict[str, Any]]
-    eps: float
+    eps: float | None = Field(description="The evasion ε of the before/after attacks (None: not measured).")
     norm: str
     epochs: list[EpochLog]
     stopped: str | None = None
@@ -80,6 +103,8 @@ class HardenResult(BaseModel):
     privacy: dict[str, Any] | None = Field(default=None, description="DP training (dp-sgd): the accountant's ε "
                                            "spent at δ, the noise multiplier, clipping norm, sample rate, steps.")
     notes: list[str] = Field(default_factory=list, description="What the defenses changed (e.g. layers converted).")
+    membership: list[MembershipFigures] = Field(default_factory=list, description="Membership inference before and "
+                                                "after a privacy defense (policies naming datasets.non_members).")
     before: ModelFigures
     after: ModelFigures
     report: ScanResult
@@ -113,10 +138,11 @@ def harden(policy: str | Path | dict[str, Any] | LoadedPolicy, *, out_dir: str |
     _check_torch(loaded, target)
     datasets, trainer = _load_v2(loaded)
     train, holdout = _training_data(loaded, target, datasets, plan.spec)
-    procedure, module, notes = _procedure(loaded, plan, target, trainer, train.x[:4], len(train.y))
+    base, procedure, module, notes = _procedure(loaded, plan, target, trainer, train.x[:4], len(train.y))
     ctx = CheckContext(target=target, data=data, y=y, seed=loaded.policy.seed, out_dir=out, progress=progress,
-                       policy_dir=loaded.base_dir)
+                       policy_dir=loaded.base_dir, datasets=datasets, trainer=trainer or base)
     before = _evaluate(ctx, "auto (before)", plan)
+    mi_before = _membership(ctx, plan, "membership (before)", "members" if "members" in datasets else "train")
     t0 = time.perf_counter()
     state: dict[str, Any] = {}
     trained, log, stopped, kept = _train(loaded, plan, procedure, module, target, train, holdout, progress,
@@ -129,14 +155,18 @@ def harden(policy: str | Path | dict[str, Any] | LoadedPolicy, *, out_dir: str |
                            name=f"hardened ({plan.method})", copy=False)
     ctx.target = hardened
     after = _evaluate(ctx, "auto (after)", plan)
+    ctx.trainer, ctx.datasets = procedure, {**datasets, "train": _raw(train, target)}  # members: what it trained on
+    mi_after = _membership(ctx, plan, "membership (after)", "train")
     weights = out / plan.spec.weights
     training = _training_check(plan, log, stopped, kept, train_seconds, weights, len(train.y), len(holdout.y),
                                privacy, notes)
-    report = _report(loaded, target, data, [before, training, after])
+    checks = [c for c in (before, mi_before, training, after, mi_after) if c is not None]
+    report = _report(loaded, target, data, checks)
     result = HardenResult(method=plan.method, defenses=plan.described, eps=plan.eps, norm=plan.norm, epochs=log,
                           stopped=stopped, kept_epoch=kept, train_seconds=train_seconds, weights=str(weights) if write else None,
-                          privacy=privacy, notes=notes,
-                          before=_figures(before), after=_figures(after), report=report)
+                          privacy=privacy, notes=notes, membership=_membership_figures(mi_before, mi_after),
+                          before=_figures(before, target, data, y), after=_figures(after, hardened, data, y),
+                          report=report)
     if write:
         save_weights(trained, weights)
         _write_all(report, out, loaded.policy.output.formats, True)
@@ -145,15 +175,23 @@ def harden(policy: str | Path | dict[str, Any] | LoadedPolicy, *, out_dir: str |
 
 # --- the plan: defenses, ε and norm ----------------------------------------------------------------
 class _Plan:
-    def __init__(self, spec: HardenSpec, method: str, defenses: list[Any], eps: float, norm: str) -> None:
+    def __init__(self, spec: HardenSpec, method: str, defenses: list[Any], eps: float | None, norm: str) -> None:
         self.spec, self.method, self.defenses, self.eps, self.norm = spec, method, defenses, eps, norm
         self.described = [{"name": d.label, "params": d.params.model_dump()} for d in defenses]
+        self.privacy = any(not d.evasion for d in defenses)  # a defense against privacy attacks (dp-sgd)
 
     def auto(self, name: str) -> EvasionCheck:
         """The ``evasion`` check with the ``auto`` ensemble (full by default; ``harden.evaluate``
         changes its parameters) at the training ε and norm."""
         return EvasionCheck(name, EvasionParams(attack="auto", eps=[self.eps], norm=self.norm,  # type: ignore[arg-type]
                                                 params=self.spec.evaluate))
+
+    def membership(self, name: str, members: str) -> MembershipCheck:
+        """The ``membership`` check (``harden.membership`` parameters; default: loss-threshold) with
+        ``members`` from that dataset role and the ``non_members`` role."""
+        params = {"attacks": ["loss-threshold"], **self.spec.membership,
+                  "members": RecordSet(role=members), "non_members": RecordSet(role="non_members")}
+        return MembershipCheck(name, MembershipParams(**params))
 
 
 def _plan(loaded: LoadedPolicy, method: str | None, epochs: int | None, params: dict[str, Any] | None = None
@@ -193,15 +231,22 @@ def _plan(loaded: LoadedPolicy, method: str | None, epochs: int | None, params: 
         built.append(defense)
     first = built[0].params
     eps = getattr(first, "eps", None) or defaults.get("eps")
-    if eps is None:
+    if eps is None and any(d.evasion for d in built):
         raise loaded.error(f"'{name}' has no ε: set threat.eps (the ε the before/after attacks use)", ("threat",))
-    plan = _Plan(spec, name, built, float(eps), str(getattr(first, "norm", None) or defaults.get("norm", "linf")))
+    plan = _Plan(spec, name, built, None if eps is None else float(eps),
+                 str(getattr(first, "norm", None) or defaults.get("norm", "linf")))
     try:
-        plan.auto("auto")  # a bad evaluate parameter is refused now, not after training
+        if plan.eps is not None:
+            plan.auto("auto")  # a bad evaluate parameter is refused now, not after training
     except UsageError as exc:
         field = getattr(exc, "field", None)
         raise loaded.error(exc.message, ("harden", "evaluate", *([field] if field in spec.evaluate else [])),
                            exc.hint) from None
+    if spec.membership:
+        try:
+            plan.membership("membership", "train")  # bad membership parameters: refused before training too
+        except (ParamError, ValueError) as exc:
+            raise loaded.error(str(getattr(exc, "message", exc)), ("harden", "membership")) from None
     return plan
 
 
@@ -261,10 +306,10 @@ def holdout_split(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def _procedure(loaded: LoadedPolicy, plan: _Plan, target: Target, trainer: Any, probe: np.ndarray, n_train: int
-               ) -> tuple[Any, Any, list[str]]:
-    """The training procedure with the defenses' hooks, the module to start from (None: a fresh
-    one, initialised from the seed) and the defenses' notes. The architecture is built once,
-    checked on a probe batch of the training data and by each defense first."""
+               ) -> tuple[Any, Any, Any, list[str]]:
+    """The training procedure without and with the defenses' hooks, the module to start from
+    (None: a fresh one, initialised from the seed) and the defenses' notes. The architecture is
+    built once, checked on a probe batch of the training data and by each defense first."""
     from bastion.core.loader import call_factory
     from bastion.core.training import TorchTrainingProcedure, adam
 
@@ -287,12 +332,13 @@ def _procedure(loaded: LoadedPolicy, plan: _Plan, target: Target, trainer: Any, 
         built = _checked_module(_build(procedure.model, label), label, target, probe)
     start = _copy_module(target.module) if spec.init == "pretrained" else None  # type: ignore[attr-defined]
     notes: list[str] = []
+    base = procedure
     for i, defense in enumerate(plan.defenses):
         with loaded.blame("harden", *(("also", i - 1) if i else ()), "params"):
             notes += defense.check(start if start is not None else built, n_train)
         with loaded.blame("harden", *(("also", i - 1) if i else ())):
             procedure = defense.apply(procedure)
-    return procedure, start, notes
+    return base, procedure, start, notes
 
 
 def _build(factory: Callable[[], Any], label: str) -> Any:
@@ -360,7 +406,7 @@ def _train(loaded: LoadedPolicy, plan: _Plan, procedure: Any, module: Any, targe
 
     import torch
 
-    from bastion.attacks.evasion.training.base import geometry, pgd_accuracy
+    from bastion.attacks.evasion.training.base import clean_accuracy, geometry, pgd_accuracy
     from bastion.core.training import EpochEnd, TrainRequest
 
     spec = plan.spec
@@ -376,15 +422,21 @@ def _train(loaded: LoadedPolicy, plan: _Plan, procedure: Any, module: Any, targe
         captured["state"] = end.state
         if "stopped" in end.state:  # a defense discarded this epoch's weights and stops: nothing to log
             return False
-        geo = geometry(end.state, end.spec, end.x_val.device)
-        own = torch.Generator().manual_seed(loaded.policy.seed + end.epoch)  # the log draws nothing from training's
-        clean, robust = pgd_accuracy(end.module, end.x_val, end.y_val, geo, eps=plan.eps, norm=plan.norm, steps=10,
-                                     generator=own)
-        entry = EpochLog(epoch=end.epoch + 1, eps=float(eps_at(end.epoch)), clean_accuracy=clean,
+        robust: float | None = None
+        if plan.eps is None:  # no evasion ε: clean accuracy only
+            clean = clean_accuracy(end.module, end.x_val, end.y_val)
+        else:
+            geo = geometry(end.state, end.spec, end.x_val.device)
+            own = torch.Generator().manual_seed(loaded.policy.seed + end.epoch)  # the log draws nothing from training's
+            clean, robust = pgd_accuracy(end.module, end.x_val, end.y_val, geo, eps=plan.eps, norm=plan.norm,
+                                         steps=10, generator=own)
+        at = eps_at(end.epoch)
+        entry = EpochLog(epoch=end.epoch + 1, eps=None if at is None else float(at), clean_accuracy=clean,
                          robust_accuracy=robust, seconds=seconds)
         log.append(entry)
-        if spec.keep == "best" and ("best" not in captured or robust >= captured["best"][0]):
-            captured["best"] = (robust, entry.epoch, copy.deepcopy(end.module.state_dict()))
+        score = clean if robust is None else robust  # keep: best: held-out PGD accuracy, else clean accuracy
+        if spec.keep == "best" and ("best" not in captured or score >= captured["best"][0]):
+            captured["best"] = (score, entry.epoch, copy.deepcopy(end.module.state_dict()))
         if on_epoch is not None:
             on_epoch(entry)
         if progress is not None and end.epoch + 1 < procedure.epochs and "stopped" not in end.state:
@@ -435,14 +487,28 @@ def save_weights(module: Any, path: Path) -> Path:
 
 
 # --- evaluation and the report ---------------------------------------------------------------------
-def _evaluate(ctx: CheckContext, name: str, plan: _Plan) -> CheckResult:
-    """Run ``plan.auto`` on ``ctx``'s target; an error of the model is an ``error`` result."""
-    check = plan.auto(name)
+def _evaluate(ctx: CheckContext, name: str, plan: _Plan) -> CheckResult | None:
+    """Run ``plan.auto`` on ``ctx``'s target (None without an evasion ε: not measured)."""
+    return None if plan.eps is None else _run(ctx, plan.auto(name), name)
+
+
+def _membership(ctx: CheckContext, plan: _Plan, name: str, members: str) -> CheckResult | None:
+    """The membership check on ``ctx``'s target, for a privacy defense when the policy names
+    non-members (None otherwise)."""
+    if not plan.privacy or "non_members" not in ctx.datasets:
+        return None
+    return _run(ctx, plan.membership(name, members), name)
+
+
+def _run(ctx: CheckContext, check: Any, name: str) -> CheckResult:
+    """Run ``check`` on ``ctx``; an error of the model or an attack is an ``error`` result."""
     t0 = time.perf_counter()
     try:
         res = check.run(ctx)
     except Interrupted:
         raise KeyboardInterrupt from None
+    except CheckFailed as exc:
+        res = exc.partial
     except BastionError as exc:
         if isinstance(exc, UsageError):
             raise
@@ -451,11 +517,44 @@ def _evaluate(ctx: CheckContext, name: str, plan: _Plan) -> CheckResult:
     return res
 
 
-def _figures(res: CheckResult) -> ModelFigures:
+def _raw(ds: Dataset, target: Target) -> Dataset:
+    """``ds`` with its class indices back as the target's labels (as a dataset role holds them)."""
+    return Dataset(ds.x, np.asarray(list(target.classes), dtype=object)[ds.y], ds.name)
+
+
+def _figures(res: CheckResult | None, target: Target, data: Dataset, y: np.ndarray) -> ModelFigures:
+    """Clean and robust accuracy from the ``auto`` check; without one, the clean accuracy on the
+    eval data and robust accuracy 'not measured'."""
+    if res is None:
+        t0 = time.perf_counter()
+        clean = float(np.mean(target.predict_proba(data.x).argmax(1) == y))
+        return ModelFigures(clean_accuracy=clean, robust_accuracy=None, seconds=time.perf_counter() - t0,
+                            status="not measured")
     clean = res.values("clean_accuracy", attack="auto")
     robust = [m.value for m in res.measurements if m.name == "robust_accuracy" and "stage" not in m.where]
     return ModelFigures(clean_accuracy=clean[0] if clean else None, robust_accuracy=robust[0] if robust else None,
                         seconds=res.seconds, status=res.status)
+
+
+def _membership_figures(before: CheckResult | None, after: CheckResult | None) -> list[MembershipFigures]:
+    """AUC and TPR at 1 % FPR of each membership attack, before and after."""
+    if before is None or after is None:
+        return []
+
+    def at(res: CheckResult, attack: str) -> tuple[float | None, float | None]:
+        auc = res.values("membership_auc", attack=attack)
+        tpr = res.values("tpr_at_fpr", attack=attack, fpr=0.01)
+        return (auc[0] if auc else None), (tpr[0] if tpr else None)
+
+    count = lambda res, name: int(res.values(name)[0]) if res.values(name) else 0  # noqa: E731
+    attacks = dict.fromkeys([*before.metrics.get("attacks", {}), *after.metrics.get("attacks", {})])
+    out = []
+    for attack in attacks:
+        (auc_b, tpr_b), (auc_a, tpr_a) = at(before, attack), at(after, attack)
+        out.append(MembershipFigures(attack=attack, auc_before=auc_b, auc_after=auc_a, tpr_at_1pct_fpr_before=tpr_b,
+                                     tpr_at_1pct_fpr_after=tpr_a, members_before=count(before, "members"),
+                                     members_after=count(after, "members"), non_members=count(after, "non_members")))
+    return out
 
 
 def _privacy(state: dict[str, Any]) -> dict[str, Any] | None:
@@ -478,8 +577,9 @@ def _training_check(plan: _Plan, log: list[EpochLog], stopped: str | None, kept:
     res.measure("kept_epoch", float(kept), "count", method=plan.method)
     for e in log:
         res.measure("holdout_clean_accuracy", e.clean_accuracy, "ratio", method=plan.method, epoch=e.epoch)
-        res.measure("holdout_robust_accuracy", e.robust_accuracy, "ratio", method=plan.method, epoch=e.epoch,
-                    attack="pgd", eps=plan.eps, norm=plan.norm)
+        if e.robust_accuracy is not None:
+            res.measure("holdout_robust_accuracy", e.robust_accuracy, "ratio", method=plan.method, epoch=e.epoch,
+                        attack="pgd", eps=plan.eps, norm=plan.norm)
     if privacy is not None:
         res.measure("dp_epsilon", privacy["epsilon"], "score", method=plan.method, delta=privacy["delta"],
                     accountant=privacy["accountant"])

@@ -203,6 +203,10 @@ class HardenSpec(_Strict):
     evaluate: dict[str, Any] = Field(default_factory=dict,
                                      description="Parameters of the `auto` ensemble run before and after "
                                                  "(default: the full ensemble).")
+    membership: dict[str, Any] = Field(default_factory=dict,
+                                       description="Parameters of the membership check run on the target and the "
+                                                   "hardened model for a privacy defense (dp-sgd) when the policy "
+                                                   "has datasets.non_members (default attack: loss-threshold).")
     weights: str = "hardened.safetensors"
     device: str = "cpu"
 

@@ -80,8 +80,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _print_epoch(e: EpochLog) -> None:
-    console.print(f"epoch {e.epoch:>3}  ε {e.eps:.4g}  held-out clean {e.clean_accuracy:.3f}  "
-                  f"PGD {e.robust_accuracy:.3f}  {e.seconds:.1f}s")
+    robust = "" if e.robust_accuracy is None else f"PGD {e.robust_accuracy:.3f}  "
+    eps = "" if e.eps is None else f"ε {e.eps:.4g}  "
+    console.print(f"epoch {e.epoch:>3}  {eps}held-out clean {e.clean_accuracy:.3f}  {robust}{e.seconds:.1f}s")
 
 
 def _print_summary(result: HardenResult, out_dir: Path) -> None:
@@ -89,7 +90,8 @@ def _print_summary(result: HardenResult, out_dir: Path) -> None:
         console.print(f"[yellow]note[/]: {escape(note)}")
     if result.stopped:
         console.print(f"[yellow]stopped early[/]: {escape(result.stopped)}")
-    table = Table(title=f"bastion harden — {result.method}, ε = {result.eps:g} ({result.norm})", title_justify="left")
+    threat = f"ε = {result.eps:g} ({result.norm})" if result.eps is not None else "no evasion ε"
+    table = Table(title=f"bastion harden — {result.method}, {threat}", title_justify="left")
     for col in ("model", "clean acc", "robust acc (auto)", "seconds"):
         table.add_column(col, justify="right")
     for name, f in (("before", result.before), ("after", result.after)):
@@ -101,9 +103,22 @@ def _print_summary(result: HardenResult, out_dir: Path) -> None:
         out_console.print(f"DP-SGD: ε = {p['epsilon']:.3g} spent at δ = {p['delta']:g} ({p['accountant']} accountant; "
                           f"noise multiplier {p['noise_multiplier']:.3g}, clipping norm {p['max_grad_norm']:g}, "
                           f"{p['steps']} steps)")
+    if result.membership:
+        mi = Table(title="membership inference (before -> after)", title_justify="left")
+        for col in ("attack", "AUC", "TPR @ 1 % FPR", "members", "non-members"):
+            mi.add_column(col, justify="right")
+        for m in result.membership:
+            mi.add_row(m.attack, f"{_num(m.auc_before)} -> {_num(m.auc_after)}",
+                       f"{_pct(m.tpr_at_1pct_fpr_before)} -> {_pct(m.tpr_at_1pct_fpr_after)}",
+                       f"{m.members_before} -> {m.members_after}", str(m.non_members))
+        out_console.print(mi)
     out_console.print(f"Trained {len(result.epochs)} epoch(s) in {result.train_seconds:.1f}s. "
                       f"Weights: {result.weights}. Report: {out_dir / 'report.html'}")
 
 
 def _pct(v: float | None) -> str:
     return "—" if v is None else f"{v:.1%}"
+
+
+def _num(v: float | None) -> str:
+    return "—" if v is None else f"{v:.3f}"

@@ -450,6 +450,7 @@ class TrainingDefense(Configurable, ABC):
     (one dict per ``fit`` call), never on ``self``."""
 
     family: ClassVar[str] = "defense"
+    evasion: ClassVar[bool] = True  # against evasion: ``bastion harden`` attacks before and after at threat.eps
 
     def batch_hook(self, step: TrainStep) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch to train on instead of ``(step.x, step.y)``."""

@@ -68,6 +68,7 @@ class DPSGD(TrainingDefense):
 
     name = "dp-sgd"
     Params = DPSGDParams
+    evasion = False  # against membership inference: no evasion ε needed
 
     def check(self, module: Any, n_samples: int, *, weighted: bool = False) -> list[str]:
         """Refuse sample weights, a δ of 1/n or more and layers Opacus cannot train privately

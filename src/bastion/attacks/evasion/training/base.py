@@ -137,6 +137,17 @@ def _ascend_linf(module: Any, loss: Any, x: torch.Tensor, geo: Geometry, delta: 
     return x_adv.detach()
 
 
+def clean_accuracy(module: Any, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
+    """Accuracy of ``module`` on ``(x, y)`` (labels as class indices or rows of probabilities).
+    Leaves the module in eval mode."""
+    labels = y.argmax(dim=1) if y.dim() == 2 else y
+    module.eval()
+    with torch.no_grad():
+        right = sum(int((module(x[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
+                    for i in range(0, len(x), batch_size))
+    return right / len(x)
+
+
 def pgd_accuracy(module: Any, x: torch.Tensor, y: torch.Tensor, geo: Geometry, *, eps: float, norm: str,
                  steps: int, generator: torch.Generator, batch_size: int = 512) -> tuple[float, float]:
     """Clean and PGD accuracy (cross-entropy, random start, step 2.5·ε/steps) of ``module`` on
