@@ -75,3 +75,42 @@ def test_a_defense_that_changes_nothing_is_said_to_buy_nothing() -> None:
 def test_bad_defenses_are_refused_naming_the_entry(defenses: list[dict], match: str) -> None:
     with pytest.raises(ValidationError, match=match):
         PrivacyDefenseEvalParams(defenses=defenses)
+
+
+def test_a_randomised_defense_is_credited_with_the_averaging_attackers_figures() -> None:
+    """Behind output noise the row holds what an attacker who averages 64 answers per record gets (near
+    the undefended AUC), the single-query figure beside it, and BASTION-MI-007 says the noise is averaged
+    away; the deterministic rounding row is asked once."""
+    rng = np.random.default_rng(0)
+
+    def recs(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, 2, n)
+        return np.clip(0.5 + 0.15 * rng.normal(size=(n, 128)) + 0.03 * (2 * y[:, None] - 1), 0, 1).astype(
+            np.float32), y
+
+    (xm, ym), (xn, yn) = recs(40), recs(200)
+    target = sklearn_train_fn(LogisticRegression(C=1.0, max_iter=2000))(
+        TrainRequest(xm, ym, seed=0, input_spec=InputSpec(shape=(128,), lower=0.0, upper=1.0), classes=[0, 1]))
+    params = PrivacyDefenseEvalParams(
+        defenses=[{"kind": "output-noise", "scale": 0.2, "eot_samples": 64}, {"kind": "rounding", "decimals": 2}],
+        membership={"attacks": ["loss-threshold"]},
+        extraction={"attacks": [{"attack": "knockoff", "params": {"queries": 640, "rounds": 1, "epochs": 2}}],
+                    "pool": {"role": "non_members"}})
+    ctx = CheckContext(target=target, data=Dataset(xn, yn), y=yn,
+                       datasets={"members": Dataset(xm, ym), "non_members": Dataset(xn, yn)})
+    res = PrivacyDefenseEvalCheck("pde", params).run(ctx)
+    rows = {r["defense"]: r for r in res.metrics["rows"]}
+    base, rounded = rows["undefended"], rows["rounding(decimals=2)"]
+    noisy = rows["output-noise(scale=0.2, distribution=laplace, keep_label=True)"]
+    mia, once = noisy["membership"]["loss-threshold"], noisy["membership"]["loss-threshold"]["single_query"]
+    assert noisy["repeats"] == 64 == mia["repeats"] and once["repeats"] == 1
+    assert abs(mia["auc"] - base["membership"]["loss-threshold"]["auc"]) < 0.05 and once["auc"] < mia["auc"] - 0.1
+    assert mia["averaged"]["auc"] == mia["auc"]  # the stronger attacker is credited
+    ext = noisy["extraction"]["knockoff"]  # the pool holds 160 inputs: 640 queries ask 10 of them 64 times
+    assert ext["averaged"]["queries"] == 640 and ext["single_query"]["queries"] == 160
+    assert ext["fidelity"] == max(ext["averaged"]["fidelity"], ext["single_query"]["fidelity"])
+    assert res.values("single_query_membership_auc", defense=noisy["defense"]) == [once["auc"]]
+    assert base["repeats"] == rounded["repeats"] == 1 and "single_query" not in rounded["membership"]["loss-threshold"]
+    assert rounded["membership"]["loss-threshold"]["repeats"] == 1 and rounded["extraction"]["knockoff"]["repeats"] == 1
+    away = [f for f in res.findings if f.rule_id == "BASTION-MI-007"]
+    assert [f.metrics["defense"] for f in away] == [noisy["defense"]] and "64 queries per input" in away[0].title

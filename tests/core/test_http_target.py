@@ -102,6 +102,9 @@ class Server:
                 body = json.loads(raw)
                 x = np.asarray(body["data"]["rows"], np.float32)
                 p = server.model.est.predict_proba(x)
+                if path == "/noisy":  # fresh noise on every answer, renormalised
+                    p = p * np.random.default_rng().uniform(0.5, 1.5, p.shape)
+                    p /= p.sum(1, keepdims=True)
                 if path == "/labels":
                     out = {"predictions": [{"label": int(k)} for k in p.argmax(1)]}
                 elif path == "/wrongshape":
@@ -401,3 +404,19 @@ def test_extraction_over_http_within_the_endpoints_budget_and_rate_limit(server:
     assert res.surrogate.predict(model.x[1500:]).tolist() == model.est.predict(model.x[1500:]).tolist()
     res = get_extraction_attack("knockoff", rounds=2, epochs=5).run(t, pool)  # 240 queryable, 135 left
     assert res.complete and res.curve.queries == [68, 135] and t.queries == 200 and res.fidelity > 0.5
+
+
+def test_membership_over_http_repeats_queries_on_a_declared_randomised_endpoint(server: Server, model: Model,
+                                                                                secret_env: None) -> None:
+    """An endpoint declared randomised is asked each record 16 times (the answers averaged), every repeat
+    counted against its hard budget and sent in its batches under its rate limit."""
+    from bastion.attacks.privacy import MembershipSplits, get_membership_attack
+
+    splits = MembershipSplits(model.x[:12], model.y[:12], model.x[1500:1512], model.y[1500:1512])
+    t = make(server, path="/noisy", query_budget=400, rate_limit=200.0, batch_size=64)
+    t.randomized = True  # as target.randomized: true in a policy
+    res = get_membership_attack("loss-threshold").run(t, splits)
+    assert res.repeats == 16 and res.queries == 24 * 16 == t.queries and server.calls["/noisy"] == 6
+    with pytest.raises(QueryBudgetExceeded):  # another 384 queries do not fit in the 16 left
+        get_membership_attack("loss-threshold").run(t, splits)
+    assert t.queries == 384

@@ -120,9 +120,9 @@ def test_shadow_and_reference_models_are_hardened_like_the_target(monkeypatch: p
 
     seen: list[object] = []
 
-    def spy(target, logp, rng):  # noqa: ANN001, ANN202 - the real function, recording its target
+    def spy(target, logp, rng, draws=1):  # noqa: ANN001, ANN202 - the real function, recording its target
         seen.append(target)
-        return harden_like(target, logp, rng)
+        return harden_like(target, logp, rng, draws=draws)
 
     monkeypatch.setattr(shadows, "harden_like", spy)
     rng = np.random.default_rng(0)

@@ -37,7 +37,6 @@ from bastion.attacks.evasion.expectation import (
     Expectation,
     bootstrap_ci,
     draw_counts,
-    probe_randomized,
     shares,
 )
 from bastion.core.data import check_label_indices
@@ -45,6 +44,7 @@ from bastion.core.defense import ExpectationView
 from bastion.core.metrics import attack_metrics, perturbation_norms
 from bastion.core.params import Eps, Norm, Params
 from bastion.core.registry import Registry
+from bastion.core.repeated import probe_randomized
 from bastion.core.run import QueryLedger, RunContext, SampleStreams, metered, model_draws
 from bastion.core.targets.base import DifferentiableTarget, Target
 from bastion.core.threat import ThreatModel

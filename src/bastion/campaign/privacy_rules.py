@@ -70,6 +70,16 @@ CATALOGUE += [
                "whose label differs from the undefended model's."),
          remediation=("Choose parameters that keep the top-1 label (keep_label: true, more decimals), or a defense "
                       "that keeps it by construction (top-k, reverse sigmoid, label-only).")),
+    Rule(id="BASTION-MI-007", title="A randomised output defense's noise is averaged away by repeated queries",
+         threat="membership-inference", default_severity=Severity.medium,
+         help=("Noise drawn afresh at every query hides the scores only from an attacker who asks once: one who "
+               "sends the same input k times and averages the answers divides the noise's variance by k (the "
+               "expectation over the randomness, Athalye et al. 2018). When membership inference or extraction "
+               "asked once per input reaches clearly less than the same attack averaging repeated answers, a "
+               "single-query evaluation overstates the protection."),
+         remediation=("Credit the defense only with the averaging attacker's figures; answer the same input the same "
+                      "way (noise seeded by a keyed hash of the input), enforce per-client query budgets and detect "
+                      "repeated queries, or use a defense that does not rely on fresh noise (DP-SGD, label-only).")),
 ]
 
 MEMBERSHIP_RULE = "BASTION-MI-001"
@@ -78,6 +88,7 @@ ATTRIBUTE_RULE = "BASTION-MI-003"
 INVERSION_RULE = "BASTION-MI-004"
 USELESS_DEFENSE_RULE = "BASTION-MI-005"
 DEFENSE_COST_RULE = "BASTION-MI-006"
+AVERAGED_AWAY_RULE = "BASTION-MI-007"
 
 EXTRACTION_CATALOGUE: list[Rule] = [
     Rule(id="BASTION-EX-001", title="Model can be copied through its prediction API (model extraction)",

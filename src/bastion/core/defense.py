@@ -164,11 +164,13 @@ class DefendedTarget(Target):
                 "adaptive": {"bpda": self.path.bpda, "eot_samples": self.path.eot_samples}}
 
 
-def harden_like(target: Target, logp: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def harden_like(target: Target, logp: np.ndarray, rng: np.random.Generator, *, draws: int = 1) -> np.ndarray:
     """Log-probabilities ``logp`` (..., n_classes) of an attacker's own models passed through every
     output-hardening defense on ``target``, innermost first, as an attacker who knows the deployed
     defense hardens its shadow models' answers to compare like with like (Kerckhoffs: the defense
-    is public). Input transformations are not replayed. Unchanged when ``target`` hardens nothing."""
+    is public); with ``draws`` > 1 the mean of that many hardenings, as the attacker who averages
+    ``draws`` answers per query sees the target (:mod:`bastion.core.repeated`). Input
+    transformations are not replayed. Unchanged when ``target`` hardens nothing."""
     layers = []
     while isinstance(target, DefendedTarget):
         if target.defense.hardens_output():
@@ -178,9 +180,14 @@ def harden_like(target: Target, logp: np.ndarray, rng: np.random.Generator) -> n
         return logp
     probs = np.exp(np.asarray(logp, np.float64)).reshape(-1, logp.shape[-1])
     probs /= probs.sum(1, keepdims=True)
-    for defense in reversed(layers):
-        probs = np.asarray(defense.postprocess(probs, rng), np.float64)
-    return np.log(np.clip(probs, np.finfo(np.float64).tiny, None)).reshape(logp.shape)
+    mean = np.zeros_like(probs)
+    for _ in range(max(1, int(draws))):
+        out = probs
+        for defense in reversed(layers):
+            out = np.asarray(defense.postprocess(out, rng), np.float64)
+        mean += out
+    mean /= max(1, int(draws))
+    return np.log(np.clip(mean, np.finfo(np.float64).tiny, None)).reshape(logp.shape)
 
 
 class DifferentiableDefendedTarget(DefendedTarget, DifferentiableTarget):

@@ -253,6 +253,10 @@ class DefenseCostRow(BaseModel):
         "Per attack: auc, auc_ci (Hanley-McNeil), tpr, tpr_ci (Clopper-Pearson) at the table's fpr."))
     extraction: dict[str, dict[str, Any]] = Field(default_factory=dict, description=(
         "Per attack: fidelity, fidelity_ci (Clopper-Pearson over the held-out inputs), queries."))
+    repeats: int = Field(1, description=(
+        "Queries per input whose answers the attacks average (1: deterministic answers, asked once). Above 1 "
+        "each attack's entry holds, per figure, the stronger of the averaging and the single-query attacker, "
+        "with both beside it ('averaged', 'single_query')."))
     notes: list[str] = Field(default_factory=list)
 
 

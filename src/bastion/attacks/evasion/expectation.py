@@ -24,18 +24,8 @@ EOT_DEFAULT = 20
 #: Fresh draws over which success and robust accuracy are averaged (default of ``draws``): the
 #: Monte Carlo standard error of one input's accuracy is then at most 0.05.
 DRAWS_DEFAULT = 100
-PROBE_INPUTS = 16
 BOOTSTRAP = 2000
 CI_LEVEL = 0.95
-
-
-def probe_randomized(target: Target, x: np.ndarray, *, atol: float = 1e-6) -> bool:
-    """Whether two identical calls on (up to 16 of) the inputs give different probabilities: a
-    cheap probe, uncounted (bastion's own measurement)."""
-    xs = x[:PROBE_INPUTS]
-    with target.uncounted():
-        a, b = target.predict_proba(xs), target.predict_proba(xs)
-    return bool(np.abs(a - b).max() > atol) if len(xs) else False
 
 
 def draw_counts(target: Target, x: np.ndarray, draws: int, batch_size: int, *, counted: bool = False) -> np.ndarray:

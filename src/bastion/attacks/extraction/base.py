@@ -26,6 +26,7 @@ from bastion.core.data import check_label_indices
 from bastion.core.results import CheckResult, FidelityCurve
 from bastion.core.params import Params
 from bastion.core.registry import Registry
+from bastion.core.repeated import asked, query_cost, query_repeats
 from bastion.core.run import RunContext
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 
 class ExtractionParams(Params):
     holdout: float = Field(0.2, gt=0.0, lt=1.0, description="share of the pool kept to measure fidelity")
+    repeats: int | None = Field(None, ge=1, le=1024, description=(
+        "queries per input averaged on a randomised target (each one counted); None: the draws its randomised "
+        "defense declares (eot_samples), 16 on another randomised target, 1 on a deterministic one"))
 
 
 class ExtractionResult(BaseModel):
@@ -57,6 +61,7 @@ class ExtractionResult(BaseModel):
     target_accuracy: float | None = None
     queries: int
     seconds: float
+    repeats: int = Field(1, description="queries per input whose answers were averaged (1: asked once)")
     complete: bool = True
     reason: str | None = None
     interrupted: bool = False
@@ -99,13 +104,15 @@ class ModelExtraction(Configurable, ABC):
         hold, query = order[:n_hold], order[n_hold:]
         with target.uncounted():  # bastion's own measurement, not the attacker's queries
             ref = target.predict(x[hold])
+        repeats = query_repeats(target, self.params.repeats, x[query])
         curve = FidelityCurve(attack=self.label, queries=[], fidelity=[])
         accuracy: list[float] | None = None if y is None else []
         surrogate: Target | None = None
         complete, reason, interrupted = True, None, False
         with metering(rctx, target, threat=threat) as meter:
             try:
-                for candidate in self._extract(target, x[query] if queried is None else queried, threat, rctx):
+                for candidate in self._extract(asked(target, repeats), x[query] if queried is None else queried,
+                                               threat, rctx):
                     self._check_surrogate(target, candidate)
                     surrogate = candidate
                     pred = surrogate.predict(x[hold])
@@ -128,7 +135,8 @@ class ModelExtraction(Configurable, ABC):
         return ExtractionResult(attack=self.label, surrogate=surrogate, curve=curve, fidelity=curve.fidelity[-1],
                                 accuracy_curve=accuracy, accuracy=accuracy[-1] if accuracy else None,
                                 target_accuracy=None if y is None else float(np.mean(ref == y[hold])),
-                                queries=meter.queries, seconds=meter.seconds, complete=complete, reason=reason,
+                                queries=meter.queries, seconds=meter.seconds, repeats=repeats, complete=complete,
+                                reason=reason,
                                 interrupted=interrupted, holdout=hold.tolist())
 
     def _check_surrogate(self, target: Target, surrogate: Any) -> None:
@@ -141,17 +149,27 @@ class ModelExtraction(Configurable, ABC):
                 f"{surrogate.input_spec.shape}; the target has {target.n_classes} and {target.input_spec.shape}")
 
     @staticmethod
-    def room(target: Target, threat: ThreatModel) -> int | None:
+    def queries_left(target: Target, threat: ThreatModel) -> int | None:
         """The queries left to the attack: the least of the threat's budget and what the target's
         own hard limit leaves (None: unlimited)."""
         left = [b for b in (threat.query_budget, None if target.query_budget is None
                             else target.query_budget - target.queries) if b is not None]
         return min(left) if left else None
 
+    @classmethod
+    def room(cls, target: Target, threat: ThreatModel) -> int | None:
+        """The inputs the attack may still ask about: :meth:`queries_left` over what one input costs
+        (its repeats on a randomised target, :func:`~bastion.core.repeated.query_cost`)."""
+        left = cls.queries_left(target, threat)
+        return None if left is None else left // query_cost(target)
+
     @abstractmethod
     def _extract(self, target: Target, pool: np.ndarray, threat: ThreatModel, ctx: RunContext) -> Iterator[Target]:
         """Query the target on inputs of ``pool`` and yield a surrogate after each round; the last
-        one is the result. A query past ``threat.query_budget`` raises QueryBudgetExceeded."""
+        one is the result. A query past ``threat.query_budget`` raises QueryBudgetExceeded.
+        ``target`` is asked as the attacker asks it: through a
+        :class:`~bastion.core.repeated.RepeatedQueries` view (each input ``repeats`` queries, answers
+        averaged) when it is randomised."""
 
 
 _HERE = "bastion.attacks.extraction"

@@ -22,6 +22,7 @@ import numpy as np
 from pydantic import Field
 
 from bastion.attacks.extraction.base import ExtractionParams, ModelExtraction
+from bastion.core.repeated import query_cost
 from bastion.core.run import RunContext
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
@@ -51,11 +52,12 @@ class EquationSolving(ModelExtraction):
             raise TargetError(f"equation solving needs the model's scores, but '{target.name}' answers labels only",
                               hint="it solves for the weights from the log-odds of the probabilities; use a "
                                    "learning-based extraction (knockoff, copycat) on a label-only model")
-        room = self.room(target, threat)
-        if room is not None and room < need:
-            raise UsageError(f"equation solving needs {need} queries (d+1 = {d}+1 inputs, giving the "
+        left, cost = self.queries_left(target, threat), query_cost(target)
+        if left is not None and left < need * cost:
+            each = f", each asked {cost} times as the target is randomised" if cost > 1 else ""
+            raise UsageError(f"equation solving needs {need * cost} queries (d+1 = {d}+1 inputs{each}, giving the "
                              f"(d+1)·(k-1) = {need * (k - 1)} equations of a {k}-class linear model) but the query "
-                             f"budget leaves {room}", hint=f"raise the query budget to at least {need}")
+                             f"budget leaves {left}", hint=f"raise the query budget to at least {need * cost}")
         x = self._design(target, pool)
         logp = target.predict_log_proba(x)
         if not np.all(np.isfinite(logp)):

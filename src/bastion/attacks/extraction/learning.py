@@ -25,6 +25,7 @@ import numpy as np
 from pydantic import ConfigDict, Field
 
 from bastion.attacks.extraction.base import ExtractionParams, ModelExtraction
+from bastion.core.repeated import query_cost
 from bastion.core.run import RunContext
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
@@ -54,8 +55,10 @@ class LearnedExtraction(ModelExtraction):
     Params: ClassVar[type[LearnedParams]] = LearnedParams
 
     def _budget(self, target: Target, threat: ThreatModel, available: int | None) -> int:
-        """Queries to spend: the least of the parameter, the budget left and the inputs available."""
-        caps = [c for c in (self.params.queries, self.room(target, threat), available) if c is not None]
+        """Inputs to ask about: the least of the parameter's queries and the budget left (each over
+        the queries one input costs, :func:`~bastion.core.repeated.query_cost`) and the inputs available."""
+        given = None if self.params.queries is None else self.params.queries // query_cost(target)
+        caps = [c for c in (given, self.room(target, threat), available) if c is not None]
         if not caps:
             raise UsageError(f"{self.label}: give a number of queries or a query budget")
         total = min(caps)

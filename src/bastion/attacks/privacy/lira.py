@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from bastion.attacks.privacy.membership import MembershipInference, MembershipSplits
+from bastion.attacks.privacy.membership import MembershipAttackParams, MembershipInference, MembershipSplits
 from bastion.attacks.privacy.shadows import (
     Augment,
     augmented,
@@ -35,7 +35,6 @@ from bastion.attacks.privacy.shadows import (
     query_records,
     shadow_outputs,
 )
-from bastion.core.params import Params
 from bastion.core.run import RunContext
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
@@ -45,7 +44,7 @@ from bastion.errors import UsageError
 _FLOOR = 1e-6  # smallest σ: a record every shadow model answers identically
 
 
-class LiRAParams(Params):
+class LiRAParams(MembershipAttackParams):
     shadow_models: int = Field(default=16, ge=1, le=1024, description="Shadow models to train.")
     mode: Literal["online", "offline"] = Field(default="online", description="IN and OUT models, or OUT only.")
     variance: Literal["auto", "per-record", "global"] = Field(

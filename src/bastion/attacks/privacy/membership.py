@@ -19,7 +19,9 @@ from pydantic import BaseModel, Field
 from bastion.core.arrays import Array
 from bastion.core.capability import Configurable, metering
 from bastion.core.data import check_label_indices
+from bastion.core.params import Params
 from bastion.core.registry import Registry
+from bastion.core.repeated import asked, query_repeats
 from bastion.core.results import CheckResult, RocCurve
 from bastion.core.run import RunContext
 from bastion.core.stats import clopper_pearson
@@ -60,6 +62,14 @@ class MembershipSplits:
     @property
     def has_reference(self) -> bool:
         return self.reference_x is not None and len(self.reference_x) > 0
+
+
+class MembershipAttackParams(Params):
+    """Parameters every membership attack has."""
+
+    repeats: int | None = Field(None, ge=1, le=1024, description=(
+        "Queries per record averaged on a randomised target (EOT over its answers); None: the draws its "
+        "randomised defense declares (eot_samples), 16 on another randomised target, 1 on a deterministic one."))
 
 
 class Roc(BaseModel):
@@ -115,6 +125,7 @@ class MembershipResult(BaseModel):
     exposed: list[ExposedRecord] = Field(default_factory=list)
     queries: int
     seconds: float
+    repeats: int = Field(1, description="Queries per record whose answers were averaged (1: asked once).")
     notes: list[str] = Field(default_factory=list)
 
     def tpr_at(self, fpr: float) -> float | None:
@@ -204,6 +215,7 @@ class MembershipInference(Configurable, ABC):
     and a non-member, and a label-only target for an attack that needs scores."""
 
     family: ClassVar[str] = "membership"
+    Params: ClassVar[type[Params]] = MembershipAttackParams
     needs_trainer: ClassVar[bool] = False
     needs_scores: ClassVar[bool] = True
 
@@ -219,8 +231,12 @@ class MembershipInference(Configurable, ABC):
                              hint="run a label-only attack, or test the model behind its scores")
         checked, notes = self._checked(target, splits)
         threat, rctx = threat or ThreatModel(), self.run_context(ctx)
+        repeats = query_repeats(target, self.params.repeats, checked.members_x)  # type: ignore[attr-defined]
+        if repeats > 1:
+            notes.append(f"randomised target: each record asked {repeats} times and the answers averaged "
+                         f"({repeats} queries per record; shadow and reference models' answers averaged alike)")
         with metering(rctx, target, threat=threat) as meter:
-            sm, sn = self._score(target, checked, threat, rctx, trainer)
+            sm, sn = self._score(asked(target, repeats), checked, threat, rctx, trainer)
         xm, xn = checked.members_x, checked.non_members_x
         sm, sn = self._check_scores(sm, len(xm), "members"), self._check_scores(sn, len(xn), "non-members")
         roc = roc_curve(sm, sn)
@@ -231,7 +247,7 @@ class MembershipInference(Configurable, ABC):
             tpr_at_low_fpr=[operating_point(roc, f, len(sm), len(sn)) for f in LOW_FPRS],
             per_class_auc=_per_class_auc(sm, sn, checked.members_y, checked.non_members_y, target.n_classes),
             exposed=[ExposedRecord(index=int(i), label=int(checked.members_y[i]), score=float(sm[i])) for i in top],
-            queries=meter.queries, seconds=meter.seconds, notes=notes)
+            queries=meter.queries, seconds=meter.seconds, repeats=repeats, notes=notes)
 
     def needs_reference(self) -> bool:
         """Whether the attack needs reference records (to train shadow or reference models on)."""
@@ -272,7 +288,9 @@ class MembershipInference(Configurable, ABC):
     @abstractmethod
     def _score(self, target: Target, splits: MembershipSplits, threat: ThreatModel, ctx: RunContext,
                trainer: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Scores of the members and of the non-members (higher = more likely a member)."""
+        """Scores of the members and of the non-members (higher = more likely a member). ``target``
+        is asked as the attacker asks it: through a :class:`~bastion.core.repeated.RepeatedQueries`
+        view when it is randomised."""
 
 
 def _per_class_auc(sm: np.ndarray, sn: np.ndarray, ym: np.ndarray, yn: np.ndarray, k: int) -> dict[int, float | None]:

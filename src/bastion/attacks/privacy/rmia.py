@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from bastion.attacks.privacy.membership import MembershipInference, MembershipSplits
+from bastion.attacks.privacy.membership import MembershipAttackParams, MembershipInference, MembershipSplits
 from bastion.attacks.privacy.shadows import (
     Augment,
     augmented,
@@ -29,7 +29,6 @@ from bastion.attacks.privacy.shadows import (
     shadow_outputs,
     true_class_probability,
 )
-from bastion.core.params import Params
 from bastion.core.run import RunContext
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
@@ -37,7 +36,7 @@ from bastion.core.trained import predict_all
 from bastion.errors import UsageError
 
 
-class RMIAParams(Params):
+class RMIAParams(MembershipAttackParams):
     reference_models: int = Field(default=1, ge=1, le=1024, description="Reference models to train.")
     mode: Literal["online", "offline"] = Field(default="offline",
                                                description="Reference models with and without each record, or without.")

@@ -35,6 +35,7 @@ import numpy as np
 
 from bastion.attacks.privacy.membership import MembershipSplits
 from bastion.core.defense import harden_like
+from bastion.core.repeated import RepeatedQueries
 from bastion.core.run import RunContext, Unit
 from bastion.core.spec import InputSpec
 from bastion.core.targets.base import Target
@@ -195,8 +196,9 @@ def shadow_outputs(trainer: Any, queries: QueryRecords, *, n_models: int, online
         for (i, _), out in zip(units, done, strict=True):
             outputs[i] = out
     logp = np.stack(outputs)  # type: ignore[arg-type]
-    if like is not None:
-        logp = harden_like(like, logp, ctx.rng("harden-shadows"))
+    if like is not None:  # answers averaged as the attacker averages the target's (RepeatedQueries)
+        base, draws = (like.base, like.repeats) if isinstance(like, RepeatedQueries) else (like, 1)
+        logp = harden_like(base, logp, ctx.rng("harden-shadows"), draws=draws)
     return ShadowOutputs(logp, keep, len(units))
 
 

@@ -15,9 +15,8 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from bastion.attacks.privacy.membership import MembershipInference, MembershipSplits
+from bastion.attacks.privacy.membership import MembershipAttackParams, MembershipInference, MembershipSplits
 from bastion.attacks.privacy.shadows import query_records, shadow_outputs, true_class_log_probability
-from bastion.core.params import Params
 from bastion.core.run import RunContext
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
@@ -25,7 +24,7 @@ from bastion.core.trained import predict_all
 from bastion.errors import UsageError
 
 
-class ShokriParams(Params):
+class ShokriParams(MembershipAttackParams):
     shadow_models: int = Field(default=4, ge=1, le=256, description="Shadow models to train.")
     cache: bool = Field(default=True, description="Reuse shadow models trained before (bastion's cache folder).")
 

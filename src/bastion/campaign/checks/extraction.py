@@ -169,7 +169,7 @@ class ExtractionCheck(Check):
             res.metrics["attacks"][r.attack] = {
                 "fidelity": r.fidelity, "accuracy": r.accuracy, "target_accuracy": r.target_accuracy,
                 "queries": r.queries, "seconds": round(r.seconds, 2), "complete": r.complete, "reason": r.reason,
-                "holdout": len(r.holdout)}
+                "holdout": len(r.holdout), "repeats": r.repeats}
             if (t := transfers.get(r.attack)) is not None:
                 where = {"attack": r.attack, "eps": t["eps"], "norm": t["norm"]}
                 res.measure("transfer_success_rate", t["transfer_success_rate"], "ratio", **where)

@@ -154,6 +154,7 @@ class MembershipCheck(Check):
             r.record(res)
             res.metrics["attacks"][r.attack] = {
                 "auc": r.auc, "advantage": r.advantage, "seconds": round(r.seconds, 2), "queries": r.queries,
+                "repeats": r.repeats,
                 "tpr_at_fpr": [p.model_dump(exclude_none=True) for p in r.tpr_at_low_fpr],
                 "most_exposed": [e.model_dump() for e in r.exposed], "notes": r.notes}
             res.metrics["notes"] += [f"{r.attack}: TPR at FPR {p.fpr:g} {p.reason}" for p in r.tpr_at_low_fpr

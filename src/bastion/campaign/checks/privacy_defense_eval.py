@@ -8,9 +8,18 @@ attacks and records: AUC and TPR at 1 % FPR with their 95 % intervals) and model
 membership and extraction checks' own code on the defended target; attacks that train shadow or
 reference models harden their models' answers like the target (the attacker knows the defense).
 
+A randomised defense (``output-noise``: fresh noise at every query, declared ``randomized`` with its
+EOT draws) is measured twice: by attackers who ask each input ``eot_samples`` times and average the
+answers (:mod:`bastion.core.repeated`; every repeat counted) and by the same attackers asking once.
+It is credited, per figure, with the stronger of the two (averaging for membership inference; at
+a fixed query budget extraction may do better with more inputs asked once), both kept beside
+(``averaged``, ``single_query``). A deterministic defense is asked once per input.
+
 Findings: ``BASTION-MI-005`` when a defense buys nothing (every membership figure and every
-extraction fidelity measured through it lies within the undefended figure's 95 % interval) and
-``BASTION-MI-006`` when it costs more accuracy than ``tolerance``. Behind ``label-only`` the
+extraction fidelity measured through it lies within the undefended figure's 95 % interval),
+``BASTION-MI-006`` when it costs more accuracy than ``tolerance``, and ``BASTION-MI-007`` when a
+randomised defense's noise is averaged away (a single-query figure understates the averaging
+attacker's by more than ``repeat_tolerance``). Behind ``label-only`` the
 membership attacks (all need scores) are not run and its row says so: that is not a measurement of
 no leak (label-only attacks exist, Choquette-Choo et al. 2021, arXiv:2007.14321); score-trained
 extraction attacks are run on the labels (``labels: top1``), as the attacker would.
@@ -30,8 +39,9 @@ from bastion.campaign.checks.defense_eval import undefended
 from bastion.campaign.checks.extraction import ExtractionCheck, ExtractionCheckParams
 from bastion.campaign.checks.membership import MembershipCheck, MembershipParams
 from bastion.campaign.gates import GateView
-from bastion.campaign.privacy_rules import DEFENSE_COST_RULE, USELESS_DEFENSE_RULE
+from bastion.campaign.privacy_rules import AVERAGED_AWAY_RULE, DEFENSE_COST_RULE, USELESS_DEFENSE_RULE
 from bastion.core.defense import DEFENSES, DefendedTarget, TargetDefense
+from bastion.core.repeated import query_repeats
 from bastion.core.results import CheckResult, DefenseCostRow, DefenseCostTable, Finding
 from bastion.core.rules import get_rule
 from bastion.core.stats import auc_interval, clopper_pearson
@@ -40,7 +50,9 @@ from bastion.errors import UsageError
 
 FPR = 0.01
 UNDEFENDED = "undefended"
-MEASURED = frozenset({"accuracy", "agreement", "membership_auc", "tpr_at_fpr", "fidelity"})
+MEASURED = frozenset({"accuracy", "agreement", "membership_auc", "tpr_at_fpr", "fidelity",
+                      "single_query_membership_auc", "single_query_tpr_at_fpr", "single_query_fidelity"})
+ONCE = "single_query"
 
 
 def _output_defense(i: int, spec: Any) -> TargetDefense:
@@ -85,6 +97,9 @@ class PrivacyDefenseEvalParams(CheckParams):
         "The extraction check's parameters (attacks, pool, query_budget, ...); null: not measured."))
     tolerance: float = Field(default=0.02, ge=0, le=1, description=(
         "Accuracy (or top-1 agreement) a defense may lose before a finding says it costs accuracy (a ratio)."))
+    repeat_tolerance: float = Field(default=0.02, ge=0, le=1, description=(
+        "How far a randomised defense's single-query figure (membership AUC, TPR, extraction fidelity) may lie "
+        "below the averaging attacker's before a finding says its noise is averaged away."))
 
     @field_validator("defenses")
     @classmethod
@@ -174,7 +189,8 @@ class PrivacyDefenseEvalCheck(Check):
         with model.uncounted():
             pred = model.predict(np.asarray(ctx.data.x))  # type: ignore[union-attr]
         row = DefenseCostRow(defense=label, accuracy=float(np.mean(pred == y)),
-                             agreement=float(np.mean(pred == reference)))
+                             agreement=float(np.mean(pred == reference)),
+                             repeats=query_repeats(model, None, np.asarray(ctx.data.x)))  # type: ignore[union-attr]
         if self.membership is not None:
             self._membership(sub, model, row, errors)
         if self.extraction is not None:
@@ -195,13 +211,11 @@ class PrivacyDefenseEvalCheck(Check):
         out = self._run(check, ctx, row, errors)
         if out is None:
             return
-        n_members = out.values("members")[0]
-        n_non = out.values("non_members")[0]
-        for attack, m in out.metrics["attacks"].items():
-            lo, hi = auc_interval(m["auc"], int(n_members), int(n_non))
-            point = next((p for p in m["tpr_at_fpr"] if abs(p["fpr"] - FPR) < 1e-12), {})
-            row.membership[attack] = {"auc": m["auc"], "auc_ci": [lo, hi], "tpr": point.get("tpr"),
-                                      "tpr_ci": [point.get("ci_low"), point.get("ci_high")]}
+        row.membership = _membership_figures(out)
+        if row.repeats > 1 and (once := self._run(_asked_once(check), ctx, row, errors)) is not None:
+            for attack, m in _membership_figures(once).items():
+                if attack in row.membership:
+                    row.membership[attack] = _stronger(row.membership[attack], m, ("auc", "tpr"))
 
     def _extraction(self, ctx: CheckContext, model: Target, row: DefenseCostRow, errors: list[str]) -> None:
         assert self.extraction is not None and self.params.extraction is not None
@@ -214,10 +228,11 @@ class PrivacyDefenseEvalCheck(Check):
         out = self._run(check, ctx, row, errors)
         if out is None:
             return
-        for attack, m in out.metrics["attacks"].items():
-            n = int(m["holdout"])
-            lo, hi = clopper_pearson(int(round(m["fidelity"] * n)), n)
-            row.extraction[attack] = {"fidelity": m["fidelity"], "fidelity_ci": [lo, hi], "queries": m["queries"]}
+        row.extraction = _extraction_figures(out)
+        if row.repeats > 1 and (once := self._run(_asked_once(check), ctx, row, errors)) is not None:
+            for attack, m in _extraction_figures(once).items():
+                if attack in row.extraction:
+                    row.extraction[attack] = _stronger(row.extraction[attack], m, ("fidelity",))
 
     @staticmethod
     def _run(check: Check, ctx: CheckContext, row: DefenseCostRow, errors: list[str]) -> CheckResult | None:
@@ -241,8 +256,13 @@ class PrivacyDefenseEvalCheck(Check):
             for attack, m in row.membership.items():
                 res.measure("membership_auc", m["auc"], "score", **where, attack=attack)
                 res.measure("tpr_at_fpr", m["tpr"], "ratio", **where, attack=attack, fpr=FPR)
+                if (s := m.get(ONCE)) is not None:
+                    res.measure("single_query_membership_auc", s["auc"], "score", **where, attack=attack)
+                    res.measure("single_query_tpr_at_fpr", s["tpr"], "ratio", **where, attack=attack, fpr=FPR)
             for attack, m in row.extraction.items():
                 res.measure("fidelity", m["fidelity"], "ratio", **where, attack=attack)
+                if (s := m.get(ONCE)) is not None:
+                    res.measure("single_query_fidelity", s["fidelity"], "ratio", **where, attack=attack)
         res.metrics["rows"] = [r.model_dump() for r in rows]
         res.metrics["tolerance"] = self.params.tolerance
         if rows:
@@ -265,6 +285,18 @@ class PrivacyDefenseEvalCheck(Check):
                     f"the figures it reached on the undefended model, within their 95 % intervals."),
                 metrics={"defense": row.defense, "membership": row.membership, "extraction": row.extraction,
                          "undefended": {"membership": base.membership, "extraction": base.extraction}}))
+        gaps = _averaged_away(row, self.params.repeat_tolerance)
+        if gaps:
+            out.append(get_rule(AVERAGED_AWAY_RULE).finding(
+                title=(f"{row.defense}: its noise is averaged away by {row.repeats} queries per input: "
+                       f"{'; '.join(gaps)}"),
+                check=self.name, description=(
+                    f"{row.defense} draws fresh randomness at every query. Asked once per input, the attacks below "
+                    f"reach less than an attacker who asks each input {row.repeats} times and averages the answers "
+                    f"(every repeat counted as a query): the single-query figures overstate the protection by more "
+                    f"than {self.params.repeat_tolerance:g}. The row reports the averaging attacker's figures."),
+                metrics={"defense": row.defense, "repeats": row.repeats, "membership": row.membership,
+                         "extraction": row.extraction, "repeat_tolerance": self.params.repeat_tolerance}))
         loss = max(base.accuracy - row.accuracy, 1.0 - row.agreement)
         if loss > self.params.tolerance:
             out.append(get_rule(DEFENSE_COST_RULE).finding(
@@ -274,6 +306,70 @@ class PrivacyDefenseEvalCheck(Check):
                 metrics={"defense": row.defense, "accuracy": row.accuracy, "undefended_accuracy": base.accuracy,
                          "agreement": row.agreement, "tolerance": self.params.tolerance}))
         return out
+
+
+def _membership_figures(out: CheckResult) -> dict[str, dict[str, Any]]:
+    """Per membership attack of a membership check's result: AUC and TPR at ``FPR`` with intervals."""
+    n_members, n_non = int(out.values("members")[0]), int(out.values("non_members")[0])
+    figures = {}
+    for attack, m in out.metrics["attacks"].items():
+        lo, hi = auc_interval(m["auc"], n_members, n_non)
+        point = next((p for p in m["tpr_at_fpr"] if abs(p["fpr"] - FPR) < 1e-12), {})
+        figures[attack] = {"auc": m["auc"], "auc_ci": [lo, hi], "tpr": point.get("tpr"),
+                           "tpr_ci": [point.get("ci_low"), point.get("ci_high")], "repeats": m.get("repeats", 1)}
+    return figures
+
+
+def _extraction_figures(out: CheckResult) -> dict[str, dict[str, Any]]:
+    """Per extraction attack of an extraction check's result: fidelity with its interval, queries."""
+    figures = {}
+    for attack, m in out.metrics["attacks"].items():
+        n = int(m["holdout"])
+        lo, hi = clopper_pearson(int(round(m["fidelity"] * n)), n)
+        figures[attack] = {"fidelity": m["fidelity"], "fidelity_ci": [lo, hi], "queries": m["queries"],
+                           "repeats": m.get("repeats", 1)}
+    return figures
+
+
+def _stronger(averaged: dict[str, Any], once: dict[str, Any], figures: tuple[str, ...]) -> dict[str, Any]:
+    """What a randomised defense is credited with: per figure the stronger of the averaging attacker
+    and the single-query one (the higher value, with its interval; averaging wins ties), both kept
+    beside (``averaged``, ``single_query``). Averaging is the stronger membership attacker; at a fixed
+    query budget an extraction attacker may do better with more inputs asked once (labels that the
+    noise never moves)."""
+    out: dict[str, Any] = {}
+    for key in figures:
+        a, o = averaged.get(key), once.get(key)
+        src = once if o is not None and (a is None or o > a) else averaged
+        out[key], out[f"{key}_ci"] = src[key], src[f"{key}_ci"]
+        if key == "fidelity":
+            out["queries"] = src["queries"]
+    return {**out, "repeats": averaged["repeats"], "averaged": averaged, ONCE: once}
+
+
+def _asked_once(check: Check) -> Check:
+    """The same membership or extraction check with every attack asking each input once."""
+    params: Any = check.params
+    specs = [s.model_copy(update={"params": {**s.params, "repeats": 1}}) for s in params.attacks]
+    return type(check)(check.name, params.model_copy(update={"attacks": specs}))
+
+
+def _averaged_away(row: DefenseCostRow, tolerance: float) -> list[str]:
+    """Where the single-query figure lies more than ``tolerance`` below the averaging attacker's."""
+    said = []
+    for attack, m in row.membership.items():
+        once, avg = m.get(ONCE), m.get("averaged")
+        if once is None or avg is None:
+            continue
+        if avg["auc"] - once["auc"] > tolerance:
+            said.append(f"{attack} AUC {once['auc']:.3f} asked once, {avg['auc']:.3f} averaged")
+        if avg["tpr"] is not None and once["tpr"] is not None and avg["tpr"] - once["tpr"] > tolerance:
+            said.append(f"{attack} TPR at {FPR:.0%} FPR {once['tpr']:.1%} asked once, {avg['tpr']:.1%} averaged")
+    for attack, m in row.extraction.items():
+        once, avg = m.get(ONCE), m.get("averaged")
+        if once is not None and avg is not None and avg["fidelity"] - once["fidelity"] > tolerance:
+            said.append(f"{attack} fidelity {once['fidelity']:.1%} asked once, {avg['fidelity']:.1%} averaged")
+    return said
 
 
 def _within(value: float | None, ci: list[float | None]) -> bool:

@@ -217,7 +217,9 @@ def defense_cost_tables(arts: Sequence[DefenseCostTable]) -> list[Block]:
 
         def ci(m: dict[str, Any], key: str) -> str:
             v, (lo, hi) = m.get(key), m.get(f"{key}_ci", (None, None))
-            return "—" if v is None else f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{v:.3f}"
+            text = "—" if v is None else f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{v:.3f}"
+            avg, once = (m.get("averaged") or {}).get(key), (m.get("single_query") or {}).get(key)
+            return text if avg is None or once is None else f"{text} (averaged {avg:.3f}, asked once {once:.3f})"
 
         rows = [[r.defense, _ratio(r.accuracy), _ratio(r.agreement),
                  *(ci(r.membership.get(k, {}), f) for k in mia for f in ("auc", "tpr")),
@@ -226,6 +228,10 @@ def defense_cost_tables(arts: Sequence[DefenseCostTable]) -> list[Block]:
                   *(f"{k} {f}" for k in mia for f in ("AUC", f"TPR @ {a.fpr:g}")), *(f"{k} fidelity" for k in ext)]
         out.append({"kind": "table", "title": a.title or "Output defenses", "header": header, "rows": rows,
                     "caption": " ".join(["Brackets: 95 % intervals.",
+                                         *(f"{r.defense}: randomised; each figure is the stronger of an attacker "
+                                           f"who asks every input {r.repeats} times and averages the answers (every "
+                                           "repeat a query) and one who asks once (both in brackets)."
+                                           for r in a.rows if r.repeats > 1),
                                          *(f"{r.defense}: {n}." for r in a.rows for n in r.notes)])})
     return out
 
