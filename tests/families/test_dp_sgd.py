@@ -160,6 +160,14 @@ def tiny_cnn() -> torch.nn.Module:
                                torch.nn.Flatten(), torch.nn.Linear(3 * 5 * 5, 2))
 
 
+def ln_mlp() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+
+
+def seq_mlp() -> torch.nn.Module:  # a Linear layer on 3 vectors per sample
+    return torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(12, 2))
+
+
 def _clipped_step_grads(model, mode: str, x: torch.Tensor, y: torch.Tensor, clip: float) -> list[torch.Tensor]:
     """The gradient one private step hands the optimiser, with the noise set to zero."""
     from bastion.core.training import TrainSetup, cross_entropy
@@ -168,6 +176,7 @@ def _clipped_step_grads(model, mode: str, x: torch.Tensor, y: torch.Tensor, clip
     setup = TrainSetup(model(), lambda ps: torch.optim.SGD(ps, lr=1.0), lambda e: iter(()), 40, 8, 1, False,
                        False, torch.Generator().manual_seed(0), {})
     DPSGD(epsilon=3.0, delta=1e-3, max_grad_norm=clip, grad_sample_mode=mode, accountant="rdp").setup_hook(setup)
+    assert (setup.net is setup.module) == (mode == "bk")  # bk: the plain module, bastion's clipping
     opt = setup.optimizer
     opt.noise_multiplier = 0.0
     opt.zero_grad()
@@ -181,10 +190,11 @@ def _clipped_step_grads(model, mode: str, x: torch.Tensor, y: torch.Tensor, clip
     return grads
 
 
-@pytest.mark.parametrize("model, shape", [(mlp, (8,)), (tiny_cnn, (1, 5, 5))])
+@pytest.mark.parametrize("model, shape", [(mlp, (8,)), (tiny_cnn, (1, 5, 5)), (ln_mlp, (8,)), (seq_mlp, (3, 8))])
 def test_ghost_clipping_gives_the_clipped_sum_of_a_per_sample_loop(model, shape) -> None:
-    """The fast path (ghost clipping) and Opacus's per-sample gradients (hooks) both give
-    sum_i g_i * min(1, C / |g_i|) / expected batch size, computed here one sample at a time."""
+    """bastion's one-pass clipping (bk), Opacus's ghost clipping and Opacus's per-sample gradients
+    (hooks) all give sum_i g_i * min(1, C / |g_i|) / expected batch size, computed here one sample
+    at a time (Linear on one and on several vectors per sample, Conv2d, GroupNorm, LayerNorm)."""
     from bastion.core.training import cross_entropy
 
     gen = torch.Generator().manual_seed(3)
@@ -202,21 +212,48 @@ def test_ghost_clipping_gives_the_clipped_sum_of_a_per_sample_loop(model, shape)
             acc += t * min(1.0, clip / (float(norm) + 1e-6))
     assert sum(n > clip for n in norms) >= 6
     expected = [t / 8 for t in total]  # the expected batch size (40 samples, batch 8)
-    for mode in ("ghost", "hooks"):
+    for mode in ("bk", "ghost", "hooks"):
         got = _clipped_step_grads(model, mode, x, y, clip)
         for a, b in zip(got, expected, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_ghost_mode_survives_an_empty_poisson_batch() -> None:
+@pytest.mark.parametrize("mode", ["bk", "ghost"])
+def test_an_empty_poisson_batch_gives_the_noise_alone(mode: str) -> None:
     from bastion.core.training import TrainSetup
 
     setup = TrainSetup(mlp(), lambda ps: torch.optim.SGD(ps, lr=1.0), lambda e: iter(()), 40, 8, 1, False,
                        False, torch.Generator().manual_seed(0), {})
-    DPSGD(epsilon=3.0, delta=1e-3).setup_hook(setup)
+    DPSGD(epsilon=3.0, delta=1e-3, accountant="rdp", grad_sample_mode=mode).setup_hook(setup)
     with setup.step_context():
         setup.backward(setup.net(torch.zeros(0, 8)).sum(dim=1))
     assert setup.optimizer.pre_step() is not False
     assert all(torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in setup.module.parameters())  # noise
     for done in setup.cleanup:
         done()
+
+
+def test_a_layer_bk_does_not_handle_falls_back_to_ghost_with_a_note() -> None:
+    def conv1d() -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Unflatten(1, (1, 8)), torch.nn.Conv1d(1, 2, 3), torch.nn.Flatten(),
+                                   torch.nn.Linear(12, 2))
+
+    notes = DPSGD(epsilon=3.0, delta=1e-3).check(conv1d(), 300)
+    assert len(notes) == 1 and "Opacus's ghost clipping" in notes[0]
+    module, state = _fit(conv1d, epochs=1)
+    assert state["privacy"]["steps"] == 10 and state["privacy"]["grad_sample_mode"] == "ghost"
+
+
+class Twice(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 8)
+        self.out = torch.nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.lin(torch.relu(self.lin(x))))
+
+
+def test_bk_refuses_a_layer_run_twice_in_one_pass() -> None:
+    with pytest.raises(UsageError, match="Linear runs twice in one forward pass"):
+        _fit(Twice, epochs=1)

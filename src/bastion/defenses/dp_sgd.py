@@ -4,12 +4,14 @@ drawn by Poisson sampling, and an accountant (RDP or PRV) that gives the (ε, δ
 multiplier is the one Opacus's ``PrivacyEngine.make_private_with_epsilon`` calibrates for the
 target ε and δ over the planned epochs.
 
-Per-sample clipping is by default Opacus's ghost clipping (Li et al. 2022, "Large Language Models
-Can Be Strong Differentially Private Learners", arXiv:2110.05679; Opacus's fast gradient
-clipping): each sample's gradient norm from the layer's activations and output gradients without
-materialising the per-sample gradients, then a second backward pass of the clipped-weighted loss
-gives the sum of clipped gradients. ``grad_sample_mode="hooks"`` materialises them instead (the
-same sum; slower).
+Per-sample clipping is by default one-pass book-keeping (:mod:`bastion.defenses.bk_clipping`, Bu
+et al. 2023) for models made of Linear and Conv2d layers, else Opacus's ghost clipping (Li et al.
+2022, "Large Language Models Can Be Strong Differentially Private Learners", arXiv:2110.05679;
+Opacus's fast gradient clipping): each sample's gradient norm from the layer's activations and
+output gradients without materialising the per-sample gradients, then a second backward pass of
+the clipped-weighted loss gives the sum of clipped gradients. ``grad_sample_mode="hooks"``
+materialises them (Opacus's default). All three give the same clipped sum; Opacus adds the noise
+and keeps the accounts in every mode.
 
 The guarantee holds only under the accountant's assumptions, so this module refuses what would
 silently break them: a sampler that is not uniform (a weighted or custom one; sample weights), a
@@ -51,10 +53,10 @@ class DPSGDParams(Params):
     max_grad_norm: Number = Field(1.0, gt=0, description="Per-sample gradient clipping norm C.")
     accountant: Literal["rdp", "prv"] = Field("prv", description="Opacus's accountant: 'rdp' (Mironov 2017) "
                                                                  "or 'prv' (Gopi et al. 2021, tighter).")
-    grad_sample_mode: Literal["ghost", "hooks"] = Field(
-        "ghost", description="How per-sample gradients are clipped: 'ghost' (per-sample norms without "
-                             "the per-sample gradients, two backward passes; faster) or 'hooks' (Opacus's "
-                             "per-sample gradients); the same clipped sum.")
+    grad_sample_mode: Literal["bk", "ghost", "hooks"] = Field(
+        "bk", description="How per-sample gradients are clipped: 'bk' (one backward pass, Linear and Conv2d "
+                          "layers; other models use 'ghost'), 'ghost' (Opacus's ghost clipping, two backward "
+                          "passes) or 'hooks' (Opacus's per-sample gradients); the same clipped sum.")
 
 
 class DPSGD(TrainingDefense):
@@ -81,7 +83,13 @@ class DPSGD(TrainingDefense):
             raise UsageError(f"dp-sgd: delta={delta:g} must be below 1/n = {1.0 / n_samples:.3g} "
                              f"(n = {n_samples} training samples)",
                              hint="a δ of 1/n or more allows releasing a sample outright; use e.g. 1/(10 n)")
-        return fix_module(module)[1]
+        from bastion.defenses.bk_clipping import supported as bk_supported
+
+        fixed, notes = fix_module(module)
+        if self.params.grad_sample_mode == "bk" and not bk_supported(fixed):
+            notes.append("dp-sgd: one-pass clipping (grad_sample_mode bk) handles Linear and Conv2d layers only; "
+                         "this model is clipped with Opacus's ghost clipping (the same clipped sum, slower)")
+        return notes
 
     def setup_hook(self, setup: TrainSetup) -> None:
         """Fix the module, make it, its optimiser and the batches private (Poisson sampling)."""
@@ -98,11 +106,16 @@ class DPSGD(TrainingDefense):
         indices = torch.utils.data.TensorDataset(torch.arange(setup.n))
         loader = torch.utils.data.DataLoader(indices, batch_size=min(setup.batch_size, setup.n), shuffle=True,
                                              generator=torch.Generator().manual_seed(seed))
+        from bastion.defenses.bk_clipping import BookKeeper
+        from bastion.defenses.bk_clipping import supported as bk_supported
+
         mode = self.params.grad_sample_mode
+        if mode == "bk" and not bk_supported(module):
+            mode = "ghost"
         engine, net, private_opt, private_loader = make_private(
             module, optimizer, loader, epsilon=float(self.params.epsilon), delta=float(self.params.delta),
             epochs=setup.epochs, max_grad_norm=float(self.params.max_grad_norm),
-            accountant=self.params.accountant, seed=seed, grad_sample_mode=mode)
+            accountant=self.params.accountant, seed=seed, grad_sample_mode="ghost" if mode == "bk" else mode)
         device = setup.device
 
         def batches(epoch: int) -> Any:  # the Poisson sampler's index batches (no per-sample dataset fetch)
@@ -124,6 +137,12 @@ class DPSGD(TrainingDefense):
         setup.step_context = hooked
         if mode == "ghost":
             setup.backward = lambda losses: ghost_backward(net, private_opt, losses)
+        elif mode == "bk":  # Opacus's ghost-mode optimiser (noise, scaling, accounts), bastion's clipping
+            net.remove_hooks()
+            keeper = BookKeeper(module, float(self.params.max_grad_norm))
+            setup.net, setup.backward, setup.step_context = module, keeper.backward, keeper.step
+            setup.cleanup.append(keeper.close)
+            private_opt.accumulate = lambda: _take_clipped_sum(private_opt)
         privacy: dict[str, Any] = {
             "mechanism": "dp-sgd", "accountant": self.params.accountant, "target_epsilon": float(self.params.epsilon),
             "delta": float(self.params.delta), "epsilon": 0.0, "noise_multiplier": float(private_opt.noise_multiplier),
@@ -138,6 +157,14 @@ class DPSGD(TrainingDefense):
             privacy["epsilon"] = float(engine.get_epsilon(privacy["delta"])) if privacy["steps"] else 0.0
 
         setup.cleanup.append(spent)
+
+
+def _take_clipped_sum(optimizer: Any) -> None:
+    """Opacus's ``accumulate`` for one backward pass per step: each ``.grad`` (a fresh tensor from
+    :class:`~bastion.defenses.bk_clipping.BookKeeper`) is the sum the noise is added to, taken as
+    it is (Opacus deep-copies it, a copy of every parameter per step)."""
+    for p in optimizer.params:
+        p.summed_grad = p.grad
 
 
 def fix_module(module: Any) -> tuple[Any, list[str]]:
