@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from bastion.core.targets.base import DifferentiableTarget
 from bastion.core.targets.callable_target import CallableTarget
 from bastion.core.targets.sklearn_target import SklearnTarget
 from bastion.core.threat import ThreatModel
-from bastion.errors import TargetError, UsageError
+from bastion.errors import DataError, TargetError, UsageError
 
 SPEC = InputSpec(shape=(2,), lower=0.0, upper=1.0)
 FAST = {"epochs": 60, "batch_size": 32, "lr": 1e-2}
@@ -124,3 +125,64 @@ def _LinearModel():  # noqa: ANN202, N802
 
     x = _pool(300, 3).x
     return LogisticRegression().fit(x, (x[:, 0] > x[:, 1]).astype(int))
+
+
+# --- Knockoff Nets' adaptive strategy (Orekondy et al. 2019) ---------------------------------------
+def _corner_and_edge() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An uninformative group (a corner: all class 0, answered with certainty) and an informative
+    one (the disc's edge: both classes, uncertain answers); with each input's group."""
+    rng = np.random.default_rng(1)
+    corner = (rng.random((150, 2)) * 0.15).astype(np.float32)
+    angle, radius = rng.random(150) * 2 * np.pi, np.sqrt(0.06) + rng.normal(0, 0.05, 150)
+    edge = (0.5 + np.stack([radius * np.cos(angle), radius * np.sin(angle)], 1)).astype(np.float32)
+    return np.concatenate([corner, edge]), np.r_[np.zeros(150), np.ones(150)], edge
+
+
+def _adaptive(seed: int = 0, budget: int = 100, labelled: bool = True, **params):  # noqa: ANN202
+    from bastion.core.run import RunContext
+
+    x, groups, edge = _corner_and_edge()
+    target = Spy()
+    res = get_extraction_attack("knockoff", strategy="adaptive", clusters=2, **{"rounds": 1, **FAST, **params}).run(
+        target, _pool(), ThreatModel(query_budget=budget), RunContext(seed=seed),
+        query_set=Dataset(x, groups) if labelled else x)
+    sent = np.concatenate(target.asked)
+    on_edge = len({r.tobytes() for r in sent} & {r.tobytes() for r in edge})
+    return res, sent, on_edge
+
+
+def test_adaptive_spends_exactly_the_budget_on_distinct_inputs_of_the_query_set() -> None:
+    res, sent, _ = _adaptive(budget=101, rounds=3, step=7)
+    assert res.queries == 101 == len(sent) and res.curve.queries == [34, 67, 101] and res.complete
+    assert len({r.tobytes() for r in sent}) == 101  # never the same input twice
+    assert {r.tobytes() for r in sent} <= {r.tobytes() for r in _corner_and_edge()[0]}
+    assert res.fidelity > 0.8
+
+
+def test_adaptive_is_deterministic_for_a_seed() -> None:
+    (a, sent_a, _), (b, sent_b, _) = _adaptive(seed=3), _adaptive(seed=3)
+    assert np.array_equal(sent_a, sent_b) and a.fidelity == b.fidelity
+    assert not np.array_equal(sent_a, _adaptive(seed=4)[1])
+
+
+@pytest.mark.parametrize("labelled", [True, False])  # the attacker's own labels, or k-means clusters
+def test_adaptive_policy_follows_its_reward(labelled: bool) -> None:
+    # the loss reward favours the disc's edge (what the copy has yet to learn), the certainty reward
+    # the corner (confident answers); random selection would split 100 queries about evenly
+    for seed in range(2):
+        assert _adaptive(seed, labelled=labelled, reward="loss")[2] >= 65
+        assert _adaptive(seed, labelled=labelled, reward="certainty")[2] <= 35
+
+
+def test_kmeans_separates_blobs_and_query_labels_must_match() -> None:
+    from bastion.attacks.extraction.adaptive import kmeans
+
+    centres = np.array([[0.1, 0.1], [0.9, 0.1], [0.5, 0.9]])
+    truth = np.repeat(np.arange(3), 40)
+    blobs = centres[truth] + np.random.default_rng(0).normal(0, 0.05, (120, 2))
+    found = kmeans(blobs, 3, seed=0)
+    assert all(len(set(found[truth == c])) == 1 for c in range(3)) and len(set(found)) == 3
+    x, groups, _ = _corner_and_edge()
+    with pytest.raises(DataError, match="query set has 300 inputs but 299 labels"):
+        get_extraction_attack("knockoff", strategy="adaptive", rounds=1, **FAST).run(
+            Spy(), _pool(), ThreatModel(query_budget=50), query_set=SimpleNamespace(x=x, y=groups[:-1]))

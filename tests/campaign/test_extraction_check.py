@@ -83,3 +83,17 @@ def test_a_gate_on_a_transfer_eps_the_check_does_not_run_is_refused(tmp_path: Pa
     with pytest.raises(PolicyError, match="eps"):
         _scan(_policy(tmp_path, [{"name": "theft", "kind": "extraction", "attacks": ["equation-solving"],
                                   "transfer": {"eps": 0.15}}], ["transfer_success_rate[theft, eps=0.3] <= 0.3"]))
+
+
+def test_knockoff_adaptive_queries_the_labelled_query_set_within_the_budget(tmp_path: Path) -> None:
+    path = _policy(tmp_path, [{"name": "theft", "kind": "extraction", "query_budget": 60, "query_set": {"role": "holdout"},
+                               "attacks": [{"attack": "knockoff", "params": {"strategy": "adaptive", "rounds": 2,
+                                                                              "epochs": 5}}]}])
+    rng = np.random.default_rng(5)
+    np.savez(tmp_path / "q.npz", x=rng.random((90, 5)).astype(np.float32), y=rng.integers(0, 3, 90))
+    doc = yaml.safe_load(path.read_text())
+    doc["datasets"]["holdout"] = {"source": "npz:q.npz"}
+    path.write_text(yaml.safe_dump(doc))
+    check = _scan(path).checks[0]
+    assert check.status == "complete", check.reason
+    assert check.values("queries", attack="knockoff") == [60.0]

@@ -81,13 +81,17 @@ class ModelExtraction(Configurable, ABC):
 
     family: ClassVar[str] = "extraction"
     Params: ClassVar[type[Params]] = ExtractionParams
+    uses_groups: ClassVar[bool] = False
+    """True: ``_extract`` also takes ``groups=``, the attacker's own labels of the queried inputs
+    (the query set's ``y``, or the pool's for the inputs not held out; None without labels)."""
 
     def run(self, target: Target, pool: Any, threat: ThreatModel | None = None,
             ctx: RunContext | None = None, *, query_set: Any = None) -> ExtractionResult:
         """``pool``: inputs the attacker may query (an array), or a Dataset-like object with ``x``
         and class-index ``y`` (then the surrogate's accuracy is reported too). ``query_set``: other
         inputs the attacker queries instead (out-of-distribution natural data, as Knockoff Nets and
-        Copycat CNN use); the held-out part of the pool still measures fidelity. Queries are charged
+        Copycat CNN use), an array or a Dataset-like object whose ``y`` groups them (Knockoff's
+        adaptive strategy); the held-out part of the pool still measures fidelity. Queries are charged
         to the run's ledger within ``threat.query_budget``; when it is spent, or on Ctrl-C, the last
         surrogate finished before is the result (``complete=False``)."""
         threat, rctx = threat or ThreatModel(), self.run_context(ctx)
@@ -102,6 +106,12 @@ class ModelExtraction(Configurable, ABC):
                             f"for measuring fidelity", hint="give a larger pool")
         order = rctx.rng("holdout").permutation(len(x))
         hold, query = order[:n_hold], order[n_hold:]
+        extra: dict[str, Any] = {}
+        if self.uses_groups:
+            groups = y[query] if queried is None and y is not None else getattr(query_set, "y", None)
+            if groups is not None and len(groups) != len(x[query] if queried is None else queried):
+                raise DataError(f"the extraction query set has {len(queried)} inputs but {len(groups)} labels")
+            extra["groups"] = None if groups is None else np.asarray(groups)
         with target.uncounted():  # bastion's own measurement, not the attacker's queries
             ref = target.predict(x[hold])
         repeats = query_repeats(target, self.params.repeats, x[query])
@@ -112,7 +122,7 @@ class ModelExtraction(Configurable, ABC):
         with metering(rctx, target, threat=threat) as meter:
             try:
                 for candidate in self._extract(asked(target, repeats), x[query] if queried is None else queried,
-                                               threat, rctx):
+                                               threat, rctx, **extra):
                     self._check_surrogate(target, candidate)
                     surrogate = candidate
                     pred = surrogate.predict(x[hold])

@@ -1,8 +1,10 @@
 """Learning-based extraction: train a copy of the model on its answers to queries.
 
 - Knockoff Nets (Orekondy, Schiele & Fritz 2019, "Knockoff Nets: Stealing Functionality of
-  Black-Box Models", arXiv:1812.02766), random strategy: query natural inputs drawn at random from
-  the attacker's query set and train on the model's full probability vectors (soft labels).
+  Black-Box Models", arXiv:1812.02766): query natural inputs of the attacker's query set, drawn at
+  random (``strategy: random``) or by the paper's adaptive gradient-bandit policy over groups of
+  that data (``strategy: adaptive``, :mod:`bastion.attacks.extraction.adaptive`), and train on the
+  model's full probability vectors (soft labels).
 - Copycat CNN (Correia-Silva et al. 2018, "Copycat CNN: Stealing Knowledge by Persuading Confession
   with Random Non-Labeled Data", arXiv:1806.05476): the same with the model's top-1 labels only
   (what a label-only API gives).
@@ -24,6 +26,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import ConfigDict, Field
 
+from bastion.attacks.extraction.adaptive import AdaptiveSampler, OnlineLearner, Reward, kmeans
 from bastion.attacks.extraction.base import ExtractionParams, ModelExtraction
 from bastion.core.repeated import query_cost
 from bastion.core.run import RunContext
@@ -32,6 +35,8 @@ from bastion.core.threat import ThreatModel
 from bastion.errors import DataError, TargetError, UsageError
 
 Labels = Literal["scores", "top1"]
+Draw = Callable[[int, Callable[[np.ndarray], np.ndarray]], tuple[np.ndarray, np.ndarray]]
+"""Sends ``n`` more queries through ``ask`` (inputs -> answers): their indices in the pool, the answers."""
 
 
 class LearnedParams(ExtractionParams):
@@ -82,8 +87,19 @@ class LearnedExtraction(ModelExtraction):
 
     def _trainer(self, target: Target, x: np.ndarray) -> Callable[[np.ndarray, np.ndarray, int], Any]:
         """A function training a fresh copy on (inputs, answers) from a seed and returning its module."""
+        from bastion.core.training import TrainRequest
+
+        procedure = self._procedure(target, x)
+
+        def train(xs: np.ndarray, ys: np.ndarray, seed: int) -> Any:
+            return procedure.fit(TrainRequest(xs, ys, seed=seed))
+
+        return train
+
+    def _procedure(self, target: Target, x: np.ndarray) -> Any:
+        """The copy's training procedure: its architecture (standardised on ``x`` by default), Adam."""
         from bastion.core.surrogate import input_statistics, surrogate_module
-        from bastion.core.training import TorchTrainingProcedure, TrainRequest, adam
+        from bastion.core.training import TorchTrainingProcedure, adam
 
         spec, k = target.input_spec, target.n_classes
         arch = self.params.architecture
@@ -97,13 +113,8 @@ class LearnedExtraction(ModelExtraction):
         elif not callable(arch):
             raise UsageError(f"{self.label}: architecture must be a callable or 'module:factory', "
                              f"got {type(arch).__name__}")
-        procedure = TorchTrainingProcedure(model=arch, optimizer=adam(self.params.lr), epochs=self.params.epochs,
-                                           batch_size=self.params.batch_size)
-
-        def train(xs: np.ndarray, ys: np.ndarray, seed: int) -> Any:
-            return procedure.fit(TrainRequest(xs, ys, seed=seed))
-
-        return train
+        return TorchTrainingProcedure(model=arch, optimizer=adam(self.params.lr), epochs=self.params.epochs,
+                                      batch_size=self.params.batch_size)
 
     def _copy(self, module: Any, target: Target, queries: int) -> Target:
         from bastion.core.targets.torch_target import TorchTarget
@@ -116,25 +127,66 @@ class LearnedExtraction(ModelExtraction):
         return ctx.key(*names) % 2**63
 
 
+class KnockoffParams(LearnedParams):
+    strategy: Literal["random", "adaptive"] = Field(
+        "random", description="how queries are drawn from the query set: at random, or by Knockoff Nets' adaptive "
+                              "gradient-bandit policy over groups of it")
+    clusters: int = Field(10, ge=2, le=10_000, description="adaptive: groups of the query set (k-means) when it "
+                                                           "has no labels of its own")
+    reward: Reward = Field("all", description="adaptive: the policy's reward (certainty, diversity, loss, or all "
+                                              "three standardised and averaged)")
+    window: int = Field(100, ge=1, description="adaptive: answers the diversity reward compares with")
+    step: int = Field(8, ge=1, le=65_536, description="adaptive: queries per request and online training step")
+    alpha: float = Field(0.1, gt=0, le=10, description="adaptive: the policy's step size")
+
+
 class Knockoff(LearnedExtraction):
-    """Knockoff Nets, random strategy: natural inputs at random, trained on the model's scores."""
+    """Knockoff Nets: natural inputs, at random or chosen adaptively, trained on the model's scores."""
 
     name = "knockoff"
+    Params = KnockoffParams
+    uses_groups = True
 
-    def _extract(self, target: Target, pool: np.ndarray, threat: ThreatModel, ctx: RunContext) -> Iterator[Target]:
+    def _extract(self, target: Target, pool: np.ndarray, threat: ThreatModel, ctx: RunContext,
+                 groups: np.ndarray | None = None) -> Iterator[Target]:
+        from bastion.core.training import TrainRequest
+
+        p: KnockoffParams = self.params  # type: ignore[assignment]
         self._check_labels(target)
         total = self._budget(target, threat, len(pool))
-        order = ctx.rng("order").permutation(len(pool))[:total]
-        train = self._trainer(target, pool)
-        cuts = np.linspace(0, total, self.params.rounds + 1).round().astype(int)
+        procedure = self._procedure(target, pool)
+        draw = self._random(pool, total, ctx) if p.strategy == "random" else self._adaptive(pool, groups, procedure, ctx)
+        cuts = np.linspace(0, total, p.rounds + 1).round().astype(int)
+        picked: list[np.ndarray] = []
         answers: list[np.ndarray] = []
         for r, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
-            answers.append(self._ask(target, pool[order[a:b]]))
-            module = train(pool[order[:b]], np.concatenate(answers), self._seed(ctx, "train", str(r)))
+            idx, y = draw(int(b - a), lambda x: self._ask(target, x))
+            picked.append(idx)
+            answers.append(y)
+            module = procedure.fit(TrainRequest(pool[np.concatenate(picked)], np.concatenate(answers),
+                                                seed=self._seed(ctx, "train", str(r))))
             yield self._copy(module, target, int(b))
 
+    @staticmethod
+    def _random(pool: np.ndarray, total: int, ctx: RunContext) -> Draw:
+        order, sent = ctx.rng("order").permutation(len(pool))[:total], 0
 
-class CopycatParams(LearnedParams):
+        def draw(n: int, ask: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+            nonlocal sent
+            idx, sent = order[sent:sent + n], sent + n
+            return idx, ask(pool[idx])
+
+        return draw
+
+    def _adaptive(self, pool: np.ndarray, groups: np.ndarray | None, procedure: Any, ctx: RunContext) -> Draw:
+        p: KnockoffParams = self.params  # type: ignore[assignment]
+        if groups is None:
+            groups = kmeans(pool, p.clusters, self._seed(ctx, "clusters") % 2**31)
+        learner = OnlineLearner(procedure, self._seed(ctx, "online"))
+        return AdaptiveSampler(pool, groups, p.reward, p.window, p.step, p.alpha, learner, ctx.rng("adaptive")).draw
+
+
+class CopycatParams(KnockoffParams):
     labels: Labels = Field("top1", description="train on the model's top-1 label (Copycat) or its probabilities")
 
 

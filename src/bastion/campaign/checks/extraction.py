@@ -104,7 +104,7 @@ class ExtractionCheck(Check):
         t0 = time.perf_counter()
         pool = self._records(ctx, self.params.pool, "pool")
         qs = self.params.query_set
-        query_set = None if qs is None else self._records(ctx, qs, "query_set").x
+        query_set = None if qs is None else self._records(ctx, qs, "query_set")  # its labels group it (adaptive)
         res = CheckResult(name=self.name, kind=self.kind, metrics={"attacks": {}})
         run = RunContext(seed=ctx.seed).spawn(self.name)
         threat = ThreatModel(query_budget=self.params.query_budget)
