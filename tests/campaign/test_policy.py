@@ -24,7 +24,7 @@ def _write(tmp_path: Path, text: str) -> Path:
     ("checks:\n  - name: a\n    kind: evasion\n    norm: l3\n", 9, "checks[0].norm", "'linf' or 'l2'"),
     ("checks:\n  - name: a\n    kind: evade\n", 8, "checks[0].kind", "unknown check kind"),
     ("checks:\n  - name: a\n    kind: evasion\n    attack: nope\n", 9, "checks[0].attack", "unknown attack"),
-    ("checks:\n  - name: a\n    kind: evasion\n    eps: [-1]\n", 9, "checks[0].eps", "eps"),
+    ("checks:\n  - name: a\n    kind: evasion\n    eps: [-1]\n", 9, "checks[0].eps[0]", ">= 0"),
     ("checks:\n  - {name: a, kind: evasion}\ngates:\n  - 'robust_accuracy >> 3'\n", 9, "gates[0]", "cannot parse"),
     ("checks: []\n", 6, "checks", "at least 1"),
     ("checks:\n  - {name: a, kind: evasion}\n  - {name: a, kind: evasion}\n", None, None, "unique"),

@@ -23,10 +23,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from bastion.certify.base import Certifier
-from bastion.core.params import Params
+from bastion.core.params import EpsList, Params
 from bastion.core.run import RunContext
 from bastion.core.targets.base import Target
 from bastion.errors import UsageError
@@ -40,22 +40,10 @@ Bounds = tuple["torch.Tensor", "torch.Tensor"]
 
 
 class IBPParams(Params):
-    eps: list[float] = Field(..., min_length=1, description="L∞ ε to verify at: one number or a list, each >= 0, "
+    eps: EpsList = Field(..., description="L∞ ε to verify at: one number or a list, each >= 0, "
                                                             "in ε units of the input spec (feature scales).")
     batch_size: int = Field(128, ge=1, le=100_000, description="Inputs whose bounds are propagated together "
                                                                "(each with every ε).")
-
-    @field_validator("eps", mode="before")
-    @classmethod
-    def _listify(cls, v: Any) -> Any:
-        return [v] if isinstance(v, (int, float, str)) else v
-
-    @field_validator("eps")
-    @classmethod
-    def _non_negative(cls, v: list[float]) -> list[float]:
-        if any(not (e >= 0) for e in v):
-            raise ValueError("every ε must be a finite number >= 0")
-        return sorted(set(v))
 
 
 class IntervalBoundPropagation(Certifier):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from bastion.errors import UsageError
 
@@ -50,8 +50,20 @@ def _eps(v: Any) -> Any:
     return f
 
 
+def _one_or_many(v: Any) -> Any:
+    return [v] if isinstance(v, int | float | str) else v
+
+
+def _sorted_distinct(v: list[float]) -> list[float]:
+    if not v:
+        raise ValueError("give one or more numbers")
+    return sorted(set(v))
+
+
 Eps = Annotated[float, BeforeValidator(_eps)]
 Number = Annotated[float, BeforeValidator(_number)]
+EpsList = Annotated[list[Eps], BeforeValidator(_one_or_many), AfterValidator(_sorted_distinct)]
+"""One number or a list of finite numbers >= 0 (ε values, radii), sorted without repeats."""
 
 
 class Params(BaseModel):

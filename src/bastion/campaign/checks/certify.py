@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from bastion.campaign.checks.base import Check, CheckContext, CheckParams, register_check
 from bastion.campaign.gates import GateView
+from bastion.core.params import EpsList
 from bastion.core.results import CheckResult, RobustnessCurve
 from bastion.core.run import RunContext
 
@@ -23,21 +24,9 @@ class CertifyParams(CheckParams):
     certifier: str = Field("smoothing", description="Name of a registered certifier: smoothing (L2), ibp (L∞).")
     params: dict[str, Any] = Field(default_factory=dict, description="Parameters of the certifier, e.g. "
                                                                      "{sigma: 0.25, n: 10000}.")
-    radii: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0],
+    radii: EpsList = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0],
                                description="Radii (ε units of the certifier's norm) of the certified-accuracy curve.")
     samples: int = Field(100, ge=1, description="Certify at most this many eval inputs (a seeded random subset).")
-
-    @field_validator("radii", mode="before")
-    @classmethod
-    def _listify(cls, v: Any) -> Any:
-        return [v] if isinstance(v, (int, float, str)) else v
-
-    @field_validator("radii")
-    @classmethod
-    def _finite(cls, v: list[float]) -> list[float]:
-        if not v or any(not (r >= 0) or r == float("inf") for r in v):
-            raise ValueError("radii must be one or more finite numbers >= 0")
-        return sorted(set(v))
 
     @field_validator("certifier")
     @classmethod

@@ -30,6 +30,7 @@ from bastion.campaign.checks.evasion import NORM_SYMBOL, EvasionParams, robustne
 from bastion.campaign.gates import GateView
 from bastion.campaign.rules import EVASION_RULE, OBFUSCATION_RULE
 from bastion.core.defense import DefendedTarget, DifferentiableDefendedTarget, NonAdaptiveView
+from bastion.core.params import EpsList
 from bastion.core.results import CheckResult, Finding, RobustnessCurve
 from bastion.core.rules import get_rule
 from bastion.core.run import RunContext
@@ -45,20 +46,10 @@ class DefenseEvalParams(CheckParams):
     attack: str = Field(default="pgd", description="A registered white-box (gradient) attack.")
     params: dict[str, Any] = Field(default_factory=dict, description="Parameters of the attack.")
     norm: Literal["linf", "l2"] = "linf"
-    eps: list[float] = Field(default_factory=lambda: [0.1])
+    eps: EpsList = Field(default_factory=lambda: [0.1])
     tolerance: float = Field(default=0.05, ge=0, le=1, description=(
         "How far the non-adaptive robust accuracy may exceed the adaptive one before the defense is said to "
         "obfuscate gradients (a ratio)."))
-
-    @field_validator("eps", mode="before")
-    @classmethod
-    def _listify(cls, v: Any) -> Any:
-        return EvasionParams._listify(v)
-
-    @field_validator("eps")
-    @classmethod
-    def _positive(cls, v: list[float]) -> list[float]:
-        return EvasionParams._positive(v)
 
     @field_validator("attack")
     @classmethod

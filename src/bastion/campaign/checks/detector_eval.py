@@ -26,6 +26,7 @@ from bastion.campaign.checks.evasion import NORM_SYMBOL, EvasionParams
 from bastion.campaign.detector_attack import GuardedPGD
 from bastion.campaign.gates import GateView
 from bastion.campaign.rules import DETECTOR_RULE
+from bastion.core.params import EpsList
 from bastion.core.results import CheckResult, Finding, Severity
 from bastion.core.rules import get_rule
 from bastion.core.run import RunContext
@@ -46,7 +47,7 @@ class DetectorEvalParams(CheckParams):
     attack_params: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                      description="Parameters per attack name, e.g. {pgd: {steps: 40}}.")
     norm: Literal["linf", "l2"] = "linf"
-    eps: list[float] = Field(default_factory=lambda: [0.1])
+    eps: EpsList = Field(default_factory=lambda: [0.1])
     fit_fraction: float = Field(default=0.5, gt=0, lt=1, description="Share of the eval inputs that calibrate the "
                                                                      "detector; the rest measure it.")
     adaptive_steps: int = Field(default=50, ge=1, le=10_000, description="Steps of the adaptive attack.")
@@ -56,15 +57,9 @@ class DetectorEvalParams(CheckParams):
         "Largest share of attacked inputs the adaptive attack may get past the classifier and the detector "
         "before the detector is said to be bypassed."))
 
-    @field_validator("eps", mode="before")
-    @classmethod
-    def _listify(cls, v: Any) -> Any:
-        return EvasionParams._listify(v)
-
     @field_validator("eps")
     @classmethod
     def _positive(cls, v: list[float]) -> list[float]:
-        v = EvasionParams._positive(v)
         if v[0] <= 0:
             raise ValueError("eps must be > 0")
         return v

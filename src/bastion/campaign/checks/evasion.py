@@ -36,6 +36,7 @@ from bastion.core.results import (
     TabularRow,
 )
 from bastion.core.metrics import METRIC_UNITS, NORM_UNITS
+from bastion.core.params import EpsList
 from bastion.core.rules import get_rule
 from bastion.core.run import QueryLedger, RunContext
 from bastion.core.threatmap import THREATS
@@ -52,22 +53,10 @@ class EvasionParams(CheckParams):
     attack: str = Field(default="pgd", description="Name of a registered attack.")
     params: dict[str, Any] = Field(default_factory=dict, description="Parameters of the attack.")
     norm: Literal["linf", "l2"] = "linf"
-    eps: list[float] = Field(default_factory=lambda: [0.1])
+    eps: EpsList = Field(default_factory=lambda: [0.1])
     targeted: bool = False
     query_budget: int | None = Field(default=None, gt=0)
     examples: int = Field(default=8, ge=0, le=64)
-
-    @field_validator("eps", mode="before")
-    @classmethod
-    def _listify(cls, v: Any) -> Any:
-        return [v] if isinstance(v, (int, float, str)) else v  # YAML reads `eps: 3e-2` as a string
-
-    @field_validator("eps")
-    @classmethod
-    def _positive(cls, v: list[float]) -> list[float]:
-        if not v or any(not (e >= 0) or e == float("inf") for e in v):
-            raise ValueError("eps must be one or more finite numbers >= 0")
-        return sorted(v)
 
     @field_validator("attack")
     @classmethod
