@@ -212,6 +212,126 @@ def art_run(epochs: int, device: str, eval_limit: int | None) -> dict[str, Any]:
             "train_seconds_per_epoch": seconds / epochs, "after": auto_figures(trained, xte, yte, device)}
 
 
+# --- 2b. step-for-step equivalence with ART ------------------------------------------------------
+def equivalence(epochs: int) -> dict[str, Any]:
+    """bastion's ``pgd-at`` and ART's ``AdversarialTrainerMadryPGD`` fed the same random numbers: the
+    same initial weights, the same batches (ART's ``np.random.shuffle`` of the epoch replaced by
+    bastion's permutation, its within-batch shuffle of ``adv_ids`` by the identity) and the same PGD
+    random starts (ART's ``random_sphere`` replaced by the uniform draws bastion's batch hook makes
+    from its generator, row for row). If the two implement the same algorithm, their weights after
+    ``epochs`` epochs differ by float rounding only; for scale, the same comparison between two
+    bastion runs whose random starts come from different seeds."""
+    import art.attacks.evasion.projected_gradient_descent.projected_gradient_descent_pytorch as art_pgd
+    import art.defences.trainer.adversarial_trainer as art_trainer
+    from art.defences.trainer import AdversarialTrainerMadryPGD
+    from art.estimators.classification import PyTorchClassifier
+
+    from bastion.attacks.evasion.training.madry import PGDTraining
+    from bastion.campaign.harden import holdout_split
+    from bastion.core.spec import InputSpec
+    from bastion.core.training import TorchTrainingProcedure, TrainRequest, adam
+    from bastion.core.demo import digits_cnn_module
+
+    xtr, ytr, xte, yte = _data()
+    kept, _ = holdout_split(len(ytr), 128, SEED)
+    xtr, ytr = xtr[kept], ytr[kept]
+    n = len(xtr)
+    spec = InputSpec(shape=(1, 8, 8), lower=0.0, upper=1.0, kind="image")
+
+    def bastion_weights(start_seed: int) -> torch.nn.Module:
+        """``pgd-at`` through the procedure; its random starts come from a generator seeded by
+        ``start_seed`` (the procedure seeds it with the request's seed; shuffling too)."""
+        procedure = PGDTraining(eps=EPS, steps=STEPS).apply(
+            TorchTrainingProcedure(model=digits_cnn_module, optimizer=adam(LR), epochs=epochs, batch_size=BATCH))
+        request = TrainRequest(xtr, ytr, seed=start_seed, input_spec=spec)
+        return procedure.fit(request, _fresh_module("cpu"))
+
+    # bastion's random numbers, replayed for ART: the epochs' permutations and each batch's uniform start
+    shuffle, starts = torch.Generator().manual_seed(SEED), torch.Generator().manual_seed(SEED)
+    perms, rows = [], []
+    for _ in range(epochs):
+        perms.append(torch.randperm(n, generator=shuffle).numpy())
+        for i in range(0, n, BATCH):
+            b = min(BATCH, n - i)
+            rows.append(((torch.rand((b, 1, 8, 8), generator=starts) * 2 - 1) * EPS).reshape(b, -1).numpy())
+    start_rows = np.concatenate(rows)
+    served = {"perm": 0, "row": 0}
+
+    class Shuffle:  # ART's np.random.shuffle: bastion's permutation for the epoch, identity within a batch
+        def shuffle(self, a: np.ndarray) -> None:
+            if len(a) == n:
+                a[:] = perms[served["perm"]]
+                served["perm"] += 1
+
+    class NumpyShim:
+        random = Shuffle()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(np, name)
+
+    def sphere(count: int, dims: int, radius: float, norm: Any) -> np.ndarray:
+        assert norm in ("inf", np.inf) and radius == EPS and dims == 64
+        out = start_rows[served["row"]:served["row"] + count]
+        served["row"] += count
+        return out
+
+    saved = art_trainer.np, art_pgd.random_sphere
+    art_trainer.np, art_pgd.random_sphere = NumpyShim(), sphere
+    try:
+        first = first_batch_craft(xtr[perms[0][:BATCH]], ytr[perms[0][:BATCH]], start_rows[:BATCH], sphere, served)
+        model = _fresh_module("cpu")
+        clf = PyTorchClassifier(model=model, loss=torch.nn.CrossEntropyLoss(),
+                                optimizer=torch.optim.Adam(model.parameters(), lr=LR), input_shape=(1, 8, 8),
+                                nb_classes=10, clip_values=(0.0, 1.0), device_type="cpu")
+        AdversarialTrainerMadryPGD(clf, nb_epochs=epochs, batch_size=BATCH, eps=EPS, eps_step=2.5 * EPS / STEPS,
+                                   max_iter=STEPS, num_random_init=1).fit(xtr, ytr)
+    finally:
+        art_trainer.np, art_pgd.random_sphere = saved
+    assert served == {"perm": epochs, "row": len(start_rows)}, served  # ART drew exactly bastion's numbers
+    theirs = clf.model.eval()
+    ours, other = bastion_weights(SEED), bastion_weights(SEED + 1)
+
+    def diff(a: torch.nn.Module, b: torch.nn.Module) -> dict[str, float]:
+        wa = torch.cat([p.detach().flatten() for p in a.parameters()])
+        wb = torch.cat([p.detach().flatten() for p in b.parameters()])
+        with torch.no_grad():
+            xt = torch.as_tensor(xte)
+            agree = float((a(xt).argmax(1) == b(xt).argmax(1)).float().mean())
+        return {"max_abs_weight_diff": float((wa - wb).abs().max()),
+                "relative_l2_weight_diff": float((wa - wb).norm() / wb.norm()), "test_prediction_agreement": agree}
+
+    return {"epochs": epochs, "first_batch_adversarial_inputs": first,
+            "bastion_vs_art_same_random_numbers": diff(ours, theirs),
+            "bastion_vs_bastion_other_seed": diff(ours, other)}
+
+
+def first_batch_craft(x: np.ndarray, y: np.ndarray, start: np.ndarray, sphere: Any, served: dict[str, int]
+                      ) -> dict[str, float]:
+    """The inner maximisation alone: bastion's ``ascend`` and ART's PGD on one batch of the initial
+    model from the same random start (``sphere`` serves ``start``'s rows to ART; the counter is reset)."""
+    from art.attacks.evasion import ProjectedGradientDescentPyTorch
+    from art.estimators.classification import PyTorchClassifier
+
+    from bastion.attacks.evasion._torch import Geometry
+    from bastion.attacks.evasion.training.base import ascend, cross_entropy_to
+    from bastion.core.spec import InputSpec
+
+    model = _fresh_module("cpu").eval()
+    clf = PyTorchClassifier(model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=(1, 8, 8), nb_classes=10,
+                            clip_values=(0.0, 1.0), device_type="cpu")
+    theirs = ProjectedGradientDescentPyTorch(clf, eps=EPS, eps_step=2.5 * EPS / STEPS, max_iter=STEPS,
+                                             num_random_init=1, batch_size=len(x), verbose=False).generate(x, y=y)
+    served["row"] = 0
+
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y.astype(np.int64))
+    geo = Geometry.from_spec(InputSpec(shape=(1, 8, 8), lower=0.0, upper=1.0, kind="image"), "cpu")
+    gen = torch.Generator().manual_seed(SEED)  # the generator the start rows were drawn from, first draw
+    ours = ascend(model, lambda z: cross_entropy_to(z, yt), xt, geo, eps=EPS, norm="linf", steps=STEPS,
+                  step_size=2.5 * EPS / STEPS, generator=gen).numpy()
+    return {"max_abs_diff": float(np.abs(ours - theirs).max()),
+            "share_of_coordinates_equal": float(np.mean(ours == theirs))}
+
+
 # --- 3. paired comparison over seeds -------------------------------------------------------------
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value: ``b`` and ``c`` are the discordant pairs (images only one
@@ -258,6 +378,8 @@ def main() -> None:
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--keep", default="best", help="harden.keep of part 2, comma-separated (best,last: one run each)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--equivalence", type=int, default=0, metavar="EPOCHS",
+                    help="only train bastion and ART for EPOCHS on the same random numbers and compare the weights")
     ap.add_argument("--paired", type=Path, nargs="+", default=None,
                     help="only summarise earlier --out files (one per seed): paired per-image comparison")
     ap.add_argument("--out", type=Path, default=None)
@@ -267,6 +389,9 @@ def main() -> None:
         return
     global SEED
     SEED = args.seed
+    if args.equivalence:
+        print(json.dumps(equivalence(args.equivalence), indent=2))
+        return
     doc: dict[str, Any] = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                                        "python": platform.python_version(), "torch": torch.__version__,
                                        "torch_threads": torch.get_num_threads(), "device": args.device,
