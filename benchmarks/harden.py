@@ -363,7 +363,22 @@ def paired_summary(docs: list[dict[str, Any]]) -> dict[str, Any]:
         if rows:
             out[key] = {"seeds": rows, "bastion_mean": statistics.mean(r["bastion"] for r in rows),
                         "art_mean": statistics.mean(r["art"] for r in rows), "bastion_only": pooled_b,
-                        "art_only": pooled_c, "pooled_mcnemar_p": mcnemar_exact(pooled_b, pooled_c)}
+                        "art_only": pooled_c, "pooled_mcnemar_p": mcnemar_exact(pooled_b, pooled_c),
+                        "across_seeds": across_seeds([r["bastion"] - r["art"] for r in rows])}
+    return out
+
+
+def across_seeds(diffs: list[float]) -> dict[str, Any]:
+    """The training run as the unit: the per-seed differences (bastion - ART) of robust accuracy,
+    their mean and standard deviation, a paired t-test and a Wilcoxon signed-rank test (two-sided)."""
+    from scipy.stats import ttest_1samp, wilcoxon
+
+    out: dict[str, Any] = {"seeds": len(diffs), "mean_diff": statistics.mean(diffs)}
+    if len(diffs) >= 2:
+        out["sd_diff"] = statistics.stdev(diffs)
+        out["t_test_p"] = float(ttest_1samp(diffs, 0.0).pvalue)
+    if len(diffs) >= 5 and any(diffs):
+        out["wilcoxon_p"] = float(wilcoxon(diffs).pvalue)
     return out
 
 
