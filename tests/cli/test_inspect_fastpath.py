@@ -62,6 +62,19 @@ def test_inspect_imports_no_heavy_library(models: Path) -> None:
     assert "bastion.supply.inspect" in modules       # the check can fail: the scanner did run in this process
 
 
+def test_inspect_reads_keras_hdf5_without_h5py(models: Path) -> None:
+    """Legacy Keras .h5 files are read by bastion's own HDF5 reader: no h5py, NumPy or worker process."""
+    pytest.importorskip("h5py")
+    sys.path.insert(0, str(Path(__file__).parents[1] / "supply"))
+    from corpus import _LAMBDA_CFG, keras_h5
+
+    keras_h5(models / "lambda.h5", _LAMBDA_CFG)
+    code, text, modules = _run("inspect", str(models))
+    assert code == 1 and "Lambda" in text and "6 file(s) scanned" in text
+    assert _heavy(modules) == [] and "bastion.supply.formats.hdf5_reader" in modules
+    assert "bastion.supply.isolate" not in modules        # the h5py worker was never started
+
+
 def test_the_guard_sees_a_heavy_import(models: Path) -> None:
     """A JSON report needs the pydantic result models: the same check flags them."""
     code, text, modules = _run("inspect", str(models), "--format", "json")

@@ -264,21 +264,30 @@ def _h5(tmp_path: Path, name: str, cfg: dict | None, training: dict | None = Non
     return p
 
 
-def test_hdf5_read_with_h5py_and_byte_search_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hdf5_read_builtin_then_h5py_then_byte_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bastion's own reader first; a file it does not read goes to h5py, and without h5py to a byte search."""
+    from bastion.supply.formats import hdf5_reader
     from corpus import _LAMBDA_CFG
 
+    def _lambdas() -> set[str]:
+        res = scan_paths([p])
+        lam = [f for f in res.findings if f.severity is Severity.critical]
+        assert lam and {f.metrics.get("attribute", "model_config") for f in lam} == {"model_config"}
+        return {f.metrics["hdf5_reader"] for f in lam}
+
     p = _h5(tmp_path, "m.h5", _LAMBDA_CFG)
-    res = scan_paths([p])
-    lam = [f for f in res.findings if f.severity is Severity.critical]
-    assert lam and {f.metrics["hdf5_reader"] for f in lam} == {"h5py"}
-    assert {f.metrics["attribute"] for f in lam} == {"model_config"} and res.formats[str(p)] == ["keras-h5"]
+    assert _lambdas() == {"builtin"} and scan_paths([p]).formats[str(p)] == ["keras-h5"]
+
+    def _declines(*args: object, **kwargs: object) -> None:
+        raise hdf5_reader.Unsupported("test")
+
+    monkeypatch.setattr(hdf5_reader, "read_hdf5", _declines)
+    assert _lambdas() == {"h5py"}
     monkeypatch.setitem(__import__("sys").modules, "h5py", None)
-    res = scan_paths([p])
-    lam = [f for f in res.findings if f.severity is Severity.critical]
-    assert lam and {f.metrics["hdf5_reader"] for f in lam} == {"byte-search"}
+    assert _lambdas() == {"byte-search"}
 
 
-def test_hdf5_h5py_cannot_open_falls_back_to_byte_search(tmp_path: Path) -> None:
+def test_hdf5_that_cannot_be_opened_falls_back_to_byte_search(tmp_path: Path) -> None:
     pytest.importorskip("h5py")
     from corpus import _LAMBDA_CFG
 

@@ -159,27 +159,6 @@ def test_hdf5_parse_runs_bounded_in_a_child(tmp_path: Path) -> None:
     assert [e.kind for e in res.errors] == ["not-analysed"]
 
 
-def test_hdf5_worker_is_started_ahead_only_when_an_hdf5_file_is_listed(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """The HDF5 worker imports h5py and NumPy: started ahead (to overlap with the scan) only when a listed
-    file starts like HDF5; reading the first bytes never blocks on a FIFO."""
-    import os
-
-    from bastion.supply.formats import HDF5_MAGIC, prepare
-
-    started: list[InspectConfig] = []
-    monkeypatch.setattr("bastion.supply.formats.keras.prestart_hdf5", started.append)
-    cfg = InspectConfig()
-    (tmp_path / "a.pkl").write_bytes(RCE_P0)
-    os.mkfifo(tmp_path / "fifo")
-    files = [tmp_path / "fifo", tmp_path / "a.pkl", tmp_path / "missing.h5", tmp_path]
-    prepare(cfg, files)
-    assert started == []
-    (tmp_path / "m.h5").write_bytes(HDF5_MAGIC + b"\x00" * 64)
-    prepare(cfg, [*files, tmp_path / "m.h5"])
-    assert started == [cfg]
-
-
 def _greedy(sub: ScanContext, fh: object, size: int) -> None:
     sub.add("BASTION-SC-020", Severity.critical, "found before the bomb")
     sub.blob = bytearray(512 * 1024**2)   # type: ignore[attr-defined]

@@ -21,7 +21,7 @@ from bastion import __version__
 from bastion.core.severity import Severity
 from bastion.supply.config import InspectConfig
 from bastion.supply.context import LimitExceeded, Malformed, ScanContext
-from bastion.supply.formats import UNKNOWN_FORMAT, prepare, scan_stream
+from bastion.supply.formats import UNKNOWN_FORMAT, scan_stream
 from bastion.supply.rules import CHECK_NAME, ScanFinding, make_finding, safe_text
 
 if TYPE_CHECKING:
@@ -254,7 +254,6 @@ def scan_paths(paths: Sequence[str | os.PathLike[str]], *, config: InspectConfig
             res.errors.append(ScanError(str(root), "no such file or directory"))
             continue
         items = list(_walk(root, cfg, res))
-        prepare(cfg, (path for path, _ in items))
         for path, scan_root in items:
             res.findings.extend(_link_findings(path, scan_root) if path != root else [])
             if path.is_symlink() and path != root and not path.exists():

@@ -190,19 +190,6 @@ def _stop_all() -> None:
         _WORKERS.popitem()[1].stop()
 
 
-def prestart(task: Task, config: InspectConfig, setup: Callable[[], None] | None = None) -> None:
-    """Fork the worker for ``task`` now (if none runs for ``config``), so that its ``setup`` (importing the
-    parsing library) runs while the scanner reads other files."""
-    if not hasattr(os, "fork"):
-        return
-    worker = _WORKERS.get(task)
-    if worker is not None and worker.config is config:
-        return
-    if worker is not None:
-        _WORKERS.pop(task).stop()
-    _WORKERS[task] = _Worker(task, config, setup)
-
-
 def run_isolated(ctx: ScanContext, fh: BinaryIO, size: int, task: Task, what: str, *,
                  setup: Callable[[], None] | None = None) -> None:
     """Run ``task(ctx, fh, size)`` in the worker for ``task`` (forked on first use; ``setup`` runs there

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import stat
-from collections.abc import Iterable
-from pathlib import Path
 from typing import BinaryIO
 
 from bastion.core.severity import Severity
-from bastion.supply.config import InspectConfig
 from bastion.supply.context import LimitExceeded, Malformed, ScanContext
 
 log = logging.getLogger(__name__)
@@ -53,28 +48,6 @@ def detect(head: bytes, size: int) -> str:
     if head[:1] and head[0] in _ONNX_FIRST:
         return "maybe-onnx"          # protobuf ModelProto, or a protocol 0/1 pickle ('(' etc. differ)
     return "maybe-pickle"
-
-
-def prepare(config: InspectConfig, paths: Iterable[Path]) -> None:
-    """Before the files are scanned: start the HDF5 worker process as soon as one of ``paths`` starts like
-    an HDF5 file, so that it imports its library while the other files are scanned (only the first bytes
-    are read; the worker is started on the first HDF5 file met in any case)."""
-    for path in paths:
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))   # a FIFO must not block
-        except OSError:
-            continue
-        try:
-            head = os.read(fd, len(HDF5_MAGIC)) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
-        except OSError:
-            head = b""
-        finally:
-            os.close(fd)
-        if head == HDF5_MAGIC:
-            from bastion.supply.formats.keras import prestart_hdf5
-
-            prestart_hdf5(config)
-            return
 
 
 def scan_stream(ctx: ScanContext, fh: BinaryIO, size: int) -> None:

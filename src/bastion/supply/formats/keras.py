@@ -4,27 +4,32 @@ Keras runs code from a config through Lambda layers (marshalled Python bytecode)
 ``module``/``class_name``/``registered_name`` references that import arbitrary callables
 (CVE-2024-3660, CVE-2025-1550).
 
-HDF5 (legacy Keras ``.h5``): with ``h5py`` (optional, imported lazily, >= 3.11 for link visits) the
-file is opened read-only and the root attributes ``model_config`` and ``training_config`` are read
-as JSON text -- what ``keras.saving.legacy`` reads -- and analysed; external links, external raw
-storage and virtual-dataset sources are checked like ONNX external data (HDF5 User Guide, "HDF5
-Groups: external links", "Datasets: external storage", "Virtual Dataset"). Without h5py (or when
-h5py cannot open the file) the config JSON is located by its signature in the raw bytes. Every
-HDF5 finding says which reader was used (``metrics.hdf5_reader``: ``h5py`` or ``byte-search``).
-Nothing is unpickled or executed; no dataset data is read.
+HDF5 (legacy Keras ``.h5``): the root attributes ``model_config`` and ``training_config`` are read as
+JSON text -- what ``keras.saving.legacy`` reads -- and analysed; external links, external raw storage
+and virtual-dataset sources are checked like ONNX external data (HDF5 User Guide, "HDF5 Groups:
+external links", "Datasets: external storage", "Virtual Dataset"). The file is read first by bastion's
+own reader (:mod:`bastion.supply.formats.hdf5_reader`, standard library only); a file it does not read
+(dense storage, virtual datasets, anything odd) goes to ``h5py`` (optional, >= 3.11 for link visits),
+which parses it read-only in a bounded worker process; without h5py (or when h5py cannot open the
+file) the config JSON is located by its signature in the raw bytes. Every HDF5 finding says which
+reader was used (``metrics.hdf5_reader``: ``builtin``, ``h5py`` or ``byte-search``). Nothing is
+unpickled or executed; no dataset data is read.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sys
 import posixpath
+import sys
 from typing import Any, BinaryIO
 
 from bastion.core.severity import Severity
-from bastion.supply.config import InspectConfig
 from bastion.supply.context import LimitExceeded, ScanContext
+from bastion.supply.formats.hdf5_reader import TooLarge
+
+log = logging.getLogger(__name__)
 
 _KERAS_MODULES = ("keras", "tensorflow", "tf_keras", "keras_nlp", "keras_cv", "keras_hub")
 _CODE_CLASSES = {"Lambda", "__lambda__", "function", "__function__", "TFOpLambda", "SlicingOpLambda"}
@@ -114,8 +119,10 @@ _H5_ATTRS = ("model_config", "training_config")   # root attributes keras.saving
 
 
 def scan_hdf5(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
-    """HDF5: Keras configs in the root attributes, and links or storage outside the file (h5py when
-    installed, else a byte search for the config JSON)."""
+    """HDF5: Keras configs in the root attributes, and links or storage outside the file (bastion's reader,
+    else h5py when installed, else a byte search for the config JSON)."""
+    if _scan_hdf5_builtin(ctx, fh, size):
+        return
     if not _h5py_installed():
         _scan_hdf5_bytes(ctx, fh, size)
         return
@@ -126,12 +133,33 @@ def scan_hdf5(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
     run_isolated(ctx, fh, size, _scan_hdf5_h5py, "HDF5", setup=_import_h5py)
 
 
-def prestart_hdf5(config: InspectConfig) -> None:
-    """Start the HDF5 worker (it imports h5py and NumPy) ahead of the first HDF5 file."""
-    if _h5py_installed():
-        from bastion.supply.isolate import prestart
+def _scan_hdf5_builtin(ctx: ScanContext, fh: BinaryIO, size: int) -> bool:
+    """Read the file with bastion's HDF5 reader; False (nothing reported) when it does not read it."""
+    from bastion.supply.formats.hdf5_reader import Broken, Unsupported, read_hdf5
 
-        prestart(_scan_hdf5_h5py, config, _import_h5py)
+    fh.seek(0)
+    try:
+        doc = read_hdf5(fh, size, _H5_ATTRS, max_value_bytes=ctx.config.max_header_bytes,
+                        max_links=ctx.config.max_members, check_time=ctx.check_time)
+    except Broken as exc:
+        ctx.add("BASTION-SC-007", Severity.medium, f"HDF5 file cannot be opened: {exc}",
+                description="The HDF5 library refuses such a file, so Keras (h5py) cannot load it either; its "
+                "bytes were searched for Keras configs.", hdf5_reader="byte-search")
+        fh.seek(0)
+        _scan_hdf5_bytes(ctx, fh, size)
+        return True
+    except Unsupported as exc:
+        log.debug("%s: HDF5 left to h5py: %s", ctx.where, exc)
+        fh.seek(0)
+        return False
+    found = False
+    for key in _H5_ATTRS:
+        if key in doc.attributes:
+            found |= _config_attribute(ctx, key, doc.attributes[key], "builtin")
+    for kind, location, obj in doc.external:
+        _check_external(ctx, kind, os.fsdecode(location), obj, "builtin")
+    _hdf5_done(ctx, found, "builtin")
+    return True
 
 
 def _h5py_installed() -> bool:
@@ -165,12 +193,9 @@ def _scan_hdf5_h5py(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
     with f:
         found = False
         for key in _H5_ATTRS:
-            text = _attr_text(ctx, h5py, f, key)
-            if text is not None:
-                ctx.check_time()
-                keras_like = analyse_config_bytes(ctx, text, root=f"{key}$", hdf5_reader="h5py",
-                                                 attribute=key)
-                found |= keras_like and key == "model_config"
+            value = _attr_text(ctx, h5py, f, key)
+            if value is not None:
+                found |= _config_attribute(ctx, key, value, "h5py")
         try:
             _check_links(ctx, f)
         except (LimitExceeded, MemoryError):
@@ -180,23 +205,37 @@ def _scan_hdf5_h5py(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
                     description="The file's group structure is corrupt; external links and storage were not "
                     "all checked.")
             ctx.not_understood(f"HDF5 links cannot be read: {exc}")
+    _hdf5_done(ctx, found, "h5py")
+
+
+def _config_attribute(ctx: ScanContext, key: str, value: str | bytes | TooLarge, reader: str) -> bool:
+    """Analyse the root attribute ``key`` (JSON text); True when it is a Keras model config."""
+    if isinstance(value, TooLarge) or len(value) > ctx.config.max_header_bytes:
+        ctx.add("BASTION-SC-008", Severity.high, f"HDF5 attribute {key!r} larger than max_header_bytes",
+                limit="max_header_bytes", hdf5_reader=reader)
+        return False
+    ctx.check_time()
+    keras_like = analyse_config_bytes(ctx, value, root=f"{key}$", hdf5_reader=reader, attribute=key)
+    return keras_like and key == "model_config"
+
+
+def _hdf5_done(ctx: ScanContext, found: bool, reader: str) -> None:
     if found:
         ctx.formats[-1] = "keras-h5"
     else:
         ctx.add("BASTION-SC-050", Severity.info, "HDF5 file without a Keras model config (weights only?)",
-                description="h5py found no model_config attribute holding a Keras config in the root group; "
-                "links and external storage were checked.", hdf5_reader="h5py")
+                description="No model_config attribute holding a Keras config in the root group; links and "
+                "external storage were checked.", hdf5_reader=reader)
 
 
-def _attr_text(ctx: ScanContext, h5py: Any, f: Any, key: str) -> str | bytes | None:
-    """A root attribute as text (str, or bytes decoded by json), within max_header_bytes; None if absent."""
+def _attr_text(ctx: ScanContext, h5py: Any, f: Any, key: str) -> str | bytes | TooLarge | None:
+    """A root attribute as text (str, or bytes decoded by json), TooLarge past max_header_bytes; None if
+    absent or not text."""
     try:
         if key not in f.attrs:
             return None
         if h5py.h5a.open(f.id, key.encode()).get_storage_size() > ctx.config.max_header_bytes:
-            ctx.add("BASTION-SC-008", Severity.high, f"HDF5 attribute {key!r} larger than max_header_bytes",
-                    limit="max_header_bytes", hdf5_reader="h5py")
-            return None
+            return TooLarge()
         value = f.attrs[key]
     except Exception as exc:  # noqa: BLE001 - unreadable datatype or corrupt attribute message
         ctx.add("BASTION-SC-007", Severity.medium, f"HDF5 attribute {key!r} cannot be read: {exc}",
@@ -205,10 +244,6 @@ def _attr_text(ctx: ScanContext, h5py: Any, f: Any, key: str) -> str | bytes | N
     if getattr(value, "size", None) == 1 and hasattr(value, "reshape"):
         value = value.reshape(-1)[0]      # a one-element array of strings
     if isinstance(value, (str, bytes)):
-        if len(value) > ctx.config.max_header_bytes:
-            ctx.add("BASTION-SC-008", Severity.high, f"HDF5 attribute {key!r} larger than max_header_bytes",
-                    limit="max_header_bytes", hdf5_reader="h5py")
-            return None
         return value
     ctx.add("BASTION-SC-007", Severity.medium, f"HDF5 attribute {key!r} is not text ({type(value).__name__})",
             description="Keras expects JSON text here; a loader may fail or behave unpredictably.",
@@ -234,7 +269,7 @@ def _check_links(ctx: ScanContext, f: Any) -> None:
         if count[0] > ctx.config.max_members:
             raise LimitExceeded("max_members", f"HDF5 file has more than {ctx.config.max_members} links")
         if isinstance(link, h5py.ExternalLink):
-            _check_external(ctx, "external link", os.fsdecode(link.filename), f"/{name}")
+            _check_external(ctx, "external link", os.fsdecode(link.filename), f"/{name}", "h5py")
             return
         if not isinstance(link, h5py.HardLink):
             return
@@ -245,16 +280,17 @@ def _check_links(ctx: ScanContext, f: Any) -> None:
         if not isinstance(obj, h5py.Dataset):
             return
         for entry in obj.external or ():
-            _check_external(ctx, "external storage", os.fsdecode(entry[0]), f"/{name}")
+            _check_external(ctx, "external storage", os.fsdecode(entry[0]), f"/{name}", "h5py")
         if obj.is_virtual:
             for src in obj.virtual_sources():
                 if src.file_name != ".":
-                    _check_external(ctx, "virtual dataset source", os.fsdecode(src.file_name), f"/{name}")
+                    _check_external(ctx, "virtual dataset source", os.fsdecode(src.file_name), f"/{name}",
+                                    "h5py")
 
     visit(check)
 
 
-def _check_external(ctx: ScanContext, kind: str, location: str, obj: str) -> None:
+def _check_external(ctx: ScanContext, kind: str, location: str, obj: str, reader: str) -> None:
     """Like ONNX external data: an absolute or climbing path is critical, a path that leaves the
     model directory through a symbolic link is high."""
     loc = location
@@ -268,14 +304,14 @@ def _check_external(ctx: ScanContext, kind: str, location: str, obj: str) -> Non
             or norm == ".." or norm.startswith("../"):
         ctx.add("BASTION-SC-030", Severity.critical, f"HDF5 {kind} at {obj} points outside the model directory: "
                 f"{location!r}", description=f"A loader reading it goes outside the model directory: {desc}.",
-                external_location=location, hdf5_object=obj, hdf5_reader="h5py")
+                external_location=location, hdf5_object=obj, hdf5_reader=reader)
         return
     real_dir = os.path.realpath(ctx.path.parent)
     real = os.path.realpath(ctx.path.parent / norm)
     if os.path.commonpath([real, real_dir]) != real_dir:
         ctx.add("BASTION-SC-030", Severity.high, f"HDF5 {kind} at {obj} ({location!r}) resolves through a link "
                 f"to {real}", description=f"A symbolic link inside the model directory sends the loader outside "
-                f"it: {desc}.", external_location=location, hdf5_object=obj, hdf5_reader="h5py")
+                f"it: {desc}.", external_location=location, hdf5_object=obj, hdf5_reader=reader)
 
 
 def _scan_hdf5_bytes(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
@@ -299,7 +335,7 @@ def _scan_hdf5_bytes(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
             pos = data.find(b'{"class_name"', pos + 1)
     if not found:
         ctx.add("BASTION-SC-050", Severity.info, "HDF5 file without a Keras model config (weights only?)",
-                description="bastion searched the HDF5 bytes for Keras configs without parsing HDF5 (h5py is "
-                "not installed, or cannot open the file) and found none; external links and storage were not "
-                "checked. Install h5py (pip install 'bastion[formats]') for a full read.",
+                description="bastion searched the HDF5 bytes for Keras configs (its own reader does not read this "
+                "file, and h5py is not installed or cannot open it) and found none; external links and storage "
+                "were not checked. Install h5py (pip install 'bastion[formats]') for a full read.",
                 hdf5_reader="byte-search")
