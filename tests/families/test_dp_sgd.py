@@ -190,8 +190,15 @@ def _clipped_step_grads(model, mode: str, x: torch.Tensor, y: torch.Tensor, clip
     return grads
 
 
-@pytest.mark.parametrize("model, shape", [(mlp, (8,)), (tiny_cnn, (1, 5, 5)), (ln_mlp, (8,)), (seq_mlp, (3, 8))])
-def test_ghost_clipping_gives_the_clipped_sum_of_a_per_sample_loop(model, shape) -> None:
+def two_conv() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, padding=1),
+                               torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 5, 2))
+
+
+@pytest.mark.parametrize("model, shape, layout", [
+    (mlp, (8,), None), (tiny_cnn, (1, 5, 5), None), (ln_mlp, (8,), None), (seq_mlp, (3, 8), None),
+    (two_conv, (3, 5, 5), torch.channels_last)])  # Opacus's own unfold misread channels-last inputs
+def test_every_mode_gives_the_clipped_sum_of_a_per_sample_loop(model, shape, layout) -> None:
     """bastion's one-pass clipping (bk), Opacus's ghost clipping and Opacus's per-sample gradients
     (hooks) all give sum_i g_i * min(1, C / |g_i|) / expected batch size, computed here one sample
     at a time (Linear on one and on several vectors per sample, Conv2d, GroupNorm, LayerNorm)."""
@@ -199,6 +206,8 @@ def test_ghost_clipping_gives_the_clipped_sum_of_a_per_sample_loop(model, shape)
 
     gen = torch.Generator().manual_seed(3)
     x, y = torch.randn(11, *shape, generator=gen), torch.randint(0, 2, (11,), generator=gen)
+    if layout is not None:
+        x = x.contiguous(memory_format=layout)
     clip = 0.3  # below most per-sample norms: clipping is active
     torch.manual_seed(0)
     ref = model()

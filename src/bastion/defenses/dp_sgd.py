@@ -135,6 +135,9 @@ class DPSGD(TrainingDefense):
 
         setup.module, setup.net, setup.optimizer, setup.batches = module, net, private_opt, batches
         setup.step_context = hooked
+        if mode in ("ghost", "hooks"):
+            handles = standard_layout_inputs(module)
+            setup.cleanup.append(lambda: [h.remove() for h in handles])
         if mode == "ghost":
             setup.backward = lambda losses: ghost_backward(net, private_opt, losses)
         elif mode == "bk":  # Opacus's ghost-mode optimiser (noise, scaling, accounts), bastion's clipping
@@ -157,6 +160,21 @@ class DPSGD(TrainingDefense):
             privacy["epsilon"] = float(engine.get_epsilon(privacy["delta"])) if privacy["steps"] else 0.0
 
         setup.cleanup.append(spent)
+
+
+def standard_layout_inputs(module: Any) -> list[Any]:
+    """Make every Conv2d/Conv3d of ``module`` take its input in the standard (NCHW) layout; returns
+    the hook handles. Opacus 1.6's per-sample convolution gradients (``unfold2d``/``unfold3d``,
+    hooks and ghost modes) read a channels-last input as if it were standard: on the CPU, where
+    oneDNN may return channels-last outputs, the per-sample weight gradients of a convolution after
+    another one came out as zeros (hooks: that layer trained on noise alone; ghost: its share of the
+    per-sample norms was missing, so samples were clipped too little for the guarantee)."""
+    import torch.nn as nn
+
+    def standard(m: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (args[0].contiguous(), *args[1:])
+
+    return [m.register_forward_pre_hook(standard) for m in module.modules() if isinstance(m, nn.Conv2d | nn.Conv3d)]
 
 
 def _take_clipped_sum(optimizer: Any) -> None:
