@@ -78,9 +78,12 @@ def _output_defense(i: int, spec: Any) -> TargetDefense:
 
 
 def describe(defense: TargetDefense) -> str:
-    """``name(param=value, ...)``: a row's label."""
+    """``name(param=value, ...)``: a row's label (``eot_samples`` only when not its default: it sets how
+    often the attacks repeat each query)."""
+    fields = type(defense.params).model_fields
     args = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                     for k, v in defense.params.model_dump().items() if k != "eot_samples")
+                     for k, v in defense.params.model_dump().items()
+                     if k != "eot_samples" or v != fields[k].default)
     return f"{defense.label}({args})" if args else defense.label
 
 
