@@ -132,3 +132,26 @@ def test_shadow_answers_are_averaged_like_the_targets() -> None:
     many = np.exp(harden_like(noisy, np.log(p), np.random.default_rng(1), draws=64))
     assert many.shape == p.shape and np.allclose(many.sum(-1), 1)
     assert np.std(many - p) < 0.5 * np.std(one - p)
+
+
+def test_attribute_inference_averages_repeated_answers_too() -> None:
+    """Fredrikson's attack on a forest that memorised its records: noise on the answers hides the
+    sensitive column from one query per candidate, not from 64."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    from bastion.attacks.privacy import AttributeData, get_attribute_attack
+    from bastion.core.targets.sklearn_target import SklearnTarget
+
+    rng = np.random.default_rng(0)
+    x = np.c_[rng.integers(0, 3, 400), rng.random((400, 3))].astype(np.float32)
+    y = rng.integers(0, 2, 400)
+    forest = SklearnTarget(RandomForestClassifier(n_estimators=50, random_state=0).fit(x[:200], y[:200]),
+                           InputSpec(shape=(4,), lower=0.0, upper=3.0))
+    data = AttributeData(x[:100], y[:100], 0)
+    clear = get_attribute_attack("fredrikson").run(forest, data)
+    noisy = DEFENSES["output-noise"](scale=0.2, eot_samples=64).wrap(forest, seed=0)
+    once = get_attribute_attack("fredrikson", repeats=1).run(noisy, data)
+    averaged = get_attribute_attack("fredrikson").run(noisy, data)
+    assert clear.repeats == 1 and clear.queries == 300  # one query per record and candidate
+    assert once.value < clear.value - 0.15 and averaged.value > clear.value - 0.06
+    assert averaged.repeats == 64 and averaged.queries == 64 * 300

@@ -4,10 +4,10 @@ A model that draws fresh randomness at every query (``output-noise``, a target d
 ``randomized``) hides its scores only from an attacker who asks once: one who sends each input
 ``k`` times and averages the ``k`` probability rows divides the noise's variance by ``k`` — the
 expectation over the randomness (EOT) of Athalye, Engstrom, Ilyas & Kwok (2018, arXiv:1707.07397),
-taken over answers instead of gradients. Membership inference and model extraction ask through a
-:class:`RepeatedQueries` view whenever :func:`query_repeats` says the target is randomised, so a
-randomised defense is credited with what it hides from that attacker (Rule: a figure must hold
-against the strongest attack known; randomised models in expectation).
+taken over answers instead of gradients. Membership inference, attribute inference and model
+extraction ask through a :class:`RepeatedQueries` view whenever :func:`query_repeats` says the
+target is randomised, so a randomised defense is credited with what it hides from that attacker
+(a figure must hold against the strongest attack known; randomised models in expectation).
 
 How many repeats is decided where the evasion attacks decide their EOT draws: a randomised
 defense declares them (``TargetDefense.randomized`` and ``AdaptivePath.eot_samples``); another
@@ -21,8 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field
 
 from bastion.core.defense import DefendedTarget
 from bastion.core.targets.base import Target
@@ -31,6 +33,11 @@ from bastion.errors import UsageError
 #: Repeats per input on a randomised target that declares no EOT draws of its own.
 REPEATS_DEFAULT = 16
 PROBE_INPUTS = 16
+Repeats = Annotated[int | None, Field(ge=1, le=1024, description=(
+    "Queries per input averaged on a randomised target (EOT over its answers, each repeat counted); None: the "
+    "draws its randomised defense declares (eot_samples), 16 on another randomised target, 1 on a deterministic "
+    "one."))]
+"""The ``repeats`` parameter of every attack that reads a model's scores."""
 _ROWS = 1024  # rows of one call to the target (inputs times repeats)
 
 

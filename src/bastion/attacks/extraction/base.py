@@ -26,7 +26,7 @@ from bastion.core.data import check_label_indices
 from bastion.core.results import CheckResult, FidelityCurve
 from bastion.core.params import Params
 from bastion.core.registry import Registry
-from bastion.core.repeated import asked, query_cost, query_repeats
+from bastion.core.repeated import Repeats, asked, query_cost, query_repeats
 from bastion.core.run import RunContext
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
@@ -37,9 +37,7 @@ log = logging.getLogger(__name__)
 
 class ExtractionParams(Params):
     holdout: float = Field(0.2, gt=0.0, lt=1.0, description="share of the pool kept to measure fidelity")
-    repeats: int | None = Field(None, ge=1, le=1024, description=(
-        "queries per input averaged on a randomised target (each one counted); None: the draws its randomised "
-        "defense declares (eot_samples), 16 on another randomised target, 1 on a deterministic one"))
+    repeats: Repeats = None
 
 
 class ExtractionResult(BaseModel):

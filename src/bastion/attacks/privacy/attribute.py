@@ -25,9 +25,8 @@ import numpy as np
 from pydantic import Field
 
 from bastion.attacks.privacy.imputation import LEARNERS, Learner, fit_predict, record_features
-from bastion.attacks.privacy.inference import AttributeInference, AttributeTask
+from bastion.attacks.privacy.inference import AttributeAttackParams, AttributeInference, AttributeTask
 from bastion.attacks.privacy.shadows import true_class_log_probability
-from bastion.core.params import Params
 from bastion.core.run import RunContext
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
@@ -44,7 +43,7 @@ def candidate_log_probs(target: Target, x: np.ndarray, attribute: int, candidate
     return logp.reshape(len(candidates), len(x), -1)
 
 
-class FredriksonParams(Params):
+class FredriksonParams(AttributeAttackParams):
     prior: Literal["known", "uniform"] = Field(
         default="uniform", description="Prior of the values: uniform (Yeom et al.'s smallest-loss attack), or "
                                        "their frequency among the known records (Fredrikson et al.; uniform "
@@ -68,7 +67,7 @@ class Fredrikson(AttributeInference):
         return cand[np.argmax(score, axis=0)]
 
 
-class LearnedParams(Params):
+class LearnedParams(AttributeAttackParams):
     learner: Learner = Field(default="boosting", description=f"Attack model (and baseline): one of {LEARNERS}: "
                                                              "gradient-boosted trees or a logistic regression.")
 

@@ -26,7 +26,9 @@ from bastion.attacks.privacy.imputation import Learner, fit_predict, record_feat
 from bastion.core.arrays import Array
 from bastion.core.capability import Configurable, metering
 from bastion.core.data import check_label_indices
+from bastion.core.params import Params
 from bastion.core.registry import Registry
+from bastion.core.repeated import Repeats, asked, query_repeats
 from bastion.core.results import CheckResult, InversionGrid
 from bastion.core.run import RunContext
 from bastion.core.stats import binom_sf, mcnemar_greater
@@ -114,6 +116,8 @@ class AttributeResult(BaseModel):
     p_value: float | None = None
     queries: int
     seconds: float
+    repeats: int = Field(1, description="Queries per record and candidate whose answers were averaged (1: asked "
+                                        "once).")
 
     def record(self, check: CheckResult) -> None:
         """Add the attack's metric, the baseline's, the advantage and its interval to ``check``."""
@@ -128,12 +132,19 @@ class AttributeResult(BaseModel):
         check.measure("queries", self.queries, "queries", **where)
 
 
+class AttributeAttackParams(Params):
+    """Parameters every attribute-inference attack has."""
+
+    repeats: Repeats = None
+
+
 class AttributeInference(Configurable, ABC):
     """Base of attribute-inference attacks. Subclasses implement ``_infer``; those that learn from
     background records set ``needs_known`` (refused without them) and may name the learner the
     baseline shares with them (``baseline_learner``)."""
 
     family: ClassVar[str] = "attribute-inference"
+    Params: ClassVar[type[Params]] = AttributeAttackParams
     needs_known: ClassVar[bool] = False
 
     def baseline_learner(self) -> Learner:
@@ -167,14 +178,15 @@ class AttributeInference(Configurable, ABC):
                              None if known is None else known[0].reshape((-1, *x.shape[1:])),
                              None if known is None else known[1])
         threat, rctx = threat or ThreatModel(), self.run_context(ctx)
+        repeats = query_repeats(target, self.params.repeats, x)  # type: ignore[attr-defined]
         with metering(rctx, target, threat=threat) as meter:
-            inferred = self._infer(target, task, threat, rctx)
+            inferred = self._infer(asked(target, repeats), task, threat, rctx)
         inferred = np.asarray(inferred, np.float64)
         if inferred.shape != truth.shape or not np.all(np.isfinite(inferred)):
             raise BastionRuntimeError(f"attribute attack '{self.label}' must return {len(truth)} finite values, "
                                       f"got shape {inferred.shape}")
         common = {"attack": self.label, "attribute": data.attribute, "inferred": inferred, "truth": truth,
-                  "queries": meter.queries, "seconds": meter.seconds}
+                  "queries": meter.queries, "seconds": meter.seconds, "repeats": repeats}
         if candidates is None:
             value = float(np.sqrt(np.mean((inferred - truth) ** 2)))
             guess = float(np.mean(task.known_values)) if task.has_known else float(np.mean(truth))
@@ -210,7 +222,9 @@ class AttributeInference(Configurable, ABC):
     @abstractmethod
     def _infer(self, target: Target, task: AttributeTask, threat: ThreatModel, ctx: RunContext) -> np.ndarray:
         """One inferred value per record; ``task.x`` holds NaN in column ``task.attribute``;
-        categorical values must come from ``task.candidates`` (None for a continuous attribute)."""
+        categorical values must come from ``task.candidates`` (None for a continuous attribute).
+        ``target`` is asked as the attacker asks it: averaging repeated answers when it is randomised
+        (:class:`~bastion.core.repeated.RepeatedQueries`)."""
 
 
 def _scheme(data: AttributeData, values: np.ndarray,

@@ -21,7 +21,7 @@ from bastion.core.capability import Configurable, metering
 from bastion.core.data import check_label_indices
 from bastion.core.params import Params
 from bastion.core.registry import Registry
-from bastion.core.repeated import asked, query_repeats
+from bastion.core.repeated import Repeats, asked, query_repeats
 from bastion.core.results import CheckResult, RocCurve
 from bastion.core.run import RunContext
 from bastion.core.stats import clopper_pearson
@@ -67,9 +67,7 @@ class MembershipSplits:
 class MembershipAttackParams(Params):
     """Parameters every membership attack has."""
 
-    repeats: int | None = Field(None, ge=1, le=1024, description=(
-        "Queries per record averaged on a randomised target (EOT over its answers); None: the draws its "
-        "randomised defense declares (eot_samples), 16 on another randomised target, 1 on a deterministic one."))
+    repeats: Repeats = None
 
 
 class Roc(BaseModel):
