@@ -196,7 +196,8 @@ class HardenSpec(_Strict):
     lr: float = Field(default=3e-3, gt=0, allow_inf_nan=False)
     keep: Literal["best", "last"] = Field(default="best",
                                           description="Weights kept: the epoch of best held-out PGD accuracy "
-                                                      "(Rice et al. 2020), or the last epoch.")
+                                                      "(Rice et al. 2020; clean accuracy without an evasion ε), "
+                                                      "or the last epoch.")
     holdout: int = Field(default=128, ge=1, le=1_000_000,
                          description="Training samples held out for the per-epoch log and early stopping "
                                      "(when the policy has no datasets.holdout).")
