@@ -164,14 +164,16 @@ class _File:
             self.o, self.l = sb[13], sb[14]
             self._sizes()
             self.leaf_k, self.node_k = struct.unpack_from("<HH", sb, 16)
-            if not self.leaf_k or not self.node_k:
-                raise Unsupported("group B-tree K of 0")
+            if not self.leaf_k or not self.node_k or any(sb[20:24]):
+                raise Unsupported("group B-tree K of 0, or file consistency flags set")
             rest = self.read_raw(fixed, 4 * self.o + 2 * self.o + 8 + 16)
             base, ext, eof, driver = (self.uint(rest, i * self.o, self.o) for i in range(4))
             if ext != self.undef:           # the free-space address: a superblock extension since HDF5 1.10
                 raise Unsupported("superblock extension or free-space address")
             entry = rest[4 * self.o:]
             root = self.uint(entry, self.o, self.o)
+            if self.uint(entry, 2 * self.o, 4) not in (0, 1) or self.uint(entry, 2 * self.o + 4, 4):
+                raise Unsupported("root group symbol-table entry cache type")
             if driver != self.undef:
                 raise Unsupported("driver information block (family or multi file)")
         else:
@@ -182,7 +184,7 @@ class _File:
             if lookup3(sb[:-4]) != struct.unpack_from("<I", sb, len(sb) - 4)[0]:
                 raise Unsupported("superblock checksum mismatch")
             base, ext, eof, root = (self.uint(sb, 12 + i * so, so) for i in range(4))
-            if ext != self.undef:
+            if ext != self.undef or head[11]:
                 raise Unsupported("superblock extension")
         if base != 0:
             raise Unsupported("base address other than 0")
@@ -362,8 +364,9 @@ class _File:
             if linfo[:1] != b"\x00":
                 raise Unsupported("link info version")
             pos = 2 + (8 if linfo[1] & 1 else 0)
-            if self.uint(linfo, pos, self.o) != self.undef:
-                raise Unsupported("dense link storage (fractal heap)")
+            if linfo[1] & ~3 or any(self.uint(linfo, pos + i * self.o, self.o) != self.undef
+                                    for i in range(3 if linfo[1] & 2 else 2)):
+                raise Unsupported("dense link storage (fractal heap, B-tree indexes)")
             out = [self._link(d) for d in hdr.all(_LINK)]
         names = [n for n, _, _ in out]
         if len(set(names)) != len(names) or any(b"/" in n or n == b"." for n in names):
@@ -383,6 +386,7 @@ class _File:
         out: list[tuple[bytes, str, int | bytes]] = []
         stack: list[tuple[int, int | None, bytes | None, bytes | None]] = [(btree, None, None, None)]
         seen: set[int] = set()
+        levels: dict[int, list[tuple[int, int, int]]] = {}   # level -> (node, left, right) from left to right
         entry = 2 * self.o + 24
         while stack:
             addr, level, low, high = stack.pop()
@@ -392,11 +396,12 @@ class _File:
             sig = self.read(addr, 4)
             if sig == b"SNOD":
                 pre = self.read(addr, 8)
-                self.read(addr, 8 + 2 * self.leaf_k * entry)           # the node as allocated lies in the file
                 count = self.uint(pre, 6, 2)
                 if level != -1 or pre[4] != 1 or pre[5] or count > 2 * self.leaf_k:
                     raise Unsupported("symbol-table node level, version or count")
-                block = self.read(addr + 8, count * entry)
+                block = self.read(addr + 8, 2 * self.leaf_k * entry)     # the node as allocated
+                if any(block[count * entry:]):
+                    raise Unsupported("symbol-table node: unused entries not empty")
                 for i in range(count):
                     name, kind, target = self._stab_entry(heap, block[i * entry:(i + 1) * entry])
                     if (low is not None and name <= low) or (high is not None and name > high):
@@ -408,20 +413,25 @@ class _File:
             if sig != b"TREE" or pre[4] != 0:
                 raise Unsupported("group B-tree node signature or type")
             node_level, used = pre[5], self.uint(pre, 6, 2)
-            if any(self.eoa <= self.uint(pre, 8 + i * self.o, self.o) != self.undef for i in (0, 1)):
-                raise Unsupported("group B-tree sibling outside the file")
+            levels.setdefault(node_level, []).append((addr, self.uint(pre, 8, self.o),
+                                                      self.uint(pre, 8 + self.o, self.o)))
             if (level is not None and node_level != level) or node_level > _MAX_BTREE_DEPTH \
                     or used > 2 * self.node_k:
                 raise Unsupported("group B-tree level or entry count")
             step = self.o + self.l
-            self.read(addr, 8 + 2 * self.o + self.l + 2 * self.node_k * step)   # the node as allocated
-            body = self.read(addr + 8 + 2 * self.o, self.l + used * step)
+            body = self.read(addr + 8 + 2 * self.o, self.l + 2 * self.node_k * step)   # the node as allocated
+            if any(body[self.l + used * step:]):
+                raise Unsupported("group B-tree node: unused entries not empty")
             keys = [self.heap_string(heap, self.uint(body, i * step, self.l)) for i in range(used + 1)]
             if (low is not None and keys[0] < low) or (high is not None and keys[-1] > high) \
                     or keys != sorted(keys):
                 raise Unsupported("group B-tree keys out of order")
             for i in reversed(range(used)):
                 stack.append((self.uint(body, self.l + i * step, self.o), node_level - 1, keys[i], keys[i + 1]))
+        for nodes in levels.values():   # the library walks each level through the sibling addresses
+            chain = [self.undef] + [a for a, _, _ in nodes] + [self.undef]
+            if any((left, right) != (chain[i], chain[i + 2]) for i, (_, left, right) in enumerate(nodes)):
+                raise Unsupported("group B-tree sibling addresses")
         return out
 
     def _stab_entry(self, heap: bytes, raw: bytes) -> tuple[bytes, str, int | bytes]:
