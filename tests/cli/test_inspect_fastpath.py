@@ -69,8 +69,9 @@ def test_inspect_reads_keras_hdf5_without_h5py(models: Path) -> None:
     from corpus import _LAMBDA_CFG, keras_h5
 
     keras_h5(models / "lambda.h5", _LAMBDA_CFG)
+    (models / "fake.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(120))     # no HDF5 library opens it
     code, text, modules = _run("inspect", str(models))
-    assert code == 1 and "Lambda" in text and "6 file(s) scanned" in text
+    assert code == 1 and "Lambda" in text and "7 file(s) scanned" in text and "cannot be opened" in text
     assert _heavy(modules) == [] and "bastion.supply.formats.hdf5_reader" in modules
     assert "bastion.supply.isolate" not in modules        # the h5py worker was never started
 

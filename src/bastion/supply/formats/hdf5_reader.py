@@ -14,8 +14,10 @@ links and the datasets' external raw storage met on the way.
 Anything else -- dense (fractal-heap) link or attribute storage, shared or unknown messages, virtual
 datasets, other attribute types, a checksum, size, count or reference that does not add up, a limit
 reached -- raises :class:`Unsupported`, and the caller hands the file to h5py (in its bounded worker), so
-no finding the h5py path makes is lost. Every read is checked against the file size, every structure is
-read at most once, and the number of reads, links and continuation blocks is capped. Nothing is executed
+no finding the h5py path makes is lost; the checks that decline a file follow what the HDF5 library
+refuses (found by comparing both readers on mutated files). A file no HDF5 library opens raises
+:class:`Broken`. Every read is checked against the end-of-file address, structures are cached, and the
+number and size of reads (256 MiB in all), links and continuation blocks are capped. Nothing is executed
 and no dataset data is read.
 """
 
@@ -28,18 +30,21 @@ from typing import BinaryIO
 
 MAGIC = b"\x89HDF\r\n\x1a\n"
 _MAX_READS = 200_000           # structures read per file (headers, heaps, B-tree nodes)
+_MAX_BLOCK = 64 * 1024**2      # bytes of one structure (a heap, a header block)
+_MAX_TOTAL = 256 * 1024**2     # bytes read in all: what the reader holds in memory at most
 _MAX_CHUNKS = 1_000            # continuation blocks per object header
 _MAX_BTREE_DEPTH = 64
 # message types (spec IV.A.2)
-_NIL, _DATASPACE, _LINFO, _DTYPE, _LINK, _EFL, _LAYOUT, _ATTR, _CONT, _STAB, _AINFO, _REFCOUNT = (
-    0x00, 0x01, 0x02, 0x03, 0x06, 0x07, 0x08, 0x0C, 0x10, 0x11, 0x15, 0x16)
+_NIL, _DATASPACE, _LINFO, _DTYPE, _FILL_OLD, _FILL, _LINK, _EFL, _LAYOUT, _ATTR, _CONT, _STAB, _AINFO, _REFCOUNT = (
+    0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x0C, 0x10, 0x11, 0x15, 0x16)
 _PARSED = {_LINFO, _LINK, _EFL, _LAYOUT, _ATTR, _CONT, _STAB, _AINFO, _REFCOUNT}   # (datatype, dataspace: seen only)
-_KNOWN = set(range(0x19))
-# IEEE 754 floating point as HDF5 describes it (bit offset, precision, exponent and mantissa fields, bias)
-_IEEE = {size: struct.pack("<HHBBBBI", 0, 8 * size, mpos, esize, 0, mpos, bias)
-         for size, mpos, esize, bias in ((2, 10, 5, 15), (4, 23, 8, 127), (8, 52, 11, 1023))}      # message types of the specification; others are not read
+_KNOWN = set(range(0x19))      # message types of the specification; others are not read
 _SHARED, _DONT_SHARE = 0x02, 0x04   # message flags: the message lives elsewhere (shared); must not be shared
 _FLAGS = 0x01 | _SHARED | _DONT_SHARE   # with "constant": the flags of the messages read here
+# IEEE 754 floating point as HDF5 describes it: bit offset, precision, exponent location and size, mantissa
+# location and size, exponent bias
+_IEEE = {size: struct.pack("<HHBBBBI", 0, 8 * size, msize, esize, 0, msize, bias)
+         for size, msize, esize, bias in ((2, 10, 5, 15), (4, 23, 8, 127), (8, 52, 11, 1023))}
 
 
 class Unsupported(Exception):
@@ -116,10 +121,12 @@ class _Header:
 
 
 class _File:
+    """One HDF5 file being read: its superblock fields and the structures read so far."""
+
     def __init__(self, fh: BinaryIO, size: int, check_time: Callable[[], None]) -> None:
         self.fh, self.size, self.check_time = fh, size, check_time
         self.eoa = size                # every structure lies below the end-of-file address
-        self.reads = 0
+        self.reads = self.total = 0
         self.headers: dict[int, _Header] = {}
         self.heaps: dict[int, bytes] = {}
         self.gheaps: dict[int, dict[int, bytes]] = {}
@@ -130,10 +137,11 @@ class _File:
         if addr < 0 or n < 0 or addr + n > self.eoa or addr == self.undef:
             raise Unsupported(f"{n} bytes at {addr} lie outside the file")
         self.reads += 1
+        self.total += n
         if self.reads % 1024 == 0:
             self.check_time()
-        if self.reads > _MAX_READS:
-            raise Unsupported("too many structures")
+        if self.reads > _MAX_READS or n > _MAX_BLOCK or self.total > _MAX_TOTAL:
+            raise Unsupported("too many or too large structures")
         self.fh.seek(addr)
         data = self.fh.read(n)
         if len(data) != n:
@@ -483,19 +491,22 @@ class _File:
         layouts = hdr.all(_LAYOUT)
         if len(layouts) != 1:
             raise Unsupported("dataset without one layout message")
-        for layout in layouts:
-            version = layout[:1]
-            cls = layout[2:3] if version in (b"\x01", b"\x02") else layout[1:2] if version in (b"\x03", b"\x04") \
-                else b""
-            if not cls or cls[0] > 2:
-                raise Unsupported("virtual or unknown dataset layout")
-        names: list[bytes] = []
+        version, layout = layouts[0][:1], layouts[0]
+        cls = layout[2:3] if version in (b"\x01", b"\x02") else layout[1:2] if version in (b"\x03", b"\x04") else b""
+        if not cls or cls[0] > 2:
+            raise Unsupported("virtual or unknown dataset layout")
         efls = hdr.all(_EFL)
         if efls:           # h5py reports external storage only of a dataset it opens: check what it decodes
             types, spaces = hdr.all(_DTYPE), hdr.all(_DATASPACE)
             if len(types) != 1 or len(spaces) != 1 or self._datatype(types[0], numbers=True) > len(types[0]):
                 raise Unsupported("dataset with external storage: datatype not read here")
             self._elements(spaces[0])
+            fills = [self._fill_value_at(m, old=True) for m in hdr.all(_FILL_OLD)] + \
+                [self._fill_value_at(m) for m in hdr.all(_FILL)]
+            if cls != b"\x01" or any(p is not None and (p < 0 or p + 4 + self.uint(m, p, 4) > len(m))
+                                      for p, m in zip(fills, hdr.all(_FILL_OLD) + hdr.all(_FILL))):
+                raise Unsupported("dataset with external storage: layout or fill value not read here")
+        names: list[bytes] = []
         for efl in efls:
             if efl[:1] != b"\x01":
                 raise Unsupported("external data files message version")
@@ -504,6 +515,18 @@ class _File:
             for i in range(used):
                 names.append(self.heap_string(heap, self.uint(efl, 8 + self.o + i * 3 * self.l, self.l)))
         return names
+
+    @staticmethod
+    def _fill_value_at(msg: bytes, old: bool = False) -> int | None:
+        """Where a fill value message's value size field is (None: no value stored, -1: unknown version)."""
+        if old:
+            return 0
+        version = msg[:1]
+        if version == b"\x03":
+            return 2 if msg[1] & 0x20 else None
+        if version in (b"\x01", b"\x02"):
+            return 4 if version == b"\x01" or msg[3] else None
+        return -1
 
     # ------------------------------------------------------------------ attributes
     def attribute_parts(self, data: bytes) -> tuple[bytes, bytes, int, bytes]:
@@ -600,9 +623,14 @@ class _File:
             return 1
         if kind != 1 or flags & ~1 or rank > 32 or len(space) < pos + rank * self.l * (2 if flags & 1 else 1):
             raise Unsupported("null, unknown or short dataspace")
+        dims = [self.uint(space, pos + i * self.l, self.l) for i in range(rank)]
+        if flags & 1:                     # maximum sizes: none below its size (all bits set: unlimited)
+            tops = [self.uint(space, pos + (rank + i) * self.l, self.l) for i in range(rank)]
+            if any(d > t != (1 << 8 * self.l) - 1 for d, t in zip(dims, tops)):
+                raise Unsupported("dataspace size above its maximum")
         count = 1
-        for i in range(rank):
-            count *= self.uint(space, pos + i * self.l, self.l)
+        for d in dims:
+            count *= d
         return count
 
 
