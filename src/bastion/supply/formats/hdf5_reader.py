@@ -37,10 +37,11 @@ _MAX_BTREE_DEPTH = 64
 # message types (spec IV.A.2)
 _NIL, _DATASPACE, _LINFO, _DTYPE, _FILL_OLD, _FILL, _LINK, _EFL, _LAYOUT, _ATTR, _CONT, _STAB, _AINFO, _REFCOUNT = (
     0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x0C, 0x10, 0x11, 0x15, 0x16)
-_PARSED = {_LINFO, _LINK, _EFL, _LAYOUT, _ATTR, _CONT, _STAB, _AINFO, _REFCOUNT}   # (datatype, dataspace: seen only)
 _KNOWN = set(range(0x19))      # message types of the specification; others are not read
 _SHARED, _DONT_SHARE = 0x02, 0x04   # message flags: the message lives elsewhere (shared); must not be shared
 _FLAGS = 0x01 | _SHARED | _DONT_SHARE   # with "constant": the flags of the messages read here
+_SHAREABLE = {_DATASPACE, _DTYPE, _FILL, 0x0B}   # shared messages only seen, never read (0x0B: filters)
+_IS_SHARED = 0x10000           # added to the type of a shared message in _Header.messages
 # IEEE 754 floating point as HDF5 describes it: bit offset, precision, exponent location and size, mantissa
 # location and size, exponent bias
 _IEEE = {size: struct.pack("<HHBBBBI", 0, 8 * size, msize, esize, 0, msize, bias)
@@ -114,10 +115,15 @@ class _Header:
     refcount: int
 
     def all(self, kind: int) -> list[bytes]:
+        """The data of the (unshared) messages of type ``kind``."""
         return [d for t, d in self.messages if t == kind]
 
     def has(self, kind: int) -> bool:
-        return any(t == kind for t, _ in self.messages)
+        """Whether a message of type ``kind`` is there, shared or not."""
+        return any(t & ~_IS_SHARED == kind for t, _ in self.messages)
+
+    def shared(self, *kinds: int) -> bool:
+        return any(t - _IS_SHARED in kinds for t, _ in self.messages)
 
 
 class _File:
@@ -289,7 +295,7 @@ class _File:
                  kind: int, flags: int, data: bytes) -> None:
         if kind not in _KNOWN:
             raise Unsupported(f"unknown object header message type {kind}")
-        if flags & ~_FLAGS or flags & _SHARED and (kind in _PARSED or flags & _DONT_SHARE):
+        if flags & ~_FLAGS or flags & _SHARED and (kind not in _SHAREABLE or flags & _DONT_SHARE):
             raise Unsupported("shared object header message or unknown message flags")
         if kind == _CONT:
             start, length = self.uint(data, 0, self.o), self.uint(data, self.o, self.l)
@@ -297,7 +303,7 @@ class _File:
                 raise Unsupported("continuation blocks loop or are too many")
             seen.add(start)
             chunks.append((start, length))
-        messages.append((kind, data))
+        messages.append((kind | (_IS_SHARED if flags & _SHARED else 0), data))
 
     def kind(self, hdr: _Header) -> str:
         """The object's type as the HDF5 library decides it (group, then dataset, then datatype)."""
@@ -462,7 +468,13 @@ class _File:
         if flags & 0x08:
             kind = d[pos]
             pos += 1
-        pos += (8 if flags & 0x04 else 0) + (1 if flags & 0x10 else 0)
+        pos += 8 if flags & 0x04 else 0
+        if flags & 0x10:
+            if d[pos] > 1:
+                raise Unsupported("link name character set")
+            pos += 1
+        if flags & ~0x1F:
+            raise Unsupported("link message flags")
         width = 1 << (flags & 3)
         n = self.uint(d, pos, width)
         pos += width
@@ -498,7 +510,7 @@ class _File:
         efls = hdr.all(_EFL)
         if efls:           # h5py reports external storage only of a dataset it opens: check what it decodes
             types, spaces = hdr.all(_DTYPE), hdr.all(_DATASPACE)
-            if len(types) != 1 or len(spaces) != 1 or self._datatype(types[0], numbers=True) > len(types[0]):
+            if hdr.shared(_DTYPE, _DATASPACE, _FILL) or len(types) != 1 or len(spaces) != 1 or self._datatype(types[0], numbers=True) > len(types[0]):
                 raise Unsupported("dataset with external storage: datatype not read here")
             self._elements(spaces[0])
             fills = [self._fill_value_at(m, old=True) for m in hdr.all(_FILL_OLD)] + \
@@ -544,8 +556,8 @@ class _File:
             space = data[pos:pos + ssize]
             pos += pad(ssize)
         elif version in (b"\x02", b"\x03"):
-            if data[1] & 3:
-                raise Unsupported("attribute with a shared datatype or dataspace")
+            if data[1] or (version == b"\x03" and data[8] > 1):      # flags: shared datatype or dataspace
+                raise Unsupported("attribute with a shared datatype or dataspace, or other flags")
             pos = 8 + (1 if version == b"\x03" else 0)
             name, dtype, space = (data[pos:pos + nsize], data[pos + nsize:pos + nsize + tsize],
                                   data[pos + nsize + tsize:pos + nsize + tsize + ssize])
