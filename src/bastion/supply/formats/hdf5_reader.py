@@ -299,8 +299,8 @@ class _File:
             raise Unsupported("shared object header message or unknown message flags")
         if kind == _CONT:
             start, length = self.uint(data, 0, self.o), self.uint(data, self.o, self.l)
-            if start in seen or len(seen) > _MAX_CHUNKS:
-                raise Unsupported("continuation blocks loop or are too many")
+            if start in seen or len(seen) > _MAX_CHUNKS or not length:
+                raise Unsupported("continuation blocks empty, looping or too many")
             seen.add(start)
             chunks.append((start, length))
         messages.append((kind | (_IS_SHARED if flags & _SHARED else 0), data))
