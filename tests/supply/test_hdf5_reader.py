@@ -17,6 +17,7 @@ import fuzzing
 from bastion.supply import InspectConfig, scan_paths
 from bastion.supply.context import LimitExceeded, ScanContext
 from bastion.supply.rules import ScanFinding
+from corpus import hdf5_variants
 from bastion.supply.formats import HDF5_MAGIC, keras
 from bastion.supply.formats.hdf5_reader import Unsupported, lookup3, read_hdf5
 
@@ -32,90 +33,11 @@ _READ = {"lib_earliest.h5", "lib_v108.h5", "lib_v110.h5", "lib_latest.h5", "trac
 _DECLINED = {"dense_links.h5", "virtual.h5", "not_text.h5", "empty.h5", "nullterm.h5"}
 
 
-def _variants(out: Path) -> dict[str, Path]:
-    """HDF5 files written by h5py that exercise what the reader reads or must decline."""
-    from corpus import _ADAM_TRAINING, _DENSE_CFG, _LAMBDA_CFG
-
-    lam, adam = json.dumps(_LAMBDA_CFG), json.dumps(_ADAM_TRAINING)
-
-    def keras_like(name: str, libver: str = "earliest", **kw: object) -> None:
-        with h5py.File(out / name, "w", libver=libver, **kw) as f:
-            f.attrs["keras_version"] = "2.13.1"
-            f.attrs["model_config"] = lam                                 # variable-length string
-            f.attrs["training_config"] = np.bytes_(adam.encode())          # fixed-length, null-padded
-            g = f.create_group("model_weights/dense")
-            g.create_dataset("kernel", data=np.ones(3, "<f4"))
-            g["ext"] = h5py.ExternalLink("/etc/x.h5", "/w")                # makes the group a compact one
-            f["soft"] = h5py.SoftLink("/model_weights")
-            f.create_dataset("e", shape=(8,), dtype="u1", external=[("a.bin", 0, 4), ("../b.bin", 0, 4)])
-
-    for libver in ("earliest", "v108", "v110", "latest"):                  # superblock 0, 2, 3; headers v1, v2
-        keras_like(f"lib_{libver}.h5", libver)
-    keras_like("track_order.h5", "latest", track_order=True)
-    keras_like("track_order_early.h5", track_order=True)
-    with h5py.File(out / "many_links.h5", "w") as f:                      # a two-level group B-tree
-        f.attrs["model_config"] = json.dumps(_DENSE_CFG)
-        for i in range(300):
-            f.create_dataset(f"d{i:03d}", data=np.zeros(1))
-        g = f.create_group("g")
-        for i in range(4):
-            g[f"l{i}"] = h5py.ExternalLink(f"/abs{i}.h5", "/")
-        g["z"] = h5py.ExternalLink("../../up.h5", "/")
-    with h5py.File(out / "dense_links.h5", "w", libver="latest") as f:  # fractal heap: declined
-        for i in range(20):
-            f[f"l{i:02d}"] = h5py.ExternalLink(f"/abs{i}.h5", "/")
-    with h5py.File(out / "hard_links.h5", "w") as f:                      # a group and a dataset linked twice
-        a = f.create_group("a")
-        a["x"] = h5py.ExternalLink("/etc/passwd", "/")
-        f["b"] = a
-        a["self"] = a
-        f["ds2"] = f.create_dataset("ds", shape=(4,), dtype="u1", external=[("/etc/shadow", 0, 4)])
-    with h5py.File(out / "string_types.h5", "w") as f:                    # fixed UTF-8, variable-length ASCII
-        f.attrs.create("model_config", lam.encode(), dtype=h5py.string_dtype("utf-8", len(lam)))
-        f.attrs.create("training_config", adam, dtype=h5py.string_dtype("ascii"))
-    with h5py.File(out / "one_element.h5", "w") as f:
-        f.attrs["model_config"] = np.array([lam], dtype=h5py.string_dtype())
-        f.attrs["training_config"] = np.array([[adam.encode()]])
-    with h5py.File(out / "not_text.h5", "w") as f:
-        f.attrs["model_config"] = 3
-        f.attrs["training_config"] = np.array([b"a", b"b"])
-    with h5py.File(out / "empty.h5", "w") as f:
-        f.attrs["model_config"] = ""
-        f.attrs["training_config"] = np.bytes_(b"")
-    with h5py.File(out / "big_config.h5", "w") as f:                       # a 330 KB global heap object
-        f.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": {"layers": [
-            {"class_name": "Dense", "config": {"name": "d" * 50, "i": i}} for i in range(3000)]
-            + [{"class_name": "Lambda"}]}})
-    with h5py.File(out / "committed_type.h5", "w") as f:
-        f["t"] = np.dtype("<f4")
-        f.create_dataset("x", shape=(2,), dtype=f["t"])
-        f.attrs["model_config"] = json.dumps(_DENSE_CFG)
-    with h5py.File(out / "chunked.h5", "w") as f:
-        f.create_dataset("c", data=np.zeros((64, 64)), chunks=(8, 8), compression="gzip")
-        f.attrs["model_config"] = json.dumps(_DENSE_CFG)
-    with h5py.File(out / "names.h5", "w") as f:
-        f.create_group("ünï cödé")["e"] = h5py.ExternalLink("${ORIGIN}/../x.h5", "/")
-        f["sp ace"] = h5py.ExternalLink("C:\\evil.h5", "/")
-    layout = h5py.VirtualLayout(shape=(4,), dtype="<f4")
-    layout[:] = h5py.VirtualSource("/tmp/elsewhere.h5", "w", shape=(4,))
-    with h5py.File(out / "virtual.h5", "w", libver="latest") as f:
-        f.create_virtual_dataset("v", layout)
-    with h5py.File(out / "nullterm.h5", "w") as f:
-        tid = h5py.h5t.C_S1.copy()
-        tid.set_size(400)
-        tid.set_strpad(h5py.h5t.STR_NULLTERM)
-        attr = h5py.h5a.create(f.id, b"model_config", tid, h5py.h5s.create(h5py.h5s.SCALAR))
-        attr.write(np.array(lam.encode().ljust(400, b"\0"), dtype="S400"))
-    with h5py.File(out / "inner_nul.h5", "w") as f:
-        f.attrs["model_config"] = np.bytes_(json.dumps(_DENSE_CFG).encode() + b"\0" + lam.encode())
-    return {p.name: p for p in sorted(out.iterdir())}
-
-
 @pytest.fixture(scope="module")
 def seeds(malicious_corpus, benign_corpus, tmp_path_factory) -> dict[str, bytes]:
     out = {name: data for name, data in fuzzing.seed_files([malicious_corpus[0], benign_corpus[0]]).items()
            if data.startswith(HDF5_MAGIC)}
-    out.update({name: p.read_bytes() for name, p in _variants(tmp_path_factory.mktemp("h5var")).items()})
+    out.update({name: p.read_bytes() for name, p in hdf5_variants(tmp_path_factory.mktemp("h5var")).items()})
     return out
 
 

@@ -348,14 +348,18 @@ class _File:
             size = self.uint(pre, 8, self.l)
             block = self.read(addr, size)
             objects: dict[int, bytes] = {}
-            pos, head = 8 + self.l, 8 + self.l
+            pos, head, free = 8 + self.l, 8 + self.l, False
             while pos < size:                    # the objects tile the collection (the library checks it)
                 if pos + head > size:            # a tail too small for an object header: free space
+                    if free:
+                        raise Unsupported("global heap with two free-space objects")
                     break
                 idx, osize = self.uint(block, pos, 2), self.uint(block, pos + 8, self.l)
                 need = head + (osize + 7) // 8 * 8 if idx else osize
-                if need <= 0 or pos + need > size or idx in objects or (not idx and (osize % 8 or osize < head)):
+                if need <= 0 or pos + need > size or idx in objects or (not idx and (osize % 8 or osize < head
+                                                                                     or free)):
                     raise Unsupported("global heap objects do not tile their collection")
+                free |= not idx
                 if idx:
                     objects[idx] = block[pos + head:pos + head + osize]
                 pos += need
