@@ -106,7 +106,7 @@ def agreement(pred: np.ndarray, ref: np.ndarray) -> float:
     return float(np.mean(pred == ref))
 
 
-def bastion_extract(name: str, target: Any, test_x: np.ndarray, queries: np.ndarray, seed: int,
+def bastion_extract(name: str, target: Any, test_x: np.ndarray, query_set: Any, seed: int,
                     **params: Any) -> tuple[Any, float, np.ndarray]:
     from bastion.attacks.extraction import get_extraction_attack
     from bastion.core.run import RunContext
@@ -114,11 +114,13 @@ def bastion_extract(name: str, target: Any, test_x: np.ndarray, queries: np.ndar
     attack = get_extraction_attack(name, rounds=1, epochs=EPOCHS, batch_size=BATCH, lr=LR, **params)
     t0 = time.process_time()
     with Recorder(target) as rec:
-        res = attack.run(target, test_x, ctx=RunContext(seed=seed), query_set=queries)
+        res = attack.run(target, test_x, ctx=RunContext(seed=seed), query_set=query_set)
     return res, time.process_time() - t0, rec.stream()
 
 
-def art_extract(kind: str, victim: Any, queries: np.ndarray, seed: int, mean: np.ndarray, std: np.ndarray) -> tuple[Any, float]:
+def art_extract(kind: str, victim: Any, queries: np.ndarray, seed: int, mean: np.ndarray, std: np.ndarray,
+                groups: np.ndarray | None = None, budget: int | None = None) -> tuple[Any, float]:
+    """ART's attack; with ``groups`` (the actions), KnockoffNets' adaptive strategy spending ``budget``."""
     import torch
     from art.attacks.extraction import CopycatCNN, KnockoffNets
     from art.estimators.classification import PyTorchClassifier
@@ -134,6 +136,11 @@ def art_extract(kind: str, victim: Any, queries: np.ndarray, seed: int, mean: np
                               optimizer=torch.optim.Adam(module.parameters(), lr=LR), input_shape=(1, 8, 8),
                               nb_classes=10, clip_values=(0.0, 1.0))
     t0 = time.process_time()
+    if groups is not None:
+        attack = KnockoffNets(classifier=victim, batch_size_fit=BATCH, batch_size_query=BATCH, nb_epochs=EPOCHS,
+                              nb_stolen=budget, sampling_strategy="adaptive", reward="all", use_probability=True,
+                              verbose=False)
+        return attack.extract(queries, y=groups, thieved_classifier=thief), time.process_time() - t0
     if kind == "knockoff":
         attack = KnockoffNets(classifier=victim, batch_size_fit=BATCH, batch_size_query=BATCH, nb_epochs=EPOCHS,
                               nb_stolen=len(queries), sampling_strategy="random", use_probability=True)
