@@ -365,6 +365,14 @@ def paired_summary(docs: list[dict[str, Any]]) -> dict[str, Any]:
                         "art_mean": statistics.mean(r["art"] for r in rows), "bastion_only": pooled_b,
                         "art_only": pooled_c, "pooled_mcnemar_p": mcnemar_exact(pooled_b, pooled_c),
                         "across_seeds": across_seeds([r["bastion"] - r["art"] for r in rows])}
+    for method in sorted({k.split("/")[0] for k in out}):  # bastion's own two choices of weights, seed by seed
+        best, last = out.get(f"{method}/keep-best"), out.get(f"{method}/keep-last")
+        if best and last:
+            pairs = {r["seed"]: r["bastion"] for r in last["seeds"]}
+            diffs = [r["bastion"] - pairs[r["seed"]] for r in best["seeds"] if r["seed"] in pairs]
+            out[f"{method}: keep-best minus keep-last"] = {**across_seeds(diffs),
+                                                             "best_lower_on": sum(d < 0 for d in diffs),
+                                                             "best_higher_on": sum(d > 0 for d in diffs)}
     return out
 
 

@@ -106,12 +106,24 @@ def test_every_method_runs(project: Path, method: str) -> None:
     assert result.weights is None  # nothing written
 
 
-@pytest.mark.parametrize("keep", ["best", "last"])
-def test_the_kept_weights_are_the_best_epochs_or_the_last(project: Path, keep: str) -> None:
-    (project / "harden.yaml").write_text(POLICY.replace("  epochs: 1\n", f"  epochs: 3\n  keep: {keep}\n"))
+@pytest.mark.parametrize("keep", ["best", "last", None])
+def test_the_kept_weights_are_the_best_epochs_or_the_last(project: Path, keep: str | None,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last epoch's by default: on the digits benchmark (benchmarks/harden.py, 9 seeds) the best
+    epoch on 128 held-out images scored lower under auto than the last on 8 of 9 seeds."""
+    import bastion.attacks.evasion.training.base as base
+
+    real, calls = base.pgd_accuracy, []
+
+    def falling(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - the held-out PGD accuracy falls every epoch
+        calls.append(1)
+        return real(*args, **kwargs)[0], 1.0 - 0.1 * len(calls)
+
+    monkeypatch.setattr(base, "pgd_accuracy", falling)
+    (project / "harden.yaml").write_text(POLICY.replace("  epochs: 1\n", "  epochs: 3\n" + (f"  keep: {keep}\n" if keep else "")))
     result = harden(project / "harden.yaml", write=False)
-    best = max(result.epochs, key=lambda e: (e.robust_accuracy, e.epoch)).epoch  # the later one on a tie
-    assert len(result.epochs) == 3 and result.kept_epoch == (best if keep == "best" else 3)
+    assert [e.robust_accuracy for e in result.epochs] == pytest.approx([0.9, 0.8, 0.7])
+    assert len(result.epochs) == 3 and result.kept_epoch == (1 if keep == "best" else 3)
     assert result.report.checks[1].metrics["kept_epoch"] == result.kept_epoch
 
 

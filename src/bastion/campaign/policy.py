@@ -194,10 +194,10 @@ class HardenSpec(_Strict):
     epochs: int = Field(default=30, ge=1, le=100_000)
     batch_size: int = Field(default=64, ge=1, le=1_000_000)
     lr: float = Field(default=3e-3, gt=0, allow_inf_nan=False)
-    keep: Literal["best", "last"] = Field(default="best",
-                                          description="Weights kept: the epoch of best held-out PGD accuracy "
-                                                      "(Rice et al. 2020; clean accuracy without an evasion ε), "
-                                                      "or the last epoch.")
+    keep: Literal["best", "last"] = Field(default="last",
+                                          description="Weights kept: the last epoch's, or (best) those of the "
+                                                      "epoch of best held-out PGD accuracy (Rice et al. 2020; "
+                                                      "clean accuracy without an evasion ε).")
     holdout: int = Field(default=128, ge=1, le=1_000_000,
                          description="Training samples held out for the per-epoch log and early stopping "
                                      "(when the policy has no datasets.holdout).")
