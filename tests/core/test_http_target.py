@@ -406,6 +406,22 @@ def test_extraction_over_http_within_the_endpoints_budget_and_rate_limit(server:
     assert res.complete and res.curve.queries == [68, 135] and t.queries == 200 and res.fidelity > 0.5
 
 
+def test_adaptive_knockoff_over_http_spends_the_budget_a_step_per_request(server: Server, model: Model,
+                                                                         secret_env: None) -> None:
+    """Knockoff's adaptive strategy sends each policy step (``step`` inputs) as one request, within the
+    endpoint's hard budget and rate limit, and stops at the budget."""
+    from bastion.attacks.extraction import get_extraction_attack
+
+    t = make(server, path="/ok", query_budget=100, rate_limit=200.0, batch_size=64)
+    before = server.calls.get("/ok", 0)
+    res = get_extraction_attack("knockoff", strategy="adaptive", step=16, clusters=4, rounds=2, epochs=5).run(
+        t, model.x[1200:1500])
+    assert res.complete and res.curve.queries == [50, 100] and t.queries == 100 == res.queries
+    # bastion's uncounted reference answers for the held-out inputs, then per round 50 queries in steps
+    # of 16, 16, 16 and 2: one request each
+    assert server.calls["/ok"] - before == 1 + 2 * 4
+
+
 def test_membership_over_http_repeats_queries_on_a_declared_randomised_endpoint(server: Server, model: Model,
                                                                                 secret_env: None) -> None:
     """An endpoint declared randomised is asked each record 16 times (the answers averaged), every repeat
