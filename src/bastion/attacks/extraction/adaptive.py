@@ -4,9 +4,10 @@ Stealing Functionality of Black-Box Models", CVPR, arXiv:1812.02766, Sec. 4.1.2)
 The attacker's natural data is split into groups (its own labels, or k-means clusters when it has
 none; the paper walks a class hierarchy, this is its one-level form). A gradient-bandit policy
 π(z) = softmax(H)(z) picks a group per query; an unused input of that group is sent, the knockoff
-takes one optimisation step on the answer, and the reward updates the preferences:
-H(z_t) += α (r_t − r̄)(1 − π(z_t)), H(z) −= α (r_t − r̄) π(z) for z ≠ z_t, with α = 1/N(z_t) and
-r̄ the mean of the earlier rewards (Sutton & Barto, Sec. 2.8). Rewards (paper's Eq. 2-4):
+takes one optimisation step per batch of answers, and each reward updates the preferences:
+H(z_t) += α (r_t − r̄)(1 − π(z_t)), H(z) −= α (r_t − r̄) π(z) for z ≠ z_t, with a constant step α
+and r̄ the mean of the earlier rewards (Sutton & Barto, "Reinforcement Learning", Sec. 2.8; ART's
+version steps by 1/N(z_t) instead). The paper's three rewards:
 certainty (top-1 minus top-2 answer probability), diversity (Σ_k max(0, y_k − ȳ_k), ȳ the mean
 answer of the last ``window`` queries) and loss (the knockoff's cross-entropy on the answer before
 it learns it); each is standardised by its running mean and deviation, ``all`` averages the three.
@@ -48,12 +49,11 @@ def kmeans(x: np.ndarray, k: int, seed: int, iterations: int = 25) -> np.ndarray
 
 
 class GradientBandit:
-    """The policy over groups: preferences H, pulls N, mean reward r̄; groups run dry drop out."""
+    """The policy over groups: preferences H, mean reward r̄; groups run dry drop out."""
 
     def __init__(self, sizes: np.ndarray, alpha: float) -> None:
         self.alpha = alpha
         self.h = np.zeros(len(sizes))
-        self.pulls = np.zeros(len(sizes))
         self.left = np.asarray(sizes, float).copy()
         self.mean, self.seen = 0.0, 0
 
@@ -69,7 +69,6 @@ class GradientBandit:
 
     def update(self, z: int, reward: float) -> None:
         pi = self.policy() if self.left.sum() > 0 else np.full(len(self.h), 1 / len(self.h))
-        self.pulls[z] += 1
         grad = -pi
         grad[z] += 1.0
         self.h += self.alpha * (reward - self.mean) * grad
@@ -127,10 +126,6 @@ class AdaptiveSampler:
         top = np.sort(y)[-2:]
         mean = np.mean(self.recent, axis=0) if self.recent else np.zeros_like(y)
         return np.array([top[-1] - top[0], np.maximum(y - mean, 0).sum(), loss])
-
-    def counts(self) -> np.ndarray:
-        """Queries spent on each group so far."""
-        return self.bandit.pulls.astype(int)
 
 
 class OnlineLearner:
