@@ -322,12 +322,21 @@ def _scan_hdf5_bytes(ctx: ScanContext, fh: BinaryIO, size: int) -> None:
     decoder = json.JSONDecoder()
     found = False
     pos = data.find(b'{"class_name"')
+    start = end = -1
+    text: str | None = None
     while pos >= 0:
         ctx.check_time()
-        end = data.find(b"\x00", pos)
-        chunk = data[pos: end if end > 0 else len(data)]
+        if pos >= end:        # the run of bytes up to the next NUL, decoded once when it is ASCII (nested
+            start, end = pos, data.find(b"\x00", pos)   # configs: one decode per run, not one per signature)
+            end = len(data) if end < 0 else end
+            run = data[start:end]
+            text = run.decode("ascii") if run.isascii() else None
         try:
-            doc, used = decoder.raw_decode(chunk.decode("utf-8", "replace"))
+            if text is not None:
+                doc, stop = decoder.raw_decode(text, pos - start)
+                used = stop - (pos - start)
+            else:
+                doc, used = decoder.raw_decode(data[pos:end].decode("utf-8", "replace"))
             found = True
             analyse_config(ctx, doc, offset=pos, hdf5_reader="byte-search")
             pos = data.find(b'{"class_name"', pos + max(used, 1))
