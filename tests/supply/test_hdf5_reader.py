@@ -19,6 +19,7 @@ from bastion.supply.context import LimitExceeded, ScanContext
 from bastion.supply.rules import ScanFinding
 from corpus import hdf5_variants
 from bastion.supply.formats import HDF5_MAGIC, keras
+from bastion.supply.formats import hdf5_reader
 from bastion.supply.formats.hdf5_reader import Unsupported, lookup3, read_hdf5
 
 h5py = pytest.importorskip("h5py")
@@ -121,9 +122,9 @@ def test_reader_reads_from_memory_and_without_h5py(seeds: dict[str, bytes], tmp_
     assert {f.metrics["hdf5_reader"] for f in res.findings if "hdf5_reader" in f.metrics} == {"builtin"}
 
 
-def test_reader_bounds(seeds: dict[str, bytes]) -> None:
-    """Limits: links past max_links, values past max_value_bytes, a truncated file, a loop of continuation
-    blocks are never read further (declined, or TooLarge for a fixed-length string)."""
+def test_reader_bounds(seeds: dict[str, bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Limits: links past max_links, values past max_value_bytes, a truncated file, the bytes read in all are
+    never read further (declined, or TooLarge for a fixed-length string)."""
     def read(data: bytes, **kw: int) -> object:
         opts = {"max_value_bytes": 10**6, "max_links": 10**5, **kw}
         return read_hdf5(io.BytesIO(data), len(data), ("model_config", "training_config"),
@@ -140,6 +141,9 @@ def test_reader_bounds(seeds: dict[str, bytes]) -> None:
         read(strings, max_value_bytes=100)
     with pytest.raises(Unsupported, match="truncated"):
         read(seeds["lib_earliest.h5"][:-100])
+    monkeypatch.setattr(hdf5_reader, "_MAX_TOTAL", 4096)                   # bytes read in all
+    with pytest.raises(Unsupported, match="too large"):
+        read(data)
 
 
 def test_lookup3_matches_published_values() -> None:

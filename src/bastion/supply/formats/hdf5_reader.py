@@ -17,7 +17,7 @@ reached -- raises :class:`Unsupported`, and the caller hands the file to h5py (i
 no finding the h5py path makes is lost; the checks that decline a file follow what the HDF5 library
 refuses (found by comparing both readers on mutated files). A file no HDF5 library opens raises
 :class:`Broken`. Every read is checked against the end-of-file address, structures are cached, and the
-number and size of reads (256 MiB in all), links and continuation blocks are capped. Nothing is executed
+number and size of reads (32 MiB each, 64 MiB in all), links and continuation blocks are capped. Nothing is executed
 and no dataset data is read.
 """
 
@@ -30,8 +30,8 @@ from typing import BinaryIO
 
 MAGIC = b"\x89HDF\r\n\x1a\n"
 _MAX_READS = 200_000           # structures read per file (headers, heaps, B-tree nodes)
-_MAX_BLOCK = 64 * 1024**2      # bytes of one structure (a heap, a header block)
-_MAX_TOTAL = 256 * 1024**2     # bytes read in all: what the reader holds in memory at most
+_MAX_BLOCK = 32 * 1024**2      # bytes of one structure (a heap, a header block)
+_MAX_TOTAL = 64 * 1024**2      # bytes read in all: what the reader holds in memory at most
 _MAX_CHUNKS = 1_000            # continuation blocks per object header
 _MAX_BTREE_DEPTH = 64
 # message types (spec IV.A.2)
