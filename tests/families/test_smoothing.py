@@ -222,3 +222,25 @@ def test_jit_accepts_true_false_and_auto_only() -> None:
     with pytest.raises(ParamError) as err:
         RandomizedSmoothing(jit="sometimes")
     assert err.value.field == "jit"
+
+
+def test_a_range_checking_input_defense_sees_noisy_copies_clipped_to_the_input_bounds(mlp) -> None:
+    """Regression: smoothing a target behind bit-depth reduction (a defense that refuses values outside
+    [0, 1]) raised a DataError on the first noisy copy. The base classifier of a defended target is
+    the defended model on the noisy copy clipped to the target's input bounds: a deterministic step,
+    so Cohen et al.'s guarantee holds for it, and the counts equal a reference computed that way."""
+    from bastion.defenses.transforms import BitDepthReduction
+
+    target, x, y = mlp
+    defended = BitDepthReduction(bits=3).wrap(target)
+    params = {"sigma": 0.5, "n0": 10, "n": 200, "alpha": 0.01}
+    res = RandomizedSmoothing(**params).certify(defended, x, y, RunContext(seed=5))
+    # input 0's estimation counts, written out: clip, round to 8 levels, the model's argmax
+    noise = NoiseDraws(RunContext(seed=5).spawn("smoothing"), "estimation", 0, (4,), 0.5, "cpu").draw(0, 200)
+    z = torch.round(torch.clamp(torch.from_numpy(x[0]) + noise, 0, 1) * 7) / 7
+    with torch.no_grad():
+        want = np.bincount(target.module(z).argmax(1).numpy(), minlength=2)
+    got = RandomizedSmoothing(**params).counts(defended, x[:1], RunContext(seed=5).spawn("smoothing"),
+                                               "estimation", 200)
+    assert np.array_equal(got[0], want)
+    assert (res.radius > 0).sum() >= 3

@@ -146,6 +146,7 @@ class RandomizedSmoothing(Certifier):
         out = np.zeros((len(x), target.n_classes), np.int64)
         size = self.params.batch_size
         with torch.inference_mode():
+            bounds = input_bounds(target)
             for i in range(len(x)):
                 ctx.check_cancelled()
                 xi = torch.from_numpy(x[i]).to(target.device)
@@ -153,11 +154,33 @@ class RandomizedSmoothing(Certifier):
                 for start in range(0, num, size):
                     stop = min(start + size, num)
                     batch = noise.draw(start, stop).add_(xi)
+                    if bounds is not None:
+                        batch = torch.maximum(torch.minimum(batch, bounds[1]), bounds[0])
                     labels = forward(batch).argmax(dim=1)
                     out[i] += torch.bincount(labels, minlength=target.n_classes).cpu().numpy()
                 if advance:
                     ctx.advance(1)
         return out
+
+
+def input_bounds(target: DifferentiableTarget) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The input bounds noisy copies are clipped to before a defended target sees them, else None.
+
+    An input defense (bit-depth reduction, JPEG, ...) is defined on the input domain and refuses
+    values outside it, which Gaussian noise produces. The base classifier of a defended target is
+    therefore the defended model on the noisy copy clipped to the target's bounds: clipping is a
+    fixed function of the noisy input, so Cohen et al.'s Theorem 1 holds for this base classifier
+    as for any other. An undefended model sees the noisy copies as drawn (as in Cohen et al.'s code
+    and ART's)."""
+    import torch
+
+    from bastion.core.defense import DefendedTarget
+
+    if not isinstance(target, DefendedTarget):
+        return None
+    lo, hi = target.input_spec.bounds_arrays()
+    as_tensor = lambda a: torch.as_tensor(np.asarray(a, np.float32), device=target.device)  # noqa: E731
+    return as_tensor(lo), as_tensor(hi)
 
 
 class NoiseDraws:
