@@ -114,3 +114,25 @@ def test_a_randomised_defense_is_credited_with_the_averaging_attackers_figures()
     assert rounded["membership"]["loss-threshold"]["repeats"] == 1 and rounded["extraction"]["knockoff"]["repeats"] == 1
     away = [f for f in res.findings if f.rule_id == "BASTION-MI-007"]
     assert [f.metrics["defense"] for f in away] == [noisy["defense"]] and "64 queries per input" in away[0].title
+
+
+def test_behind_label_only_a_label_only_attack_measures_what_the_labels_leak() -> None:
+    """With ``label-robustness`` among the attacks, the label-only row is measured (by that attack
+    alone) instead of left empty; the score attack still runs on the other rows."""
+    (xm, ym), (xn, yn), (xr, yr) = records(40, 0), records(200, 1), records(120, 2)
+    spec = InputSpec(shape=(32,), lower=0.0, upper=1.0)
+    trainer = sklearn_train_fn(LogisticRegression(C=10.0, max_iter=500))
+    target = trainer(TrainRequest(xm, ym, seed=0, input_spec=spec, classes=[0, 1]))
+    params = PrivacyDefenseEvalParams(
+        defenses=[{"kind": "label-only"}], extraction=None,
+        membership={"attacks": ["loss-threshold", {"attack": "label-robustness",
+                                                   "params": {"reference_models": 1, "copies": 4, "cache": False}}]})
+    ctx = CheckContext(target=target, data=Dataset(xn, yn), y=yn, trainer=trainer,
+                       datasets={"members": Dataset(xm, ym), "non_members": Dataset(xn, yn),
+                                 "reference": Dataset(xr, yr)})
+    res = PrivacyDefenseEvalCheck("pde", params).run(ctx)
+    rows = {r["defense"]: r for r in res.metrics["rows"]}
+    assert set(rows["undefended"]["membership"]) == {"loss-threshold", "label-robustness"}
+    assert set(rows["label-only"]["membership"]) == {"label-robustness"}
+    assert rows["label-only"]["membership"]["label-robustness"]["auc"] > 0.6  # the labels leak membership
+    assert not any("not measured" in n for n in rows["label-only"]["notes"])

@@ -308,6 +308,7 @@ MEMBERSHIP_ATTACKS: Registry[type[MembershipInference]] = Registry("membership a
     "shadow": f"{_HERE}.shokri:ShadowModelAttack",
     "lira": f"{_HERE}.lira:LiRA",
     "rmia": f"{_HERE}.rmia:RMIA",
+    "label-robustness": f"{_HERE}.label_only:LabelRobustness",
 }, group="bastion.membership_attacks")
 """Every membership attack by name: bastion's own and those of the ``bastion.membership_attacks``
 entry points."""

@@ -154,10 +154,12 @@ class ShadowOutputs:
 
 def shadow_outputs(trainer: Any, queries: QueryRecords, *, n_models: int, online: bool, augment: Augment,
                    spec: InputSpec, classes: list[Any], ctx: RunContext, cache: bool = True,
-                   like: Target | None = None) -> ShadowOutputs:
+                   like: Target | None = None, inputs: list[np.ndarray] | None = None) -> ShadowOutputs:
     """Train ``n_models`` models on random halves of the pool (see the module docstring) and
     return their outputs on every query record, hardened by the output defenses of ``like`` (the
-    target) when it has some: the attacker knows the deployed defense."""
+    target) when it has some: the attacker knows the deployed defense. ``inputs``: what the models
+    are asked instead of the augmented records (arrays of ``len(queries.x)`` rows, e.g. noisy
+    copies of each record; they train on the records all the same)."""
     if n_models < 1:
         raise UsageError(f"the number of shadow models must be >= 1, got {n_models}")
     pool = np.arange(len(queries.x)) if online else np.arange(queries.reference.start, len(queries.x))
@@ -170,7 +172,7 @@ def shadow_outputs(trainer: Any, queries: QueryRecords, *, n_models: int, online
     keep = np.zeros((n_models, len(queries.x)), bool)
     keep[:, pool] = _balanced_halves(design, n_models, len(pool))
     seeds = design.integers(0, 2**31 - 1, size=n_models)
-    xs = augmented(queries.x, augment)
+    xs = augmented(queries.x, augment) if inputs is None else inputs
     identity = trainer_identity(trainer) if cache else None
     if cache and identity is None:
         log.warning("shadow models are not cached: the trainer has no stable identity (give it an identity() method)")

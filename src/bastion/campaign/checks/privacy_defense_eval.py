@@ -19,10 +19,11 @@ Findings: ``BASTION-MI-005`` when a defense buys nothing (every membership figur
 extraction fidelity measured through it lies within the undefended figure's 95 % interval),
 ``BASTION-MI-006`` when it costs more accuracy than ``tolerance``, and ``BASTION-MI-007`` when a
 randomised defense's noise is averaged away (a single-query figure understates the averaging
-attacker's by more than ``repeat_tolerance``). Behind ``label-only`` the
-membership attacks (all need scores) are not run and its row says so: that is not a measurement of
-no leak (label-only attacks exist, Choquette-Choo et al. 2021, arXiv:2007.14321); score-trained
-extraction attacks are run on the labels (``labels: top1``), as the attacker would.
+attacker's by more than ``repeat_tolerance``). Behind ``label-only`` only the
+membership attacks that read labels run (``label-robustness``, Choquette-Choo et al. 2021,
+arXiv:2007.14321); with none of them configured the row says membership was not measured, which
+is not a measurement of no leak; score-trained extraction attacks are run on the labels
+(``labels: top1``), as the attacker would.
 """
 
 from __future__ import annotations
@@ -208,7 +209,8 @@ class PrivacyDefenseEvalCheck(Check):
                 self.params.membership.attacks.index(a)].needs_scores]
             if not kept:
                 row.notes.append("membership not measured: every configured attack needs scores, which a label-only "
-                                 "answer withholds (label-only attacks are not measured here; a leak may remain)")
+                                 "answer withholds; a leak may remain: add the label-only attack label-robustness "
+                                 "to the membership attacks to measure it")
                 return
             check = MembershipCheck(check.name, self.params.membership.model_copy(update={"attacks": kept}))
         out = self._run(check, ctx, row, errors)
