@@ -118,7 +118,8 @@ def noise_scale(spec: InputSpec, x: np.ndarray) -> np.ndarray:
     lo, hi = (b.astype(np.float64) for b in spec.bounds_arrays())
     spread = np.asarray(x, np.float64).std(axis=0) if len(x) else np.zeros(lo.shape)
     bounded = np.isfinite(lo) & np.isfinite(hi)
-    return np.where(bounded, np.where(bounded, hi - lo, 0.0), spread) * spec.mutable_mask()
+    width = np.where(bounded, hi, 0.0) - np.where(bounded, lo, 0.0)
+    return np.where(bounded, width, spread) * spec.mutable_mask()
 
 
 def _labels(target: Target, x: np.ndarray) -> np.ndarray:
