@@ -156,5 +156,5 @@ def test_bad_parameters_are_refused_by_name(params: dict[str, Any], field: str) 
 def test_without_reference_records_it_says_what_it_needs(memorised) -> None:
     target, splits = memorised
     bare = MembershipSplits(splits.members_x, splits.members_y, splits.non_members_x, splits.non_members_y)
-    with pytest.raises(UsageError, match="needs reference records"):
+    with pytest.raises(UsageError, match="trains its models on reference records, and there are none"):
         get_membership_attack("label-robustness").run(target, bare, trainer=forest())

@@ -177,7 +177,7 @@ def test_bad_input_says_what_and_why(setting, tmp_path: Path) -> None:
     with pytest.raises(BastionRuntimeError, match="unusable model for shadow model 0: str has no predict_proba"):
         lira.run(target, splits, trainer=CountingTrainer(str(tmp_path / "c"), fail="unusable"))
     no_ref = MembershipSplits(splits.members_x, splits.members_y, splits.non_members_x, splits.non_members_y)
-    with pytest.raises(UsageError, match="offline shadow models train on reference records, and there are none"):
+    with pytest.raises(UsageError, match="membership attack .lira. trains its models on reference records, and there are none"):
         lira.run(target, no_ref, trainer=CountingTrainer(str(tmp_path / "c")))
     with pytest.raises(UsageError, match="online LiRA needs at least 2 shadow models"):
         get_membership_attack("lira", mode="online", shadow_models=1).run(target, splits, trainer=object())

@@ -36,7 +36,6 @@ from bastion.core.run import RunContext
 from bastion.core.spec import InputSpec
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
-from bastion.errors import UsageError
 
 _CHUNK = 4096  # inputs per predict call
 
@@ -71,10 +70,6 @@ class LabelRobustness(MembershipInference):
     def _score(self, target: Target, splits: MembershipSplits, threat: ThreatModel, ctx: RunContext,
                trainer: Any) -> tuple[np.ndarray, np.ndarray]:
         p: LabelRobustnessParams = self.params  # type: ignore[assignment]
-        if not splits.has_reference:
-            raise UsageError("label-robustness calibrates each record on reference models: it needs reference "
-                             "records", hint="give the policy 'datasets: {reference: ...}' (records not used to "
-                                             "train the target)")
         q = query_records(splits)
         n = q.targets.stop  # members and non-members: the records scored (the rest are reference records)
         views = noisy_views(target.input_spec, q.x, p.copies, p.levels, ctx)

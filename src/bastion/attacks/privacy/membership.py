@@ -210,7 +210,8 @@ class MembershipInference(Configurable, ABC):
 
     The base refuses, before any query, what would make the figures meaningless: records outside
     the target's input spec, labels that are not class indices, a record that is both a member
-    and a non-member, and a label-only target for an attack that needs scores."""
+    and a non-member, a label-only target for an attack that needs scores, and no reference
+    records for an attack that trains on them."""
 
     family: ClassVar[str] = "membership"
     Params: ClassVar[type[Params]] = MembershipAttackParams
@@ -227,6 +228,10 @@ class MembershipInference(Configurable, ABC):
             raise UsageError(f"membership attack '{self.label}' needs the model's scores, but the target "
                              f"'{target.name}' answers labels only",
                              hint="run a label-only attack, or test the model behind its scores")
+        if self.needs_reference() and not splits.has_reference:
+            raise UsageError(f"membership attack '{self.label}' trains its models on reference records, and there "
+                             "are none", hint="give the policy 'datasets: {reference: ...}': records from the same "
+                                              "source as the training data, not used to train the target")
         checked, notes = self._checked(target, splits)
         threat, rctx = threat or ThreatModel(), self.run_context(ctx)
         repeats = query_repeats(target, self.params.repeats, checked.members_x)  # type: ignore[attr-defined]

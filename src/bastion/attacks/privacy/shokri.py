@@ -21,7 +21,6 @@ from bastion.core.run import RunContext
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
 from bastion.core.trained import predict_all
-from bastion.errors import UsageError
 
 
 class ShokriParams(MembershipAttackParams):
@@ -48,9 +47,6 @@ class ShadowModelAttack(MembershipInference):
         from sklearn.ensemble import HistGradientBoostingClassifier
 
         p: ShokriParams = self.params  # type: ignore[assignment]
-        if not splits.has_reference:
-            raise UsageError("the shadow-model attack trains its shadow models on reference records, and there are "
-                             "none", hint="give the policy 'datasets: {reference: ...}'")
         q = query_records(splits)
         out = shadow_outputs(trainer, q, n_models=p.shadow_models, online=False, augment="none",
                              spec=target.input_spec, classes=target.classes, ctx=ctx, cache=p.cache, like=target)
