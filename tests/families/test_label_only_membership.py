@@ -158,3 +158,15 @@ def test_without_reference_records_it_says_what_it_needs(memorised) -> None:
     bare = MembershipSplits(splits.members_x, splits.members_y, splits.non_members_x, splits.non_members_y)
     with pytest.raises(UsageError, match="trains its models on reference records, and there are none"):
         get_membership_attack("label-robustness").run(target, bare, trainer=forest())
+
+
+def test_a_budget_too_small_is_refused_before_any_query(memorised) -> None:
+    from bastion.core.threat import ThreatModel
+
+    target, splits = memorised
+    before = target.queries
+    with pytest.raises(UsageError, match=r"asks 29250 queries \(450 records x \(1 \+ 16 copies x 4 levels\) x 1 "
+                                         r"repeat\(s\)\), more than the query budget of 1000"):
+        get_membership_attack("label-robustness").run(target, splits, ThreatModel(query_budget=1000),
+                                                      trainer=forest())
+    assert target.queries == before

@@ -32,10 +32,12 @@ from pydantic import Field
 from bastion.attacks.privacy.membership import MembershipAttackParams, MembershipInference, MembershipSplits
 from bastion.attacks.privacy.shadows import query_records, shadow_outputs
 from bastion.core.params import Number
+from bastion.core.repeated import query_cost
 from bastion.core.run import RunContext
 from bastion.core.spec import InputSpec
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
+from bastion.errors import UsageError
 
 _CHUNK = 4096  # inputs per predict call
 
@@ -72,6 +74,12 @@ class LabelRobustness(MembershipInference):
         p: LabelRobustnessParams = self.params  # type: ignore[assignment]
         q = query_records(splits)
         n = q.targets.stop  # members and non-members: the records scored (the rest are reference records)
+        needed = n * (1 + p.copies * len(p.levels)) * query_cost(target)
+        if threat.query_budget is not None and needed > threat.query_budget:
+            raise UsageError(f"label-robustness asks {needed} queries ({n} records x (1 + {p.copies} copies x "
+                             f"{len(p.levels)} levels) x {query_cost(target)} repeat(s)), more than the query budget "
+                             f"of {threat.query_budget}", hint="lower copies or levels, or score fewer records "
+                                                               "(the membership check's max_records)")
         views = noisy_views(target.input_spec, q.x, p.copies, p.levels, ctx)
         asked = np.concatenate([v[:n] for v in views])
         labels = _labels(target, asked).reshape(len(views), n)

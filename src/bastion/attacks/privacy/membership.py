@@ -227,7 +227,7 @@ class MembershipInference(Configurable, ABC):
         if self.needs_scores and target.label_only:
             raise UsageError(f"membership attack '{self.label}' needs the model's scores, but the target "
                              f"'{target.name}' answers labels only",
-                             hint="run a label-only attack, or test the model behind its scores")
+                             hint="run the label-only attack label-robustness, or test the model behind its scores")
         if self.needs_reference() and not splits.has_reference:
             raise UsageError(f"membership attack '{self.label}' trains its models on reference records, and there "
                              "are none", hint="give the policy 'datasets: {reference: ...}': records from the same "
