@@ -436,3 +436,27 @@ def test_membership_over_http_repeats_queries_on_a_declared_randomised_endpoint(
     with pytest.raises(QueryBudgetExceeded):  # another 384 queries do not fit in the 16 left
         get_membership_attack("loss-threshold").run(t, splits)
     assert t.queries == 384
+
+
+def test_label_only_membership_inference_over_http(server: Server, model: Model, secret_env: None) -> None:
+    """``label-robustness`` runs against a label-only API: every noisy copy is a counted query sent
+    over HTTP, and a budget too small for it is refused before any request."""
+    from sklearn.linear_model import LogisticRegression
+
+    from bastion.attacks.privacy import MembershipSplits, get_membership_attack
+    from bastion.core.run import RunContext
+    from bastion.core.threat import ThreatModel
+    from bastion.core.training import sklearn_train_fn
+
+    t = make(server, path="/labels", probabilities_path=None, label_path="predictions.*.label", batch_size=64)
+    x, y = model.x, model.y
+    splits = MembershipSplits(x[:100], y[:100], x[1200:1300], y[1200:1300], x[1300:1500], y[1300:1500])
+    attack = get_membership_attack("label-robustness", copies=2, levels=[0.1], reference_models=1, cache=False)
+    trainer = sklearn_train_fn(LogisticRegression(max_iter=300))
+    with pytest.raises(UsageError, match="asks 600 queries"):
+        attack.run(t, splits, ThreatModel(query_budget=599), trainer=trainer)
+    assert server.calls.get("/labels", 0) == 0
+    res = attack.run(t, splits, ThreatModel(query_budget=600), ctx=RunContext(seed=0), trainer=trainer)
+    assert res.queries == 600 and t.queries == 600
+    assert server.calls["/labels"] >= 600 // 64
+    assert 0.0 <= res.auc <= 1.0 and len(res.member_scores) == 100
