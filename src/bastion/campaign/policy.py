@@ -43,7 +43,7 @@ from bastion.campaign.checks.base import Check, CheckParams, CheckInputError, ch
 from bastion.campaign.gates import Gate, parse_gate, resolve_gate
 from bastion.core.params import ParamError as CoreParamError
 from bastion.core.results import Severity
-from bastion.errors import BastionError, PolicyError, UsageError
+from bastion.errors import BastionError, PolicyError
 
 if TYPE_CHECKING:
     from bastion.core.targets.base import Target
