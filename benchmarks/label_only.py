@@ -12,7 +12,7 @@ put behind the ``label-only`` output defense and attacked with:
 
 and, for scale, the score attacks on the same target with its scores: ``loss-threshold`` and LiRA
 offline with 4 shadow models. A third target is the hard case for the uncalibrated score: a random
-forest of fully grown trees fitted on 200 records of two overlapping classes with 30 % of the
+forest of fully grown trees fitted on 300 records of two overlapping classes with 30 % of the
 labels flipped (it memorises its mislabelled members, which noise then flips back).
 
     OMP_NUM_THREADS=1 python benchmarks/label_only.py --seeds 0,1,2 --out benchmarks/results/label-only.json

@@ -155,7 +155,7 @@ class RandomizedSmoothing(Certifier):
                     stop = min(start + size, num)
                     batch = noise.draw(start, stop).add_(xi)
                     if bounds is not None:
-                        batch = torch.maximum(torch.minimum(batch, bounds[1]), bounds[0])
+                        batch = torch.clamp(batch, bounds[0], bounds[1])
                     labels = forward(batch).argmax(dim=1)
                     out[i] += torch.bincount(labels, minlength=target.n_classes).cpu().numpy()
                 if advance:

@@ -37,10 +37,8 @@ from bastion.core.run import RunContext
 from bastion.core.spec import InputSpec
 from bastion.core.targets.base import Target
 from bastion.core.threat import ThreatModel
+from bastion.core.trained import predict_all
 from bastion.errors import UsageError
-
-_CHUNK = 4096  # inputs per predict call
-
 
 class LabelRobustnessParams(MembershipAttackParams):
     copies: int = Field(16, ge=1, le=1024, description="Noisy copies of each record at each noise level.")
@@ -82,7 +80,7 @@ class LabelRobustness(MembershipInference):
                                                                "(the membership check's max_records)")
         views = noisy_views(target.input_spec, q.x, p.copies, p.levels, ctx)
         asked = np.concatenate([v[:n] for v in views])
-        labels = _labels(target, asked).reshape(len(views), n)
+        labels = predict_all(target, [asked])[0].argmax(-1).reshape(len(views), n)
         robust = robustness(labels, q.y[:n], p.copies, len(p.levels))
         ref = shadow_outputs(trainer, q, n_models=p.reference_models, online=False, augment="none",
                              spec=target.input_spec, classes=target.classes, ctx=ctx, cache=p.cache, like=target,
@@ -124,6 +122,3 @@ def noise_scale(spec: InputSpec, x: np.ndarray) -> np.ndarray:
     width = np.where(bounded, hi, 0.0) - np.where(bounded, lo, 0.0)
     return np.where(bounded, width, spread) * spec.mutable_mask()
 
-
-def _labels(target: Target, x: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.asarray(target.predict(x[i:i + _CHUNK])) for i in range(0, len(x), _CHUNK)])
